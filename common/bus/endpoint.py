@@ -1,0 +1,71 @@
+"""Endpoint strings that say pattern, direction and address in one place.
+
+``pattern[+bind|+connect]:transport://address``, for example ``pub+connect:ipc:///run/edgesight/bus-in.sock``
+or ``router+bind:tcp://0.0.0.0:5560``. Without ``+bind``/``+connect`` the usual side is taken:
+the broker's ``xsub``/``xpub`` and the events ``router``/``pull`` bind; everything else connects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import zmq
+import zmq.asyncio
+
+from common.errors import BusError
+
+__all__ = ["Endpoint", "Pattern"]
+
+Pattern = Literal["pub", "sub", "xpub", "xsub", "push", "pull", "dealer", "router", "pair"]
+_SOCKET_TYPES: dict[str, int] = {
+    "pub": zmq.PUB, "sub": zmq.SUB, "xpub": zmq.XPUB, "xsub": zmq.XSUB, "push": zmq.PUSH,
+    "pull": zmq.PULL, "dealer": zmq.DEALER, "router": zmq.ROUTER, "pair": zmq.PAIR,
+}
+_BINDS_BY_DEFAULT = frozenset({"xpub", "xsub", "router", "pull"})
+_SPEC = re.compile(r"^(?P<pattern>[a-z]+)(?:\+(?P<side>bind|connect))?:(?P<address>(?:ipc|tcp|inproc)://.+)$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pattern: Pattern
+    bind: bool
+    address: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Endpoint:
+        """``Endpoint.parse("sub:ipc:///tmp/x.sock") == Endpoint("sub", False, "ipc:///tmp/x.sock")``."""
+        match = _SPEC.match(spec.strip())
+        if not match or match["pattern"] not in _SOCKET_TYPES:
+            raise BusError(
+                f"bad endpoint {spec!r}: expected PATTERN[+bind|+connect]:(ipc|tcp|inproc)://ADDRESS "
+                f"with PATTERN one of {', '.join(_SOCKET_TYPES)}"
+            )
+        pattern = match["pattern"]
+        side = match["side"]
+        bind = side == "bind" if side else pattern in _BINDS_BY_DEFAULT
+        return cls(pattern, bind, match["address"])  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.pattern}+{'bind' if self.bind else 'connect'}:{self.address}"
+
+    def open(self, context: zmq.asyncio.Context | zmq.Context[zmq.Socket[bytes]], **options: int) -> zmq.Socket[bytes]:
+        """A socket of this pattern, options applied, bound or connected. The caller closes it."""
+        sock = context.socket(_SOCKET_TYPES[self.pattern])
+        sock.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name.upper()), value)
+        try:
+            if self.bind:
+                if self.address.startswith("ipc://"):
+                    Path(self.address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+                sock.bind(self.address)
+            else:
+                sock.connect(self.address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            verb = "bind" if self.bind else "connect"
+            raise BusError(f"cannot {verb} {self}: {exc}") from exc
+        return sock

@@ -1,0 +1,1 @@
+"""The ``edgesight`` command. It starts services only as processes, never by importing them."""

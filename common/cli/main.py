@@ -1,0 +1,149 @@
+"""``edgesight``: version, config check|schema, run, bus tail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import msgspec
+
+from common import logging as eslogging
+from common.bus import Subscriber
+from common.cli.supervisor import Supervisor, installed_services
+from common.config import SiteConfig, load_config
+from common.errors import EdgeSightError
+from contracts import PROTOCOL_VERSION, NDArray, topic
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _version() -> str:
+    try:
+        return version("edgesight")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _load(path: str) -> SiteConfig | None:
+    try:
+        config: SiteConfig = load_config(path)
+    except EdgeSightError as exc:
+        print(f"{path}: invalid\n{exc}", file=sys.stderr)
+        return None
+    return config
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    print(f"edgesight {_version()} (bus protocol v{PROTOCOL_VERSION}, python {sys.version.split()[0]})")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return EXIT_CONFIG
+    rules = sum(len(camera.rules) for camera in config.cameras.values())
+    sinks = [name for name in ("mqtt", "s3", "cloudwatch", "jsonl", "webhook") if getattr(config.uplink, name)]
+    print(f"{args.file}: ok — site {config.site.name}: {len(config.cameras)} cameras, {len(config.models)} models, "
+          f"{rules} rules, sinks: {', '.join(sinks) or 'none'}")
+    return 0
+
+
+def cmd_config_schema(_: argparse.Namespace) -> int:
+    schema = SiteConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "EdgeSight site configuration"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    eslogging.configure("run", config.logging.level, config.logging.format)
+    available = installed_services()
+    wanted = args.services.split(",") if args.services else (config.run.services or available)
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)
+        return EXIT_CONFIG
+    supervisor = Supervisor(config, Path(args.config).resolve(), wanted, status_interval_s=args.status_interval)
+    return asyncio.run(supervisor.run(args.duration))
+
+
+def _printable(value: object) -> object:
+    if isinstance(value, NDArray):
+        return {"dtype": value.dtype, "shape": list(value.shape), "values": value.to_numpy().tolist()}
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+async def _tail(config: SiteConfig, stream: str, key: str, count: int | None) -> None:
+    prefix = topic(stream, key) if stream else b""  # type: ignore[arg-type]
+    async with Subscriber(config.bus.subscribe, "cli", [prefix], hwm=1000) as subscriber:
+        seen = 0
+        async for received in subscriber:
+            body = msgspec.to_builtins(received.message, enc_hook=_printable)
+            print(json.dumps({"topic": f"{received.stream}/{received.key}/", **body}), flush=True)
+            seen += 1
+            if count is not None and seen >= count:
+                return
+
+
+def cmd_bus_tail(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        asyncio.run(_tail(config, args.stream, args.key, args.count))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgesight", description="On-site computer vision: cameras in, metadata out.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+
+    config = commands.add_parser("config", help="check a site file or print its JSON Schema")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a site file: exit 0, or 2 with file:line: key: message")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+    config_commands.add_parser("schema", help="print the JSON Schema of site files").set_defaults(func=cmd_config_schema)
+
+    run = commands.add_parser("run", help="run the services as processes, restart any that die")
+    run.add_argument("config")
+    run.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    run.add_argument("--services", help="comma-separated subset (default: run.services, else all installed)")
+    run.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS", help="status table period")
+    run.set_defaults(func=cmd_run)
+
+    bus = commands.add_parser("bus", help="look at the bus")
+    bus_commands = bus.add_subparsers(dest="bus_command", required=True)
+    tail = bus_commands.add_parser("tail", help="print bus messages as JSON lines")
+    tail.add_argument("config")
+    tail.add_argument("--stream", default="", choices=["", "frames", "detections", "health", "control"])
+    tail.add_argument("--key", default="", help="a camera or service name")
+    tail.add_argument("--count", type=int, help="stop after this many messages")
+    tail.set_defaults(func=cmd_bus_tail)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""``edgesight run``: the embedded supervisor of the service processes.
+
+Starts each service as ``python -m services.<name> --config FILE``, restarts one that exits
+(exponential backoff, reset once it has run for a minute; counted), forwards SIGTERM/SIGINT as a
+clean stop (SIGKILL after ``stop_grace_s``), and with ``--for`` stops by itself. Compose and k3s
+are the other supervisors; nothing in a service knows which one runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common._compat import TaskGroup
+from common.bus import Subscriber
+from common.config import SiteConfig
+from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
+from contracts import Health, topic
+
+__all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
+
+log = logging.getLogger(__name__)
+KNOWN_SERVICES = ("broker", "ingest", "inference", "rules", "uplink")
+STABLE_AFTER_S = 60.0
+
+
+def installed_services() -> list[str]:
+    """Services of this installation that can run (``services/<name>/__main__.py`` exists)."""
+    return [
+        name for name in KNOWN_SERVICES
+        if importlib.util.find_spec(f"services.{name}") is not None
+        and importlib.util.find_spec(f"services.{name}.__main__") is not None
+    ]
+
+
+@dataclass
+class _Child:
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff_s: float = 0.0
+    last_health: Health | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, config: SiteConfig, config_path: Path, services: list[str], *, status_interval_s: float = 5.0) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.children = {name: _Child(name) for name in services}
+        self.status_interval_s = status_interval_s
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, duration_s: float | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        if duration_s is not None:
+            loop.call_later(duration_s, self.stop)
+        with HttpEndpoint(self.config.metrics.host, self.config.metrics.port("run"), lambda: not self._stopping.is_set()):
+            async with TaskGroup() as group:
+                watchers = [group.create_task(self._keep_running(child), name=child.name) for child in self.children.values()]
+                status = group.create_task(self._status_loop(), name="status")
+                await self._stopping.wait()
+                status.cancel()
+                await asyncio.gather(*(self._terminate(child) for child in self.children.values()))
+                for watcher in watchers:
+                    watcher.cancel()
+        self._print_status(final=True)
+        return 0
+
+    async def _keep_running(self, child: _Child) -> None:
+        backoff = self.config.run.restart_backoff_s
+        while not self._stopping.is_set():
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"services.{child.name}", "--config", str(self.config_path),
+                "--instance", f"{child.name}-0",
+            )
+            child.started = time.monotonic()
+            log.info("service started", extra={"child": child.name, "pid": child.process.pid})
+            code = await child.process.wait()
+            if self._stopping.is_set():
+                return
+            ran_for = time.monotonic() - child.started
+            if ran_for > STABLE_AFTER_S:
+                backoff = self.config.run.restart_backoff_s
+            child.restarts += 1
+            child.backoff_s = backoff
+            SUPERVISOR_RESTARTS.labels(service=child.name).inc()
+            log.warning("service exited; restarting", extra={"child": child.name, "code": code,
+                                                             "ran_s": round(ran_for, 1), "backoff_s": backoff})
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, self.config.run.max_restart_backoff_s)
+
+    async def _terminate(self, child: _Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=self.config.run.stop_grace_s)
+        except asyncio.TimeoutError:
+            log.warning("service ignored SIGTERM; killing", extra={"child": child.name})
+            process.kill()
+            await process.wait()
+
+    async def _status_loop(self) -> None:
+        """Shows progress: one status table every ``status_interval_s`` from the services' Health."""
+        async with Subscriber(self.config.bus.subscribe, "run", [topic("health")]) as health:
+            next_print = time.monotonic() + self.status_interval_s
+            while True:
+                try:
+                    received = await asyncio.wait_for(health.receive(), timeout=max(0.05, next_print - time.monotonic()))
+                    message = received.message
+                    if isinstance(message, Health) and message.service in self.children:
+                        self.children[message.service].last_health = message
+                except asyncio.TimeoutError:
+                    pass
+                if time.monotonic() >= next_print:
+                    self._print_status()
+                    next_print = time.monotonic() + self.status_interval_s
+
+    def _print_status(self, *, final: bool = False) -> None:
+        rows = [f"{'service':<10} {'pid':>7} {'state':<9} {'up s':>7} {'restarts':>8}  counters"]
+        for child in self.children.values():
+            health = child.last_health
+            alive = child.process is not None and child.process.returncode is None
+            state = health.state if health and alive else ("exited" if child.process else "waiting")
+            if final:
+                state = "stopped"
+            counters = " ".join(f"{k}={v:g}" for k, v in sorted((health.counters if health else {}).items()))
+            pid = child.process.pid if child.process else "-"
+            uptime = f"{health.uptime_s:.0f}" if health else "-"
+            rows.append(f"{child.name:<10} {pid!s:>7} {state:<9} {uptime:>7} {child.restarts:>8}  {counters}")
+        print("\n".join(rows), flush=True)
+
+

@@ -1,0 +1,16 @@
+"""The site file: ``load_config(path)`` -> :class:`SiteConfig`, errors as file:line: key: message."""
+
+from common.config.bus import BusConfig
+from common.config.cameras import CameraConfig, CameraDefaults, MotionConfig, PrivacyMask
+from common.config.loader import load_config, load_yaml, parse_config
+from common.config.metrics import LoggingConfig, MetricsConfig
+from common.config.models import ModelConfig
+from common.config.rules import Rule
+from common.config.site import RunConfig, SiteConfig, SiteSection
+from common.config.uplink import UplinkConfig
+
+__all__ = [
+    "BusConfig", "CameraConfig", "CameraDefaults", "LoggingConfig", "MetricsConfig", "ModelConfig", "MotionConfig",
+    "PrivacyMask", "Rule", "RunConfig", "SiteConfig", "SiteSection", "UplinkConfig", "load_config", "load_yaml",
+    "parse_config",
+]

@@ -1,0 +1,39 @@
+"""Building blocks shared by the config sections: strict models, names, 0-1 geometry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = ["Line", "Name", "Point", "Polygon", "Section", "Unit"]
+
+
+class Section(BaseModel):
+    """Every config model: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", description="letters, digits, _ . -")]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Point = Annotated[tuple[Unit, Unit], Field(description="[x, y] as fractions of the frame's width and height (0-1)")]
+
+
+def _distinct(points: tuple[tuple[float, float], tuple[float, float]]) -> tuple[tuple[float, float], tuple[float, float]]:
+    if points[0] == points[1]:
+        raise ValueError("a line needs two different points")
+    return points
+
+
+def _has_area(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    twice_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+    if abs(twice_area) < 1e-9:
+        raise ValueError("a polygon's points must enclose an area")
+    return points
+
+
+Line = Annotated[tuple[Point, Point], AfterValidator(_distinct), Field(description="[[x0, y0], [x1, y1]], 0-1")]
+Polygon = Annotated[
+    list[Point], Field(min_length=3, max_length=64, description="[[x, y], ...], 0-1"), AfterValidator(_has_area)
+]

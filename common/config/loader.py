@@ -1,0 +1,179 @@
+"""YAML -> pydantic in layers, keeping each key's line so every error says file:line: key.
+
+1. ``yaml.compose`` gives nodes with marks; we build plain data and a ``path -> line`` map.
+2. ``${VAR}``, ``${VAR:-default}`` and ``${file:/run/secrets/x}`` in strings are substituted
+   (secrets stay out of the file); a missing variable is an error at its line.
+3. ``camera_defaults`` is merged under every camera (the camera's own keys win).
+4. ``SiteConfig.model_validate`` checks types, bounds and cross references.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from common.errors import ConfigError
+
+__all__ = ["load_config", "load_yaml", "parse_config"]
+
+Path_ = tuple[str | int, ...]
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*|file:[^}]+)(?::-(?P<default>[^}]*))?\}")
+
+
+class _Lines:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.by_path: dict[Path_, int] = {}
+        self.problems: list[str] = []
+
+    def line(self, path: Path_) -> int:
+        while path and path not in self.by_path:
+            path = path[:-1]
+        return self.by_path.get(path, 1)
+
+    def error(self, path: Path_, message: str) -> None:
+        self.problems.append(f"{self.source}:{self.line(path)}: {_dotted(path) or '(top)'}: {message}")
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
+
+
+def _substitute(text: str, lines: _Lines, path: Path_, environ: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match["name"], match["default"]
+        if name.startswith("file:"):
+            try:
+                return Path(name[5:]).read_text().strip()
+            except OSError as exc:
+                lines.error(path, f"cannot read secret file {name[5:]}: {exc.strerror}")
+                return ""
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        lines.error(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        return ""
+
+    return _ENV.sub(replace, text)
+
+
+def _build(node: yaml.Node, path: Path_, lines: _Lines, environ: Mapping[str, str]) -> Any:
+    lines.by_path.setdefault(path, node.start_mark.line + 1)
+    constructor = yaml.SafeLoader("")
+    if isinstance(node, yaml.MappingNode):
+        constructor.flatten_mapping(node)  # supports `<<: *anchor`
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = constructor.construct_object(key_node, deep=True)
+            child = (*path, key)
+            if key in result:
+                lines.by_path[child] = key_node.start_mark.line + 1
+                lines.error(child, "duplicate key")
+                continue
+            lines.by_path[child] = key_node.start_mark.line + 1
+            result[key] = _build(value_node, child, lines, environ)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), lines, environ) for i, item in enumerate(node.value)]
+    value = constructor.construct_object(node, deep=True)
+    return _substitute(value, lines, path, environ) if isinstance(value, str) else value
+
+
+def load_yaml(text: str, source: str = "<string>", environ: Mapping[str, str] | None = None) -> tuple[Any, _Lines]:
+    """Parse YAML into plain data plus the line of every key; syntax errors raise ConfigError."""
+    lines = _Lines(source)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError([f"{where}: (yaml): {exc.problem or exc}"]) from None
+    data = {} if node is None else _build(node, (), lines, os.environ if environ is None else environ)
+    return data, lines
+
+
+def _merge_defaults(data: dict[str, Any], lines: _Lines) -> None:
+    """Deep-merge ``camera_defaults`` under each camera; merged keys keep the defaults' lines."""
+    defaults = data.get("camera_defaults")
+    cameras = data.get("cameras")
+    if not isinstance(defaults, dict) or not isinstance(cameras, dict):
+        return
+
+    def merge(base: dict[str, Any], own: dict[str, Any], base_path: Path_, own_path: Path_) -> dict[str, Any]:
+        merged = copy.deepcopy(base)
+        for key, value in base.items():
+            for path, line in list(lines.by_path.items()):
+                if path[: len(base_path) + 1] == (*base_path, key):
+                    lines.by_path.setdefault((*own_path, *path[len(base_path):]), line)
+        for key, value in own.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = merge(merged[key], value, (*base_path, key), (*own_path, key))
+            else:
+                merged[key] = value
+        return merged
+
+    for name, camera in cameras.items():
+        if isinstance(camera, dict):
+            cameras[name] = merge(defaults, camera, ("camera_defaults",), ("cameras", name))
+
+
+def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str] | None = None) -> Any:
+    """Validate YAML text as a site config; every problem found is reported at once."""
+    from common.config.site import SiteConfig  # here: the models import this module's helpers
+
+    data, lines = load_yaml(text, source, environ)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: (top): expected a mapping of sections, got {type(data).__name__}"])
+    _merge_defaults(data, lines)
+    try:
+        config = SiteConfig.model_validate(data, context={"source": source})
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            path = _data_path(tuple(error["loc"]), data)
+            message = error["msg"]
+            if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+                message += f" (got {repr(error['input'])[:60]})"
+            if error["type"] == "extra_forbidden":
+                message = "unknown key (check its spelling and section)"
+            lines.error(path, message)
+    if lines.problems:
+        raise ConfigError(lines.problems)
+    config.source = source
+    return config
+
+
+def _data_path(loc: Path_, data: Any) -> Path_:
+    """Drop the union tags pydantic puts in ``loc`` (``rules.r1.zone.polygon``) so the path follows the YAML."""
+    path: Path_ = ()
+    node = data
+    tag_skipped_at: Any = None
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part and tag_skipped_at is not node:
+            tag_skipped_at = node
+            continue  # a discriminated union's tag, not a key
+        path = (*path, part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return path
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Any:
+    """Read and validate a site file; raises ConfigError naming file, line and key."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(file), environ)

@@ -1,0 +1,106 @@
+"""Rules per camera (``cameras.<name>.rules``), with 0-1 geometry, class filters, schedules and actions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from common.config._types import Line, Name, Polygon, Section, Unit
+
+__all__ = [
+    "Action", "CommandAction", "CrowdRule", "DwellRule", "GpioAction", "LineRule", "PpeRule", "PresenceRule",
+    "Rule", "ScheduleWindow", "WebhookAction", "ZoneRule",
+]
+
+
+class ScheduleWindow(Section):
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    )
+    start: str = Field("00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, site local time")
+    end: str = Field("24:00", pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", description="HH:MM; before start wraps midnight")
+
+
+class WebhookAction(Section):
+    type: Literal["webhook"]
+    url: str = Field(..., pattern=r"^https?://")
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    retries: int = Field(3, ge=0, le=20)
+
+
+class GpioAction(Section):
+    type: Literal["gpio"]
+    chip: str = Field("/dev/gpiochip0")
+    line: int = Field(..., ge=0, le=1023)
+    active_s: float = Field(1.0, gt=0, le=3600, description="How long the line stays active.")
+
+
+class CommandAction(Section):
+    type: Literal["command"]
+    argv: list[str] = Field(..., min_length=1, description="Run directly, never through a shell.")
+    timeout_s: float = Field(10.0, gt=0, le=3600)
+
+
+Action = Annotated[WebhookAction | GpioAction | CommandAction, Field(discriminator="type")]
+
+
+class _RuleBase(Section):
+    classes: list[str] = Field(default_factory=list, description="Labels this rule looks at; empty means all.")
+    min_score: Unit = Field(0.0, description="Ignore detections scored below this.")
+    schedule: list[ScheduleWindow] = Field(default_factory=list, description="Active windows; empty means always.")
+    cooldown_s: float = Field(0.0, ge=0, le=86400, description="Quiet time per object after an event.")
+    snapshot: bool = Field(False, description="Attach a (privacy-masked) JPEG of the best frame to events.")
+    actions: list[Action] = Field(default_factory=list)
+
+
+class ZoneRule(_RuleBase):
+    type: Literal["zone"]
+    polygon: Polygon
+    anchor: Literal["bottom_center", "center", "top_center"] = Field(
+        "bottom_center", description="Point of the box tested against the zone (feet, as Frigate and nvdsanalytics do)."
+    )
+    inertia_frames: int = Field(3, ge=1, le=100, description="Frames inside before an object counts as in the zone; damps flicker.")
+
+
+class LineRule(_RuleBase):
+    type: Literal["line"]
+    line: Line
+    in_side: Literal["left", "right"] = Field(
+        "right", description="Crossing onto this side (seen walking from the first point to the second) counts as 'in'."
+    )
+    min_frames: int = Field(2, ge=1, le=100, description="Frames on the new side before a crossing counts; damps jitter.")
+
+
+class DwellRule(_RuleBase):
+    type: Literal["dwell"]
+    zone: Name
+    seconds: float = Field(..., gt=0, le=86400)
+
+
+class CrowdRule(_RuleBase):
+    type: Literal["crowd"]
+    zone: Name
+    min_count: int = Field(..., ge=1, le=10_000)
+    seconds: float = Field(0.0, ge=0, le=86400)
+
+
+class PpeRule(_RuleBase):
+    type: Literal["ppe"]
+    zone: Name | None = None
+    person_class: str = "person"
+    required: list[str] = Field(..., min_length=1, description="Items every person needs, e.g. [vest, helmet].")
+    overlap: Unit = Field(0.3, description="Share of the item's box inside the person's box to count as worn.")
+    min_frames: int = Field(5, ge=1, le=1000)
+
+
+class PresenceRule(_RuleBase):
+    type: Literal["presence"]
+    zone: Name | None = None
+
+
+Rule = Annotated[
+    ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | PresenceRule, Field(discriminator="type")
+]
+
+

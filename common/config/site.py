@@ -1,0 +1,68 @@
+"""The root of the site file: one section per key, each model in the module of that name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from common.config._types import Name, Section
+from common.config.bus import BusConfig
+from common.config.cameras import CameraConfig, CameraDefaults
+from common.config.metrics import LoggingConfig, MetricsConfig
+from common.config.models import ModelConfig
+from common.config.uplink import UplinkConfig
+
+__all__ = ["RunConfig", "SiteConfig", "SiteSection"]
+
+ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink"]
+
+
+class SiteSection(Section):
+    name: Name = Field(..., description="Names this site in topics, shared memory and upstream.")
+    state_dir: Path = Field(Path("/var/lib/edgesight"), description="Durable state: rule counters, uplink spool.")
+    shm_dir: Path = Field(Path("/dev/shm"), description="Where frame rings live (a tmpfs).")
+    asset_paths: list[Path] = Field(default_factory=list, description="Searched first for models and media.")
+    timezone: str = Field("UTC", description="For rule schedules, e.g. Europe/Berlin.")
+
+
+class RunConfig(Section):
+    services: list[ServiceName] = Field(
+        default_factory=list, description="Services `edgesight run` starts; empty means every installed one."
+    )
+    restart_backoff_s: float = Field(1.0, gt=0, le=60, description="First wait before restarting a dead service.")
+    max_restart_backoff_s: float = Field(30.0, gt=0, le=3600)
+    stop_grace_s: float = Field(10.0, gt=0, le=300, description="Time between SIGTERM and SIGKILL on stop.")
+
+
+class SiteConfig(Section):
+    """One site file configures every service; each reads its own section and the shared ones."""
+
+    site: SiteSection
+    bus: BusConfig = Field(default_factory=BusConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    camera_defaults: CameraDefaults = Field(default_factory=CameraDefaults)
+    cameras: dict[Name, CameraConfig] = Field(default_factory=dict)
+    models: dict[Name, ModelConfig] = Field(default_factory=dict)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    _source: str = PrivateAttr("<memory>")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @source.setter
+    def source(self, value: str) -> None:
+        self._source = value
+
+    @model_validator(mode="after")
+    def _camera_models_exist(self) -> SiteConfig:
+        for name, camera in self.cameras.items():
+            unknown = sorted(set(camera.models) - set(self.models))
+            if unknown:
+                raise ValueError(f"camera {name!r} uses models {unknown} not defined under models: "
+                                 f"(defined: {sorted(self.models) or 'none'})")
+        return self

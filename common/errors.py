@@ -1,0 +1,39 @@
+"""EdgeSight's error tree (rooted in ``contracts.errors.EdgeSightError``; see its docstring)."""
+
+from __future__ import annotations
+
+from contracts.errors import ContractError, EdgeSightError
+
+__all__ = [
+    "AssetError",
+    "BusError",
+    "ConfigError",
+    "ContractError",
+    "EdgeSightError",
+    "ShmError",
+    "StaleFrameError",
+]
+
+
+class ConfigError(EdgeSightError):
+    """The site file is wrong. ``problems`` holds one ``file:line: key: message`` per defect."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class BusError(EdgeSightError):
+    """A bus endpoint string is malformed or a socket cannot bind or connect."""
+
+
+class ShmError(EdgeSightError):
+    """Shared memory is missing, too small, or owned by another live writer."""
+
+
+class StaleFrameError(EdgeSightError):
+    """The slot was overwritten before or while it was read; the frame must be dropped."""
+
+
+class AssetError(EdgeSightError):
+    """A model or media file was not found on the asset search path."""

@@ -1,0 +1,184 @@
+"""The actor base of every service: one asyncio program, one TaskGroup of named tasks.
+
+A service subclasses :class:`Service`, sets ``name`` and writes ``main()``; the base adds what
+every service has: SIGTERM/SIGINT handling, a periodic ``Health`` on the bus, ``Control``
+commands, and ``/metrics``, ``/healthz``, ``/readyz`` over HTTP. ``run_service`` is the
+``python -m services.<name> --config FILE`` entry point that compose and k3s run.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import enum
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, ClassVar
+
+from common import logging as eslogging
+from common._compat import TaskGroup
+from common.bus import Publisher, Subscriber
+from common.config import SiteConfig, load_config
+from common.errors import EdgeSightError
+from common.metrics import LOOP_LAG, SERVICE_UP, HttpEndpoint
+from contracts import Control, Health, topic
+
+__all__ = ["Service", "ServiceState", "run_service"]
+
+log = logging.getLogger(__name__)
+
+
+class ServiceState(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+class Service(abc.ABC):
+    """Base of the EdgeSight services. Subclasses implement :meth:`main` and may override hooks."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: SiteConfig, *, instance: str | None = None, metrics_port: int | None = None) -> None:
+        self.config = config
+        self.instance = instance or os.environ.get("EDGESIGHT_INSTANCE") or socket.gethostname()
+        self.metrics_port = config.metrics.port(self.name) if metrics_port is None else metrics_port
+        self.state = ServiceState.STARTING
+        self.paused = False
+        self.publisher: Publisher | None = None
+        self.http: HttpEndpoint | None = None
+        self._started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- what a service provides -------------------------------------------------------------
+    @abc.abstractmethod
+    async def main(self) -> None:
+        """The service's own work; runs until cancelled. Call ``self.set_state(READY)`` once serving."""
+
+    def health_counters(self) -> dict[str, float]:
+        """Numbers worth seeing in Health messages (bounded keys)."""
+        return {}
+
+    def health_detail(self) -> dict[str, str]:
+        """Short strings for Health messages, e.g. per-camera state."""
+        return {}
+
+    async def on_control(self, command: Control) -> None:
+        """Pause, resume and reload hooks; shutdown is handled by the base."""
+        if command.command == "pause":
+            self.paused = True
+        elif command.command == "resume":
+            self.paused = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def set_state(self, state: ServiceState) -> None:
+        if state != self.state:
+            log.info("state changed", extra={"from_state": self.state.value, "to_state": state.value})
+        self.state = state
+        SERVICE_UP.labels(service=self.name).set(1 if state == ServiceState.READY else 0)
+
+    def stop(self) -> None:
+        """Ask the service to stop; safe from signal handlers and other tasks."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        ready = lambda: self.state == ServiceState.READY  # noqa: E731
+        bus = self.config.bus
+        log.info("starting", extra={"instance": self.instance, "metrics_port": self.metrics_port})
+        with HttpEndpoint(self.config.metrics.host, self.metrics_port, ready) as http:
+            self.http = http
+            async with (
+                Publisher(bus.publish_endpoint(self.name), self.name, hwm=100) as publisher,
+                Subscriber(bus.subscribe, self.name, [topic("control", self.name), topic("control", "*")]) as control,
+            ):
+                self.publisher = publisher
+                async with TaskGroup() as group:
+                    self._tasks = [
+                        group.create_task(self._guard(self.main()), name="main"),
+                        group.create_task(self._health_loop(), name="health"),
+                        group.create_task(self._control_loop(control), name="control"),
+                        group.create_task(self._heartbeat_loop(), name="heartbeat"),
+                    ]
+                    group.create_task(self._stop_when_asked(), name="stop")
+                self.set_state(ServiceState.STOPPING)
+                await self._publish_health()
+        log.info("stopped")
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        """The main task ending (or failing) stops the whole service; the supervisor restarts it."""
+        try:
+            await work
+        finally:
+            self.stop()
+
+    async def _stop_when_asked(self) -> None:
+        await self._stop.wait()
+        self.set_state(ServiceState.STOPPING)
+        for task in self._tasks:
+            task.cancel()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self._publish_health()
+            await asyncio.sleep(self.config.bus.health_interval_s)
+
+    async def _publish_health(self) -> None:
+        if self.publisher is None:
+            return
+        health = Health(
+            service=self.name, instance=self.instance, state=self.state.value, ts_ns=time.time_ns(),
+            uptime_s=time.monotonic() - self._started, counters=self.health_counters(), detail=self.health_detail(),
+        )
+        await self.publisher.publish("health", self.name, health)
+
+    async def _control_loop(self, control: Subscriber) -> None:
+        async for received in control:
+            command = received.message
+            if not isinstance(command, Control) or command.instance not in (None, self.instance):
+                continue
+            log.info("control command", extra={"command": command.command, "id": command.id})
+            if command.command == "shutdown":
+                self.stop()
+            else:
+                await self.on_control(command)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = 0.5
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(interval)
+            LOOP_LAG.labels(service=self.name).observe(max(0.0, time.monotonic() - before - interval))
+            if self.http is not None:
+                self.http.beat()
+
+
+def run_service(cls: type[Service], argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python -m services.<name> --config site.yaml [--instance ID] [--metrics-port N]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{cls.name}", description=cls.__doc__)
+    parser.add_argument("--config", required=True, help="the site file")
+    parser.add_argument("--instance", help="this replica's name (default: $EDGESIGHT_INSTANCE or the host name)")
+    parser.add_argument("--metrics-port", type=int, help="override metrics.ports.<service>; 0 picks a free port")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except EdgeSightError as exc:
+        print(f"{cls.name}: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    eslogging.configure(cls.name, config.logging.level, config.logging.format)
+    try:
+        asyncio.run(cls(config, instance=args.instance, metrics_port=args.metrics_port).run())
+    except EdgeSightError as exc:
+        log.error("cannot run", extra={"error": str(exc)})
+        return 1
+    return 0

@@ -1,0 +1,21 @@
+"""Shared-memory frame rings: pixels are written once by ingest and read in place by everyone else."""
+
+from common.shm.ring import (
+    DEFAULT_SHM_DIR,
+    FrameRingReader,
+    FrameRingWriter,
+    FrameView,
+    frame_bytes,
+    frame_shape,
+    segment_name,
+)
+
+__all__ = [
+    "DEFAULT_SHM_DIR",
+    "FrameRingReader",
+    "FrameRingWriter",
+    "FrameView",
+    "frame_bytes",
+    "frame_shape",
+    "segment_name",
+]

@@ -1,0 +1,1 @@
+"""EdgeSight's services, one folder each: ``python -m services.<name> --config site.yaml``."""
