@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 
 from common.bus.endpoint import Endpoint
 from common.config._types import Section
+from common.errors import BusError
 
 __all__ = ["BrokerEndpoints", "BusConfig", "EventEndpoints"]
 
@@ -13,7 +14,10 @@ _RUN = "ipc:///run/edgesight"
 
 
 def _check(spec: str) -> str:
-    Endpoint.parse(spec.replace("{service}", "x"))
+    try:
+        Endpoint.parse(spec.replace("{service}", "x"))
+    except BusError as exc:
+        raise ValueError(str(exc)) from None
     return spec
 
 

@@ -151,12 +151,15 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
 
 
 def _data_path(loc: Path_, data: Any) -> Path_:
-    """Drop the union tags pydantic puts in ``loc`` (``rules.r1.zone.polygon``) so the path follows the YAML."""
+    """Drop the union tags pydantic puts in ``loc`` (``rules.r1.zone.polygon``) so the path follows the YAML.
+
+    A tag comes right after the path of the mapping whose ``type`` it names.
+    """
     path: Path_ = ()
     node = data
     tag_skipped_at: Any = None
     for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("type") == part and tag_skipped_at is not node:
+        if isinstance(node, dict) and node.get("type") == part and tag_skipped_at is not node:
             tag_skipped_at = node
             continue  # a discriminated union's tag, not a key
         path = (*path, part)

@@ -1,0 +1,64 @@
+"""Fixtures shared by every test layer: the assets folder, bus endpoints in a temp dir, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.assets import asset_search_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (or $EDGESIGHT_ASSETS): found once; a clear failure when missing."""
+    for folder in asset_search_path():
+        if (folder / "media" / "people.mp4").is_file():
+            return folder
+    pytest.fail("shared assets not found: put the shared/ folder beside the checkout or set EDGESIGHT_ASSETS")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def site_file(tmp_path: Path) -> Iterator[Path]:
+    """A minimal site file whose bus, shm and state live under ``tmp_path``; free metrics ports."""
+    ports = {name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink")}
+    run = tmp_path / "run"
+    text = textwrap.dedent(f"""\
+        site: {{name: test, state_dir: {tmp_path / 'state'}, shm_dir: {tmp_path / 'shm'}}}
+        bus:
+          publish: pub+connect:ipc://{run}/bus-in.sock
+          subscribe: [sub+connect:ipc://{run}/bus-out.sock]
+          broker: {{frontend: xsub+bind:ipc://{run}/bus-in.sock, backend: xpub+bind:ipc://{run}/bus-out.sock}}
+          events: {{send: dealer+connect:ipc://{run}/events.sock, receive: router+bind:ipc://{run}/events.sock}}
+          health_interval_s: 0.5
+        metrics:
+          host: 127.0.0.1
+          ports: {ports}
+        run: {{restart_backoff_s: 0.5, stop_grace_s: 5}}
+        """)
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    (tmp_path / "shm").mkdir()
+    yield path
+
+
+@pytest.fixture
+def python_env() -> dict[str, str]:
+    """Environment for child processes: this interpreter's packages and the checkout on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env

@@ -1,0 +1,111 @@
+"""The site file: errors name file, line and key; the schema describes the example."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from common.config import SiteConfig, load_config, parse_config
+from common.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "site.yaml"
+
+
+def test_example_loads_with_defaults_and_overrides() -> None:
+    config = load_config(EXAMPLE, environ={"DOCK1_PASSWORD": "s3cret"})
+    assert config.site.name == "plant-7"
+    assert config.cameras["dock-1"].fps == 5  # own value wins
+    assert config.cameras["yard"].fps == 10  # inherited from camera_defaults
+    assert config.cameras["dock-1"].url == "rtsp://viewer:s3cret@192.0.2.10:554/stream1"
+    assert config.uplink.mqtt is not None and config.uplink.mqtt.host == "localhost"  # ${MQTT_HOST:-localhost}
+
+
+def _problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "site.yaml", environ or {})
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("needle", "replacement", "expected"),
+    [
+        ("  fps: 5 ", "  fps: -5 ", "cameras.dock-1.fps: Input should be greater than 0"),
+        ("        seconds: 120", "        seconds: soon", "cameras.dock-1.rules.loitering.seconds: Input should be a valid number"),
+        ("        in_side: right", "        in_sid: right", "cameras.dock-1.rules.door.in_sid: unknown key"),
+        ("  frames_hwm: 4 ", "  frames_hwm: 0 ", "bus.frames_hwm: Input should be greater than or equal to 1"),
+        ("    port: 1883", "    port: 99999", "uplink.mqtt.port: Input should be less than or equal to 65535"),
+        ("        zone: bay", "        zone: nowhere", "cameras.dock-1: Value error, rule 'loitering' names zone 'nowhere'"),
+        ("  publish: pub+connect:", "  publish: pub+sideways:", "bus.publish: Value error, bad endpoint"),
+    ],
+)
+def test_broken_example_names_line_and_key(needle: str, replacement: str, expected: str) -> None:
+    lines = EXAMPLE.read_text().splitlines()
+    [index] = [i for i, line in enumerate(lines) if needle in line]
+    lines[index] = lines[index].replace(needle, replacement, 1)
+    problems = _problems("\n".join(lines))
+    assert any(expected in p for p in problems), problems
+    if not expected.startswith("cameras.dock-1: Value error"):
+        assert any(p.startswith(f"site.yaml:{index + 1}: ") and expected in p for p in problems), problems
+
+
+def test_line_points_outside_the_frame_are_rejected_at_their_line() -> None:
+    text = "site: {name: s}\ncameras:\n  c:\n    url: x.mp4\n    rules:\n      l:\n        type: line\n        line: [[0, 0.5], [1.5, 0.5]]\n"
+    assert _problems(text) == ["site.yaml:8: cameras.c.rules.l.line[1][0]: Input should be less than or equal to 1 (got 1.5)"]
+
+
+def test_missing_required_field_points_at_its_parent() -> None:
+    text = "site: {name: s}\ncameras:\n  c:\n    url: x.mp4\n    rules:\n      l: {type: line}\n"
+    assert _problems(text) == ["site.yaml:6: cameras.c.rules.l.line: Field required"]
+
+
+def test_missing_environment_variable_is_reported_at_its_line() -> None:
+    text = "site: {name: s}\ncameras:\n  c:\n    url: rtsp://u:${CAM_PASSWORD}@h/s\n"
+    problems = _problems(text)
+    assert problems == ["site.yaml:4: cameras.c.url: environment variable CAM_PASSWORD is not set (use ${CAM_PASSWORD:-default} for a default)"]
+
+
+def test_secret_file_substitution(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    config = parse_config(f"site: {{name: s}}\ncameras:\n  c: {{url: 'rtsp://u:${{file:{secret}}}@h/s'}}\n", environ={})
+    assert config.cameras["c"].url == "rtsp://u:hunter2@h/s"
+
+
+def test_duplicate_keys_and_yaml_syntax_errors_have_lines() -> None:
+    assert _problems("site: {name: s}\ncameras:\n  c: {url: a}\n  c: {url: b}\n") == ["site.yaml:4: cameras.c: duplicate key"]
+    assert _problems("site: {name: s}\ncameras: [\n")[0].startswith("site.yaml:3: (yaml):")
+
+
+def test_camera_using_an_undefined_model() -> None:
+    problems = _problems("site: {name: s}\ncameras:\n  c: {url: a, models: [ppe]}\n")
+    assert any("uses models ['ppe'] not defined" in p for p in problems)
+
+
+def test_schema_validates_the_example_and_catches_a_bad_one() -> None:
+    schema = SiteConfig.model_json_schema()
+    document = yaml.safe_load(EXAMPLE.read_text())
+    jsonschema.validate(document, schema)
+    document["cameras"]["dock-1"]["fps"] = "fast"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+
+
+def test_cli_config_check_and_schema(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "common.cli.main"]
+    good = subprocess.run([*cli, "config", "check", str(EXAMPLE)], capture_output=True, text=True, check=False)
+    assert good.returncode == 0, good.stderr
+    assert "ok" in good.stdout
+    broken = tmp_path / "site.yaml"
+    broken.write_text(EXAMPLE.read_text().replace("  fps: 5 ", "  fps: -5 "))
+    bad = subprocess.run([*cli, "config", "check", str(broken)], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    line = next(i for i, text in enumerate(EXAMPLE.read_text().splitlines(), 1) if "  fps: 5 " in text)
+    assert f"{broken}:{line}: cameras.dock-1.fps: Input should be greater than 0 (got -5)" in bad.stderr
+    schema = subprocess.run([*cli, "config", "schema"], capture_output=True, text=True, check=True)
+    assert json.loads(schema.stdout)["title"] == "EdgeSight site configuration"
