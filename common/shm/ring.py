@@ -163,15 +163,22 @@ class FrameRingWriter:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
         try:
             reuse = cls._claim(fd, path, layout, reclaim_after_s)
+        except BaseException:
+            os.close(fd)  # someone else's segment: leave it alone
+            raise
+        if not reuse:
+            # A new inode, so readers mapping the old layout notice and remap.
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o660)
+        try:
             if not reuse:
-                # A new inode, so readers mapping the old layout notice and remap.
-                os.close(fd)
-                path.unlink(missing_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o660)
                 _reserve(fd, path, layout.total)
             writer = cls(path, fd, layout, camera)
         except BaseException:
             os.close(fd)
+            if not reuse:
+                path.unlink(missing_ok=True)
             raise
         writer._stamp_header(initialise=not reuse)
         return writer
