@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # `_created` series double every counter's exposition for a value nobody here charts.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 BUS_MESSAGES = Counter(
     "edgesight_bus_messages_total", "Messages sent or received on the bus.", ["service", "stream", "direction"]
@@ -51,7 +51,9 @@ SUPERVISOR_RESTARTS = Counter(
     "edgesight_supervisor_restarts_total", "Service processes restarted by `edgesight run`.", ["service"]
 )
 LOOP_LAG = Histogram(
-    "edgesight_event_loop_lag_seconds", "How late the event loop's heartbeat ran.", ["service"],
+    "edgesight_event_loop_lag_seconds",
+    "How late the event loop's heartbeat ran.",
+    ["service"],
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2.0),
 )
 
@@ -59,7 +61,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -92,7 +94,7 @@ class HttpEndpoint:
         if path == "/healthz":
             lag = (time.monotonic_ns() - self._last_beat_ns) / 1e9
             ok = lag * 1e9 < self._stall_after_ns
-            return _text(start_response, ok, f"ok\n" if ok else f"event loop stalled for {lag:.1f}s\n")
+            return _text(start_response, ok, "ok\n" if ok else f"event loop stalled for {lag:.1f}s\n")
         if path == "/readyz":
             ok = self._ready()
             return _text(start_response, ok, "ready\n" if ok else "not ready\n")

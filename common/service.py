@@ -137,8 +137,13 @@ class Service(abc.ABC):
         if self.publisher is None:
             return
         health = Health(
-            service=self.name, instance=self.instance, state=self.state.value, ts_ns=time.time_ns(),
-            uptime_s=time.monotonic() - self._started, counters=self.health_counters(), detail=self.health_detail(),
+            service=self.name,
+            instance=self.instance,
+            state=self.state.value,
+            ts_ns=time.time_ns(),
+            uptime_s=time.monotonic() - self._started,
+            counters=self.health_counters(),
+            detail=self.health_detail(),
         )
         await self.publisher.publish("health", self.name, health)
 

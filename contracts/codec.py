@@ -62,7 +62,9 @@ def decode(body: bytes | memoryview, expect: type[Message] | None = None) -> Mes
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
         raise ContractError("malformed", str(exc)) from None
     if message.v not in SUPPORTED_VERSIONS:
-        raise ContractError("unknown_version", f"protocol version {message.v} (supported: {sorted(SUPPORTED_VERSIONS)})")
+        raise ContractError(
+            "unknown_version", f"protocol version {message.v} (supported: {sorted(SUPPORTED_VERSIONS)})"
+        )
     if expect is not None and not isinstance(message, expect):
         tag = type(message).__struct_config__.tag
         raise ContractError("invalid", f"expected a {expect.__name__} message, got {tag!r}")
@@ -77,5 +79,7 @@ def _classify(body: bytes | memoryview, exc: msgspec.ValidationError) -> Contrac
     if header.type not in MESSAGE_TYPES:
         return ContractError("unknown_type", f"message type {header.type[:64]!r}")
     if header.v not in SUPPORTED_VERSIONS:
-        return ContractError("unknown_version", f"protocol version {header.v} (supported: {sorted(SUPPORTED_VERSIONS)})")
+        return ContractError(
+            "unknown_version", f"protocol version {header.v} (supported: {sorted(SUPPORTED_VERSIONS)})"
+        )
     return ContractError("invalid", f"{header.type}: {exc}")

@@ -55,7 +55,7 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, gc=Fa
     v: int = PROTOCOL_VERSION
 
 
-class FrameRef(Message, tag="frame_ref", kw_only=True):
+class FrameRef(Message, tag="frame_ref", kw_only=True, frozen=True):
     """Where one decoded frame lies in shared memory. Published by ingest on ``frames/<camera>/``."""
 
     camera: Name
@@ -82,7 +82,7 @@ class InferenceTiming(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     provider: str = ""
 
 
-class Detections(Message, tag="detections", kw_only=True):
+class Detections(Message, tag="detections", kw_only=True, frozen=True):
     """One model's results on one frame. Published by inference on ``detections/<camera>/``.
 
     ``boxes`` is ``<f4 [N, 4]`` normalised xyxy, ``class_ids`` ``<i4 [N]``, ``scores`` ``<f4 [N]``.
@@ -100,10 +100,16 @@ class Detections(Message, tag="detections", kw_only=True):
     timing: InferenceTiming = InferenceTiming()
 
     def __post_init__(self) -> None:
-        checks = (("boxes", self.boxes, "<f4", 2), ("class_ids", self.class_ids, "<i4", 1), ("scores", self.scores, "<f4", 1))
+        checks = (
+            ("boxes", self.boxes, "<f4", 2),
+            ("class_ids", self.class_ids, "<i4", 1),
+            ("scores", self.scores, "<f4", 1),
+        )
         for field, array, dtype, ndim in checks:
             if array.dtype != dtype or len(array.shape) != ndim:
-                raise ValueError(f"{field} must be {dtype} with {ndim} dimensions, got {array.dtype} {list(array.shape)}")
+                raise ValueError(
+                    f"{field} must be {dtype} with {ndim} dimensions, got {array.dtype} {list(array.shape)}"
+                )
         count = self.class_ids.shape[0]
         if self.boxes.shape != (count, 4) or self.scores.shape != (count,):
             raise ValueError(
@@ -151,7 +157,7 @@ class Snapshot(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     data: bytes
 
 
-class Event(Message, tag="event", kw_only=True):
+class Event(Message, tag="event", kw_only=True, frozen=True):
     """Something a rule decided. Sent by rules to the uplink with delivery acknowledgement.
 
     ``id`` is stable: a resent event carries the same id, so sinks can drop duplicates.
@@ -173,7 +179,7 @@ class Event(Message, tag="event", kw_only=True):
     snapshot: Snapshot | None = None
 
 
-class Health(Message, tag="health", kw_only=True):
+class Health(Message, tag="health", kw_only=True, frozen=True):
     """A service's periodic heartbeat, on ``health/<service>/``."""
 
     service: Name
@@ -185,7 +191,7 @@ class Health(Message, tag="health", kw_only=True):
     detail: dict[str, str] = {}
 
 
-class Control(Message, tag="control", kw_only=True):
+class Control(Message, tag="control", kw_only=True, frozen=True):
     """An operator's command, on ``control/<service>/`` (``control/*/`` for every service)."""
 
     id: Name
@@ -197,7 +203,7 @@ class Control(Message, tag="control", kw_only=True):
     args: dict[str, str] = {}
 
 
-class Ack(Message, tag="ack", kw_only=True):
+class Ack(Message, tag="ack", kw_only=True, frozen=True):
     """The uplink's receipt for events it has made durable."""
 
     ids: list[Name]

@@ -6,7 +6,6 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def site_file(tmp_path: Path) -> Iterator[Path]:
+def site_file(tmp_path: Path) -> Path:
     """A minimal site file whose bus, shm and state live under ``tmp_path``; free metrics ports."""
     ports = {name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink")}
     run = tmp_path / "run"
     text = textwrap.dedent(f"""\
-        site: {{name: test, state_dir: {tmp_path / 'state'}, shm_dir: {tmp_path / 'shm'}}}
+        site: {{name: test, state_dir: {tmp_path / "state"}, shm_dir: {tmp_path / "shm"}}}
         bus:
           publish: pub+connect:ipc://{run}/bus-in.sock
           subscribe: [sub+connect:ipc://{run}/bus-out.sock]
@@ -52,7 +51,7 @@ def site_file(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "site.yaml"
     path.write_text(text)
     (tmp_path / "shm").mkdir()
-    yield path
+    return path
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
@@ -21,8 +21,15 @@ __all__ = ["Endpoint", "Pattern"]
 
 Pattern = Literal["pub", "sub", "xpub", "xsub", "push", "pull", "dealer", "router", "pair"]
 _SOCKET_TYPES: dict[str, int] = {
-    "pub": zmq.PUB, "sub": zmq.SUB, "xpub": zmq.XPUB, "xsub": zmq.XSUB, "push": zmq.PUSH,
-    "pull": zmq.PULL, "dealer": zmq.DEALER, "router": zmq.ROUTER, "pair": zmq.PAIR,
+    "pub": zmq.PUB,
+    "sub": zmq.SUB,
+    "xpub": zmq.XPUB,
+    "xsub": zmq.XSUB,
+    "push": zmq.PUSH,
+    "pull": zmq.PULL,
+    "dealer": zmq.DEALER,
+    "router": zmq.ROUTER,
+    "pair": zmq.PAIR,
 }
 _BINDS_BY_DEFAULT = frozenset({"xpub", "xsub", "router", "pull"})
 _SPEC = re.compile(r"^(?P<pattern>[a-z]+)(?:\+(?P<side>bind|connect))?:(?P<address>(?:ipc|tcp|inproc)://.+)$")
@@ -51,7 +58,7 @@ class Endpoint:
     def __str__(self) -> str:
         return f"{self.pattern}+{'bind' if self.bind else 'connect'}:{self.address}"
 
-    def open(self, context: zmq.asyncio.Context | zmq.Context[zmq.Socket[bytes]], **options: int) -> zmq.Socket[bytes]:
+    def open(self, context: zmq.asyncio.Context | zmq.Context[Any], **options: int) -> Any:
         """A socket of this pattern, options applied, bound or connected. The caller closes it."""
         sock = context.socket(_SOCKET_TYPES[self.pattern])
         sock.setsockopt(zmq.LINGER, 0)
@@ -60,7 +67,7 @@ class Endpoint:
         try:
             if self.bind:
                 if self.address.startswith("ipc://"):
-                    Path(self.address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+                    Path(self.address[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
                 sock.bind(self.address)
             else:
                 sock.connect(self.address)

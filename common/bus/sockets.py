@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -65,7 +64,7 @@ class Publisher:
         self.endpoint = _endpoints(endpoint)[0]
         self.service = service
         self.hwm = hwm
-        self._socket: zmq.Socket[bytes] | None = None
+        self._socket: zmq.asyncio.Socket | None = None
 
     async def __aenter__(self) -> Publisher:
         self._socket = self.endpoint.open(_context(), sndhwm=self.hwm)
@@ -104,7 +103,7 @@ class Subscriber:
         self.service = service
         self.topics = list(topics)
         self.hwm = hwm
-        self._socket: zmq.Socket[bytes] | None = None
+        self._socket: zmq.asyncio.Socket | None = None
         self._last_seq: dict[tuple[str, str], int] = {}
 
     async def __aenter__(self) -> Subscriber:
@@ -150,9 +149,8 @@ class Subscriber:
         newest[(first.stream, first.key)] = first
         while True:
             try:
-                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-                if isinstance(frames, asyncio.Future):  # zmq.asyncio returns a done future
-                    frames = frames.result()
+                # With NOBLOCK, zmq.asyncio answers with an already-settled future.
+                frames: list[bytes] = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=True).result()  # type: ignore[attr-defined]
             except zmq.Again:
                 break
             received = self._decode(frames)
@@ -217,7 +215,7 @@ class EventSender:
         self.service = service
         self.window = window
         self.ack_timeout_s = ack_timeout_s
-        self._socket: zmq.Socket[bytes] | None = None
+        self._socket: zmq.asyncio.Socket | None = None
         self._pending: collections.OrderedDict[str, tuple[bytes, bytes, float]] = collections.OrderedDict()
         self._space = asyncio.Event()
         self._space.set()
@@ -324,7 +322,7 @@ class EventReceiver:
         self.endpoint = _endpoints(endpoint)[0]
         self.service = service
         self.hwm = hwm
-        self._socket: zmq.Socket[bytes] | None = None
+        self._socket: zmq.asyncio.Socket | None = None
 
     async def __aenter__(self) -> EventReceiver:
         self._socket = self.endpoint.open(_context(), rcvhwm=self.hwm, sndhwm=self.hwm)
@@ -368,5 +366,3 @@ class EventReceiver:
                 await self._socket.send_multipart([peer, topic("acks", self.service), body], flags=zmq.NOBLOCK)
             except zmq.Again:
                 log.warning("ack not sent: sender's queue is full; it will resend", extra={"count": len(ids)})
-
-

@@ -51,8 +51,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     rules = sum(len(camera.rules) for camera in config.cameras.values())
     sinks = [name for name in ("mqtt", "s3", "cloudwatch", "jsonl", "webhook") if getattr(config.uplink, name)]
-    print(f"{args.file}: ok — site {config.site.name}: {len(config.cameras)} cameras, {len(config.models)} models, "
-          f"{rules} rules, sinks: {', '.join(sinks) or 'none'}")
+    print(
+        f"{args.file}: ok — site {config.site.name}: {len(config.cameras)} cameras, {len(config.models)} models, "
+        f"{rules} rules, sinks: {', '.join(sinks) or 'none'}"
+    )
     return 0
 
 
@@ -70,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     eslogging.configure("run", config.logging.level, config.logging.format)
     available = installed_services()
-    wanted = args.services.split(",") if args.services else (config.run.services or available)
+    wanted: list[str] = args.services.split(",") if args.services else list(config.run.services or available)
     missing = sorted(set(wanted) - set(available))
     if missing:
         print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)
@@ -120,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a site file: exit 0, or 2 with file:line: key: message")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
-    config_commands.add_parser("schema", help="print the JSON Schema of site files").set_defaults(func=cmd_config_schema)
+    config_commands.add_parser("schema", help="print the JSON Schema of site files").set_defaults(
+        func=cmd_config_schema
+    )
 
     run = commands.add_parser("run", help="run the services as processes, restart any that die")
     run.add_argument("config")

@@ -33,7 +33,8 @@ STABLE_AFTER_S = 60.0
 def installed_services() -> list[str]:
     """Services of this installation that can run (``services/<name>/__main__.py`` exists)."""
     return [
-        name for name in KNOWN_SERVICES
+        name
+        for name in KNOWN_SERVICES
         if importlib.util.find_spec(f"services.{name}") is not None
         and importlib.util.find_spec(f"services.{name}.__main__") is not None
     ]
@@ -50,7 +51,9 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, config: SiteConfig, config_path: Path, services: list[str], *, status_interval_s: float = 5.0) -> None:
+    def __init__(
+        self, config: SiteConfig, config_path: Path, services: list[str], *, status_interval_s: float = 5.0
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.children = {name: _Child(name) for name in services}
@@ -66,9 +69,13 @@ class Supervisor:
             loop.add_signal_handler(signum, self.stop)
         if duration_s is not None:
             loop.call_later(duration_s, self.stop)
-        with HttpEndpoint(self.config.metrics.host, self.config.metrics.port("run"), lambda: not self._stopping.is_set()):
+        with HttpEndpoint(
+            self.config.metrics.host, self.config.metrics.port("run"), lambda: not self._stopping.is_set()
+        ):
             async with TaskGroup() as group:
-                watchers = [group.create_task(self._keep_running(child), name=child.name) for child in self.children.values()]
+                watchers = [
+                    group.create_task(self._keep_running(child), name=child.name) for child in self.children.values()
+                ]
                 status = group.create_task(self._status_loop(), name="status")
                 await self._stopping.wait()
                 status.cancel()
@@ -82,8 +89,13 @@ class Supervisor:
         backoff = self.config.run.restart_backoff_s
         while not self._stopping.is_set():
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{child.name}", "--config", str(self.config_path),
-                "--instance", f"{child.name}-0",
+                sys.executable,
+                "-m",
+                f"services.{child.name}",
+                "--config",
+                str(self.config_path),
+                "--instance",
+                f"{child.name}-0",
             )
             child.started = time.monotonic()
             log.info("service started", extra={"child": child.name, "pid": child.process.pid})
@@ -96,8 +108,10 @@ class Supervisor:
             child.restarts += 1
             child.backoff_s = backoff
             SUPERVISOR_RESTARTS.labels(service=child.name).inc()
-            log.warning("service exited; restarting", extra={"child": child.name, "code": code,
-                                                             "ran_s": round(ran_for, 1), "backoff_s": backoff})
+            log.warning(
+                "service exited; restarting",
+                extra={"child": child.name, "code": code, "ran_s": round(ran_for, 1), "backoff_s": backoff},
+            )
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
             except asyncio.TimeoutError:
@@ -122,7 +136,9 @@ class Supervisor:
             next_print = time.monotonic() + self.status_interval_s
             while True:
                 try:
-                    received = await asyncio.wait_for(health.receive(), timeout=max(0.05, next_print - time.monotonic()))
+                    received = await asyncio.wait_for(
+                        health.receive(), timeout=max(0.05, next_print - time.monotonic())
+                    )
                     message = received.message
                     if isinstance(message, Health) and message.service in self.children:
                         self.children[message.service].last_health = message
@@ -137,7 +153,7 @@ class Supervisor:
         for child in self.children.values():
             health = child.last_health
             alive = child.process is not None and child.process.returncode is None
-            state = health.state if health and alive else ("exited" if child.process else "waiting")
+            state: str = health.state if health and alive else ("exited" if child.process else "waiting")
             if final:
                 state = "stopped"
             counters = " ".join(f"{k}={v:g}" for k, v in sorted((health.counters if health else {}).items()))
@@ -145,5 +161,3 @@ class Supervisor:
             uptime = f"{health.uptime_s:.0f}" if health else "-"
             rows.append(f"{child.name:<10} {pid!s:>7} {state:<9} {uptime:>7} {child.restarts:>8}  {counters}")
         print("\n".join(rows), flush=True)
-
-

@@ -10,7 +10,20 @@ from common.config.site import RunConfig, SiteConfig, SiteSection
 from common.config.uplink import UplinkConfig
 
 __all__ = [
-    "BusConfig", "CameraConfig", "CameraDefaults", "LoggingConfig", "MetricsConfig", "ModelConfig", "MotionConfig",
-    "PrivacyMask", "Rule", "RunConfig", "SiteConfig", "SiteSection", "UplinkConfig", "load_config", "load_yaml",
+    "BusConfig",
+    "CameraConfig",
+    "CameraDefaults",
+    "LoggingConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "MotionConfig",
+    "PrivacyMask",
+    "Rule",
+    "RunConfig",
+    "SiteConfig",
+    "SiteSection",
+    "UplinkConfig",
+    "load_config",
+    "load_yaml",
     "parse_config",
 ]

@@ -20,14 +20,16 @@ Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = Annotated[tuple[Unit, Unit], Field(description="[x, y] as fractions of the frame's width and height (0-1)")]
 
 
-def _distinct(points: tuple[tuple[float, float], tuple[float, float]]) -> tuple[tuple[float, float], tuple[float, float]]:
+def _distinct(
+    points: tuple[tuple[float, float], tuple[float, float]],
+) -> tuple[tuple[float, float], tuple[float, float]]:
     if points[0] == points[1]:
         raise ValueError("a line needs two different points")
     return points
 
 
 def _has_area(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    twice_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+    twice_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1], strict=True))
     if abs(twice_area) < 1e-9:
         raise ValueError("a polygon's points must enclose an area")
     return points

@@ -43,13 +43,16 @@ class BusConfig(Section):
 
     publish: str = Field(f"pub+connect:{_RUN}/bus-in.sock", description="Broadcast endpoint; `{service}` is replaced.")
     subscribe: list[str] = Field(
-        default_factory=lambda: [f"sub+connect:{_RUN}/bus-out.sock"], min_length=1,
+        default_factory=lambda: [f"sub+connect:{_RUN}/bus-out.sock"],
+        min_length=1,
         description="One or more endpoints a subscriber connects (or binds) to.",
     )
     broker: BrokerEndpoints = Field(default_factory=BrokerEndpoints)
     events: EventEndpoints = Field(default_factory=EventEndpoints)
     frames_hwm: int = Field(
-        4, ge=1, le=1000,
+        4,
+        ge=1,
+        le=1000,
         description="Messages queued per subscriber before the oldest are dropped. Higher rides out "
         "longer stalls; lower keeps frames fresher and shared memory reads less often stale.",
     )

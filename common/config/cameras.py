@@ -16,14 +16,20 @@ class MotionConfig(Section):
     """Frame differencing on a small luma image; Frigate's frame_height=100, threshold=30 are a known-good start."""
 
     enabled: bool = Field(True, description="Give each FrameRef a motion score so consumers may skip still frames.")
-    frame_height: int = Field(100, ge=16, le=1080, description="Height of the luma image compared. Higher sees smaller motion, costs more.")
-    threshold: int = Field(30, ge=1, le=255, description="Luma change that counts as motion. Lower is more sensitive, and to noise too.")
+    frame_height: int = Field(
+        100, ge=16, le=1080, description="Height of the luma image compared. Higher sees smaller motion, costs more."
+    )
+    threshold: int = Field(
+        30, ge=1, le=255, description="Luma change that counts as motion. Lower is more sensitive, and to noise too."
+    )
     min_area: float = Field(0.001, ge=0, le=1, description="Share of the frame that must change to count as motion.")
 
 
 class PrivacyMask(Section):
     polygon: Polygon
-    mode: Literal["fill", "blur"] = Field("fill", description="Fill with black or blur; applied before any snapshot leaves rules.")
+    mode: Literal["fill", "blur"] = Field(
+        "fill", description="Fill with black or blur; applied before any snapshot leaves rules."
+    )
 
 
 class CameraDefaults(Section):
@@ -40,7 +46,9 @@ class CameraDefaults(Section):
     loop: bool = Field(False, description="Files only: start again at the end.")
     realtime: bool = Field(True, description="Files only: pace frames at the file's own rate.")
     ring_slots: int = Field(
-        8, ge=2, le=256,
+        8,
+        ge=2,
+        le=256,
         description="Frames kept in shared memory. More covers slower consumers; each slot costs one frame of RAM.",
     )
     max_frame_width: int = Field(1920, ge=16, le=7680, description="Largest frame width; sizes the ring's slots.")
@@ -52,7 +60,8 @@ class CameraDefaults(Section):
 
 class CameraConfig(CameraDefaults):
     url: str = Field(
-        ..., min_length=1,
+        ...,
+        min_length=1,
         description="rtsp://, rtsps://, http(s):// (also HLS), a file path or /dev/videoN. "
         "Put credentials in ${ENV} or ${file:/run/secrets/...}.",
     )
@@ -64,6 +73,8 @@ class CameraConfig(CameraDefaults):
         for name, rule in self.rules.items():
             zone = getattr(rule, "zone", None)
             if zone is not None and zone not in zones:
-                raise ValueError(f"rule {name!r} names zone {zone!r}, which is not a zone rule of this camera "
-                                 f"(zones: {sorted(zones) or 'none'})")
+                raise ValueError(
+                    f"rule {name!r} names zone {zone!r}, which is not a zone rule of this camera "
+                    f"(zones: {sorted(zones) or 'none'})"
+                )
         return self

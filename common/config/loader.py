@@ -109,10 +109,10 @@ def _merge_defaults(data: dict[str, Any], lines: _Lines) -> None:
 
     def merge(base: dict[str, Any], own: dict[str, Any], base_path: Path_, own_path: Path_) -> dict[str, Any]:
         merged = copy.deepcopy(base)
-        for key, value in base.items():
+        for key in base:
             for path, line in list(lines.by_path.items()):
                 if path[: len(base_path) + 1] == (*base_path, key):
-                    lines.by_path.setdefault((*own_path, *path[len(base_path):]), line)
+                    lines.by_path.setdefault((*own_path, *path[len(base_path) :]), line)
         for key, value in own.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key] = merge(merged[key], value, (*base_path, key), (*own_path, key))

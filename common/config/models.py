@@ -13,16 +13,21 @@ __all__ = ["ModelConfig"]
 
 class ModelConfig(Section):
     path: str = Field(
-        ..., min_length=1,
+        ...,
+        min_length=1,
         description="A model manifest (.yaml) or an .onnx file, found on the asset search path (site.asset_paths, "
         "$EDGESIGHT_ASSETS, ../shared in a development checkout).",
     )
-    backend: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="tensorrt needs the [tensorrt] extra and a GPU.")
+    backend: Literal["onnxruntime", "tensorrt"] = Field(
+        "onnxruntime", description="tensorrt needs the [tensorrt] extra and a GPU."
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers in order of preference; the one in use is logged and labelled.",
     )
     score_threshold: Unit | None = Field(None, description="Overrides the manifest's threshold.")
     classes: list[str] = Field(default_factory=list, description="Keep only these labels; empty keeps all.")
-    max_batch: int = Field(4, ge=1, le=64, description="Frames batched across cameras. Larger uses the accelerator better, adds latency.")
+    max_batch: int = Field(
+        4, ge=1, le=64, description="Frames batched across cameras. Larger uses the accelerator better, adds latency."
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait to fill a batch.")

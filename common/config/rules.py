@@ -9,17 +9,31 @@ from pydantic import Field
 from common.config._types import Line, Name, Polygon, Section, Unit
 
 __all__ = [
-    "Action", "CommandAction", "CrowdRule", "DwellRule", "GpioAction", "LineRule", "PpeRule", "PresenceRule",
-    "Rule", "ScheduleWindow", "WebhookAction", "ZoneRule",
+    "Action",
+    "CommandAction",
+    "CrowdRule",
+    "DwellRule",
+    "GpioAction",
+    "LineRule",
+    "PpeRule",
+    "PresenceRule",
+    "Rule",
+    "ScheduleWindow",
+    "WebhookAction",
+    "ZoneRule",
 ]
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ALL_DAYS: list[Day] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
 class ScheduleWindow(Section):
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-    )
+    days: list[Day] = Field(default_factory=lambda: list(ALL_DAYS))
     start: str = Field("00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, site local time")
-    end: str = Field("24:00", pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", description="HH:MM; before start wraps midnight")
+    end: str = Field(
+        "24:00", pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", description="HH:MM; before start wraps midnight"
+    )
 
 
 class WebhookAction(Section):
@@ -60,7 +74,9 @@ class ZoneRule(_RuleBase):
     anchor: Literal["bottom_center", "center", "top_center"] = Field(
         "bottom_center", description="Point of the box tested against the zone (feet, as Frigate and nvdsanalytics do)."
     )
-    inertia_frames: int = Field(3, ge=1, le=100, description="Frames inside before an object counts as in the zone; damps flicker.")
+    inertia_frames: int = Field(
+        3, ge=1, le=100, description="Frames inside before an object counts as in the zone; damps flicker."
+    )
 
 
 class LineRule(_RuleBase):
@@ -69,7 +85,9 @@ class LineRule(_RuleBase):
     in_side: Literal["left", "right"] = Field(
         "right", description="Crossing onto this side (seen walking from the first point to the second) counts as 'in'."
     )
-    min_frames: int = Field(2, ge=1, le=100, description="Frames on the new side before a crossing counts; damps jitter.")
+    min_frames: int = Field(
+        2, ge=1, le=100, description="Frames on the new side before a crossing counts; damps jitter."
+    )
 
 
 class DwellRule(_RuleBase):
@@ -99,8 +117,4 @@ class PresenceRule(_RuleBase):
     zone: Name | None = None
 
 
-Rule = Annotated[
-    ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | PresenceRule, Field(discriminator="type")
-]
-
-
+Rule = Annotated[ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | PresenceRule, Field(discriminator="type")]

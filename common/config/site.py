@@ -63,6 +63,8 @@ class SiteConfig(Section):
         for name, camera in self.cameras.items():
             unknown = sorted(set(camera.models) - set(self.models))
             if unknown:
-                raise ValueError(f"camera {name!r} uses models {unknown} not defined under models: "
-                                 f"(defined: {sorted(self.models) or 'none'})")
+                raise ValueError(
+                    f"camera {name!r} uses models {unknown} not defined under models: "
+                    f"(defined: {sorted(self.models) or 'none'})"
+                )
         return self

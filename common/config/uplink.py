@@ -8,7 +8,16 @@ from pydantic import Field, model_validator
 
 from common.config._types import Section
 
-__all__ = ["CloudWatchSink", "JsonlSink", "MqttSink", "S3Sink", "SpoolConfig", "TlsConfig", "UplinkConfig", "WebhookSink"]
+__all__ = [
+    "CloudWatchSink",
+    "JsonlSink",
+    "MqttSink",
+    "S3Sink",
+    "SpoolConfig",
+    "TlsConfig",
+    "UplinkConfig",
+    "WebhookSink",
+]
 
 
 class TlsConfig(Section):
@@ -63,8 +72,12 @@ class WebhookSink(Section):
 
 
 class SpoolConfig(Section):
-    max_mb: int = Field(512, ge=1, le=1_000_000, description="Past this, snapshots are dropped first, then the oldest events.")
-    fsync: Literal["always", "batch", "never"] = Field("batch", description="batch: fsync every commit of a batch of events.")
+    max_mb: int = Field(
+        512, ge=1, le=1_000_000, description="Past this, snapshots are dropped first, then the oldest events."
+    )
+    fsync: Literal["always", "batch", "never"] = Field(
+        "batch", description="batch: fsync every commit of a batch of events."
+    )
 
 
 class UplinkConfig(Section):

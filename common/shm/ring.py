@@ -37,7 +37,16 @@ from common.metrics import SHM_STALE_READS
 from common.shm import _fence
 from contracts import FrameRef, PixelFormat
 
-__all__ = ["DEFAULT_SHM_DIR", "FrameRingReader", "FrameRingWriter", "frame_bytes", "frame_shape", "segment_name"]
+__all__ = [
+    "DEFAULT_SHM_DIR",
+    "FrameRingReader",
+    "FrameRingWriter",
+    "FrameView",
+    "SlotFill",
+    "frame_bytes",
+    "frame_shape",
+    "segment_name",
+]
 
 DEFAULT_SHM_DIR = Path("/dev/shm")
 MAGIC = b"ESRING\x00\x01"
@@ -55,6 +64,7 @@ _FORMAT_CODES: dict[str, int] = {"bgr24": 1, "rgb24": 2, "gray8": 3, "nv12": 4}
 
 def segment_name(site: str, camera: str) -> str:
     """``edgesight.<site>.<camera>``, with anything unsafe for a file name replaced."""
+
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
@@ -118,6 +128,16 @@ def _read_layout(buf: mmap.mmap | bytes, path: Path) -> tuple[_Layout, int, int,
     if magic != MAGIC or version != LAYOUT_VERSION:
         raise ShmError(f"{path} is not an EdgeSight frame ring of layout {LAYOUT_VERSION}")
     return _Layout(slots, capacity), pid, start, heartbeat
+
+
+class SlotFill:
+    """A slot being written: fill ``array``; ``ref`` is set once the write is committed."""
+
+    __slots__ = ("array", "ref")
+
+    def __init__(self, array: npt.NDArray[np.uint8]) -> None:
+        self.array = array
+        self.ref: FrameRef | None = None
 
 
 class FrameRingWriter:
@@ -196,17 +216,24 @@ class FrameRingWriter:
                 return False
         fresh = time.monotonic_ns() - heartbeat < reclaim_after_s * 1e9
         if pid != os.getpid() and fresh and _alive(pid, start):
-            raise ShmError(
-                f"{path} belongs to a live writer (pid {pid}); is another ingest serving the same camera?"
-            )
+            raise ShmError(f"{path} belongs to a live writer (pid {pid}); is another ingest serving the same camera?")
         return existing == layout and size == layout.total
 
     def _stamp_header(self, *, initialise: bool) -> None:
         pid = os.getpid()
         camera = self.camera.encode()[:64]
         _HEADER.pack_into(
-            self._map, 0, b"\x00" * 8, LAYOUT_VERSION, self.layout.slots, self.layout.capacity,
-            self.layout.stride, pid, _process_start(pid), time.monotonic_ns(), camera,
+            self._map,
+            0,
+            b"\x00" * 8,
+            LAYOUT_VERSION,
+            self.layout.slots,
+            self.layout.capacity,
+            self.layout.stride,
+            pid,
+            _process_start(pid),
+            time.monotonic_ns(),
+            camera,
         )
         if initialise:
             # Generations start from the clock so that a FrameRef from an earlier writer of this
@@ -230,28 +257,68 @@ class FrameRingWriter:
         if frame.dtype != np.uint8:
             raise ValueError(f"frames are uint8, got {frame.dtype}")
         height, width = _dimensions(pixel_format, frame.shape)
-        nbytes = frame.nbytes
+        with self.fill(
+            width, height, pixel_format, capture_ns=capture_ns, monotonic_ns=monotonic_ns, motion=motion
+        ) as slot:
+            slot.array[...] = frame
+        assert slot.ref is not None
+        return slot.ref
+
+    @contextmanager
+    def fill(
+        self,
+        width: int,
+        height: int,
+        pixel_format: PixelFormat = "bgr24",
+        *,
+        capture_ns: int | None = None,
+        monotonic_ns: int | None = None,
+        motion: float = 1.0,
+    ) -> Iterator[SlotFill]:
+        """Write a frame in place (e.g. ``cv2.resize(src, dst=slot.array)``): no intermediate copy.
+
+        >>> # with ring.fill(1920, 1080) as slot:
+        >>> #     np.copyto(slot.array, decoded)
+        >>> # publish(slot.ref)
+        """
+        shape = frame_shape(pixel_format, width, height)
+        nbytes = int(np.prod(shape))
         if nbytes > self.layout.capacity:
             raise ShmError(
                 f"a {width}x{height} {pixel_format} frame needs {nbytes} B but slots of {self.name} hold "
                 f"{self.layout.capacity} B; size the ring for the camera's largest frame"
             )
         seq = self._seq
-        slot = seq % self.layout.slots
-        offset = self.layout.slot_offset(slot)
+        slot_index = seq % self.layout.slots
+        offset = self.layout.slot_offset(slot_index)
         pixels_at = offset + SLOT_HEADER_BYTES
+        slot = SlotFill(self._bytes[pixels_at : pixels_at + nbytes].reshape(shape))
         _fence.begin_write(self._map, offset)
-        self._bytes[pixels_at : pixels_at + nbytes].reshape(frame.shape)[...] = frame
-        wall = capture_ns if capture_ns is not None else time.time_ns()
-        mono = monotonic_ns if monotonic_ns is not None else time.monotonic_ns()
-        stride = nbytes // frame.shape[0]
-        _SLOT.pack_into(self._map, offset + 8, seq, wall, mono, width, height, stride, _FORMAT_CODES[pixel_format], nbytes)
-        generation = _fence.end_write(self._map, offset)
-        self._seq = seq + 1
-        self.touch(mono)
-        return FrameRef(
-            camera=self.camera, seq=seq, capture_ns=wall, monotonic_ns=mono, segment=self.name, slot=slot,
-            generation=generation, width=width, height=height, pixel_format=pixel_format, stride=stride,
+        try:
+            yield slot
+        finally:
+            # Even on failure the slot must not stay odd; no reference to the new generation exists.
+            wall = capture_ns if capture_ns is not None else time.time_ns()
+            mono = monotonic_ns if monotonic_ns is not None else time.monotonic_ns()
+            stride = nbytes // shape[0]
+            _SLOT.pack_into(
+                self._map, offset + 8, seq, wall, mono, width, height, stride, _FORMAT_CODES[pixel_format], nbytes
+            )
+            generation = _fence.end_write(self._map, offset)
+            self._seq = seq + 1
+            self.touch(mono)
+        slot.ref = FrameRef(
+            camera=self.camera,
+            seq=seq,
+            capture_ns=wall,
+            monotonic_ns=mono,
+            segment=self.name,
+            slot=slot_index,
+            generation=generation,
+            width=width,
+            height=height,
+            pixel_format=pixel_format,
+            stride=stride,
             motion=motion,
         )
 
@@ -261,11 +328,15 @@ class FrameRingWriter:
 
     def close(self, *, unlink: bool = True) -> None:
         """Unmap and (by default) remove the segment; readers holding views keep their mapping."""
-        if self._map.closed:
+        if self._fd < 0:
             return
         del self._bytes
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a caller still holds a slot view; the mapping goes when that view does
         os.close(self._fd)
+        self._fd = -1
         if unlink:
             self.path.unlink(missing_ok=True)
 
@@ -305,10 +376,10 @@ def _reserve(fd: int, path: Path, size: int) -> None:
 class FrameView:
     """A zero-copy view of one frame; valid only until the writer laps the ring."""
 
-    __slots__ = ("_offset", "_reader", "array", "generation", "ref")
+    __slots__ = ("_map", "_offset", "array", "generation", "ref")
 
-    def __init__(self, reader: FrameRingReader, ref: FrameRef, array: npt.NDArray[np.uint8], offset: int) -> None:
-        self._reader = reader
+    def __init__(self, segment: mmap.mmap, ref: FrameRef, array: npt.NDArray[np.uint8], offset: int) -> None:
+        self._map = segment  # kept: a reader that remaps meanwhile must not unmap this view
         self._offset = offset
         self.ref = ref
         self.array = array
@@ -316,7 +387,7 @@ class FrameView:
 
     def valid(self) -> bool:
         """True if every read of ``array`` so far saw the frame that ``ref`` names."""
-        return bool(_fence.still_valid(self._reader._map, self._offset, self.generation))
+        return _fence.still_valid(self._map, self._offset, self.generation)
 
 
 class FrameRingReader:
@@ -388,7 +459,7 @@ class FrameRingReader:
                     if nbytes > self.layout.capacity:
                         raise ShmError(f"{ref.width}x{ref.height} does not fit the slots of {self.name}")
                     array = self._bytes[start : start + nbytes].reshape(shape)
-                    return FrameView(self, ref, array, offset)
+                    return FrameView(self._map, ref, array, offset)
             if attempt == 0 and self._replaced():
                 self._open()  # the writer restarted with a new layout
                 continue
@@ -413,7 +484,8 @@ class FrameRingReader:
     def copy(self, ref: FrameRef) -> npt.NDArray[np.uint8]:
         """A private copy of the frame, guaranteed untorn."""
         with self.read(ref) as frame:
-            return frame.copy()
+            copy: npt.NDArray[np.uint8] = frame.copy()
+        return copy
 
     def _count_stale(self) -> None:
         self.stale_reads += 1
@@ -425,5 +497,7 @@ class FrameRingReader:
     def __enter__(self) -> FrameRingReader:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

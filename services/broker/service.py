@@ -10,16 +10,14 @@ import asyncio
 import threading
 
 import zmq
+from prometheus_client import Gauge
 
 from common.bus import Endpoint
-from prometheus_client import Gauge
 from common.service import Service, ServiceState
 
 __all__ = ["BrokerService"]
 
-FORWARDED = Gauge(
-    "edgesight_broker_messages", "Message parts the broker has forwarded since start.", ["direction"]
-)
+FORWARDED = Gauge("edgesight_broker_messages", "Message parts the broker has forwarded since start.", ["direction"])
 
 
 class BrokerService(Service):
@@ -29,10 +27,10 @@ class BrokerService(Service):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._statistics: dict[str, float] = {}
+        self._statistics: dict[str, float] = {"messages_in": 0, "messages_out": 0}
 
     async def main(self) -> None:
-        context = zmq.Context.instance()
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         endpoints = self.config.bus.broker
         frontend = Endpoint.parse(endpoints.frontend).open(context)
         backend = Endpoint.parse(endpoints.backend).open(context)
@@ -59,8 +57,12 @@ class BrokerService(Service):
             control.close(linger=0)
 
     @staticmethod
-    def _proxy(context: zmq.Context[zmq.Socket[bytes]], frontend: zmq.Socket[bytes],
-               backend: zmq.Socket[bytes], control_address: str) -> None:
+    def _proxy(
+        context: zmq.Context[zmq.Socket[bytes]],
+        frontend: zmq.Socket[bytes],
+        backend: zmq.Socket[bytes],
+        control_address: str,
+    ) -> None:
         steer = context.socket(zmq.PAIR)
         steer.connect(control_address)
         try:

@@ -138,9 +138,16 @@ def test_a_live_writer_keeps_its_segment(shm_dir: Path) -> None:
     with FrameRingWriter.create("s", "c", slots=2, capacity=capacity, shm_dir=shm_dir) as owner:
         owner.write(np.zeros((48, 64, 3), np.uint8))
         probe = subprocess.run(
-            [sys.executable, "-c", "import sys; from common.shm import FrameRingWriter as W; "
-             f"W.create('s', 'c', slots=2, capacity={capacity}, shm_dir={str(shm_dir)!r})"],
-            capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2],
+            [
+                sys.executable,
+                "-c",
+                "import sys; from common.shm import FrameRingWriter as W; "
+                f"W.create('s', 'c', slots=2, capacity={capacity}, shm_dir={str(shm_dir)!r})",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).parents[2],
         )
         assert probe.returncode != 0
         assert f"belongs to a live writer (pid {os.getpid()})" in probe.stderr
@@ -157,6 +164,8 @@ def test_too_little_shared_memory_is_a_clear_error(shm_dir: Path) -> None:
 def test_missing_segment_and_oversized_frame(shm_dir: Path) -> None:
     with pytest.raises(ShmError, match="does not exist; is ingest running"):
         FrameRingReader("edgesight.s.nobody", shm_dir=shm_dir)
-    with FrameRingWriter.create("s", "c", slots=2, capacity=100, shm_dir=shm_dir) as ring, \
-            pytest.raises(ShmError, match="size the ring"):
+    with (
+        FrameRingWriter.create("s", "c", slots=2, capacity=100, shm_dir=shm_dir) as ring,
+        pytest.raises(ShmError, match="size the ring"),
+    ):
         ring.write(np.zeros((10, 10, 3), np.uint8))

@@ -17,8 +17,18 @@ from contracts import Event, FrameRef, Health, encode, topic
 
 
 def frame(camera: str, seq: int) -> FrameRef:
-    return FrameRef(camera=camera, seq=seq, capture_ns=seq, monotonic_ns=seq, segment="s", slot=0, generation=2,
-                    width=2, height=2, stride=6)
+    return FrameRef(
+        camera=camera,
+        seq=seq,
+        capture_ns=seq,
+        monotonic_ns=seq,
+        segment="s",
+        slot=0,
+        generation=2,
+        width=2,
+        height=2,
+        stride=6,
+    )
 
 
 def event(i: int) -> Event:
@@ -76,7 +86,10 @@ def test_restarted_subscriber_receives_again(tmp_path: Path) -> None:
             producing = asyncio.create_task(_publish_forever(publisher, "cam1"))
             runs: list[list[int]] = []
             for _ in range(2):  # the same consumer, stopped and started again mid-stream
-                async with Subscriber(f"sub+connect:{address}", "test", [topic("frames", "cam1")]) as subscriber, timeout(5):
+                async with (
+                    Subscriber(f"sub+connect:{address}", "test", [topic("frames", "cam1")]) as subscriber,
+                    timeout(5),
+                ):
                     runs.append([(await subscriber.receive()).message.seq for _ in range(10)])  # type: ignore[attr-defined]
                 await asyncio.sleep(0.1)
             producing.cancel()
@@ -89,8 +102,10 @@ def test_restarted_subscriber_receives_again(tmp_path: Path) -> None:
 
 def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Path) -> None:
     address = f"ipc://{tmp_path}/bus.sock"
-    before = {reason: counter(BUS_REJECTED, service="victim", reason=reason)
-              for reason in ("malformed", "unknown_version", "invalid")}
+    before = {
+        reason: counter(BUS_REJECTED, service="victim", reason=reason)
+        for reason in ("malformed", "unknown_version", "invalid")
+    }
 
     async def scenario() -> list[int]:
         context = zmq.asyncio.Context.instance()
@@ -219,7 +234,9 @@ def test_subscriber_keeps_unknown_streams_out(tmp_path: Path) -> None:
         ):
             await asyncio.sleep(0.3)
             await publisher.publish("frames", "c", frame("c", 0))
-            await publisher.publish("health", "ingest", Health(service="ingest", instance="i", state="ready", ts_ns=0, uptime_s=0))
+            await publisher.publish(
+                "health", "ingest", Health(service="ingest", instance="i", state="ready", ts_ns=0, uptime_s=0)
+            )
             async with timeout(5):
                 return (await subscriber.receive()).stream
 

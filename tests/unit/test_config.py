@@ -36,11 +36,19 @@ def _problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
     ("needle", "replacement", "expected"),
     [
         ("  fps: 5 ", "  fps: -5 ", "cameras.dock-1.fps: Input should be greater than 0"),
-        ("        seconds: 120", "        seconds: soon", "cameras.dock-1.rules.loitering.seconds: Input should be a valid number"),
+        (
+            "        seconds: 120",
+            "        seconds: soon",
+            "cameras.dock-1.rules.loitering.seconds: Input should be a valid number",
+        ),
         ("        in_side: right", "        in_sid: right", "cameras.dock-1.rules.door.in_sid: unknown key"),
         ("  frames_hwm: 4 ", "  frames_hwm: 0 ", "bus.frames_hwm: Input should be greater than or equal to 1"),
         ("    port: 1883", "    port: 99999", "uplink.mqtt.port: Input should be less than or equal to 65535"),
-        ("        zone: bay", "        zone: nowhere", "cameras.dock-1: Value error, rule 'loitering' names zone 'nowhere'"),
+        (
+            "        zone: bay",
+            "        zone: nowhere",
+            "cameras.dock-1: Value error, rule 'loitering' names zone 'nowhere'",
+        ),
         ("  publish: pub+connect:", "  publish: pub+sideways:", "bus.publish: Value error, bad endpoint"),
     ],
 )
@@ -55,8 +63,13 @@ def test_broken_example_names_line_and_key(needle: str, replacement: str, expect
 
 
 def test_line_points_outside_the_frame_are_rejected_at_their_line() -> None:
-    text = "site: {name: s}\ncameras:\n  c:\n    url: x.mp4\n    rules:\n      l:\n        type: line\n        line: [[0, 0.5], [1.5, 0.5]]\n"
-    assert _problems(text) == ["site.yaml:8: cameras.c.rules.l.line[1][0]: Input should be less than or equal to 1 (got 1.5)"]
+    text = (
+        "site: {name: s}\ncameras:\n  c:\n    url: x.mp4\n    rules:\n"
+        "      l:\n        type: line\n        line: [[0, 0.5], [1.5, 0.5]]\n"
+    )
+    assert _problems(text) == [
+        "site.yaml:8: cameras.c.rules.l.line[1][0]: Input should be less than or equal to 1 (got 1.5)"
+    ]
 
 
 def test_missing_required_field_points_at_its_parent() -> None:
@@ -67,7 +80,10 @@ def test_missing_required_field_points_at_its_parent() -> None:
 def test_missing_environment_variable_is_reported_at_its_line() -> None:
     text = "site: {name: s}\ncameras:\n  c:\n    url: rtsp://u:${CAM_PASSWORD}@h/s\n"
     problems = _problems(text)
-    assert problems == ["site.yaml:4: cameras.c.url: environment variable CAM_PASSWORD is not set (use ${CAM_PASSWORD:-default} for a default)"]
+    assert problems == [
+        "site.yaml:4: cameras.c.url: environment variable CAM_PASSWORD is not set "
+        "(use ${CAM_PASSWORD:-default} for a default)"
+    ]
 
 
 def test_secret_file_substitution(tmp_path: Path) -> None:
@@ -78,7 +94,9 @@ def test_secret_file_substitution(tmp_path: Path) -> None:
 
 
 def test_duplicate_keys_and_yaml_syntax_errors_have_lines() -> None:
-    assert _problems("site: {name: s}\ncameras:\n  c: {url: a}\n  c: {url: b}\n") == ["site.yaml:4: cameras.c: duplicate key"]
+    assert _problems("site: {name: s}\ncameras:\n  c: {url: a}\n  c: {url: b}\n") == [
+        "site.yaml:4: cameras.c: duplicate key"
+    ]
     assert _problems("site: {name: s}\ncameras: [\n")[0].startswith("site.yaml:3: (yaml):")
 
 

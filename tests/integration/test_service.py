@@ -1,0 +1,153 @@
+"""A real service process (the broker): HTTP endpoints, Health on the bus, control, clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from common._compat import timeout
+from common.bus import Publisher, Subscriber
+from common.config import load_config
+from contracts import Control, FrameRef, Health, topic
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_for(url: str, status: int = 200, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            code, body = http_get(url)
+            if code == status:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {status} within {seconds}s")
+
+
+@pytest.fixture
+def broker(site_file: Path, python_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.broker", "--config", str(site_file), "--instance", "b1"],
+        env=python_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    config = load_config(site_file)
+    base = f"http://127.0.0.1:{config.metrics.port('broker')}"
+    try:
+        wait_for(f"{base}/readyz")
+        yield process, base, config
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_endpoints_health_and_clean_sigterm(broker) -> None:  # type: ignore[no-untyped-def]
+    process, base, config = broker
+    assert http_get(f"{base}/healthz") == (200, "ok\n")
+    metrics = http_get(f"{base}/metrics")[1]
+    assert 'edgesight_service_ready{service="broker"} 1.0' in metrics
+
+    async def one_health() -> Health:
+        async with Subscriber(config.bus.subscribe, "test", [topic("health", "broker")]) as sub, timeout(10):
+            message = (await sub.receive()).message
+            assert isinstance(message, Health)
+            return message
+
+    health = asyncio.run(one_health())
+    assert (health.service, health.instance, health.state) == ("broker", "b1", "ready")
+    assert "messages_in" in health.counters
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    assert "msg=stopped" in process.stderr.read()
+
+
+def test_frames_flow_through_the_broker_and_garbage_is_counted(broker) -> None:  # type: ignore[no-untyped-def]
+    process, base, config = broker
+
+    async def scenario() -> list[int]:
+        async with (
+            Subscriber(config.bus.subscribe, "test", [topic("frames", "cam1")]) as sub,
+            Publisher(config.bus.publish, "test") as pub,
+        ):
+            context = zmq.asyncio.Context.instance()
+            rogue = context.socket(zmq.PUB)
+            rogue.connect(config.bus.publish.split(":", 1)[1])
+            await asyncio.sleep(0.5)  # subscriptions travel up through the broker
+            seqs: list[int] = []
+            async with timeout(10):
+                for seq in range(10):
+                    ref = FrameRef(
+                        camera="cam1",
+                        seq=seq,
+                        capture_ns=1,
+                        monotonic_ns=1,
+                        segment="s",
+                        slot=0,
+                        generation=2,
+                        width=2,
+                        height=2,
+                        stride=6,
+                    )
+                    await rogue.send_multipart([topic("control", "broker"), b"\xc1garbage"])
+                    await pub.publish("frames", "cam1", ref)
+                    seqs.append((await sub.receive()).message.seq)  # type: ignore[attr-defined]
+            rogue.close()
+            return seqs
+
+    assert asyncio.run(scenario()) == list(range(10))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        metrics = http_get(f"{base}/metrics")[1]
+        if 'edgesight_bus_rejected_total{reason="malformed",service="broker"} 10.0' in metrics:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"rejections not counted:\n{[line for line in metrics.splitlines() if 'rejected' in line]}")
+    assert process.poll() is None, "garbage must not stop the service"
+
+
+def test_control_shutdown_stops_the_service(broker) -> None:  # type: ignore[no-untyped-def]
+    process, _, config = broker
+
+    async def send() -> None:
+        async with Publisher(config.bus.publish, "test") as pub:
+            await asyncio.sleep(0.5)
+            await pub.publish("control", "broker", Control(id="c1", command="shutdown", target="broker"))
+
+    asyncio.run(send())
+    assert process.wait(timeout=10) == 0
+
+
+def test_bad_config_exits_2_with_the_line(tmp_path: Path, python_env: dict[str, str]) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: {name: s}\nbus:\n  frames_hwm: -1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "services.broker", "--config", str(site)],
+        env=python_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{site}:3: bus.frames_hwm: Input should be greater than or equal to 1" in result.stderr

@@ -1,0 +1,45 @@
+"""Logging format and rate limit; the asset search path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from common import logging as eslogging
+from common.assets import find_asset
+from common.errors import AssetError
+
+
+def test_log_lines_carry_service_camera_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    eslogging.configure("ingest", "info")
+    logging.getLogger("t").info("camera stalled", extra={"camera": "dock-1", "seconds": 5.0})
+    line = capsys.readouterr().err.strip()
+    assert 'service=ingest camera=dock-1 logger=t msg="camera stalled" seconds=5' in line
+
+
+def test_repeated_errors_are_rate_limited_and_the_rest_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    eslogging.configure("rules", "info", "json")
+    log = logging.getLogger("t")
+    for _ in range(100):
+        log.warning("bus message rejected", extra={"camera": "c1"})
+    log.warning("bus message rejected", extra={"camera": "c2"})  # another camera is another stream
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    limiter = next(f for f in logging.getLogger().handlers[0].filters if isinstance(f, eslogging.RateLimitFilter))
+    limiter.interval_s = 0
+    log.warning("bus message rejected", extra={"camera": "c1"})
+    assert '"suppressed": 99' in capsys.readouterr().err
+
+
+def test_assets_resolve_through_the_search_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_dir: Path
+) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine.onnx").write_bytes(b"x")
+    monkeypatch.setenv("EDGESIGHT_ASSETS", str(tmp_path))
+    assert find_asset("mine.onnx") == tmp_path / "models" / "mine.onnx"
+    assert find_asset("people.mp4") == shared_dir / "media" / "people.mp4"
+    with pytest.raises(AssetError, match=r"nothing.onnx not found; looked in: .*mine|EDGESIGHT_ASSETS"):
+        find_asset("nothing.onnx")
