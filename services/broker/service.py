@@ -7,6 +7,7 @@ so publishers only send what somebody wants. Restartable: peers reconnect by the
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import zmq
@@ -47,10 +48,11 @@ class BrokerService(Service):
                 await asyncio.sleep(1.0)
                 control.send(b"STATISTICS")
                 if control.poll(1000):
-                    stats = [int.from_bytes(part, "little") for part in control.recv_multipart()]
-                    self._statistics = {"messages_in": stats[0], "messages_out": stats[4]}
+                    # frontend in/out msgs+bytes, then backend in/out msgs+bytes (libzmq's order)
+                    stats = [int.from_bytes(part, sys.byteorder) for part in control.recv_multipart()]
+                    self._statistics = {"messages_in": stats[0], "messages_out": stats[6]}
                     FORWARDED.labels(direction="in").set(stats[0])
-                    FORWARDED.labels(direction="out").set(stats[4])
+                    FORWARDED.labels(direction="out").set(stats[6])
         finally:
             control.send(b"TERMINATE")
             await asyncio.to_thread(proxy.join, 5)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine (as root) or refreshes an existing checkout; safe to run again.
+#   - the Debian packages in scripts/apt-packages.txt (only the missing ones; apt-get update once)
+#   - .venv with this project installed editable, with the test extra
+# Re-installs Python packages only when pyproject.toml, setup.py or the C helper changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+while read -r package; do
+  [[ -z "$package" || "$package" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done < scripts/apt-packages.txt
+if ((${#missing[@]})); then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "bootstrap: creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.edgesight-installed
+digest=$(cat pyproject.toml setup.py common/shm/_fence.c | sha256sum | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]] || ! .venv/bin/python -c "import common.shm._fence" 2>/dev/null; then
+  echo "bootstrap: installing Python packages into .venv"
+  log=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --upgrade pip setuptools wheel &&
+         .venv/bin/python -m pip install -e ".[test]"; } > "$log" 2>&1; then
+    tail -n 30 "$log"
+    echo "bootstrap: pip install failed; the whole log is in $log" >&2
+    exit 1
+  fi
+  .venv/bin/python -c "import common.shm._fence"  # the C helper must have been built
+  echo "$digest" > "$stamp"
+fi
