@@ -11,6 +11,8 @@ while read -r package; do
   [[ -z "$package" || "$package" == \#* ]] && continue
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done < scripts/apt-packages.txt
+# kubectl (its built-in kustomize renders k3s/) often comes from elsewhere; Debian's is the fallback
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if ((${#missing[@]})); then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   sudo_cmd=""

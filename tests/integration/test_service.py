@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,48 +15,8 @@ import zmq.asyncio
 
 from common._compat import timeout
 from common.bus import Publisher, Subscriber
-from common.config import load_config
 from contracts import Control, FrameRef, Health, topic
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def wait_for(url: str, status: int = 200, seconds: float = 10) -> str:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            code, body = http_get(url)
-            if code == status:
-                return body
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer {status} within {seconds}s")
-
-
-@pytest.fixture
-def broker(site_file: Path, python_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.broker", "--config", str(site_file), "--instance", "b1"],
-        env=python_env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    config = load_config(site_file)
-    base = f"http://127.0.0.1:{config.metrics.port('broker')}"
-    try:
-        wait_for(f"{base}/readyz")
-        yield process, base, config
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+from tests.support import http_get
 
 
 def test_endpoints_health_and_clean_sigterm(broker) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,161 @@
+"""The compose file and the k3s kustomization: valid for their real tools, and in step with the code.
+
+Nothing here runs containers (no Docker engine or cluster on the test machine); what can be checked
+without one is checked with the real tools: docker-compose's validator, kubectl's kustomize and
+kubernetes-validate's offline schemas.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from common.bus import Endpoint
+from common.config import load_config
+from common.config.metrics import DEFAULT_PORTS
+from tests.support import tool
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "compose"
+K3S = REPO / "k3s"
+KUBERNETES_VERSION = "1.32"  # k3s stable when this was written; the schemas are bundled offline
+
+
+def compose_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("docker-compose"), "-f", str(path), "config", "-q"], capture_output=True, text=True, check=False
+    )
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    result = subprocess.run([tool("kubectl"), "kustomize", str(folder)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def service_module(command: list[str]) -> str:
+    """``["services.broker", "--config", ...]`` -> ``services.broker``, checked to be runnable."""
+    module = command[0]
+    assert module.startswith("services."), command
+    assert importlib.util.find_spec(f"{module}.__main__") is not None, f"{module} has no __main__"
+    return module.removeprefix("services.")
+
+
+# --- docker compose ---------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid() -> None:
+    result = compose_config(COMPOSE / "docker-compose.yml")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_misspelt_key_is_reported(tmp_path: Path) -> None:
+    text = (COMPOSE / "docker-compose.yml").read_text().replace("shm_size:", "shm_sise:")
+    (tmp_path / "docker-compose.yml").write_text(text)
+    (tmp_path / "site.yaml").write_text((COMPOSE / "site.yaml").read_text())
+    result = compose_config(tmp_path / "docker-compose.yml")
+    assert result.returncode != 0
+    assert "shm_sise" in result.stderr
+
+
+def test_compose_services_match_the_code() -> None:
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    config = load_config(COMPOSE / "site.yaml")
+    assert compose["services"], "no services"
+    for name, service in compose["services"].items():
+        assert service_module(service["command"]) == name
+        # the healthcheck and the published port must be the port the service really listens on
+        port = int(service["environment"]["EDGESIGHT_METRICS_PORT"])
+        assert port == config.metrics.port(name) == DEFAULT_PORTS[name]
+        for published in service.get("ports", []):
+            assert published.endswith(f":{port}"), f"{name} publishes {published}, but listens on {port}"
+    # every service but the owner of /dev/shm joins its IPC namespace, or frames would not be shared
+    owners = [n for n, s in compose["services"].items() if s.get("ipc") == "shareable"]
+    assert owners == ["broker"]
+    assert all(s["ipc"] in ("shareable", "service:broker") for s in compose["services"].values())
+
+
+def test_compose_site_file_passes_config_check() -> None:
+    config = load_config(COMPOSE / "site.yaml")
+    assert config.metrics.host == "0.0.0.0"  # reachable through the published ports
+    assert Endpoint.parse(config.bus.publish).address.startswith("ipc:///run/edgesight/")
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    copies = re.findall(r"^COPY (?!--)(.+)$", dockerfile, flags=re.MULTILINE)  # not the build-stage copy
+    assert copies, "no COPY lines found"
+    for line in copies:
+        for source in line.split()[:-1]:
+            assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+
+
+# --- k3s -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict[str, Any]]:
+    return kustomize(K3S)
+
+
+def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
+    kinds = sorted(doc["kind"] for doc in manifests)
+    assert kinds == ["ConfigMap", "Deployment", "Namespace", "Service"]
+    for doc in manifests:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_bad_replicas_type_is_reported(manifests: list[dict[str, Any]]) -> None:
+    deployment = next(doc for doc in manifests if doc["kind"] == "Deployment")
+    broken = {**deployment, "spec": {**deployment["spec"], "replicas": "one"}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="replicas"):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_configmap_carries_the_site_file_and_it_passes_config_check(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    configmap = next(doc for doc in manifests if doc["kind"] == "ConfigMap")
+    assert re.fullmatch(r"edgesight-site-[a-z0-9]{10}", configmap["metadata"]["name"]), "name must carry a hash"
+    site = tmp_path / "site.yaml"
+    site.write_text(configmap["data"]["site.yaml"])
+    config = load_config(site)
+    assert config.site.name == "my-site"
+
+
+def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[dict[str, Any]]) -> None:
+    config = load_config(K3S / "site.yaml")
+    configmap = next(doc["metadata"]["name"] for doc in manifests if doc["kind"] == "ConfigMap")
+    deployments = [doc for doc in manifests if doc["kind"] == "Deployment"]
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        name = service_module(container["args"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == config.metrics.port(name)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert pod["volumes"][0]["configMap"]["name"] == configmap  # kustomize renamed the reference
+
+
+def test_broker_service_exposes_the_ports_the_site_file_uses(manifests: list[dict[str, Any]]) -> None:
+    config = load_config(K3S / "site.yaml")
+    (service,) = (
+        doc for doc in manifests if doc["kind"] == "Service" and doc["metadata"]["name"] == "edgesight-broker"
+    )
+    exposed = {p["port"] for p in service["spec"]["ports"]}
+    used = [config.bus.publish, *config.bus.subscribe]
+    for spec in used:
+        address = Endpoint.parse(spec).address
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        assert host == "edgesight-broker"
+        assert int(port) in exposed
+    for spec in (config.bus.broker.frontend, config.bus.broker.backend):
+        assert int(spec.rsplit(":", 1)[1]) in exposed
