@@ -10,6 +10,7 @@ from contracts.errors import ContractError
 from contracts.messages import (
     SUPPORTED_VERSIONS,
     Ack,
+    CameraStatus,
     Control,
     Detections,
     Event,
@@ -21,10 +22,10 @@ from contracts.messages import (
 __all__ = ["MESSAGE_TYPES", "decode", "encode"]
 
 MessageT = TypeVar("MessageT", bound=Message)
-AnyMessage = FrameRef | Detections | Event | Health | Control | Ack
+AnyMessage = FrameRef | Detections | Event | Health | CameraStatus | Control | Ack
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (FrameRef, Detections, Event, Health, Control, Ack)
+    for cls in (FrameRef, Detections, Event, Health, CameraStatus, Control, Ack)
 }
 
 

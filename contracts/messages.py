@@ -19,6 +19,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
+    "CameraState",
+    "CameraStatus",
     "Control",
     "ControlCommand",
     "Detections",
@@ -45,6 +47,7 @@ Box = tuple[Unit, Unit, Unit, Unit]
 PixelFormat = Literal["bgr24", "rgb24", "gray8", "nv12"]
 ServiceState = Literal["starting", "ready", "degraded", "stopping"]
 ControlCommand = Literal["reload", "pause", "resume", "shutdown"]
+CameraState = Literal["connecting", "streaming", "stalled", "backoff", "stopped"]
 Lifecycle = Literal["new", "update", "end"]
 Scalar = str | int | float | bool | None
 
@@ -189,6 +192,24 @@ class Health(Message, tag="health", kw_only=True, frozen=True):
     uptime_s: Annotated[float, msgspec.Meta(ge=0.0)]
     counters: dict[str, float] = {}
     detail: dict[str, str] = {}
+
+
+class CameraStatus(Message, tag="camera_status", kw_only=True, frozen=True):
+    """A camera's state as its ingest sees it, on ``cameras/<camera>/``: sent on every change and
+    with each Health. ``error`` says why a camera is in ``backoff``/``stalled`` (never a password)."""
+
+    camera: Name
+    state: CameraState
+    instance: Name  # the ingest process serving the camera
+    ts_ns: NonNegative  # wall clock of this message
+    since_ns: NonNegative  # wall clock when the camera entered ``state``
+    fps: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0  # frames published per second, recent
+    reconnects: NonNegative = 0
+    error: str = ""
+    codec: str = ""  # e.g. h264, hevc
+    decoder: str = ""  # the FFmpeg decoder in use, e.g. h264 or h264_v4l2m2m
+    width: NonNegative = 0  # source resolution, 0 until known
+    height: NonNegative = 0
 
 
 class Control(Message, tag="control", kw_only=True, frozen=True):

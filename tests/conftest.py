@@ -7,8 +7,10 @@ import socket
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from common.assets import asset_search_path
 
@@ -30,9 +32,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def site_file(tmp_path: Path) -> Path:
-    """A minimal site file whose bus, shm and state live under ``tmp_path``; free metrics ports."""
+def write_site(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """A site file whose bus, shm and state live under ``tmp_path``, with free metrics ports;
+    ``extra`` adds sections (e.g. ``{"cameras": {...}}``)."""
     ports = {name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink")}
     run = tmp_path / "run"
     text = textwrap.dedent(f"""\
@@ -48,10 +50,18 @@ def site_file(tmp_path: Path) -> Path:
           ports: {ports}
         run: {{restart_backoff_s: 0.5, stop_grace_s: 5}}
         """)
+    if extra:
+        text += yaml.safe_dump(extra, sort_keys=False)
     path = tmp_path / "site.yaml"
     path.write_text(text)
-    (tmp_path / "shm").mkdir()
+    (tmp_path / "shm").mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def site_file(tmp_path: Path) -> Path:
+    """A minimal site file (see :func:`write_site`)."""
+    return write_site(tmp_path)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from common.config._types import Name, Polygon, Section
 from common.config.rules import Rule, ZoneRule
@@ -36,6 +36,11 @@ class CameraDefaults(Section):
     """Settings every camera inherits; each camera may override any of them."""
 
     enabled: bool = True
+    ingest_group: Name = Field(
+        "default",
+        description="Which ingest process serves the camera: the one started with EDGESIGHT_INGEST_GROUP=<group>. "
+        "Split a site's cameras over several groups to scale ingest out.",
+    )
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport; tcp survives lossy networks.")
     fps: float = Field(10.0, gt=0, le=120, description="Publish at most this many frames per second (evenly spaced).")
     max_width: int | None = Field(None, ge=64, le=7680, description="Resize wider frames down to this width.")
@@ -65,6 +70,8 @@ class CameraConfig(CameraDefaults):
         description="rtsp://, rtsps://, http(s):// (also HLS), a file path or /dev/videoN. "
         "Put credentials in ${ENV} or ${file:/run/secrets/...}.",
     )
+    username: str | None = Field(None, description="Put into the URL if it has no credentials of its own.")
+    password: SecretStr | None = Field(None, description="Use ${ENV} or ${file:...}; never logged or exported.")
     rules: dict[Name, Rule] = Field(default_factory=dict, description="This camera's rules, by name.")
 
     @model_validator(mode="after")

@@ -274,6 +274,7 @@ class FrameRingWriter:
         capture_ns: int | None = None,
         monotonic_ns: int | None = None,
         motion: float = 1.0,
+        motion_box: tuple[float, float, float, float] | None = None,
     ) -> Iterator[SlotFill]:
         """Write a frame in place (e.g. ``cv2.resize(src, dst=slot.array)``): no intermediate copy.
 
@@ -320,6 +321,7 @@ class FrameRingWriter:
             pixel_format=pixel_format,
             stride=stride,
             motion=motion,
+            motion_box=motion_box,
         )
 
     def touch(self, now_ns: int | None = None) -> None:

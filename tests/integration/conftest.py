@@ -1,16 +1,18 @@
-"""Fixtures for tests that start real services."""
+"""Fixtures for tests that start real services and servers."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.config import load_config
+from tests.conftest import free_port, write_site
+from tests.media import repeat_clip
 from tests.support import wait_for
 
 
@@ -32,3 +34,114 @@ def broker(site_file: Path, python_env: dict[str, str]) -> Iterator[tuple[subpro
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class RtspServer:
+    """GStreamer's gst-rtsp-server, run by the system Python (it has the GObject bindings)."""
+
+    SCRIPT = Path(__file__).resolve().parents[1] / "servers" / "rtsp_server.py"
+
+    def __init__(self, mounts: dict[str, Path], port: int | None = None) -> None:
+        self.mounts = mounts
+        self.port = port or free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    def url(self, mount: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{mount}"
+
+    def start(self) -> RtspServer:
+        python = "/usr/bin/python3"
+        assert Path(python).exists(), "the system python3 (with python3-gi) is needed: run `make bootstrap`"
+        args = [f"/{mount}={path}" for mount, path in self.mounts.items()]
+        self.process = subprocess.Popen(
+            [python, str(self.SCRIPT), "--port", str(self.port), *args], stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line.startswith("ready"), f"RTSP server did not start (exit {self.process.poll()}): {line!r}"
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def rtsp_servers() -> Iterator[Callable[..., RtspServer]]:
+    """Starts RTSP servers (``rtsp_servers({"cam": path})``) and kills them after the test."""
+    started: list[RtspServer] = []
+
+    def start(mounts: dict[str, Path], port: int | None = None) -> RtspServer:
+        server = RtspServer(mounts, port).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def long_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``people.mp4`` four times over (55 s), remuxed without re-encoding: long enough to serve
+    over RTSP for a whole test, with the very same frames."""
+    path = tmp_path_factory.mktemp("media") / "people_x4.mp4"
+    repeat_clip(shared_dir / "media" / "people.mp4", path, times=4)
+    return path
+
+
+class Services:
+    """Service processes of one site, started with ``python -m services.<name>``; logs kept."""
+
+    def __init__(self, site: Path, env: dict[str, str]) -> None:
+        self.site = site
+        self.config = load_config(site)
+        self.env = env
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, *, env: dict[str, str] | None = None) -> str:
+        """Starts ``name`` and waits until ready; returns its metrics base URL."""
+        log = self.site.parent / f"{name}.log"
+        self.logs[name] = log
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}", "--config", str(self.site), "--instance", f"{name}-t"],
+            env={**self.env, **(env or {})},
+            stderr=log.open("w"),
+            text=True,
+        )
+        base = self.base(name)
+        wait_for(f"{base}/readyz", seconds=20)
+        return base
+
+    def base(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.config.metrics.port(name)}"
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text()
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def services(tmp_path: Path, python_env: dict[str, str]) -> Iterator[Callable[[dict[str, Any]], Services]]:
+    """``services({"cameras": {...}})`` writes a site file with those sections; start processes on it."""
+    made: list[Services] = []
+
+    def make(extra: dict[str, Any]) -> Services:
+        made.append(Services(write_site(tmp_path, extra), python_env))
+        return made[-1]
+
+    yield make
+    for group in made:
+        group.stop_all()

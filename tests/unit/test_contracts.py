@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from contracts import (
     Ack,
+    CameraStatus,
     ContractError,
     Control,
     Detections,
@@ -75,6 +76,20 @@ MESSAGES: list[Message] = [
         uptime_s=2.5,
         counters={"fps": 25.0},
         detail={"dock-1": "streaming"},
+    ),
+    CameraStatus(
+        camera="dock-1",
+        state="backoff",
+        instance="ingest-a",
+        ts_ns=3,
+        since_ns=2,
+        fps=0.0,
+        reconnects=4,
+        error="connection refused",
+        codec="h264",
+        decoder="h264",
+        width=1920,
+        height=1080,
     ),
     Control(id="c1", command="reload", target="inference", args={"model": "people"}),
     Ack(ids=["evt-1", "evt-2"], receiver="uplink"),

@@ -1,0 +1,1 @@
+"""Ingest: cameras in, decoded frames into shared memory, FrameRefs on the bus."""

@@ -1,0 +1,131 @@
+"""The ingest service: one process serves this group's cameras, each on a decode thread of its own.
+
+Several ingest processes split a site's cameras by ``cameras.<name>.ingest_group``; each serves
+the group named by ``EDGESIGHT_INGEST_GROUP`` (default ``default``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from common._compat import TaskGroup
+from common.config import CameraConfig
+from common.errors import AssetError
+from common.service import Service, ServiceState
+from common.shm import FrameRingWriter, frame_bytes
+from contracts import CameraStatus, Control, FrameRef, Message
+from services.ingest import metrics
+from services.ingest.camera import CameraWorker
+from services.ingest.source import Source
+
+__all__ = ["IngestService"]
+
+log = logging.getLogger(__name__)
+
+GROUP_VARIABLE = "EDGESIGHT_INGEST_GROUP"
+OUTBOX_LIMIT = 1000  # messages waiting for the publisher; beyond it frames are dropped, counted
+
+
+class IngestService(Service):
+    """Decodes cameras into shared-memory rings and publishes FrameRefs and CameraStatus."""
+
+    name = "ingest"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.group = os.environ.get(GROUP_VARIABLE, "default")
+        self.workers: dict[str, CameraWorker] = {}
+        self._outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_LIMIT)
+
+    def cameras(self) -> dict[str, CameraConfig]:
+        return {
+            name: camera
+            for name, camera in self.config.cameras.items()
+            if camera.enabled and camera.ingest_group == self.group
+        }
+
+    async def main(self) -> None:
+        cameras = self.cameras()
+        if not cameras:
+            log.warning("no cameras to serve", extra={"group": self.group})
+        asset_paths = tuple(self.config.site.asset_paths)
+        sources = {}
+        for name, camera in cameras.items():
+            try:
+                sources[name] = Source.for_camera(camera, asset_paths)
+            except AssetError as exc:  # a missing file is the site's mistake: name the camera
+                raise AssetError(f"cameras.{name}.url: {exc}") from None
+        rings: list[FrameRingWriter] = []
+        try:
+            for name, camera in cameras.items():
+                ring = FrameRingWriter.create(
+                    self.config.site.name,
+                    name,
+                    slots=camera.ring_slots,
+                    capacity=frame_bytes(camera.pixel_format, camera.max_frame_width, camera.max_frame_height),
+                    shm_dir=self.config.site.shm_dir,
+                )
+                rings.append(ring)
+                self.workers[name] = CameraWorker(
+                    name, camera, sources[name], ring, instance=self.instance, deliver=self._deliver
+                )
+            self.set_state(ServiceState.READY)
+            async with TaskGroup() as group:
+                group.create_task(self._publish_loop(), name="publish")
+                group.create_task(self._status_loop(), name="status")
+                for worker in self.workers.values():
+                    group.create_task(worker.run(), name=f"camera-{worker.name}")
+        finally:
+            for worker in self.workers.values():
+                worker.stop()
+            for worker in self.workers.values():
+                await asyncio.to_thread(worker.join, 2.0)
+            for ring in rings:
+                ring.close()
+
+    def _deliver(self, message: Message) -> None:
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            if isinstance(message, FrameRef):
+                metrics.FRAMES_DROPPED.labels(message.camera, "bus").inc()
+
+    async def _publish_loop(self) -> None:
+        assert self.publisher is not None
+        while True:
+            message = await self._outbox.get()
+            if isinstance(message, FrameRef):
+                await self.publisher.publish("frames", message.camera, message)
+            elif isinstance(message, CameraStatus):
+                await self.publisher.publish("cameras", message.camera, message)
+
+    async def _status_loop(self) -> None:
+        """Every camera's status with each Health, so a late subscriber learns it without a change."""
+        while True:
+            await asyncio.sleep(self.config.bus.health_interval_s)
+            for worker in self.workers.values():
+                metrics.CAMERA_FPS.labels(worker.name).set(worker.fps())
+                self._deliver(worker.status())
+
+    async def on_control(self, command: Control) -> None:
+        """``pause``/``resume`` stop and restart publishing (decoding goes on, so resuming is instant);
+        with ``camera`` set, only that camera."""
+        if command.command in ("pause", "resume"):
+            for worker in self.workers.values():
+                if command.camera in (None, worker.name):
+                    worker.paused = command.command == "pause"
+        else:
+            await super().on_control(command)
+
+    def health_counters(self) -> dict[str, float]:
+        states = [worker.state for worker in self.workers.values()]
+        return {
+            "cameras": len(states),
+            "streaming": states.count("streaming"),
+            "fps": sum(worker.fps() for worker in self.workers.values()),
+        }
+
+    def health_detail(self) -> dict[str, str]:
+        return {name: worker.state for name, worker in self.workers.items()}

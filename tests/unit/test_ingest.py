@@ -1,0 +1,93 @@
+"""The ingest service's pure parts: rate gate, motion, output size, sources and credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import AssetError
+from services.ingest.camera import output_size
+from services.ingest.gates import FrameRateGate, MotionDetector
+from services.ingest.source import Source
+
+
+@pytest.mark.parametrize(("source_fps", "limit"), [(25, 10), (30, 7.5), (25, 24), (10, 25)])
+def test_rate_gate_holds_the_limit_and_spreads_frames(source_fps: float, limit: float) -> None:
+    gate = FrameRateGate(limit)
+    times = [i / source_fps for i in range(int(source_fps * 20))]
+    admitted = [t for t in times if gate.admit(t)]
+    expected = min(limit, source_fps) * 20
+    assert abs(len(admitted) - expected) <= 1
+    gaps = np.diff(admitted)
+    # evenly: no gap longer than one limit period plus one source frame (no bursts, no holes)
+    assert gaps.max() <= 1 / limit + 1 / source_fps + 1e-9
+    assert gaps.min() >= min(1 / limit, 1 / source_fps) * 0.74
+
+
+def test_rate_gate_jitter_does_not_lose_frames() -> None:
+    gate = FrameRateGate(10)
+    rng = np.random.default_rng(1)
+    times = np.arange(0, 30, 0.1) + rng.uniform(-0.02, 0.02, 300)  # a 10 fps camera with network jitter
+    assert sum(gate.admit(float(t)) for t in times) >= 295
+
+
+def test_rate_gate_restarts_after_a_pause() -> None:
+    gate = FrameRateGate(5)
+    assert gate.admit(0.0)
+    assert gate.admit(100.0)  # a backlog is not let through in a burst
+    assert not gate.admit(100.01)
+
+
+def test_motion_detector_scores_and_boxes_the_change() -> None:
+    detector = MotionDetector(threshold=30, min_area=0.001)
+    still = np.full((100, 200), 80, np.uint8)
+    assert detector.update(still) == (0.0, None)
+    assert detector.update(still) == (0.0, None)
+    moved = still.copy()
+    moved[20:40, 150:190] = 200
+    score, box = detector.update(moved)
+    assert score == pytest.approx(20 * 40 / (100 * 200))
+    assert box == pytest.approx((0.75, 0.2, 0.95, 0.4))
+    # noise below the threshold is not motion
+    noisy = (still + np.random.default_rng(0).integers(0, 20, still.shape)).astype(np.uint8)
+    assert detector.update(noisy) == (0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_width", "slot", "expected"),
+    [
+        ((854, 480), None, (1920, 1080), (854, 480)),
+        ((1920, 1080), 640, (1920, 1080), (640, 360)),
+        ((3840, 2160), None, (1920, 1080), (1920, 1080)),  # fits the ring instead of failing
+        ((1080, 1920), None, (1920, 1080), (608, 1080)),  # portrait camera
+    ],
+)
+def test_output_size(
+    size: tuple[int, int], max_width: int | None, slot: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    assert output_size(*size, max_width, *slot) == expected
+
+
+def test_credentials_are_used_but_never_shown() -> None:
+    source = Source.parse("rtsp://admin:s3cr%40t@10.0.0.5:554/stream1")
+    assert source.url == "rtsp://admin:s3cr%40t@10.0.0.5:554/stream1"
+    assert str(source) == "rtsp://admin:***@10.0.0.5:554/stream1"
+    assert source.redact("401 for rtsp://admin:s3cr@t@host") == "401 for rtsp://admin:***@host"
+    configured = Source.parse("rtsp://10.0.0.5/s", username="op", password="p@ss:word", transport="udp")
+    assert configured.url == "rtsp://op:p%40ss%3Aword@10.0.0.5/s"
+    assert "p@ss" not in str(configured) and "p%40ss" not in str(configured)
+    assert configured.open_arguments(5)["options"]["rtsp_transport"] == "udp"
+
+
+def test_sources_by_kind(shared_dir: Path) -> None:
+    assert Source.parse("https://example.com/live/index.m3u8").kind == "http"
+    assert Source.parse("/dev/video0").open_arguments(5)["format"] == "v4l2"
+    found = Source.parse("people.mp4")  # on the asset search path
+    assert (found.kind, Path(found.url)) == ("file", shared_dir / "media" / "people.mp4")
+    assert not found.is_live
+    with pytest.raises(AssetError, match=r"nosuch\.mp4 not found"):
+        Source.parse("nosuch.mp4")
+    with pytest.raises(AssetError, match="unsupported camera URL scheme 'srt'"):
+        Source.parse("srt://host:9000")
