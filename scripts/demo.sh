@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# What EdgeSight's backbone does today, end to end, on this machine:
+# What EdgeSight does today, end to end, on this machine:
 #   1. checks the commented example site file (and shows what a mistake looks like);
-#   2. runs the installed services under `edgesight run` for 12 s, kills one mid-way to show the
-#      restart, and reads their Health from the bus with `edgesight bus tail`;
-#   3. measures a frame's hop through shared memory against plain ZeroMQ (`frame_hop --quick`).
+#   2. serves the shared clip over RTSP (gst-rtsp-server) and probes it like a new camera;
+#   3. runs the services under `edgesight run` (broker + ingest, two cameras) for 20 s: reads
+#      camera states and FrameRefs from the bus, drops the RTSP server for 3 s (the camera
+#      reconnects), and SIGKILLs ingest (edgesight run restarts it);
+#   4. measures a frame's hop through shared memory and ingest's decode against bare PyAV (--quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
+export EDGESIGHT_DEMO_RTSP_PORT=${EDGESIGHT_DEMO_RTSP_PORT:-8554}
 edgesight=.venv/bin/edgesight
+clip=$(.venv/bin/python -c "from common.assets import find_asset; print(find_asset('people.mp4'))")
+rtsp_pid=""
+start_rtsp() {
+  /usr/bin/python3 tests/servers/rtsp_server.py --port "$EDGESIGHT_DEMO_RTSP_PORT" "/lobby=$clip" > "$EDGESIGHT_RUN_DIR/rtsp.log" &
+  rtsp_pid=$!
+  for _ in $(seq 50); do grep -q ready "$EDGESIGHT_RUN_DIR/rtsp.log" && return; sleep 0.1; done
+  echo "the RTSP server did not start: $(cat "$EDGESIGHT_RUN_DIR/rtsp.log")" >&2; exit 1
+}
+trap '[[ -n $rtsp_pid ]] && kill $rtsp_pid 2>/dev/null || true' EXIT
 
 echo "== 1. the site file"
 $edgesight config check examples/site.yaml
@@ -15,17 +27,28 @@ broken=$EDGESIGHT_RUN_DIR/broken.yaml
 sed 's/    fps: 5 /    fps: -5 /' examples/site.yaml > "$broken"
 $edgesight config check "$broken" || echo "(exit $? — the error names the file, line and key)"
 
-echo; echo "== 2. the services, supervised (12 s)"
-$edgesight run examples/demo.yaml --for 12 --status-interval 3 &
+echo; echo "== 2. a camera: the shared clip over RTSP on port $EDGESIGHT_DEMO_RTSP_PORT"
+start_rtsp
+$edgesight cameras probe "rtsp://127.0.0.1:$EDGESIGHT_DEMO_RTSP_PORT/lobby" --frames 25
+
+echo; echo "== 3. the services, supervised (20 s)"
+$edgesight run examples/demo.yaml --for 20 --status-interval 4 &
 run_pid=$!
-sleep 4
-$edgesight bus tail examples/demo.yaml --stream health --count 2
-broker_pid=$(pgrep -f "services.broker --config" | head -n1 || true)
-if [[ -n $broker_pid ]]; then
-  echo "-- killing the broker (pid $broker_pid) with SIGKILL: edgesight run restarts it"
-  kill -9 "$broker_pid"
+sleep 5
+echo "-- camera states and two frame references from the bus"
+$edgesight bus tail examples/demo.yaml --stream cameras --count 2
+$edgesight bus tail examples/demo.yaml --stream frames --count 2
+echo "-- the RTSP server goes away for 3 s: the lobby camera backs off, then streams again"
+kill "$rtsp_pid"; wait "$rtsp_pid" 2>/dev/null || true
+sleep 3
+start_rtsp
+sleep 3
+ingest_pid=$(pgrep -f "services.ingest --config" | head -n1 || true)
+if [[ -n $ingest_pid ]]; then
+  echo "-- killing ingest (pid $ingest_pid) with SIGKILL: edgesight run restarts it, its rings are reclaimed"
+  kill -9 "$ingest_pid"
 fi
 wait "$run_pid"
 
-echo; echo "== 3. frame_hop: 1080p frames between processes"
-.venv/bin/python -m benchmarks frame_hop --quick --json "$EDGESIGHT_RUN_DIR/frame_hop.json"
+echo; echo "== 4. benchmarks (quick): frame_hop and ingest_decode"
+.venv/bin/python -m benchmarks frame_hop ingest_decode --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"

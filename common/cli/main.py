@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +19,7 @@ from common.cli.supervisor import Supervisor, installed_services
 from common.config import SiteConfig, load_config
 from common.errors import EdgeSightError
 from contracts import PROTOCOL_VERSION, NDArray, topic
+from contracts.topics import STREAMS
 
 __all__ = ["main"]
 
@@ -112,6 +114,12 @@ def cmd_bus_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cameras(args: argparse.Namespace) -> int:
+    """Hands over to the ingest service's camera tools: the CLI never imports a service."""
+    command = [sys.executable, "-m", "services.ingest.cameras", *args.arguments]
+    return subprocess.call(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgesight", description="On-site computer vision: cameras in, metadata out.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,11 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS", help="status table period")
     run.set_defaults(func=cmd_run)
 
+    cameras = commands.add_parser(
+        "cameras",
+        help="probe URL: check a camera; discover: find ONVIF cameras (see `edgesight cameras --help`)",
+        add_help=False,
+    )
+    cameras.add_argument("arguments", nargs=argparse.REMAINDER)
+    cameras.set_defaults(func=cmd_cameras)
+
     bus = commands.add_parser("bus", help="look at the bus")
     bus_commands = bus.add_subparsers(dest="bus_command", required=True)
     tail = bus_commands.add_parser("tail", help="print bus messages as JSON lines")
     tail.add_argument("config")
-    tail.add_argument("--stream", default="", choices=["", "frames", "detections", "health", "control"])
+    tail.add_argument("--stream", default="", choices=["", *sorted(STREAMS)])
     tail.add_argument("--key", default="", help="a camera or service name")
     tail.add_argument("--count", type=int, help="stop after this many messages")
     tail.set_defaults(func=cmd_bus_tail)
@@ -145,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["cameras"]:  # everything after it, --help included, belongs to the camera tools
+        return cmd_cameras(argparse.Namespace(arguments=arguments[1:]))
+    args = build_parser().parse_args(arguments)
     return int(args.func(args))
 
 

@@ -125,7 +125,8 @@ class DecodeSession:
                 except av.error.InvalidDataError as exc:
                     self.decode_errors += 1
                     if self.decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                        raise SourceError(f"{self.decode_errors} undecodable packets in a row: {describe(exc)}") from None
+                        reason = describe(exc)
+                        raise SourceError(f"{self.decode_errors} undecodable packets in a row: {reason}") from None
                     continue
                 spent = time.perf_counter() - started
                 if decoded:

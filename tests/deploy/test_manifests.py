@@ -107,7 +107,7 @@ def manifests() -> list[dict[str, Any]]:
 
 def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
-    assert kinds == ["ConfigMap", "Deployment", "Namespace", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Namespace", "Service"]
     for doc in manifests:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -159,3 +159,13 @@ def test_broker_service_exposes_the_ports_the_site_file_uses(manifests: list[dic
         assert int(port) in exposed
     for spec in (config.bus.broker.frontend, config.bus.broker.backend):
         assert int(spec.rsplit(":", 1)[1]) in exposed
+
+
+def test_frame_rings_are_on_the_node_where_the_site_file_puts_them(manifests: list[dict[str, Any]]) -> None:
+    config = load_config(K3S / "site.yaml")
+    ingest = next(doc for doc in manifests if doc["metadata"]["name"] == "edgesight-ingest")
+    pod = ingest["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["frames"] == str(config.site.shm_dir)
+    assert volumes["frames"]["hostPath"]["path"] == str(config.site.shm_dir)

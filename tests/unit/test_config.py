@@ -22,7 +22,9 @@ def test_example_loads_with_defaults_and_overrides() -> None:
     assert config.site.name == "plant-7"
     assert config.cameras["dock-1"].fps == 5  # own value wins
     assert config.cameras["yard"].fps == 10  # inherited from camera_defaults
-    assert config.cameras["dock-1"].url == "rtsp://viewer:s3cret@192.0.2.10:554/stream1"
+    dock = config.cameras["dock-1"]
+    assert dock.password is not None and dock.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(dock) and "s3cret" not in str(dock.model_dump())  # a secret stays secret
     assert config.uplink.mqtt is not None and config.uplink.mqtt.host == "localhost"  # ${MQTT_HOST:-localhost}
 
 

@@ -91,3 +91,20 @@ def test_sources_by_kind(shared_dir: Path) -> None:
         Source.parse("nosuch.mp4")
     with pytest.raises(AssetError, match="unsupported camera URL scheme 'srt'"):
         Source.parse("srt://host:9000")
+
+
+def test_ingest_groups_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.config import parse_config
+    from services.ingest.service import GROUP_VARIABLE, IngestService
+
+    config = parse_config(
+        "site: {name: s}\n"
+        "cameras:\n"
+        "  a: {url: rtsp://h/a}\n"
+        "  b: {url: rtsp://h/b, ingest_group: east}\n"
+        "  c: {url: rtsp://h/c, ingest_group: east}\n"
+        "  d: {url: rtsp://h/d, ingest_group: east, enabled: false}\n"
+    )
+    assert list(IngestService(config).cameras()) == ["a"]
+    monkeypatch.setenv(GROUP_VARIABLE, "east")
+    assert list(IngestService(config).cameras()) == ["b", "c"]
