@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import hashlib
 from pathlib import Path
 
@@ -37,3 +38,34 @@ def frame_digests(path: Path, pixel_format: str = "bgr24") -> set[str]:
 
 def digest(pixels: np.ndarray) -> str:  # type: ignore[type-arg]
     return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16).hexdigest()
+
+
+def encode_clip(source: Path, target: Path, codec: str, frames: int | None = None) -> None:
+    """``source`` re-encoded with ``codec`` (e.g. ``libx265``), fast preset, 25 fps."""
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        template = inp.streams.video[0].codec_context
+        stream.width, stream.height, stream.pix_fmt = template.width, template.height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "x265-params": "log-level=error"} if codec == "libx265" else {}
+        for index, frame in enumerate(inp.decode(video=0)):
+            if frames is not None and index == frames:
+                break
+            picture = frame.reformat(format="yuv420p")
+            picture.pts, picture.time_base = index, fractions.Fraction(1, 25)
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode(None))
+
+
+def segment_hls(source: Path, folder: Path) -> Path:
+    """``source`` cut into an HLS playlist with 2 s segments, remuxed; returns the playlist."""
+    playlist = folder / "index.m3u8"
+    options = {"hls_time": "2", "hls_list_size": "0", "hls_playlist_type": "vod"}
+    with av.open(str(source)) as inp, av.open(str(playlist), "w", format="hls", options=options) as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.stream = copy
+            out.mux(packet)
+    return playlist

@@ -41,7 +41,7 @@ class RtspServer:
 
     SCRIPT = Path(__file__).resolve().parents[1] / "servers" / "rtsp_server.py"
 
-    def __init__(self, mounts: dict[str, Path], port: int | None = None) -> None:
+    def __init__(self, mounts: dict[str, Path | str], port: int | None = None) -> None:
         self.mounts = mounts
         self.port = port or free_port()
         self.process: subprocess.Popen[str] | None = None
@@ -72,7 +72,7 @@ def rtsp_servers() -> Iterator[Callable[..., RtspServer]]:
     """Starts RTSP servers (``rtsp_servers({"cam": path})``) and kills them after the test."""
     started: list[RtspServer] = []
 
-    def start(mounts: dict[str, Path], port: int | None = None) -> RtspServer:
+    def start(mounts: dict[str, Path | str], port: int | None = None) -> RtspServer:
         server = RtspServer(mounts, port).start()
         started.append(server)
         return server

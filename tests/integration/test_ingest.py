@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from common.shm import FrameRingReader
 from contracts import CameraStatus, FrameRef, topic
 from tests.conftest import free_port
 from tests.integration.conftest import RtspServer, Services
-from tests.media import digest, frame_digests
+from tests.media import digest, encode_clip, frame_digests, segment_hls
 from tests.support import http_get
 
 pytestmark = pytest.mark.slow
@@ -233,3 +235,49 @@ def test_bad_sources_get_a_clear_state_and_one_log_line(
         reconnects = float(metrics.split(f'edgesight_camera_reconnects_total{{camera="{camera}"}} ')[1].split()[0])
         assert 2 <= reconnects <= 15, f"{camera}: {reconnects} attempts in ~7 s"  # retrying, not spinning
     assert watcher.state("good") == "streaming"
+
+
+def test_hls_over_http_and_h265_over_rtsp(
+    shared_dir: Path,
+    tmp_path: Path,
+    rtsp_servers: Callable[..., RtspServer],
+    services: Callable[..., Services],
+) -> None:
+    clip = shared_dir / "media" / "people.mp4"
+    hevc = tmp_path / "people_h265.mp4"
+    encode_clip(clip, hevc, "libx265")
+    hls = tmp_path / "hls"
+    hls.mkdir()
+    segment_hls(clip, hls)
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(hls)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        server = rtsp_servers({"hevc": f"{hevc}:h265"})
+        cameras = {
+            "hls": {"url": f"http://127.0.0.1:{port}/index.m3u8", "fps": 5},
+            "hevc": {"url": server.url("hevc"), "fps": 5},
+        }
+        site = services({"cameras": cameras})
+        site.start("broker")
+        site.start("ingest")
+
+        async def scenario() -> Watcher:
+            async with watch(site) as watcher:
+                await watcher.until(lambda: {"hls", "hevc"} <= watcher.frames.keys(), 30, "both stream")
+                await watcher.until(lambda: len(watcher.statuses.get("hevc", [])) > 0, 5, "a status")
+                return watcher
+
+        watcher = asyncio.run(scenario())
+    finally:
+        web.terminate()
+        web.wait()
+    codecs = {camera: {s.codec for s in statuses if s.codec} for camera, statuses in watcher.statuses.items()}
+    assert codecs["hevc"] == {"hevc"}
+    assert codecs["hls"] == {"h264"}
+    for camera in ("hls", "hevc"):
+        _, ref = watcher.frames[camera][-1]
+        assert (ref.width, ref.height) == (854, 480)
