@@ -30,7 +30,7 @@ from common.config import CameraConfig
 from common.shm import FrameRingWriter
 from contracts import CameraState, CameraStatus, FrameRef, Message
 from services.ingest import metrics
-from services.ingest.decode import DecodeSession, SourceError, StreamInfo
+from services.ingest.decode import DecodeSession, SourceError, StallError, StreamInfo
 from services.ingest.gates import FrameRateGate, MotionDetector
 from services.ingest.source import Source
 
@@ -102,7 +102,6 @@ class CameraWorker:
         self._fallback_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._labels = {"camera": name}
         for state in STATES:
             metrics.CAMERA_STATE.labels(name, state).set(0)
         metrics.CAMERA_STATE.labels(name, self.state).set(1)
@@ -120,8 +119,14 @@ class CameraWorker:
             self._set_state("connecting")
             try:
                 finished = await self._session()
+            except StallError as exc:
+                if self.state == "streaming":
+                    self._stalled()
+                elif self.state != "stalled":  # the watchdog has said why already
+                    self._failed(str(exc))
             except SourceError as exc:
-                self._failed(str(exc))
+                if self.state != "stalled":  # the watchdog has said why already
+                    self._failed(str(exc))
             except Exception as exc:  # a bug must not take the other cameras down
                 log.exception("camera session crashed", extra={"camera": self.name})
                 self._failed(f"internal error: {type(exc).__name__}: {self.source.redact(str(exc))}")
@@ -147,7 +152,10 @@ class CameraWorker:
 
     async def _session(self) -> bool:
         """One connection on its own thread, watched for stalls. True when a file ended."""
-        self._abort.clear()
+        # A fresh event per session: a thread abandoned in a stuck read keeps its own, set one.
+        abort = self._abort = threading.Event()
+        if self._stopping:
+            abort.set()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
 
@@ -162,7 +170,7 @@ class CameraWorker:
         def work() -> None:
             result, error = None, None
             try:
-                result = self._stream()
+                result = self._stream(abort)
             except BaseException as exc:
                 error = exc
             if not loop.is_closed():
@@ -178,18 +186,21 @@ class CameraWorker:
                 await asyncio.wait([done], timeout=0.25)
                 started = self._last_frame or opened
                 if self.state == "streaming" and time.monotonic() - started > self.config.stall_timeout_s:
-                    self._set_state("stalled")
-                    self.error = f"no frame for {self.config.stall_timeout_s:g} s"
-                    log.warning("camera stalled", extra={"camera": self.name, "error": self.error})
-                    self._abort.set()
+                    self._stalled()
+                    abort.set()
                     # The read timeout (stall_timeout) ends a blocked read; do not wait longer than that.
                     await asyncio.wait([done], timeout=self.config.stall_timeout_s + 1)
                     if not done.done():
                         raise SourceError(f"stalled: {self.error}; the reader thread is abandoned")
         except asyncio.CancelledError:
-            self._abort.set()
+            abort.set()
             raise
         return await done
+
+    def _stalled(self) -> None:
+        self.error = f"no frame for {self.config.stall_timeout_s:g} s"
+        self._set_state("stalled")
+        log.warning("camera stalled", extra={"camera": self.name, "error": self.error})
 
     def _failed(self, error: str) -> None:
         self.error = error
@@ -246,7 +257,7 @@ class CameraWorker:
             self._thread.join(timeout)
 
     # -- the decode thread -----------------------------------------------------------------------
-    def _stream(self) -> bool:
+    def _stream(self, abort: threading.Event) -> bool:
         config = self.config
         with DecodeSession(
             self.source,
@@ -254,7 +265,7 @@ class CameraWorker:
             decoder=config.decoder,
             loop=config.loop,
             realtime=config.realtime,
-            abort=self._abort,
+            abort=abort,
         ) as session:
             self.info = info = session.open()
             if info.fallback and not self._fallback_logged:
@@ -296,7 +307,7 @@ class CameraWorker:
                 if self.paused:
                     metrics.FRAMES_DROPPED.labels(self.name, "paused").inc()
                     continue
-                if self._abort.is_set():
+                if abort.is_set():
                     break
                 started = time.perf_counter()
                 motion, box = 1.0, None
@@ -310,7 +321,7 @@ class CameraWorker:
                 convert_seconds.observe(time.perf_counter() - started)
                 assert slot.ref is not None
                 self._call(self._publish, slot.ref)
-            return not self.source.is_live and not self._abort.is_set()
+            return not self.source.is_live and not abort.is_set()
 
     def _call(self, function: Callable[..., None], *args: Any) -> None:
         loop = self._loop

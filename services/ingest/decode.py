@@ -18,7 +18,7 @@ import av.error
 from common.errors import EdgeSightError
 from services.ingest.source import Source, hardware_decoders
 
-__all__ = ["DecodeSession", "SourceError", "StreamInfo"]
+__all__ = ["DecodeSession", "SourceError", "StallError", "StreamInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ def describe(error: BaseException) -> str:
 
 class SourceError(EdgeSightError):
     """The source cannot be opened or read; the message is safe to log (credentials removed)."""
+
+
+class StallError(SourceError):
+    """Nothing arrived from an open source for the read timeout."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,11 @@ class DecodeSession:
 
     def open(self) -> StreamInfo:
         try:
-            self._container = av.open(self.source.url, **self.source.open_arguments(self.timeout_s))
+            # Reads get a second more than the watchdog's stall timeout: it notices first and says so.
+            arguments = self.source.open_arguments(self.timeout_s, self.timeout_s + 1)
+            self._container = av.open(self.source.url, **arguments)
+        except av.error.ExitError:  # PyAV's open timeout interrupted FFmpeg
+            raise SourceError(f"cannot open {self.source}: no answer within {self.timeout_s:g} s") from None
         except (av.error.FFmpegError, OSError) as exc:
             hint = ""
             if self.source.kind == "file" and isinstance(exc, av.error.InvalidDataError):
@@ -147,6 +155,8 @@ class DecodeSession:
             yield from self._container.demux(self._stream)
         except av.error.EOFError:
             return
+        except av.error.ExitError:  # PyAV's read timeout interrupted FFmpeg
+            raise StallError(f"no data from {self.source} for {self.timeout_s + 1:g} s") from None
         except (av.error.FFmpegError, OSError) as exc:
             raise SourceError(f"reading {self.source}: {self.source.redact(describe(exc))}") from None
 

@@ -90,10 +90,10 @@ class Source:
     def __str__(self) -> str:
         return self.redact(self.url)
 
-    def open_arguments(self, timeout_s: float) -> dict[str, Any]:
+    def open_arguments(self, timeout_s: float, read_timeout_s: float | None = None) -> dict[str, Any]:
         """Keyword arguments for ``av.open``: demuxer options and open/read timeouts."""
         options: dict[str, str] = {}
-        arguments: dict[str, Any] = {"timeout": (timeout_s, timeout_s)}
+        arguments: dict[str, Any] = {"timeout": (timeout_s, read_timeout_s or timeout_s)}
         if self.kind == "rtsp":
             # Video only: audio tracks would be demuxed and thrown away.
             options |= {"rtsp_transport": self.transport, "allowed_media_types": "video", "max_delay": "500000"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 import subprocess
 import sys
 import time
@@ -281,3 +282,29 @@ def test_hls_over_http_and_h265_over_rtsp(
     for camera in ("hls", "hevc"):
         _, ref = watcher.frames[camera][-1]
         assert (ref.width, ref.height) == (854, 480)
+
+
+def test_a_frozen_camera_is_detected_as_stalled_and_reconnected(
+    long_clip: Path, rtsp_servers: Callable[..., RtspServer], services: Callable[..., Services]
+) -> None:
+    server = rtsp_servers({"cam": long_clip})
+    camera = {"url": server.url("cam"), "fps": 5, "stall_timeout_s": 2, "max_backoff_s": 1}
+    site = services({"cameras": {"frozen": camera}})
+    site.start("broker")
+    site.start("ingest")
+    assert server.process is not None
+
+    async def scenario() -> None:
+        async with watch(site) as watcher:
+            await watcher.until(lambda: "frozen" in watcher.frames, 20, "streaming")
+            server.process.send_signal(signal.SIGSTOP)  # the connection stays open; nothing more arrives
+            try:
+                await watcher.until(lambda: watcher.state("frozen") == "stalled", 6, "stalled")
+                assert watcher.statuses["frozen"][-1].error == "no frame for 2 s"
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            thawed = time.monotonic()
+            await watcher.until(lambda: watcher.frames_after("frozen", thawed + 0.5) > 0, 10, "streaming again")
+
+    asyncio.run(scenario())
+    assert site.log("ingest").count("camera stalled") == 1
