@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from common._compat import TaskGroup
 from common.bus import Subscriber
-from common.config import SiteConfig
+from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, SiteConfig
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
 from contracts import Health, topic
 
@@ -40,9 +41,17 @@ def installed_services() -> list[str]:
     ]
 
 
+def ingest_groups(config: SiteConfig) -> list[str]:
+    """Ingest serves one camera group per process; ``run`` starts one per group, ``default`` first (and always)."""
+    groups = {camera.ingest_group for camera in config.cameras.values() if camera.enabled}
+    return [DEFAULT_INGEST_GROUP, *sorted(groups - {DEFAULT_INGEST_GROUP})]
+
+
 @dataclass
 class _Child:
-    name: str
+    name: str  # "ingest", or "ingest@east" for another camera group
+    service: str = ""
+    group: str | None = None
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
@@ -56,7 +65,14 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.config_path = config_path
-        self.children = {name: _Child(name) for name in services}
+        self.children: dict[str, _Child] = {}
+        for service in services:
+            if service == "ingest":
+                for group in ingest_groups(config):
+                    name = service if group == DEFAULT_INGEST_GROUP else f"{service}@{group}"
+                    self.children[name] = _Child(name, service, group)
+            else:
+                self.children[service] = _Child(service, service)
         self.status_interval_s = status_interval_s
         self._stopping = asyncio.Event()
 
@@ -88,14 +104,14 @@ class Supervisor:
     async def _keep_running(self, child: _Child) -> None:
         backoff = self.config.run.restart_backoff_s
         while not self._stopping.is_set():
+            arguments = ["--config", str(self.config_path), "--instance", self._instance(child)]
+            environment = None
+            if child.group is not None:
+                environment = {**os.environ, INGEST_GROUP_VARIABLE: child.group}
+                if child.group != DEFAULT_INGEST_GROUP:  # metrics.ports["ingest@east"], or a free port
+                    arguments += ["--metrics-port", str(self.config.metrics.port(child.name))]
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                f"services.{child.name}",
-                "--config",
-                str(self.config_path),
-                "--instance",
-                f"{child.name}-0",
+                sys.executable, "-m", f"services.{child.service}", *arguments, env=environment
             )
             child.started = time.monotonic()
             log.info("service started", extra={"child": child.name, "pid": child.process.pid})
@@ -140,16 +156,26 @@ class Supervisor:
                         health.receive(), timeout=max(0.05, next_print - time.monotonic())
                     )
                     message = received.message
-                    if isinstance(message, Health) and message.service in self.children:
-                        self.children[message.service].last_health = message
+                    if isinstance(message, Health):
+                        for child in self.children.values():
+                            if (message.service, message.instance) == (child.service, self._instance(child)):
+                                child.last_health = message
                 except asyncio.TimeoutError:
                     pass
                 if time.monotonic() >= next_print:
                     self._print_status()
                     next_print = time.monotonic() + self.status_interval_s
 
+    @staticmethod
+    def _instance(child: _Child) -> str:
+        return (
+            f"{child.service}-{child.group}"
+            if child.group not in (None, DEFAULT_INGEST_GROUP)
+            else f"{child.service}-0"
+        )
+
     def _print_status(self, *, final: bool = False) -> None:
-        rows = [f"{'service':<10} {'pid':>7} {'state':<9} {'up s':>7} {'restarts':>8}  counters"]
+        rows = [f"{'service':<14} {'pid':>7} {'state':<9} {'up s':>7} {'restarts':>8}  counters"]
         for child in self.children.values():
             health = child.last_health
             alive = child.process is not None and child.process.returncode is None
@@ -159,5 +185,5 @@ class Supervisor:
             counters = " ".join(f"{k}={v:g}" for k, v in sorted((health.counters if health else {}).items()))
             pid = child.process.pid if child.process else "-"
             uptime = f"{health.uptime_s:.0f}" if health else "-"
-            rows.append(f"{child.name:<10} {pid!s:>7} {state:<9} {uptime:>7} {child.restarts:>8}  {counters}")
+            rows.append(f"{child.name:<14} {pid!s:>7} {state:<9} {uptime:>7} {child.restarts:>8}  {counters}")
         print("\n".join(rows), flush=True)

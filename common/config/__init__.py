@@ -1,7 +1,14 @@
 """The site file: ``load_config(path)`` -> :class:`SiteConfig`, errors as file:line: key: message."""
 
 from common.config.bus import BusConfig
-from common.config.cameras import CameraConfig, CameraDefaults, MotionConfig, PrivacyMask
+from common.config.cameras import (
+    DEFAULT_INGEST_GROUP,
+    INGEST_GROUP_VARIABLE,
+    CameraConfig,
+    CameraDefaults,
+    MotionConfig,
+    PrivacyMask,
+)
 from common.config.loader import load_config, load_yaml, parse_config
 from common.config.metrics import LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
@@ -10,6 +17,8 @@ from common.config.site import RunConfig, SiteConfig, SiteSection
 from common.config.uplink import UplinkConfig
 
 __all__ = [
+    "DEFAULT_INGEST_GROUP",
+    "INGEST_GROUP_VARIABLE",
     "BusConfig",
     "CameraConfig",
     "CameraDefaults",

@@ -9,7 +9,18 @@ from pydantic import Field, SecretStr, model_validator
 from common.config._types import Name, Polygon, Section
 from common.config.rules import Rule, ZoneRule
 
-__all__ = ["CameraConfig", "CameraDefaults", "MotionConfig", "PrivacyMask"]
+__all__ = [
+    "DEFAULT_INGEST_GROUP",
+    "INGEST_GROUP_VARIABLE",
+    "CameraConfig",
+    "CameraDefaults",
+    "MotionConfig",
+    "PrivacyMask",
+]
+
+# The environment variable naming the camera group an ingest process serves.
+INGEST_GROUP_VARIABLE = "EDGESIGHT_INGEST_GROUP"
+DEFAULT_INGEST_GROUP = "default"
 
 
 class MotionConfig(Section):
@@ -37,7 +48,7 @@ class CameraDefaults(Section):
 
     enabled: bool = True
     ingest_group: Name = Field(
-        "default",
+        DEFAULT_INGEST_GROUP,
         description="Which ingest process serves the camera: the one started with EDGESIGHT_INGEST_GROUP=<group>. "
         "Split a site's cameras over several groups to scale ingest out.",
     )

@@ -11,7 +11,7 @@ import logging
 import os
 
 from common._compat import TaskGroup
-from common.config import CameraConfig
+from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, CameraConfig
 from common.errors import AssetError
 from common.service import Service, ServiceState
 from common.shm import FrameRingWriter, frame_bytes
@@ -24,7 +24,6 @@ __all__ = ["IngestService"]
 
 log = logging.getLogger(__name__)
 
-GROUP_VARIABLE = "EDGESIGHT_INGEST_GROUP"
 OUTBOX_LIMIT = 1000  # messages waiting for the publisher; beyond it frames are dropped, counted
 
 
@@ -35,7 +34,7 @@ class IngestService(Service):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.group = os.environ.get(GROUP_VARIABLE, "default")
+        self.group = os.environ.get(INGEST_GROUP_VARIABLE, DEFAULT_INGEST_GROUP)
         self.workers: dict[str, CameraWorker] = {}
         self._outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_LIMIT)
 

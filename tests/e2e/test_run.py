@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from common.config import load_config
+from tests.conftest import free_port, write_site
 
 
 def pids_started(log: Path) -> list[int]:
@@ -91,3 +92,30 @@ def test_run_refuses_a_service_that_is_not_installed(site_file: Path, python_env
     )
     assert result.returncode == 2
     assert "not installed: teleporter" in result.stderr
+
+
+def test_run_starts_one_ingest_per_camera_group(tmp_path: Path, python_env: dict[str, str]) -> None:
+    cameras = {
+        "west-door": {"url": "people.mp4", "loop": True, "fps": 5},
+        "east-door": {"url": "people.mp4", "loop": True, "fps": 5, "ingest_group": "east"},
+    }
+    site = write_site(tmp_path, {"cameras": cameras})
+    config = load_config(site)
+    east_port = free_port()
+    text = site.read_text().replace("ports: {", f"ports: {{'ingest@east': {east_port}, ", 1)
+    site.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli.main", "run", str(site), "--for", "7", "--status-interval", "2"],
+        capture_output=True,
+        text=True,
+        env=python_env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    tables = result.stdout.split("service ")
+    last_live = next(t for t in reversed(tables) if "ready" in t)
+    rows = {line.split()[0]: line for line in last_live.splitlines()[1:] if line.strip()}
+    assert "cameras=1" in rows["ingest"] and "streaming=1" in rows["ingest"], last_live
+    assert "cameras=1" in rows["ingest@east"] and "streaming=1" in rows["ingest@east"], last_live
+    assert f"metrics_port={east_port}" in result.stderr
+    assert f"metrics_port={config.metrics.port('ingest')}" in result.stderr

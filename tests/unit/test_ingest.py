@@ -94,8 +94,8 @@ def test_sources_by_kind(shared_dir: Path) -> None:
 
 
 def test_ingest_groups_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.config import parse_config
-    from services.ingest.service import GROUP_VARIABLE, IngestService
+    from common.config import INGEST_GROUP_VARIABLE, parse_config
+    from services.ingest.service import IngestService
 
     config = parse_config(
         "site: {name: s}\n"
@@ -106,5 +106,5 @@ def test_ingest_groups_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> Non
         "  d: {url: rtsp://h/d, ingest_group: east, enabled: false}\n"
     )
     assert list(IngestService(config).cameras()) == ["a"]
-    monkeypatch.setenv(GROUP_VARIABLE, "east")
+    monkeypatch.setenv(INGEST_GROUP_VARIABLE, "east")
     assert list(IngestService(config).cameras()) == ["b", "c"]
