@@ -69,3 +69,23 @@ def segment_hls(source: Path, folder: Path) -> Path:
             packet.stream = copy
             out.mux(packet)
     return playlist
+
+
+def frame_at(path: Path, index: int, pixel_format: str = "bgr24") -> np.ndarray:  # type: ignore[type-arg]
+    """Frame ``index`` (0-based) of ``path``, decoded."""
+    with av.open(str(path)) as container:
+        for position, frame in enumerate(container.decode(video=0)):
+            if position == index:
+                return frame.to_ndarray(format=pixel_format)
+    raise IndexError(f"{path} has no frame {index}")
+
+
+def dynamic_batch_copy(model: Path, target: Path) -> Path:
+    """``model`` with its batch dimension made dynamic (works for YOLOX, whose reshapes infer it)."""
+    import onnx
+
+    graph = onnx.load(str(model))
+    for tensor in [*graph.graph.input, *graph.graph.output]:
+        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(graph, str(target))
+    return target

@@ -31,3 +31,9 @@ class ModelConfig(Section):
         4, ge=1, le=64, description="Frames batched across cameras. Larger uses the accelerator better, adds latency."
     )
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait to fill a batch.")
+    skip_still_frames: bool = Field(
+        False, description="Skip frames ingest saw no motion in; every camera is still checked every recheck_s."
+    )
+    recheck_s: float = Field(5.0, gt=0, le=3600, description="With skip_still_frames: the longest gap between runs.")
+    min_motion: Unit = Field(0.001, description="With skip_still_frames: FrameRef.motion below this is still.")
+    nms_iou: Unit | None = Field(None, description="Overrides the manifest's NMS IoU threshold.")

@@ -1,0 +1,1 @@
+"""Inference: FrameRefs in, frames read zero-copy from shared memory, Detections out."""

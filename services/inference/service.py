@@ -1,0 +1,287 @@
+"""The inference service: FrameRefs in, frames read zero-copy from shared memory, Detections out.
+
+Each model has a worker holding the newest pending frame per camera; it takes up to ``max_batch``
+of them (waiting at most ``max_wait_ms`` for a batch to fill), runs them on a thread and publishes
+one Detections per frame. Replicas split the cameras: ``EDGESIGHT_INFERENCE_SHARD=i/n`` serves
+the cameras whose index (sorted by name) is i modulo n, so no frame is processed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from common._compat import TaskGroup
+from common.bus import Subscriber
+from common.config import ModelConfig
+from common.errors import ConfigError, ShmError, StaleFrameError
+from common.service import Service, ServiceState
+from common.shm import FrameRingReader
+from common.shm.ring import FrameView
+from contracts import Control, Detections, FrameRef, InferenceTiming, topic
+from services.inference import metrics
+from services.inference.detector import Detector
+from services.inference.manifest import ModelError
+
+__all__ = ["InferenceService", "ModelWorker", "parse_shard"]
+
+log = logging.getLogger(__name__)
+
+SHARD_VARIABLE = "EDGESIGHT_INFERENCE_SHARD"
+RELOAD_POLL_S = 2.0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"1/3"`` -> (1, 3): this replica is number 1 of 3 (0-based)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError([f"{SHARD_VARIABLE}={text!r}: expected INDEX/COUNT, e.g. 0/2"]) from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError([f"{SHARD_VARIABLE}={text!r}: need 0 <= INDEX < COUNT"])
+    return index, count
+
+
+class ModelWorker:
+    """Batches the newest frame of each camera for one model and runs them off the event loop."""
+
+    def __init__(self, name: str, config: ModelConfig, detector: Detector, service: InferenceService) -> None:
+        self.name = name
+        self.config = config
+        self.detector = detector
+        self.service = service
+        self.pending: dict[str, FrameRef] = {}
+        self.last_run: dict[str, float] = {}
+        self.wakeup = asyncio.Event()
+        self._describe()
+
+    def _describe(self) -> None:
+        backend = self.detector.backend
+        metrics.MODEL_INFO.labels(self.name, self.detector.version, backend.name, backend.provider).set(1)
+        log.info(
+            "model ready",
+            extra={
+                "model": self.name,
+                "version": self.detector.version,
+                "backend": backend.name,
+                "provider": backend.provider,
+                "batch": backend.max_batch,
+            },
+        )
+
+    def offer(self, ref: FrameRef) -> None:
+        now = time.monotonic()
+        if (
+            self.config.skip_still_frames
+            and ref.motion < self.config.min_motion
+            and now - self.last_run.get(ref.camera, 0.0) < self.config.recheck_s
+        ):
+            metrics.SKIPPED.labels(self.name, "still").inc()
+            return
+        if ref.camera in self.pending:
+            metrics.SKIPPED.labels(self.name, "behind").inc()  # newest wins
+        self.pending[ref.camera] = ref
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            limit = self.config.max_batch
+            if len(self.pending) < limit and self.config.max_wait_ms > 0:
+                await asyncio.sleep(self.config.max_wait_ms / 1000)  # let a batch fill
+            refs = sorted(self.pending.values(), key=lambda r: r.monotonic_ns)[:limit]
+            for ref in refs:
+                del self.pending[ref.camera]
+                self.last_run[ref.camera] = time.monotonic()
+            if not self.pending:
+                self.wakeup.clear()
+            detector = self.detector  # a reload swaps it between batches, never during one
+            try:
+                results = await asyncio.to_thread(self.service.infer, self.name, detector, refs)
+            except Exception:
+                log.exception("inference failed", extra={"model": self.name})
+                metrics.SKIPPED.labels(self.name, "error").inc(len(refs))
+                continue
+            for detections in results:
+                await self.service.publish_detections(detections)
+
+    async def reload(self, reason: str) -> None:
+        """Loads the model again beside the running one and swaps it in; the old one keeps serving on failure."""
+        try:
+            fresh = await asyncio.to_thread(
+                Detector.from_config, self.config, tuple(self.service.config.site.asset_paths)
+            )
+        except ModelError as exc:
+            metrics.RELOADS.labels(self.name, "failed").inc()
+            log.error("model reload failed; the loaded version stays", extra={"model": self.name, "error": str(exc)})
+            return
+        old = self.detector
+        metrics.MODEL_INFO.labels(self.name, old.version, old.backend.name, old.backend.provider).set(0)
+        self.detector = fresh
+        metrics.RELOADS.labels(self.name, "ok").inc()
+        log.info("model reloaded", extra={"model": self.name, "reason": reason, "from": old.version})
+        self._describe()
+        old.close()
+
+
+class InferenceService(Service):
+    """Runs the site's detection models on the frames of this replica's cameras."""
+
+    name = "inference"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.shard = parse_shard(os.environ.get(SHARD_VARIABLE, "0/1"))
+        self.workers: dict[str, ModelWorker] = {}
+        self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
+        self._readers: dict[str, FrameRingReader] = {}
+
+    def assignment(self) -> dict[str, list[str]]:
+        """Camera -> model names, for this replica's share of the cameras."""
+        index, count = self.shard
+        enabled = sorted(name for name, camera in self.config.cameras.items() if camera.enabled)
+        mine = [camera for position, camera in enumerate(enabled) if position % count == index]
+        return {
+            camera: list(self.config.cameras[camera].models or self.config.models)
+            for camera in mine
+            if self.config.cameras[camera].models or self.config.models
+        }
+
+    async def main(self) -> None:
+        assignment = self.assignment()
+        used = sorted({model for models in assignment.values() for model in models})
+        if not used:
+            log.warning("no models to run for this replica's cameras", extra={"shard": "/".join(map(str, self.shard))})
+        asset_paths = tuple(self.config.site.asset_paths)
+        for name in used:  # load (and check) every model before serving: errors now, not at the first frame
+            detector = await asyncio.to_thread(Detector.from_config, self.config.models[name], asset_paths)
+            self.workers[name] = ModelWorker(name, self.config.models[name], detector, self)
+        for camera, models in assignment.items():
+            self.routes[camera] = [self.workers[m] for m in models]
+        topics = [topic("frames", camera) for camera in self.routes]
+        async with Subscriber(self.config.bus.subscribe, self.name, topics, hwm=self.config.bus.frames_hwm) as frames:
+            self.set_state(ServiceState.READY)
+            async with TaskGroup() as group:
+                group.create_task(self._receive(frames), name="receive")
+                group.create_task(self._watch_models(), name="watch-models")
+                for worker in self.workers.values():
+                    group.create_task(worker.run(), name=f"model-{worker.name}")
+
+    async def _receive(self, frames: Subscriber) -> None:
+        async for received in frames:
+            ref = received.message
+            if not isinstance(ref, FrameRef) or self.paused:
+                continue
+            for worker in self.routes.get(ref.camera, ()):
+                worker.offer(ref)
+
+    def infer(self, model: str, detector: Detector, refs: list[FrameRef]) -> list[Detections]:
+        """On a worker thread: views into shared memory, one batch through ``model``, torn reads dropped.
+
+        ``model`` is the site's name for it (``models.<name>``), what Detections and metrics carry."""
+        views: list[FrameView] = []
+        now = time.monotonic_ns()
+        for ref in refs:
+            try:
+                views.append(self._reader(ref.segment).view(ref))
+            except StaleFrameError:
+                metrics.SKIPPED.labels(model, "stale").inc()
+            except ShmError as exc:
+                metrics.SKIPPED.labels(model, "stale").inc()
+                log.warning("cannot read frame", extra={"camera": ref.camera, "error": str(exc)})
+            else:
+                metrics.FRAME_AGE.labels(model).observe(max(0, now - ref.monotonic_ns) / 1e9)
+        if not views:
+            return []
+        started = time.perf_counter()
+        frames: list[npt.NDArray[np.uint8]] = [view.array for view in views]
+        results, timings = detector.detect(frames)
+        metrics.PIPELINE_SECONDS.labels(model).observe(time.perf_counter() - started)
+        backend = detector.backend
+        for timing in timings:
+            metrics.BATCH_SIZE.labels(model).observe(timing.batch_size)
+            metrics.INFERENCE_SECONDS.labels(model, backend.name, backend.provider).observe(timing.inference_ns / 1e9)
+        total = timings[0]
+        messages = []
+        for view, result in zip(views, results, strict=True):
+            if not view.valid():  # overwritten while it was letterboxed: the result may mix two frames
+                metrics.SKIPPED.labels(model, "stale").inc()
+                continue
+            metrics.FRAMES.labels(model).inc()
+            present = {int(c) for c in np.unique(result.class_ids)}
+            messages.append(
+                Detections.from_arrays(
+                    view.ref,
+                    model,
+                    boxes=result.boxes,
+                    class_ids=result.class_ids,
+                    scores=result.scores,
+                    model_version=detector.version,
+                    labels={c: detector.labels[c] for c in present},
+                    labels_ref=f"{model}@{detector.version}",
+                    timing=InferenceTiming(
+                        preprocess_ns=total.preprocess_ns,
+                        inference_ns=total.inference_ns,
+                        postprocess_ns=total.postprocess_ns,
+                        batch_size=total.batch_size,
+                        backend=backend.name,
+                        provider=backend.provider,
+                    ),
+                )
+            )
+        return messages
+
+    def _reader(self, segment: str) -> FrameRingReader:
+        reader = self._readers.get(segment)
+        if reader is None:
+            reader = self._readers[segment] = FrameRingReader(segment, shm_dir=self.config.site.shm_dir)
+        return reader
+
+    async def publish_detections(self, detections: Detections) -> None:
+        assert self.publisher is not None
+        await self.publisher.publish("detections", detections.frame.camera, detections)
+
+    async def _watch_models(self) -> None:
+        """Reloads a model whose manifest or weights file changed on disk."""
+
+        def stamps() -> dict[str, tuple[float, ...]]:
+            result = {}
+            for name, worker in self.workers.items():
+                spec = worker.detector.spec
+                files = {Path(spec.source), spec.model_path}
+                result[name] = tuple(path.stat().st_mtime if path.exists() else 0.0 for path in sorted(files))
+            return result
+
+        seen = stamps()
+        while True:
+            await asyncio.sleep(RELOAD_POLL_S)
+            now = stamps()
+            for name, stamp in now.items():
+                if stamp != seen.get(name):
+                    await self.workers[name].reload("the model files changed")
+            seen = stamps()
+
+    async def on_control(self, command: Control) -> None:
+        """``reload`` (``args.model`` names one model, else all) loads again and swaps without stopping."""
+        if command.command == "reload":
+            wanted = command.args.get("model")
+            for name, worker in self.workers.items():
+                if wanted in (None, name):
+                    await worker.reload(f"control {command.id}")
+        else:
+            await super().on_control(command)
+
+    def health_counters(self) -> dict[str, float]:
+        return {"models": len(self.workers), "cameras": len(self.routes)}
+
+    def health_detail(self) -> dict[str, str]:
+        return {
+            name: f"{w.detector.version} {w.detector.backend.name}/{w.detector.backend.provider}"
+            for name, w in self.workers.items()
+        }

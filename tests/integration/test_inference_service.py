@@ -1,0 +1,176 @@
+"""The inference service as a process: frames written to shared memory by the test, Detections on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from common.bus import Publisher, Subscriber
+from common.shm import FrameRingWriter, frame_bytes
+from contracts import Control, Detections, topic
+from tests.integration.conftest import Services
+from tests.media import dynamic_batch_copy, frame_at
+from tests.support import http_get
+
+pytestmark = pytest.mark.slow
+
+
+def people_manifest(folder: Path, shared_dir: Path, version: str = "1") -> Path:
+    """YOLOX-Nano with a dynamic batch, described by a manifest: batches of several cameras run at once."""
+    model = folder / "yolox_nano_dynamic.onnx"
+    if not model.exists():
+        dynamic_batch_copy(shared_dir / "models" / "yolox_nano.onnx", model)
+    manifest = folder / "people.yaml"
+    fields = {
+        "name": "people",
+        "version": version,
+        "file": model.name,
+        "decoder": "yolox",
+        "color": "bgr",
+        "scale": 1.0,
+        "letterbox": "top_left",
+        "labels": "coco80",
+        "classes": ["person"],
+    }
+    manifest.write_text(yaml.safe_dump(fields))
+    return manifest
+
+
+async def feed_and_collect(
+    site: Services, frame: np.ndarray, cameras: list[str], rounds: int, until: Callable[[list[Detections]], bool]
+) -> list[Detections]:  # type: ignore[type-arg]
+    """Writes ``frame`` for every camera each round (as ingest would) and collects Detections."""
+    config = site.config
+    rings = {
+        camera: FrameRingWriter.create(
+            config.site.name, camera, slots=4, capacity=frame_bytes("bgr24", 854, 480), shm_dir=config.site.shm_dir
+        )
+        for camera in cameras
+    }
+    received: list[Detections] = []
+    try:
+        async with (
+            Subscriber(config.bus.subscribe, "test", [topic("detections")], hwm=1000) as subscriber,
+            Publisher(config.bus.publish, "test") as publisher,
+        ):
+            await asyncio.sleep(0.5)  # subscriptions reach the broker
+
+            async def collect() -> None:
+                async for message in subscriber:
+                    if isinstance(message.message, Detections):
+                        received.append(message.message)
+
+            task = asyncio.create_task(collect())
+            for _ in range(rounds):
+                for camera, ring in rings.items():
+                    await publisher.publish("frames", camera, ring.write(frame))
+                await asyncio.sleep(0.4)
+                if until(received):
+                    break
+            for _ in range(100):  # up to 10 s for the last results
+                if until(received):
+                    break
+                await asyncio.sleep(0.1)
+            task.cancel()
+    finally:
+        for ring in rings.values():
+            ring.close()
+    return received
+
+
+def test_two_cameras_two_models_batched(
+    shared_dir: Path, tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    manifest = people_manifest(tmp_path, shared_dir)
+    site = services(
+        {
+            "models": {
+                "people": {"path": str(manifest), "max_batch": 4, "max_wait_ms": 100},
+                "v8": {"path": "yolov8n_int8.onnx", "classes": ["person"]},
+            },
+            "cameras": {"dock-1": {"url": "rtsp://unused/1"}, "dock-2": {"url": "rtsp://unused/2"}},
+        }
+    )
+    site.start("broker")
+    base = site.start("inference")
+    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+
+    def enough(received: list[Detections]) -> bool:
+        return {(d.model, d.frame.camera) for d in received} == {
+            (m, c) for m in ("people", "v8") for c in ("dock-1", "dock-2")
+        } and any(d.timing.batch_size == 2 for d in received)
+
+    received = asyncio.run(feed_and_collect(site, frame, ["dock-1", "dock-2"], 15, enough))
+    assert enough(received), [(d.model, d.frame.camera, d.timing.batch_size) for d in received]
+    for detections in received:
+        assert detections.labels in ({0: "person"}, {})
+        assert detections.class_ids.to_numpy().tolist() == [0] * len(detections.class_ids.to_numpy())
+        persons = len(detections.scores.to_numpy())
+        assert persons >= (15 if detections.model == "people" else 20), (detections.model, persons)
+        assert detections.timing.provider == "CPUExecutionProvider"
+    batched = [d for d in received if d.model == "people" and d.timing.batch_size == 2]
+    assert {d.frame.camera for d in batched} == {"dock-1", "dock-2"}
+    assert all(d.timing.batch_size == 1 for d in received if d.model == "v8")  # a static batch of 1
+    _, metrics = http_get(f"{base}/metrics")
+    assert (
+        'edgesight_inference_seconds_count{backend="onnxruntime",model="people",provider="CPUExecutionProvider"}'
+        in metrics
+    )
+    assert (
+        'edgesight_model_info{backend="onnxruntime",model="people",provider="CPUExecutionProvider",version="1"} 1.0'
+        in metrics
+    )
+
+
+def test_new_model_version_is_swapped_in_without_a_restart(
+    shared_dir: Path, tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    manifest = people_manifest(tmp_path, shared_dir, version="1")
+    site = services(
+        {
+            "models": {"people": {"path": str(manifest), "max_wait_ms": 0}},
+            "cameras": {"gate": {"url": "rtsp://unused/1"}},
+        }
+    )
+    site.start("broker")
+    site.start("inference")
+    process = site.processes["inference"]
+    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+    first = asyncio.run(feed_and_collect(site, frame, ["gate"], 5, lambda r: len(r) > 0))
+    assert first and first[0].model_version == "1"
+    people_manifest(tmp_path, shared_dir, version="2")  # the watcher notices the manifest changed
+    second = asyncio.run(feed_and_collect(site, frame, ["gate"], 30, lambda r: any(d.model_version == "2" for d in r)))
+    assert any(d.model_version == "2" for d in second)
+
+    async def control_reload() -> None:
+        async with Publisher(site.config.bus.publish, "test") as publisher:
+            await asyncio.sleep(0.5)
+            await publisher.publish(
+                "control", "inference", Control(id="r1", command="reload", args={"model": "people"})
+            )
+            await asyncio.sleep(3)
+
+    asyncio.run(control_reload())
+    log = site.log("inference")
+    assert log.count('msg="model reloaded"') == 2, log
+    assert 'reason="control r1"' in log
+    assert process.poll() is None
+
+
+def test_a_broken_model_stops_the_service_at_start_with_a_clear_error(
+    tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    site = services({"models": {"people": {"path": str(broken)}}, "cameras": {"gate": {"url": "rtsp://unused/1"}}})
+    site.start("broker")
+    with pytest.raises(AssertionError):
+        site.start("inference")  # never becomes ready
+    assert site.processes["inference"].wait(timeout=10) == 1
+    assert "broken.onnx is not a loadable ONNX model" in site.log("inference")
