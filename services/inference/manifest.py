@@ -223,4 +223,4 @@ def _class_count(manifest: ModelManifest, outputs: Shapes, path: Path) -> int | 
     channels, anchors = shape[1], shape[2]
     if not isinstance(channels, int) or channels <= 4 or (isinstance(anchors, int) and anchors < channels):
         raise ModelError(f"{path}: decoder yolov8 expects [batch, 4 + classes, anchors], the model outputs {shape}")
-    return shape[1] - 4
+    return channels - 4
