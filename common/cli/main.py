@@ -114,10 +114,17 @@ def cmd_bus_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cameras(args: argparse.Namespace) -> int:
-    """Hands over to the ingest service's camera tools: the CLI never imports a service."""
-    command = [sys.executable, "-m", "services.ingest.cameras", *args.arguments]
-    return subprocess.call(command)
+# Commands that belong to a service: the CLI hands over to the service's module, never imports it.
+HANDED_OVER = {
+    "cameras": ("services.ingest.cameras", []),
+    "detect": ("services.inference.tools", ["detect"]),
+    "models": ("services.inference.tools", ["models"]),
+}
+
+
+def cmd_handed_over(command: str, arguments: list[str]) -> int:
+    module, prefix = HANDED_OVER[command]
+    return subprocess.call([sys.executable, "-m", module, *prefix, *arguments])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,13 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS", help="status table period")
     run.set_defaults(func=cmd_run)
 
-    cameras = commands.add_parser(
-        "cameras",
-        help="probe URL: check a camera; discover: find ONVIF cameras (see `edgesight cameras --help`)",
-        add_help=False,
-    )
-    cameras.add_argument("arguments", nargs=argparse.REMAINDER)
-    cameras.set_defaults(func=cmd_cameras)
+    for command, help_text in (
+        ("cameras", "probe URL: check a camera; discover: find ONVIF cameras (`edgesight cameras --help`)"),
+        ("detect", "run a model on a file or stream, detections as JSON lines (`edgesight detect --help`)"),
+        ("models", "inspect FILE.onnx: inputs, outputs, metadata, a suggested manifest"),
+    ):
+        commands.add_parser(command, help=help_text, add_help=False)  # handed over before parsing
 
     bus = commands.add_parser("bus", help="look at the bus")
     bus_commands = bus.add_subparsers(dest="bus_command", required=True)
@@ -162,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["cameras"]:  # everything after it, --help included, belongs to the camera tools
-        return cmd_cameras(argparse.Namespace(arguments=arguments[1:]))
+    if arguments and arguments[0] in HANDED_OVER:  # everything after it, --help included, is the service's
+        return cmd_handed_over(arguments[0], arguments[1:])
     args = build_parser().parse_args(arguments)
     return int(args.func(args))
 

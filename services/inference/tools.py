@@ -1,0 +1,138 @@
+"""``edgesight detect`` and ``edgesight models inspect``: check a model before deploying it.
+
+``detect`` decodes a file or stream and runs the very code path of the inference service
+(:class:`~services.inference.detector.Detector`) on every frame, in one process. Runnable as
+``python -m services.inference.tools``; the ``edgesight`` CLI hands over to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import yaml
+
+from common.config import ModelConfig
+from common.errors import EdgeSightError
+from services.inference.detector import Detector, FrameDetections
+from services.inference.manifest import _onnx_metadata, suggest_manifest
+
+__all__ = ["detect", "inspect", "main"]
+
+
+def inspect(path: Path) -> int:
+    inputs, outputs, metadata = _onnx_metadata(path)
+    print(f"model    {path}")
+    for name, shape in inputs:
+        print(f"input    {name} {shape}")
+    for name, shape in outputs:
+        print(f"output   {name} {shape}")
+    for key, value in sorted(metadata.items()):
+        print(f"metadata {key} = {value if len(value) < 100 else value[:97] + '...'}")
+    try:
+        manifest = suggest_manifest(path)
+    except EdgeSightError as exc:
+        print(f"\n# no manifest to suggest: {exc}")
+        return 0
+    print(f"\n# a suggested manifest: save as {path.with_suffix('.yaml').name} beside the model and check it")
+    print(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False, default_flow_style=None), end="")
+    return 0
+
+
+def _draw(frame: np.ndarray, result: FrameDetections, labels: list[str]) -> np.ndarray:  # type: ignore[type-arg]
+    height, width = frame.shape[:2]
+    canvas = np.ascontiguousarray(frame)
+    for box, class_id, score in zip(result.boxes, result.class_ids, result.scores, strict=True):
+        x1, y1, x2, y2 = (int(v) for v in box * [width, height, width, height])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 220, 0), 2)
+        cv2.putText(canvas, f"{labels[class_id]} {score:.2f}", (x1, max(12, y1 - 4)), 0, 0.45, (0, 220, 0), 1)
+    return canvas
+
+
+def detect(model: str, source: str, frames: int | None, out: Path | None, annotate: Path | None) -> int:
+    detector = Detector.from_config(ModelConfig(path=model))
+    backend = detector.backend
+    print(
+        f"# model {detector.name} {detector.version}: {backend.name}/{backend.provider}, "
+        f"input {backend.input_width}x{backend.input_height}, batch {backend.max_batch}",
+        file=sys.stderr,
+    )
+    lines = out.open("w") if out else sys.stdout
+    writer: Any = None
+    count, started, found = 0, time.perf_counter(), 0
+    try:
+        with av.open(source) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if annotate:
+                writer = av.open(str(annotate), "w")
+                encoded = writer.add_stream("libx264", rate=stream.average_rate or 25)
+                encoded.width, encoded.height, encoded.pix_fmt = stream.width, stream.height, "yuv420p"
+            for frame in container.decode(stream):
+                if frames is not None and count >= frames:
+                    break
+                pixels = frame.to_ndarray(format="bgr24")
+                (result,), _ = detector.detect([pixels])
+                detections = [
+                    {
+                        "label": detector.labels[int(c)],
+                        "class_id": int(c),
+                        "score": round(float(s), 4),
+                        "box": [round(float(v), 5) for v in b],
+                    }
+                    for b, c, s in zip(result.boxes, result.class_ids, result.scores, strict=True)
+                ]
+                pts = round(float(frame.time), 6) if frame.time is not None else None
+                lines.write(json.dumps({"frame": count, "pts": pts, "detections": detections}) + "\n")
+                found += len(detections)
+                if writer is not None:
+                    picture = av.VideoFrame.from_ndarray(_draw(pixels, result, detector.labels), format="bgr24")
+                    picture.pts = None
+                    writer.mux(encoded.encode(picture.reformat(format="yuv420p")))
+                count += 1
+                if count % 50 == 0:
+                    print(f"# {count} frames, {count / (time.perf_counter() - started):.1f} fps", file=sys.stderr)
+    finally:
+        if writer is not None:
+            writer.mux(encoded.encode(None))
+            writer.close()
+        if out:
+            lines.close()
+    elapsed = time.perf_counter() - started
+    print(f"# {count} frames, {found} detections, {count / elapsed if elapsed else 0:.1f} fps", file=sys.stderr)
+    return 0 if count else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgesight", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("detect", help="run a model on a file or stream, print detections as JSON lines")
+    run.add_argument("--model", required=True, help="a manifest (.yaml) or an .onnx file (asset search path)")
+    run.add_argument("--source", required=True, help="a video file or a stream URL")
+    run.add_argument("--frames", type=int, help="stop after this many frames")
+    run.add_argument("--out", type=Path, help="write the JSON lines here instead of standard output")
+    run.add_argument("--annotate", type=Path, help="also write the video with boxes drawn (mp4)")
+    models = commands.add_parser("models", help="model tools")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    look = model_commands.add_parser("inspect", help="print inputs, outputs, metadata and a suggested manifest")
+    look.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "detect":
+            return detect(args.model, args.source, args.frames, args.out, args.annotate)
+        return inspect(args.file)
+    except (EdgeSightError, av.error.FFmpegError) as exc:
+        print(f"edgesight {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
