@@ -14,8 +14,6 @@ import asyncio
 import fractions
 import multiprocessing
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +21,10 @@ from typing import Any
 
 import av
 import numpy as np
-import yaml
 
+from benchmarks._site import service_command, start, write_site
 from common.assets import find_asset
 from common.bus import Subscriber
-from common.config import load_config
 from contracts import CameraStatus, FrameRef, topic
 
 TITLE = "1080p H.264 files into shared memory: the ingest service vs a bare PyAV decode loop"
@@ -96,28 +93,11 @@ def baseline(path: Path, streams: int) -> tuple[int, float, float]:
 
 def ingest(path: Path, streams: int, folder: Path) -> tuple[int, float, float]:
     """(frames, wall seconds, CPU seconds of the ingest process) for ``streams`` file cameras."""
-    run = folder / "run"
     cameras = {f"cam{i}": {"url": str(path), "realtime": False, "fps": 120, "ring_slots": 8} for i in range(streams)}
-    site = {
-        "site": {"name": "bench", "state_dir": str(folder / "state"), "shm_dir": "/dev/shm"},
-        "bus": {
-            "publish": f"pub+connect:ipc://{run}/in.sock",
-            "subscribe": [f"sub+connect:ipc://{run}/out.sock"],
-            "broker": {"frontend": f"xsub+bind:ipc://{run}/in.sock", "backend": f"xpub+bind:ipc://{run}/out.sock"},
-            "frames_hwm": 1000,
-            "health_interval_s": 0.5,
-        },
-        "metrics": {"host": "127.0.0.1", "ports": {"broker": 0, "ingest": 0}},
-        "logging": {"level": "warning"},
-        "cameras": cameras,
-    }
-    site_file = folder / f"site-{streams}.yaml"
-    site_file.write_text(yaml.safe_dump(site))
-    config = load_config(site_file)
-    command = [sys.executable, "-m", "services.{}", "--config", str(site_file)]
-    broker = subprocess.Popen([part.format("broker") for part in command])
+    site, config = write_site(folder, f"ingest{streams}", {"cameras": cameras})
+    broker = start("broker", site)
     try:
-        return asyncio.run(_watch_ingest(command, config, streams))
+        return asyncio.run(_watch_ingest(service_command("ingest", site), config, streams))
     finally:
         broker.terminate()
         broker.wait()
@@ -128,7 +108,7 @@ async def _watch_ingest(command: list[str], config: Any, streams: int) -> tuple[
     stopped: set[str] = set()
     async with Subscriber(config.bus.subscribe, "bench", [topic("frames"), topic("cameras")], hwm=100_000) as bus:
         await asyncio.sleep(0.5)  # the broker and the subscription settle
-        process = await asyncio.create_subprocess_exec(*[part.format("ingest") for part in command])
+        process = await asyncio.create_subprocess_exec(*command)
         try:
             first_wall = first_cpu = 0.0
             while len(stopped) < streams:

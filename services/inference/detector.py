@@ -92,7 +92,12 @@ class Detector:
 
     def _postprocess(self, outputs: list[npt.NDArray[np.generic]], index: int, placement: Placement) -> FrameDetections:
         boxes, class_ids, scores = decode_outputs(
-            self.spec.manifest, outputs, index, self.backend.input_width, self.backend.input_height
+            self.spec.manifest,
+            outputs,
+            index,
+            self.backend.input_width,
+            self.backend.input_height,
+            self.score_threshold,
         )
         mask = scores >= self.score_threshold
         if self.keep is not None:

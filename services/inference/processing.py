@@ -87,12 +87,23 @@ def _yolox_grid(width: int, height: int) -> tuple[FloatArray, FloatArray]:
 
 
 def decode_outputs(
-    manifest: ModelManifest, outputs: list[npt.NDArray[np.generic]], index: int, width: int, height: int
+    manifest: ModelManifest,
+    outputs: list[npt.NDArray[np.generic]],
+    index: int,
+    width: int,
+    height: int,
+    score_threshold: float = 0.0,
 ) -> tuple[FloatArray, npt.NDArray[np.int32], FloatArray]:
-    """One image's candidates: xyxy boxes in input pixels, class ids, scores (before thresholds and NMS)."""
+    """One image's candidates: xyxy boxes in input pixels, class ids, scores (before NMS).
+
+    Candidates under ``score_threshold`` may already be left out where that saves work.
+    """
     if manifest.decoder == "yolox":
         raw = outputs[0][index].astype(np.float32, copy=False)
         grid, strides = _yolox_grid(width, height)
+        # score = objectness x class score <= objectness: most anchors go before the class product
+        candidates = raw[:, 4] >= score_threshold
+        raw, grid, strides = raw[candidates], grid[candidates], strides[candidates]
         xy = (raw[:, :2] + grid) * strides
         wh = np.exp(raw[:, 2:4]) * strides
         class_scores = raw[:, 5:] * raw[:, 4:5]

@@ -9,6 +9,7 @@ the cameras whose index (sorted by name) is i modulo n, so no frame is processed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -59,6 +60,7 @@ class ModelWorker:
         self.pending: dict[str, FrameRef] = {}
         self.last_run: dict[str, float] = {}
         self.wakeup = asyncio.Event()
+        self.full = asyncio.Event()  # a whole batch is pending: no reason to wait longer
         self._describe()
 
     def _describe(self) -> None:
@@ -88,19 +90,24 @@ class ModelWorker:
             metrics.SKIPPED.labels(self.name, "behind").inc()  # newest wins
         self.pending[ref.camera] = ref
         self.wakeup.set()
+        if len(self.pending) >= self.config.max_batch:
+            self.full.set()
 
     async def run(self) -> None:
         while True:
             await self.wakeup.wait()
             limit = self.config.max_batch
             if len(self.pending) < limit and self.config.max_wait_ms > 0:
-                await asyncio.sleep(self.config.max_wait_ms / 1000)  # let a batch fill
+                with contextlib.suppress(asyncio.TimeoutError):  # let a batch fill, up to max_wait_ms
+                    await asyncio.wait_for(self.full.wait(), self.config.max_wait_ms / 1000)
             refs = sorted(self.pending.values(), key=lambda r: r.monotonic_ns)[:limit]
             for ref in refs:
                 del self.pending[ref.camera]
                 self.last_run[ref.camera] = time.monotonic()
             if not self.pending:
                 self.wakeup.clear()
+            if len(self.pending) < limit:
+                self.full.clear()
             detector = self.detector  # a reload swaps it between batches, never during one
             try:
                 results = await asyncio.to_thread(self.service.infer, self.name, detector, refs)

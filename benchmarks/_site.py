@@ -1,0 +1,41 @@
+"""Site files and service processes for benchmarks that run the real services."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.config import SiteConfig, load_config
+
+
+def write_site(folder: Path, name: str, extra: dict[str, Any]) -> tuple[Path, SiteConfig]:
+    """A site file in ``folder`` whose bus is ipc under it and whose metrics ports are free ones."""
+    run = folder / "run"
+    site: dict[str, Any] = {
+        "site": {"name": name, "state_dir": str(folder / "state"), "shm_dir": "/dev/shm"},
+        "bus": {
+            "publish": f"pub+connect:ipc://{run}/in.sock",
+            "subscribe": [f"sub+connect:ipc://{run}/out.sock"],
+            "broker": {"frontend": f"xsub+bind:ipc://{run}/in.sock", "backend": f"xpub+bind:ipc://{run}/out.sock"},
+            "frames_hwm": 1000,
+            "health_interval_s": 0.5,
+        },
+        "metrics": {"host": "127.0.0.1", "ports": {"broker": 0, "ingest": 0, "inference": 0}},
+        "logging": {"level": "warning"},
+        **extra,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(site))
+    return path, load_config(path)
+
+
+def service_command(service: str, site: Path) -> list[str]:
+    return [sys.executable, "-m", f"services.{service}", "--config", str(site)]
+
+
+def start(service: str, site: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(service_command(service, site))
