@@ -2,10 +2,11 @@
 # What EdgeSight does today, end to end, on this machine:
 #   1. checks the commented example site file (and shows what a mistake looks like);
 #   2. serves the shared clip over RTSP (gst-rtsp-server) and probes it like a new camera;
-#   3. runs the services under `edgesight run` (broker + ingest, two cameras) for 20 s: reads
-#      camera states and FrameRefs from the bus, drops the RTSP server for 3 s (the camera
-#      reconnects), and SIGKILLs ingest (edgesight run restarts it);
-#   4. measures a frame's hop through shared memory and ingest's decode against bare PyAV (--quick).
+#   3. runs YOLOX-Nano on the clip with `edgesight detect` (JSON lines + an annotated video);
+#   4. runs the services under `edgesight run` (broker, ingest, inference; two cameras) for 20 s:
+#      reads camera states, FrameRefs and Detections from the bus, drops the RTSP server for 3 s
+#      (the camera reconnects), and SIGKILLs ingest (edgesight run restarts it);
+#   5. the benchmarks, --quick: frame hop, ingest decode, inference throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
@@ -31,13 +32,20 @@ echo; echo "== 2. a camera: the shared clip over RTSP on port $EDGESIGHT_DEMO_RT
 start_rtsp
 $edgesight cameras probe "rtsp://127.0.0.1:$EDGESIGHT_DEMO_RTSP_PORT/lobby" --frames 25
 
-echo; echo "== 3. the services, supervised (20 s)"
+echo; echo "== 3. a model checked before deploying it: YOLOX-Nano on 100 frames of the clip"
+$edgesight detect --model yolox_nano.onnx --source "$clip" --frames 100 \
+  --out "$EDGESIGHT_RUN_DIR/detections.jsonl" --annotate "$EDGESIGHT_RUN_DIR/annotated.mp4"
+echo "-- frame 60: $(sed -n 61p "$EDGESIGHT_RUN_DIR/detections.jsonl" | grep -o '"label": "person"' | wc -l) persons;" \
+  "video with boxes: $EDGESIGHT_RUN_DIR/annotated.mp4"
+
+echo; echo "== 4. the services, supervised (20 s)"
 $edgesight run examples/demo.yaml --for 20 --status-interval 4 &
 run_pid=$!
 sleep 5
-echo "-- camera states and two frame references from the bus"
+echo "-- camera states, two frame references and two detections from the bus"
 $edgesight bus tail examples/demo.yaml --stream cameras --count 2
 $edgesight bus tail examples/demo.yaml --stream frames --count 2
+$edgesight bus tail examples/demo.yaml --stream detections --count 2 | cut -c1-400
 echo "-- the RTSP server goes away for 3 s: the lobby camera backs off, then streams again"
 kill "$rtsp_pid"; wait "$rtsp_pid" 2>/dev/null || true
 sleep 3
@@ -50,5 +58,5 @@ if [[ -n $ingest_pid ]]; then
 fi
 wait "$run_pid"
 
-echo; echo "== 4. benchmarks (quick): frame_hop and ingest_decode"
-.venv/bin/python -m benchmarks frame_hop ingest_decode --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"
+echo; echo "== 5. benchmarks (quick): frame_hop, ingest_decode, inference_throughput"
+.venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"

@@ -148,6 +148,7 @@ class InferenceService(Service):
         self.workers: dict[str, ModelWorker] = {}
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
         self._readers: dict[str, FrameRingReader] = {}
+        self.frames_done = 0
 
     def assignment(self) -> dict[str, list[str]]:
         """Camera -> model names, for this replica's share of the cameras."""
@@ -253,6 +254,7 @@ class InferenceService(Service):
     async def publish_detections(self, detections: Detections) -> None:
         assert self.publisher is not None
         await self.publisher.publish("detections", detections.frame.camera, detections)
+        self.frames_done += 1
 
     async def _watch_models(self) -> None:
         """Reloads a model whose manifest or weights file changed on disk."""
@@ -285,7 +287,7 @@ class InferenceService(Service):
             await super().on_control(command)
 
     def health_counters(self) -> dict[str, float]:
-        return {"models": len(self.workers), "cameras": len(self.routes)}
+        return {"models": len(self.workers), "cameras": len(self.routes), "frames": self.frames_done}
 
     def health_detail(self) -> dict[str, str]:
         return {

@@ -41,9 +41,10 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
 
 
 def service_module(command: list[str]) -> str:
-    """``["services.broker", "--config", ...]`` -> ``services.broker``, checked to be runnable."""
-    module = command[0]
-    assert module.startswith("services."), command
+    """``["services.broker", "--config", ...]`` (or a shell line running it) -> ``broker``, checked to be runnable."""
+    found = re.search(r"\b(services\.[a-z_]+)\b", " ".join(command))
+    assert found, command
+    module = found.group(1)
     assert importlib.util.find_spec(f"{module}.__main__") is not None, f"{module} has no __main__"
     return module.removeprefix("services.")
 
@@ -107,7 +108,7 @@ def manifests() -> list[dict[str, Any]]:
 
 def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Namespace", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Namespace", "Service", "Service", "StatefulSet"]
     for doc in manifests:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -133,11 +134,12 @@ def test_configmap_carries_the_site_file_and_it_passes_config_check(
 def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[dict[str, Any]]) -> None:
     config = load_config(K3S / "site.yaml")
     configmap = next(doc["metadata"]["name"] for doc in manifests if doc["kind"] == "ConfigMap")
-    deployments = [doc for doc in manifests if doc["kind"] == "Deployment"]
-    for deployment in deployments:
-        pod = deployment["spec"]["template"]["spec"]
+    workloads = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
+    assert len(workloads) == 3
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        name = service_module(container["args"])
+        name = service_module(container.get("command", []) + container["args"])
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == config.metrics.port(name)
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -169,3 +171,14 @@ def test_frame_rings_are_on_the_node_where_the_site_file_puts_them(manifests: li
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["frames"] == str(config.site.shm_dir)
     assert volumes["frames"]["hostPath"]["path"] == str(config.site.shm_dir)
+
+
+def test_inference_replicas_take_their_share_from_the_pod_ordinal(manifests: list[dict[str, Any]]) -> None:
+    from services.inference.service import parse_shard
+
+    inference = next(doc for doc in manifests if doc["kind"] == "StatefulSet")
+    (container,) = inference["spec"]["template"]["spec"]["containers"]
+    script = container["args"][0].replace("exec python", "echo $EDGESIGHT_INFERENCE_SHARD #")
+    environment = {"HOSTNAME": "edgesight-inference-2", "EDGESIGHT_INFERENCE_REPLICAS": "3", "PATH": "/usr/bin:/bin"}
+    shard = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=environment, check=True)
+    assert parse_shard(shard.stdout.strip()) == (2, 3)
