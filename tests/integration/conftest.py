@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from common.config import load_config
 from tests.conftest import free_port, write_site
 from tests.media import repeat_clip
-from tests.support import wait_for
+from tests.support import http_get, wait_for
 
 
 @pytest.fixture
@@ -112,8 +113,18 @@ class Services:
             text=True,
         )
         base = self.base(name)
-        wait_for(f"{base}/readyz", seconds=20)
-        return base
+        process = self.processes[name]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)[-2000:]}")
+            try:
+                if http_get(f"{base}/readyz")[0] == 200:
+                    return base
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not become ready within 20 s")
 
     def base(self, name: str) -> str:
         return f"http://127.0.0.1:{self.config.metrics.port(name)}"

@@ -220,3 +220,41 @@ def test_replicas_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(ConfigError, match=SHARD_VARIABLE):
             parse_shard(bad)
+
+
+def test_still_frames_are_skipped_but_every_camera_is_rechecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.config import parse_config
+    from contracts import FrameRef
+    from services.inference import service as inference
+
+    config = parse_config(
+        "site: {name: t}\n"
+        "models: {people: {path: yolox_nano.onnx, skip_still_frames: true, recheck_s: 5, min_motion: 0.01}}\n"
+        "cameras: {gate: {url: rtsp://camera/1}}\n"
+    )
+    clock = [1000.0]
+    monkeypatch.setattr(inference.time, "monotonic", lambda: clock[0])
+    worker = inference.ModelWorker(
+        "people",
+        config.models["people"],
+        Detector.from_config(config.models["people"]),
+        inference.InferenceService(config),
+    )
+
+    def ref(seq: int, motion: float) -> FrameRef:
+        fields = {"segment": "s", "slot": 0, "generation": 2, "width": 4, "height": 4, "stride": 12}
+        return FrameRef(camera="gate", seq=seq, capture_ns=1, monotonic_ns=seq, motion=motion, **fields)
+
+    worker.offer(ref(0, 0.0))  # never run before: a still frame still goes
+    assert worker.pending["gate"].seq == 0
+    worker.pending.clear()
+    worker.last_run["gate"] = clock[0]
+    clock[0] += 1
+    worker.offer(ref(1, 0.0))  # still, and run a second ago: skipped
+    assert "gate" not in worker.pending
+    worker.offer(ref(2, 0.5))  # motion: runs
+    assert worker.pending["gate"].seq == 2
+    worker.pending.clear()
+    clock[0] += 5
+    worker.offer(ref(3, 0.0))  # still, but not run for 5 s: rechecked
+    assert worker.pending["gate"].seq == 3
