@@ -60,6 +60,7 @@ class ModelWorker:
         self.pending: dict[str, FrameRef] = {}
         self.last_run: dict[str, float] = {}
         self.wakeup = asyncio.Event()
+        self.retired: list[Detector] = []  # replaced by a reload; closed once no batch can use them
         self.full = asyncio.Event()  # a whole batch is pending: no reason to wait longer
         self._describe()
 
@@ -96,6 +97,8 @@ class ModelWorker:
     async def run(self) -> None:
         while True:
             await self.wakeup.wait()
+            while self.retired:  # batches run one at a time: none is using a retired model now
+                self.retired.pop().close()
             limit = self.config.max_batch
             if len(self.pending) < limit and self.config.max_wait_ms > 0:
                 with contextlib.suppress(asyncio.TimeoutError):  # let a batch fill, up to max_wait_ms
@@ -134,7 +137,7 @@ class ModelWorker:
         metrics.RELOADS.labels(self.name, "ok").inc()
         log.info("model reloaded", extra={"model": self.name, "reason": reason, "from": old.version})
         self._describe()
-        old.close()
+        self.retired.append(old)
 
 
 class InferenceService(Service):
@@ -147,7 +150,7 @@ class InferenceService(Service):
         self.shard = parse_shard(os.environ.get(SHARD_VARIABLE, "0/1"))
         self.workers: dict[str, ModelWorker] = {}
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
-        self._readers: dict[str, FrameRingReader] = {}
+        self._readers: dict[tuple[str, str], FrameRingReader] = {}
         self.frames_done = 0
 
     def assignment(self) -> dict[str, list[str]]:
@@ -197,7 +200,7 @@ class InferenceService(Service):
         now = time.monotonic_ns()
         for ref in refs:
             try:
-                views.append(self._reader(ref.segment).view(ref))
+                views.append(self._reader(model, ref.segment).view(ref))
             except StaleFrameError:
                 metrics.SKIPPED.labels(model, "stale").inc()
             except ShmError as exc:
@@ -245,10 +248,12 @@ class InferenceService(Service):
             )
         return messages
 
-    def _reader(self, segment: str) -> FrameRingReader:
-        reader = self._readers.get(segment)
+    def _reader(self, model: str, segment: str) -> FrameRingReader:
+        """A reader per model and segment: each model's batches run on their own thread, and a
+        reader (which may remap after a writer restart) is used by one thread at a time."""
+        reader = self._readers.get((model, segment))
         if reader is None:
-            reader = self._readers[segment] = FrameRingReader(segment, shm_dir=self.config.site.shm_dir)
+            reader = self._readers[model, segment] = FrameRingReader(segment, shm_dir=self.config.site.shm_dir)
         return reader
 
     async def publish_detections(self, detections: Detections) -> None:
