@@ -12,7 +12,7 @@ from common.config.cameras import (
 from common.config.loader import load_config, load_yaml, parse_config
 from common.config.metrics import LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
-from common.config.rules import Rule
+from common.config.rules import EventsConfig, Rule, TrackerConfig
 from common.config.site import RunConfig, SiteConfig, SiteSection
 from common.config.uplink import UplinkConfig
 
@@ -27,7 +27,9 @@ __all__ = [
     "ModelConfig",
     "MotionConfig",
     "PrivacyMask",
+    "EventsConfig",
     "Rule",
+    "TrackerConfig",
     "RunConfig",
     "SiteConfig",
     "SiteSection",

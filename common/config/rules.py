@@ -10,6 +10,8 @@ from common.config._types import Line, Name, Polygon, Section, Unit
 
 __all__ = [
     "Action",
+    "EventsConfig",
+    "TrackerConfig",
     "CommandAction",
     "CrowdRule",
     "DwellRule",
@@ -118,3 +120,20 @@ class PresenceRule(_RuleBase):
 
 
 Rule = Annotated[ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | PresenceRule, Field(discriminator="type")]
+
+
+class TrackerConfig(Section):
+    """``tracker:`` — ByteTrack-style multi-object tracking per camera and model (rules service)."""
+
+    high_score: Unit = Field(0.5, description="Detections at or above this are matched first and may start tracks.")
+    low_score: Unit = Field(0.1, description="Detections between this and high_score only continue existing tracks.")
+    match_iou: Unit = Field(0.2, description="Least IoU between a track's predicted box and a detection to match.")
+    min_hits: int = Field(3, ge=1, le=100, description="Matched frames before a track exists (and rules see it).")
+    max_age_s: float = Field(1.0, gt=0, le=600, description="Unmatched this long, a track is gone.")
+
+
+class EventsConfig(Section):
+    """``events:`` — where the rules service writes events besides the bus, and how snapshots look."""
+
+    jsonl: str | None = Field(None, description="Also append every event here as a JSON line (relative: state_dir).")
+    jpeg_quality: int = Field(85, ge=10, le=100)

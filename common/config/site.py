@@ -12,6 +12,7 @@ from common.config.bus import BusConfig
 from common.config.cameras import CameraConfig, CameraDefaults
 from common.config.metrics import LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
+from common.config.rules import EventsConfig, TrackerConfig
 from common.config.uplink import UplinkConfig
 
 __all__ = ["RunConfig", "SiteConfig", "SiteSection"]
@@ -46,6 +47,8 @@ class SiteConfig(Section):
     camera_defaults: CameraDefaults = Field(default_factory=CameraDefaults)
     cameras: dict[Name, CameraConfig] = Field(default_factory=dict)
     models: dict[Name, ModelConfig] = Field(default_factory=dict)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     _source: str = PrivateAttr("<memory>")

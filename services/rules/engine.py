@@ -1,0 +1,425 @@
+"""The rules of one camera: tracked objects in, event drafts out.
+
+Every rule sees the confirmed tracks of each frame (``Moment``) and keeps its own per-object state;
+zones are evaluated first, so dwell, crowd, PPE and presence rules can ask which objects are in them.
+Times are seconds on the frame's monotonic clock; wall time only decides schedules and timestamps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from common.config import CameraConfig
+from common.config.rules import (
+    CrowdRule,
+    DwellRule,
+    LineRule,
+    PpeRule,
+    PresenceRule,
+    ScheduleWindow,
+    ZoneRule,
+)
+from services.rules.geometry import anchor_point, inside_polygon, overlap_share, segment_crossing, side_of_line
+
+__all__ = ["CameraRules", "CountStore", "Draft", "Moment", "Observed", "in_schedule"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """One confirmed track in one frame."""
+
+    track_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Moment:
+    t: float  # seconds, monotonic (the frame's)
+    wall: dt.datetime  # the frame's wall-clock time in the site's time zone
+    tracks: Sequence[Observed]
+    gone: Sequence[Observed] = ()  # tracks that ended with this frame (their last state)
+    items: Sequence[tuple[str, tuple[float, float, float, float]]] = ()  # every detection: for PPE
+
+
+@dataclasses.dataclass
+class Draft:
+    """An event decided by a rule; the service adds id, site, timestamps, frame and snapshot."""
+
+    event_type: str
+    lifecycle: str
+    rule: str
+    track: Observed | None = None
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    start_t: float | None = None
+
+
+class CountStore:
+    """Cumulative counts (line crossings); the service gives it a persistent implementation."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str, str, str], int] = {}
+
+    def add(self, camera: str, rule: str, label: str, key: str) -> int:
+        index = (camera, rule, label, key)
+        self.values[index] = self.values.get(index, 0) + 1
+        return self.values[index]
+
+    def get(self, camera: str, rule: str, label: str, key: str) -> int:
+        return self.values.get((camera, rule, label, key), 0)
+
+
+def in_schedule(windows: Iterable[ScheduleWindow], when: dt.datetime) -> bool:
+    """Whether ``when`` falls in any window; no windows means always. A window whose end is before its
+    start wraps midnight and belongs to the day it starts on."""
+    windows = list(windows)
+    if not windows:
+        return True
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    minute = when.hour * 60 + when.minute
+    today, yesterday = days[when.weekday()], days[(when.weekday() - 1) % 7]
+    for window in windows:
+        start = int(window.start[:2]) * 60 + int(window.start[3:])
+        end = int(window.end[:2]) * 60 + int(window.end[3:])
+        if start <= end:
+            if today in window.days and start <= minute < end:
+                return True
+        elif (today in window.days and minute >= start) or (yesterday in window.days and minute < end):
+            return True
+    return False
+
+
+class _Rule:
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    def wants(self, track: Observed) -> bool:
+        classes = self.config.classes
+        return (not classes or track.label in classes) and track.score >= self.config.min_score
+
+    def active(self, moment: Moment) -> bool:
+        return in_schedule(self.config.schedule, moment.wall)
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class _ZoneTrack:
+    inside: bool = False
+    streak: int = 0
+    entered: float = 0.0
+    track: Observed | None = None
+
+
+class ZoneState(_Rule):
+    config: ZoneRule
+
+    def __init__(self, name: str, config: ZoneRule) -> None:
+        super().__init__(name, config)
+        self.tracks: dict[int, _ZoneTrack] = {}
+
+    def inside(self) -> dict[int, _ZoneTrack]:
+        return {track_id: state for track_id, state in self.tracks.items() if state.inside}
+
+    def occupancy(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in self.inside().values():
+            assert state.track is not None
+            counts[state.track.label] = counts.get(state.track.label, 0) + 1
+        return counts
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        drafts = []
+        for track in moment.tracks:
+            if not self.wants(track):
+                continue
+            state = self.tracks.setdefault(track.track_id, _ZoneTrack())
+            state.track = track
+            now_inside = inside_polygon(anchor_point(track.box, self.config.anchor), self.config.polygon)
+            if now_inside == state.inside:
+                state.streak = 0
+                continue
+            state.streak += 1
+            if state.streak < self.config.inertia_frames:
+                continue
+            state.inside, state.streak = now_inside, 0
+            if now_inside:
+                state.entered = moment.t
+                drafts.append(self._draft("zone_enter", "new", track, moment, "outside", "inside"))
+            else:
+                drafts.append(self._exit(track, state, moment))
+        for track in moment.gone:
+            gone = self.tracks.pop(track.track_id, None)
+            if gone is not None and gone.inside:
+                drafts.append(self._exit(track, gone, moment))
+        return drafts
+
+    def _exit(self, track: Observed, state: _ZoneTrack, moment: Moment) -> Draft:
+        draft = self._draft("zone_exit", "end", track, moment, "inside", "outside")
+        draft.attributes["dwell_s"] = round(moment.t - state.entered, 3)
+        draft.start_t = state.entered
+        return draft
+
+    def _draft(self, kind: str, lifecycle: str, track: Observed, moment: Moment, before: str, after: str) -> Draft:
+        return Draft(
+            kind,
+            lifecycle,
+            self.name,
+            track,
+            counts=self.occupancy(),
+            attributes={"zone": self.name, "before": before, "after": after},
+            start_t=moment.t,
+        )
+
+
+@dataclasses.dataclass
+class _LineTrack:
+    side: int
+    point: tuple[float, float]  # the last anchor on ``side``
+    candidate: int = 0
+    frames: int = 0
+    counted: bool = False
+
+
+class LineState(_Rule):
+    config: LineRule
+
+    def __init__(self, name: str, config: LineRule, camera: str, store: CountStore) -> None:
+        super().__init__(name, config)
+        self.camera = camera
+        self.store = store
+        self.tracks: dict[int, _LineTrack] = {}
+        self.in_sign = 1 if config.in_side == "right" else -1
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        drafts = []
+        for track in moment.tracks:
+            if not self.wants(track):
+                continue
+            point = anchor_point(track.box, "bottom_center")
+            side = side_of_line(point, self.config.line)
+            state = self.tracks.get(track.track_id)
+            if side == 0:
+                continue  # on the line: no side yet
+            if state is None:
+                self.tracks[track.track_id] = _LineTrack(side, point)
+                continue
+            if side == state.side:
+                state.point, state.candidate, state.frames = point, 0, 0  # jitter back: nothing happened
+                continue
+            state.frames = state.frames + 1 if state.candidate == side else 1
+            state.candidate = side
+            if state.frames < self.config.min_frames:
+                continue
+            crossed_segment = segment_crossing(state.point, point, self.config.line)
+            state.side, state.point, state.candidate, state.frames = side, point, 0, 0
+            if not crossed_segment or state.counted:
+                continue  # passed beyond the segment's ends, or this object has been counted on this line
+            state.counted = True
+            direction = "in" if side == self.in_sign else "out"
+            self.store.add(self.camera, self.name, track.label, direction)
+            drafts.append(
+                Draft(
+                    "line_cross",
+                    "new",
+                    self.name,
+                    track,
+                    counts=self.counts(track.label),
+                    attributes={"line": self.name, "direction": direction},
+                    start_t=moment.t,
+                )
+            )
+        for track in moment.gone:
+            self.tracks.pop(track.track_id, None)
+        return drafts
+
+    def counts(self, label: str) -> dict[str, int]:
+        return {key: self.store.get(self.camera, self.name, label, key) for key in ("in", "out")}
+
+
+class DwellState(_Rule):
+    config: DwellRule
+
+    def __init__(self, name: str, config: DwellRule) -> None:
+        super().__init__(name, config)
+        self.fired: set[tuple[int, float]] = set()  # (track, visit start): one event per visit
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        drafts = []
+        inside = zones[self.config.zone].inside()
+        for track_id, state in inside.items():
+            track = state.track
+            if track is None or not self.wants(track):
+                continue
+            visit = (track_id, state.entered)
+            stayed = moment.t - state.entered
+            if stayed >= self.config.seconds and visit not in self.fired:
+                self.fired.add(visit)
+                drafts.append(
+                    Draft(
+                        "dwell",
+                        "update",
+                        self.name,
+                        track,
+                        attributes={"zone": self.config.zone, "seconds": round(stayed, 3)},
+                        start_t=state.entered,
+                    )
+                )
+        self.fired = {visit for visit in self.fired if visit[0] in inside}
+        return drafts
+
+
+class CrowdState(_Rule):
+    config: CrowdRule
+
+    def __init__(self, name: str, config: CrowdRule) -> None:
+        super().__init__(name, config)
+        self.since: float | None = None
+        self.crowded = False
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        tracks = [s.track for s in zones[self.config.zone].inside().values() if s.track and self.wants(s.track)]
+        count = len(tracks)
+        counts = {"occupancy": count}
+        attributes = {"zone": self.config.zone, "min_count": self.config.min_count}
+        if count >= self.config.min_count:
+            self.since = moment.t if self.since is None else self.since
+            if not self.crowded and moment.t - self.since >= self.config.seconds:
+                self.crowded = True
+                return [Draft("overcrowded", "new", self.name, None, counts, attributes, self.since)]
+        else:
+            self.since = None
+            if self.crowded:
+                self.crowded = False
+                return [Draft("cleared", "end", self.name, None, counts, attributes, moment.t)]
+        return []
+
+
+class PpeState(_Rule):
+    config: PpeRule
+
+    def __init__(self, name: str, config: PpeRule) -> None:
+        super().__init__(name, config)
+        self.missing_frames: dict[int, int] = {}
+        self.reported: set[int] = set()
+
+    def wants(self, track: Observed) -> bool:
+        return track.label == self.config.person_class and track.score >= self.config.min_score
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        drafts = []
+        people = [t for t in moment.tracks if self.wants(t)]
+        if self.config.zone is not None:
+            inside = zones[self.config.zone].inside()
+            people = [t for t in people if t.track_id in inside]
+        for person in people:
+            worn = {
+                label
+                for label, box in moment.items
+                if label in self.config.required and overlap_share(box, person.box) >= self.config.overlap
+            }
+            missing = sorted(set(self.config.required) - worn)
+            if not missing:
+                self.missing_frames.pop(person.track_id, None)
+                self.reported.discard(person.track_id)
+                continue
+            frames = self.missing_frames[person.track_id] = self.missing_frames.get(person.track_id, 0) + 1
+            if frames >= self.config.min_frames and person.track_id not in self.reported:
+                self.reported.add(person.track_id)
+                attributes = {"missing": ",".join(missing), "zone": self.config.zone}
+                drafts.append(Draft("ppe_violation", "new", self.name, person, {}, attributes, moment.t))
+        for track in moment.gone:
+            self.missing_frames.pop(track.track_id, None)
+            self.reported.discard(track.track_id)
+        return drafts
+
+
+class PresenceState(_Rule):
+    config: PresenceRule
+
+    def __init__(self, name: str, config: PresenceRule) -> None:
+        super().__init__(name, config)
+        self.present = False
+        self.since = 0.0
+
+    def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
+        tracks = [t for t in moment.tracks if self.wants(t)]
+        if self.config.zone is not None:
+            inside = zones[self.config.zone].inside()
+            tracks = [t for t in tracks if t.track_id in inside]
+        attributes = {"zone": self.config.zone}
+        if tracks and not self.present:
+            self.present, self.since = True, moment.t
+            best = max(tracks, key=lambda t: t.score)
+            return [Draft("presence", "new", self.name, best, {"count": len(tracks)}, attributes, moment.t)]
+        if not tracks and self.present:
+            self.present = False
+            return [Draft("presence", "end", self.name, None, {"count": 0}, attributes, self.since)]
+        return []
+
+
+class CameraRules:
+    """All rules of one camera, in dependency order, with per-object cooldown."""
+
+    def __init__(self, camera: str, config: CameraConfig, store: CountStore) -> None:
+        self.camera = camera
+        self.zones: dict[str, ZoneState] = {}
+        self.rules: list[_Rule] = []
+        for name, rule in config.rules.items():
+            if isinstance(rule, ZoneRule):
+                self.zones[name] = ZoneState(name, rule)
+        self.rules.extend(self.zones.values())
+        for name, rule in config.rules.items():
+            if isinstance(rule, LineRule):
+                self.rules.append(LineState(name, rule, camera, store))
+            elif isinstance(rule, DwellRule):
+                self.rules.append(DwellState(name, rule))
+            elif isinstance(rule, CrowdRule):
+                self.rules.append(CrowdState(name, rule))
+            elif isinstance(rule, PpeRule):
+                self.rules.append(PpeState(name, rule))
+            elif isinstance(rule, PresenceRule):
+                self.rules.append(PresenceState(name, rule))
+        self._last_event: dict[tuple[str, str, int], float] = {}
+        self._suppressed: set[tuple[str, int]] = set()  # (rule, object) whose start the cooldown dropped
+
+    def step(self, moment: Moment) -> list[Draft]:
+        drafts: list[Draft] = []
+        for rule in self.rules:
+            if rule.active(moment):
+                drafts.extend(self._cooled(rule, rule.step(moment, self.zones), moment.t))
+        return drafts
+
+    def _cooled(self, rule: _Rule, drafts: list[Draft], t: float) -> list[Draft]:
+        """Drops an object's repeated events within ``cooldown_s``, and the end of any start it dropped."""
+        cooldown = rule.config.cooldown_s
+        if not cooldown:
+            return drafts
+        kept = []
+        for draft in drafts:
+            if draft.track is None:
+                kept.append(draft)  # camera-level events (crowd, presence end) are not per object
+                continue
+            key = (rule.name, draft.event_type, draft.track.track_id)
+            quiet = (rule.name, draft.track.track_id)
+            if draft.lifecycle == "end":
+                if quiet in self._suppressed:
+                    self._suppressed.discard(quiet)
+                else:
+                    kept.append(draft)
+            elif t - self._last_event.get(key, -1e18) >= cooldown:
+                self._last_event[key] = t
+                kept.append(draft)
+            else:
+                self._suppressed.add(quiet)
+        return kept
+
+    def occupancy(self) -> dict[str, dict[str, int]]:
+        return {name: zone.occupancy() for name, zone in self.zones.items()}
