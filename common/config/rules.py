@@ -10,17 +10,17 @@ from common.config._types import Line, Name, Polygon, Section, Unit
 
 __all__ = [
     "Action",
-    "EventsConfig",
-    "TrackerConfig",
     "CommandAction",
     "CrowdRule",
     "DwellRule",
+    "EventsConfig",
     "GpioAction",
     "LineRule",
     "PpeRule",
     "PresenceRule",
     "Rule",
     "ScheduleWindow",
+    "TrackerConfig",
     "WebhookAction",
     "ZoneRule",
 ]

@@ -14,6 +14,8 @@ normalised xyxy; time is seconds (frames arrive at whatever rate the camera runs
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -86,10 +88,11 @@ class Track:
 
 
 class ByteTracker:
-    def __init__(self, config: TrackerConfig) -> None:
+    def __init__(self, config: TrackerConfig, ids: Iterator[int] | None = None) -> None:
+        """``ids`` may be shared by the trackers of one camera (one per model) so track ids never collide."""
         self.config = config
         self.tracks: list[Track] = []
-        self._next_id = 1
+        self._ids = ids or itertools.count(1)
         self._last_t: float | None = None
 
     def update(
@@ -138,7 +141,7 @@ class ByteTracker:
         associate(low, [i for i in unmatched_tracks if self.tracks[i].confirmed])
         for detection in new_detections:
             track = Track(
-                track_id=self._next_id,
+                track_id=next(self._ids),
                 class_id=int(class_ids[detection]),
                 box=boxes[detection].copy(),
                 score=float(scores[detection]),
@@ -148,7 +151,6 @@ class ByteTracker:
                 kalman=_Kalman(boxes[detection]),
             )
             track.confirmed = self.config.min_hits <= 1
-            self._next_id += 1
             self.tracks.append(track)
             if track.confirmed:
                 seen.append(track)

@@ -1,0 +1,16 @@
+"""The rules service's metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS = Counter("edgesight_rule_events_total", "Events decided by rules.", ["rule", "type"])
+ZONE_OCCUPANCY = Gauge("edgesight_zone_occupancy", "Objects in a zone now.", ["camera", "zone", "label"])
+LINE_CROSSINGS = Counter(
+    "edgesight_line_crossings_total", "Objects counted crossing a line.", ["camera", "line", "direction", "label"]
+)
+ACTIVE_TRACKS = Gauge("edgesight_tracks_active", "Confirmed tracks in the last frame.", ["camera", "model"])
+SNAPSHOTS_MISSED = Counter(
+    "edgesight_snapshots_missed_total", "Snapshots not taken because the frame was overwritten first.", ["camera"]
+)
+EVENTS_QUEUED = Gauge("edgesight_events_queued", "Events waiting to be handed to the event sender.")

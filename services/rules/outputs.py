@@ -1,0 +1,155 @@
+"""What the rules service makes of an event besides the bus: snapshots, counts kept on disk, local actions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from common.config import CameraConfig
+from common.config.rules import Action, CommandAction, GpioAction, WebhookAction
+from contracts import Event, Snapshot
+from services.rules.engine import CountStore
+
+__all__ = ["SqliteCountStore", "apply_privacy_masks", "event_json", "make_snapshot", "run_action"]
+
+log = logging.getLogger(__name__)
+
+
+class SqliteCountStore(CountStore):
+    """Cumulative counts in SQLite (WAL) under ``state_dir``: a restart continues from the last value."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS counts (camera TEXT, rule TEXT, label TEXT, key TEXT, value INTEGER,"
+            " PRIMARY KEY (camera, rule, label, key))"
+        )
+        for camera, rule, label, key, value in self.db.execute("SELECT camera, rule, label, key, value FROM counts"):
+            self.values[camera, rule, label, key] = value
+
+    def add(self, camera: str, rule: str, label: str, key: str) -> int:
+        value = super().add(camera, rule, label, key)
+        with self.db:
+            self.db.execute(
+                "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+                (camera, rule, label, key, value),
+            )
+        return value
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def apply_privacy_masks(frame: npt.NDArray[np.uint8], camera: CameraConfig) -> npt.NDArray[np.uint8]:
+    """Fills (black) or blurs every privacy polygon of the camera, in place."""
+    height, width = frame.shape[:2]
+    for mask in camera.privacy_masks:
+        points = np.round(np.asarray(mask.polygon, np.float64) * [width, height]).astype(np.int32)
+        if mask.mode == "fill":
+            cv2.fillPoly(frame, [points], (0, 0, 0))
+        else:
+            stencil = np.zeros((height, width), np.uint8)
+            cv2.fillPoly(stencil, [points], 255)
+            blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=max(width, height) / 50)
+            frame[stencil > 0] = blurred[stencil > 0]
+    return frame
+
+
+def make_snapshot(frame: npt.NDArray[np.uint8], camera: CameraConfig, event: Event, quality: int) -> Snapshot:
+    """Masks first (nothing unmasked leaves), then the object's box and label, then a JPEG."""
+    picture = apply_privacy_masks(np.ascontiguousarray(frame), camera)
+    height, width = picture.shape[:2]
+    if event.object is not None:
+        x1, y1, x2, y2 = (int(v * s) for v, s in zip(event.object.box, (width, height, width, height), strict=True))
+        cv2.rectangle(picture, (x1, y1), (x2, y2), (0, 0, 255), 2)
+        text = f"{event.object.label} #{event.object.track_id} {event.event_type}"
+        cv2.putText(picture, text, (x1, max(14, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
+    ok, encoded = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return Snapshot(width=width, height=height, data=encoded.tobytes())
+
+
+def event_json(event: Event) -> bytes:
+    import msgspec
+
+    data: dict[str, Any] = msgspec.to_builtins(event)
+    if event.snapshot is not None:
+        data["snapshot"] = {k: v for k, v in data["snapshot"].items() if k != "data"} | {
+            "bytes": len(event.snapshot.data)
+        }
+    return json.dumps(data).encode()
+
+
+async def run_action(action: Action, event: Event) -> None:
+    """Runs one local action for ``event``; failures are logged, never raised."""
+    try:
+        if isinstance(action, WebhookAction):
+            await _webhook(action, event)
+        elif isinstance(action, CommandAction):
+            await _command(action, event)
+        elif isinstance(action, GpioAction):
+            await asyncio.to_thread(_gpio, action, event)
+    except Exception as exc:
+        log.warning("action failed", extra={"action": action.type, "rule": event.rule, "error": str(exc)})
+
+
+async def _webhook(action: WebhookAction, event: Event) -> None:
+    body = event_json(event)
+    for attempt in range(action.retries + 1):
+        request = urllib.request.Request(
+            action.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=action.timeout_s)
+            return
+        except OSError as exc:
+            if attempt == action.retries:
+                raise OSError(f"POST {action.url} failed {attempt + 1} times: {exc}") from None
+            await asyncio.sleep(min(2**attempt, 30))
+
+
+async def _command(action: CommandAction, event: Event) -> None:
+    """argv as given, never a shell; the event goes in as JSON on standard input."""
+    process = await asyncio.create_subprocess_exec(
+        *action.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await asyncio.wait_for(process.communicate(event_json(event)), action.timeout_s)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise TimeoutError(f"{action.argv[0]} ran longer than {action.timeout_s:g} s and was killed") from None
+    if process.returncode:
+        raise RuntimeError(f"{action.argv[0]} exited with {process.returncode}")
+
+
+def _gpio(action: GpioAction, event: Event) -> None:
+    """Drives a GPIO line high for ``active_s`` through the Linux character device (libgpiod)."""
+    try:
+        import gpiod
+    except ImportError:
+        gpiod = None
+    if gpiod is None or not Path(action.chip).exists():
+        log.info(
+            "gpio not available here; would have set the line",
+            extra={"chip": action.chip, "line": action.line, "seconds": action.active_s, "rule": event.rule},
+        )
+        return
+    settings = gpiod.LineSettings(direction=gpiod.line.Direction.OUTPUT, output_value=gpiod.line.Value.ACTIVE)
+    with gpiod.request_lines(action.chip, consumer="edgesight", config={action.line: settings}) as request:
+        time.sleep(action.active_s)
+        request.set_value(action.line, gpiod.line.Value.INACTIVE)

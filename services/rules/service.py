@@ -1,0 +1,221 @@
+"""The rules service: Detections in, tracked objects, counts and events out.
+
+Per camera and model a tracker turns detections into tracks; the camera's rules turn tracks into
+event drafts; each becomes an Event with a stable id, the frame it was decided on and, where the
+rule asks, a privacy-masked snapshot; it goes to the uplink (acknowledged, resent until then),
+to ``events.jsonl`` when configured, and to the rule's local actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import uuid
+import zoneinfo
+from pathlib import Path
+
+import msgspec
+
+from common._compat import TaskGroup
+from common.bus import EventSender, Subscriber
+from common.config import CameraConfig
+from common.errors import ShmError, StaleFrameError
+from common.service import Service, ServiceState
+from common.shm import FrameRingReader
+from contracts import Detections, Event, TrackedObject, topic
+from services.rules import metrics
+from services.rules.engine import CameraRules, Draft, Moment, Observed
+from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
+from services.rules.tracker import ByteTracker, Track
+
+__all__ = ["RulesService"]
+
+log = logging.getLogger(__name__)
+
+SCALARS = (str, int, float, bool)
+ITEM_MAX_AGE_S = 1.0  # detections of another model count for PPE this long
+EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")
+
+
+def _box(values: object) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in values)  # type: ignore[attr-defined]
+    return x1, y1, x2, y2
+
+
+class _Camera:
+    def __init__(self, name: str, config: CameraConfig, rules: CameraRules) -> None:
+        self.name = name
+        self.config = config
+        self.rules = rules
+        self.ids = itertools.count(1)  # shared by this camera's trackers: ids never collide across models
+        self.trackers: dict[str, ByteTracker] = {}
+        self.items: dict[str, tuple[float, list[tuple[str, tuple[float, float, float, float]]]]] = {}
+
+
+class RulesService(Service):
+    """Tracks objects and applies each camera's rules."""
+
+    name = "rules"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.timezone = zoneinfo.ZoneInfo(self.config.site.timezone)
+        self.store = SqliteCountStore(Path(self.config.site.state_dir) / "rules.sqlite")
+        self.cameras = {
+            name: _Camera(name, camera, CameraRules(name, camera, self.store))
+            for name, camera in self.config.cameras.items()
+            if camera.enabled and camera.rules
+        }
+        self.outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self.events_sent = 0
+        self._readers: dict[str, FrameRingReader] = {}
+        self._actions: set[asyncio.Task[None]] = set()
+        jsonl = self.config.events.jsonl
+        self.jsonl = None if jsonl is None else Path(self.config.site.state_dir) / jsonl
+
+    async def main(self) -> None:
+        topics = [topic("detections", name) for name in self.cameras]
+        if self.jsonl is not None:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        bus = self.config.bus
+        try:
+            async with (
+                Subscriber(bus.subscribe, self.name, topics, hwm=1000) as detections,
+                EventSender(
+                    bus.events.send, self.name, window=bus.events_window, ack_timeout_s=bus.ack_timeout_s
+                ) as sender,
+            ):
+                self.set_state(ServiceState.READY)
+                async with TaskGroup() as group:
+                    group.create_task(self._send(sender), name="send")
+                    async for received in detections:
+                        if isinstance(received.message, Detections) and not self.paused:
+                            await self.handle(received.message)
+        finally:
+            self.store.close()
+
+    async def handle(self, detections: Detections) -> None:
+        camera = self.cameras.get(detections.frame.camera)
+        if camera is None:
+            return
+        frame = detections.frame
+        t = frame.monotonic_ns / 1e9
+        boxes = detections.boxes.to_numpy()
+        class_ids = detections.class_ids.to_numpy()
+        scores = detections.scores.to_numpy()
+        camera.items[detections.model] = (
+            t,
+            [(detections.labels.get(int(c), str(int(c))), _box(b)) for c, b in zip(class_ids, boxes, strict=True)],
+        )
+        tracker = camera.trackers.get(detections.model)
+        if tracker is None:
+            tracker = camera.trackers[detections.model] = ByteTracker(self.config.tracker, camera.ids)
+        seen, gone = tracker.update(boxes, class_ids, scores, t)
+        metrics.ACTIVE_TRACKS.labels(camera.name, detections.model).set(len(seen))
+
+        def observed(track: Track) -> Observed:
+            label = detections.labels.get(track.class_id, str(track.class_id))
+            return Observed(track.track_id, label, round(track.score, 4), _box(track.box))
+
+        items = [
+            item
+            for model_t, model_items in camera.items.values()
+            if t - model_t <= ITEM_MAX_AGE_S
+            for item in model_items
+        ]
+        wall = dt.datetime.fromtimestamp(frame.capture_ns / 1e9, self.timezone)
+        moment = Moment(t, wall, [observed(s) for s in seen], [observed(g) for g in gone], items)
+        for draft in camera.rules.step(moment):
+            await self._emit(camera, detections, draft, t)
+        for zone, occupancy in camera.rules.occupancy().items():
+            for label in {*occupancy, "person"}:
+                metrics.ZONE_OCCUPANCY.labels(camera.name, zone, label).set(occupancy.get(label, 0))
+
+    async def _emit(self, camera: _Camera, detections: Detections, draft: Draft, t: float) -> None:
+        frame = detections.frame
+        track = draft.track
+        start_ns = None
+        if draft.start_t is not None:
+            start_ns = max(0, frame.capture_ns - int((t - draft.start_t) * 1e9))
+        identity = f"{self.config.site.name}/{camera.name}/{draft.rule}/{draft.event_type}/{draft.lifecycle}/"
+        identity += f"{track.track_id if track else '-'}/{start_ns}/{frame.seq}"
+        event = Event(
+            id=str(uuid.uuid5(EVENT_NAMESPACE, identity)),  # the same decision always has the same id
+            event_type=draft.event_type,
+            lifecycle=draft.lifecycle,  # type: ignore[arg-type]
+            site=self.config.site.name,
+            camera=camera.name,
+            rule=draft.rule,
+            ts_ns=frame.capture_ns,
+            start_ns=start_ns,
+            end_ns=frame.capture_ns if draft.lifecycle == "end" else None,
+            object=None
+            if track is None
+            else TrackedObject(track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=track.box),
+            counts=draft.counts,
+            attributes={
+                k: v for k, v in draft.attributes.items() if v is None or isinstance(v, str | int | float | bool)
+            },
+            frame=frame,
+        )
+        rule = camera.config.rules[draft.rule]
+        if rule.snapshot:
+            event = await asyncio.to_thread(self._with_snapshot, camera, event)
+        metrics.EVENTS.labels(draft.rule, draft.event_type).inc()
+        if draft.event_type == "line_cross" and track is not None:
+            direction = str(draft.attributes["direction"])
+            metrics.LINE_CROSSINGS.labels(camera.name, draft.rule, direction, track.label).inc()
+        log.info(
+            "event",
+            extra={
+                "camera": camera.name,
+                "rule": draft.rule,
+                "type": draft.event_type,
+                "lifecycle": draft.lifecycle,
+                "track": track.track_id if track else None,
+            },
+        )
+        if self.jsonl is not None:
+            with self.jsonl.open("ab") as out:
+                out.write(event_json(event) + b"\n")
+        self.outbox.put_nowait(event)
+        metrics.EVENTS_QUEUED.set(self.outbox.qsize())
+        for action in rule.actions:
+            task = asyncio.create_task(run_action(action, event))
+            self._actions.add(task)
+            task.add_done_callback(self._actions.discard)
+
+    def _with_snapshot(self, camera: _Camera, event: Event) -> Event:
+        """Copies the frame out of shared memory now (generation checked) and attaches a masked JPEG."""
+        assert event.frame is not None
+        ref = event.frame
+        try:
+            reader = self._readers.get(ref.segment)
+            if reader is None:
+                reader = self._readers[ref.segment] = FrameRingReader(ref.segment, shm_dir=self.config.site.shm_dir)
+            pixels = reader.copy(ref)
+        except (StaleFrameError, ShmError):
+            metrics.SNAPSHOTS_MISSED.labels(camera.name).inc()
+            return event
+        snapshot = make_snapshot(pixels, camera.config, event, self.config.events.jpeg_quality)
+        return msgspec.structs.replace(event, snapshot=snapshot)
+
+    async def _send(self, sender: EventSender) -> None:
+        """Hands events to the sender in order; it holds each until the uplink acknowledges it."""
+        while True:
+            event = await self.outbox.get()
+            await sender.send(event)
+            self.events_sent += 1
+            metrics.EVENTS_QUEUED.set(self.outbox.qsize())
+
+    def health_counters(self) -> dict[str, float]:
+        return {"cameras": len(self.cameras), "events": self.events_sent, "queued": self.outbox.qsize()}
+
+    def health_detail(self) -> dict[str, str]:
+        detail = {}
+        for camera in self.cameras.values():
+            for zone, occupancy in camera.rules.occupancy().items():
+                detail[f"{camera.name}.{zone}"] = ",".join(f"{k}={v}" for k, v in sorted(occupancy.items())) or "empty"
+        return detail
