@@ -175,7 +175,8 @@ class Event(Message, tag="event", kw_only=True, frozen=True):
     ts_ns: NonNegative  # wall clock of the decision
     start_ns: NonNegative | None = None
     end_ns: NonNegative | None = None
-    object: TrackedObject | None = None
+    object: TrackedObject | None = None  # the object as it is now ("after")
+    before: TrackedObject | None = None  # the same object at this rule's previous event about it (update/end)
     counts: dict[str, int] = {}
     attributes: dict[str, Scalar] = {}
     frame: FrameRef | None = None

@@ -72,6 +72,8 @@ class RulesService(Service):
         self.events_sent = 0
         self._readers: dict[str, FrameRingReader] = {}
         self._actions: set[asyncio.Task[None]] = set()
+        # (camera, rule, track) -> the object at the last event: the "before" of the next one
+        self._last_seen: dict[tuple[str, str, int], TrackedObject] = {}
         jsonl = self.config.events.jsonl
         self.jsonl = None if jsonl is None else Path(self.config.site.state_dir) / jsonl
 
@@ -139,6 +141,17 @@ class RulesService(Service):
         start_ns = None
         if draft.start_t is not None:
             start_ns = max(0, frame.capture_ns - int((t - draft.start_t) * 1e9))
+        after = before = None
+        if track is not None:
+            after = TrackedObject(
+                track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=track.box
+            )
+            lifecycle_key = (camera.name, draft.rule, track.track_id)
+            before = self._last_seen.get(lifecycle_key) if draft.lifecycle != "new" else None
+            if draft.lifecycle == "end":
+                self._last_seen.pop(lifecycle_key, None)
+            else:
+                self._last_seen[lifecycle_key] = after
         identity = f"{self.config.site.name}/{camera.name}/{draft.rule}/{draft.event_type}/{draft.lifecycle}/"
         identity += f"{track.track_id if track else '-'}/{start_ns}/{frame.seq}"
         event = Event(
@@ -151,9 +164,8 @@ class RulesService(Service):
             ts_ns=frame.capture_ns,
             start_ns=start_ns,
             end_ns=frame.capture_ns if draft.lifecycle == "end" else None,
-            object=None
-            if track is None
-            else TrackedObject(track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=track.box),
+            object=after,
+            before=before,
             counts=draft.counts,
             attributes={
                 k: v for k, v in draft.attributes.items() if v is None or isinstance(v, str | int | float | bool)

@@ -40,7 +40,7 @@ def site_sections() -> dict[str, Any]:
 
 
 async def walk_across(site: Services, ring: FrameRingWriter, events: EventReceiver, start_ms: int) -> list[Event]:
-    """One person walks down across the line into the bay; returns the events received (and acknowledged)."""
+    """One person walks down across the line into the bay and leaves; returns the events (acknowledged)."""
     config = site.config
     received: list[Event] = []
     async with Publisher(config.bus.publish, "test") as publisher:
@@ -54,8 +54,11 @@ async def walk_across(site: Services, ring: FrameRingWriter, events: EventReceiv
             )
             await publisher.publish("detections", "dock", detections)
             await asyncio.sleep(0.05)
+        later = ring.write(np.zeros((HEIGHT, WIDTH, 3), np.uint8), monotonic_ns=(start_ms + 3000) * 1_000_000)
+        empty = Detections.from_arrays(later, "people", boxes=np.zeros((0, 4)), class_ids=[], scores=[])
+        await publisher.publish("detections", "dock", empty)  # the person has gone: the visit ends
         async with timeout(10):
-            while len(received) < 2:
+            while len(received) < 3:
                 delivery = await events.receive()
                 received.append(delivery.event)
                 await events.ack([delivery])
@@ -86,7 +89,12 @@ def test_events_snapshots_and_counts_across_a_restart(
     assert crossing.attributes["direction"] == "in"
     assert crossing.object is not None and crossing.object.label == "person"
     assert crossing.frame is not None and crossing.frame.camera == "dock"
-    assert {e.event_type for e in first} == {"line_cross", "zone_enter"}
+    assert sorted(e.event_type for e in first) == ["line_cross", "zone_enter", "zone_exit"]
+    entered = next(e for e in first if e.event_type == "zone_enter")
+    left = next(e for e in first if e.event_type == "zone_exit")
+    assert (entered.lifecycle, entered.before) == ("new", None)
+    assert (left.lifecycle, left.before) == ("end", entered.object)  # Frigate's before/after
+    assert left.attributes["before"] == "inside" and left.attributes["after"] == "outside"
 
     # the snapshot: the masked quarter is the fill value (black), the rest is the frame
     assert crossing.snapshot is not None
