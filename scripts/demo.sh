@@ -3,9 +3,10 @@
 #   1. checks the commented example site file (and shows what a mistake looks like);
 #   2. serves the shared clip over RTSP (gst-rtsp-server) and probes it like a new camera;
 #   3. runs YOLOX-Nano on the clip with `edgesight detect` (JSON lines + an annotated video);
-#   4. runs the services under `edgesight run` (broker, ingest, inference; two cameras) for 20 s:
-#      reads camera states, FrameRefs and Detections from the bus, drops the RTSP server for 3 s
-#      (the camera reconnects), and SIGKILLs ingest (edgesight run restarts it);
+#   4. runs the services under `edgesight run` (broker, ingest, inference, rules; two cameras) for
+#      20 s: reads camera states, FrameRefs and Detections from the bus, drops the RTSP server for
+#      3 s (the camera reconnects), SIGKILLs ingest (edgesight run restarts it), and shows the
+#      events the rules decided (line crossings with masked snapshots, zone visits, crowding);
 #   5. the benchmarks, --quick: frame hop, ingest decode, inference throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,18 @@ if [[ -n $ingest_pid ]]; then
   kill -9 "$ingest_pid"
 fi
 wait "$run_pid"
+events=$EDGESIGHT_RUN_DIR/state/events.jsonl
+echo "-- events: $(wc -l < "$events" 2>/dev/null || echo 0) in $events; by type:"
+.venv/bin/python - "$events" <<'PY'
+import collections, json, sys
+events = [json.loads(line) for line in open(sys.argv[1])]
+print("  ", dict(collections.Counter(e["event_type"] for e in events)))
+crossings = [e for e in events if e["event_type"] == "line_cross"]
+if crossings:
+    last = crossings[-1]
+    print("   last crossing:", last["attributes"]["direction"], "track", last["object"]["track_id"], "counts", last["counts"],
+          "snapshot", last.get("snapshot"))
+PY
 
 echo; echo "== 5. benchmarks (quick): frame_hop, ingest_decode, inference_throughput"
 .venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"

@@ -179,7 +179,7 @@ class RulesService(Service):
         if draft.event_type == "line_cross" and track is not None:
             direction = str(draft.attributes["direction"])
             metrics.LINE_CROSSINGS.labels(camera.name, draft.rule, direction, track.label).inc()
-        log.info(
+        log.debug(
             "event",
             extra={
                 "camera": camera.name,
