@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -156,3 +157,48 @@ def services(tmp_path: Path, python_env: dict[str, str]) -> Iterator[Callable[[d
     yield make
     for group in made:
         group.stop_all()
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free port, with persistence so that subscriptions survive a restart."""
+
+    def __init__(self, folder: Path, extra: str = "", port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.config = folder / "mosquitto.conf"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n{extra}"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.config)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"mosquitto did not listen on {self.port}: {(self.folder / 'mosquitto.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    started: list[Mosquitto] = []
+
+    def start(extra: str = "", name: str = "mosquitto") -> Mosquitto:
+        broker = Mosquitto(tmp_path / name, extra).start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()

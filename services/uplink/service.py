@@ -1,0 +1,113 @@
+"""The uplink service: events from rules into the spool (then acknowledged), out to every sink.
+
+Privacy guard: an event carries image bytes onward only if its camera's rule asked for a snapshot;
+anything else is stripped before it is stored, and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import msgspec
+
+from common._compat import TaskGroup
+from common.bus import Delivery, EventReceiver
+from common.service import Service, ServiceState
+from contracts import Event
+from services.uplink import metrics
+from services.uplink.sinks import CloudWatchOut, JsonlOut, MqttOut, S3Out, Sink, WebhookOut
+from services.uplink.spool import Spool
+
+__all__ = ["UplinkService"]
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BATCH = 200
+
+
+class UplinkService(Service):
+    """Store and forward: nothing acknowledged is lost, nothing unasked-for leaves."""
+
+    name = "uplink"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        uplink = self.config.uplink
+        state = Path(self.config.site.state_dir)
+        self.spool = Spool(state / "uplink-spool.sqlite", max_bytes=uplink.spool.max_mb << 20, fsync=uplink.spool.fsync)
+        site = self.config.site.name
+        self.sinks: list[Sink] = []
+        if uplink.s3 is not None:
+            self.sinks.append(S3Out(uplink.s3, site, self.spool))
+        if uplink.mqtt is not None:
+            self.sinks.append(MqttOut(uplink.mqtt, site, self.spool, waits_for_s3=uplink.s3 is not None))
+        if uplink.cloudwatch is not None:
+            self.sinks.append(CloudWatchOut(uplink.cloudwatch, site))
+        if uplink.jsonl is not None:
+            self.sinks.append(JsonlOut(uplink.jsonl, state))
+        if uplink.webhook is not None:
+            self.sinks.append(WebhookOut(uplink.webhook))
+        if not self.sinks:
+            log.warning("no sinks configured: events are spooled and kept")
+
+    def guard(self, event: Event) -> Event:
+        """Strips a snapshot that no rule asked for: no image data leaves by accident."""
+        if event.snapshot is None:
+            return event
+        camera = self.config.cameras.get(event.camera)
+        rule = camera.rules.get(event.rule) if camera is not None else None
+        if rule is not None and rule.snapshot:
+            return event
+        metrics.DROPPED.labels("privacy", "snapshot").inc()
+        log.warning(
+            "snapshot removed: its rule does not ask for one", extra={"camera": event.camera, "rule": event.rule}
+        )
+        return msgspec.structs.replace(event, snapshot=None)
+
+    async def main(self) -> None:
+        try:
+            async with EventReceiver(self.config.bus.events.receive, self.name) as inbox:
+                self.set_state(ServiceState.READY)
+                async with TaskGroup() as group:
+                    group.create_task(self._receive(inbox), name="receive")
+                    group.create_task(self._gauges(), name="gauges")
+                    for sink in self.sinks:
+                        group.create_task(sink.run(self.spool), name=f"sink-{sink.name}")
+                        if isinstance(sink, CloudWatchOut):
+                            group.create_task(sink.publish_metrics(), name="cloudwatch-metrics")
+        finally:
+            for sink in self.sinks:
+                await sink.close()
+            self.spool.close()
+
+    async def _receive(self, inbox: EventReceiver) -> None:
+        while True:
+            batch: list[Delivery] = [await inbox.receive()]
+            while len(batch) < RECEIVE_BATCH:  # whatever else is already here goes in the same transaction
+                try:
+                    batch.append(await asyncio.wait_for(inbox.receive(), 0.001))
+                except asyncio.TimeoutError:
+                    break
+            events = [self.guard(d.event) for d in batch]
+            targets = {e.id: [s.name for s in self.sinks if s.wants(e)] for e in events}
+            self.spool.add(events, targets)  # committed (and fsynced) before anyone hears "ack"
+            await inbox.ack(batch)
+            for sink in self.sinks:
+                sink.wake.set()
+
+    async def _gauges(self) -> None:
+        while True:
+            depth, oldest = self.spool.depth()
+            metrics.SPOOL_DEPTH.set(depth)
+            metrics.SPOOL_OLDEST.set(oldest)
+            metrics.SPOOL_BYTES.set(self.spool.size())
+            await asyncio.sleep(1.0)
+
+    def health_counters(self) -> dict[str, float]:
+        depth, oldest = self.spool.depth()
+        counters: dict[str, float] = {"spooled": depth, "oldest_s": round(oldest, 1)}
+        for sink in self.sinks:
+            counters[f"{sink.name}_up"] = 1.0 if sink.connected else 0.0
+        return counters

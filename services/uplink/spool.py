@@ -1,0 +1,171 @@
+"""The durable spool in front of every sink: SQLite in WAL mode.
+
+An event is acknowledged to the rules service only after the transaction that stores it has
+committed (with ``fsync: always``/``batch``: ``synchronous=FULL``, so it survives a power cut), and
+leaves only when every sink it was meant for has confirmed it. Each sink has its own queue of
+deliveries, so a sink that is down holds back nobody else. Snapshots are stored apart from the event
+body, so that on overflow they go first; then the oldest events. Whatever is dropped is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from contracts import Event, decode, encode
+from services.uplink import metrics
+
+__all__ = ["Spool", "Spooled"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    body BLOB NOT NULL,          -- the event without its snapshot (msgpack)
+    snapshot BLOB,               -- JPEG bytes, dropped first when the spool is full
+    created REAL NOT NULL,
+    s3_key TEXT                  -- set once the snapshot is uploaded
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sink, seq)
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Spooled:
+    seq: int
+    event: Event  # with its snapshot, if it still has one
+    s3_key: str | None
+    created: float
+
+
+class Spool:
+    def __init__(self, path: Path, *, max_bytes: int, fsync: str = "batch") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_bytes = max_bytes
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'never' else 'FULL'}")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(_SCHEMA)
+
+    def add(self, events: Sequence[Event], sinks_for: Mapping[str, Iterable[str]]) -> int:
+        """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``.
+
+        An event already spooled (a resend from rules) is not stored twice. Returns how many were new.
+        """
+        added = 0
+        now = time.time()
+        with self._transaction():
+            for event in events:
+                snapshot = event.snapshot.data if event.snapshot is not None else None
+                body = encode(event if snapshot is None else _without_image(event))
+                cursor = self.db.execute(
+                    "INSERT OR IGNORE INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
+                    (event.id, body, snapshot, now),
+                )
+                if cursor.rowcount == 0:
+                    continue
+                added += 1
+                seq = cursor.lastrowid
+                self.db.executemany(
+                    "INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(sink, seq) for sink in sinks_for[event.id]]
+                )
+        self._enforce_limit()
+        return added
+
+    def pending(self, sink: str, limit: int = 100) -> list[Spooled]:
+        rows = self.db.execute(
+            "SELECT e.seq, e.body, e.snapshot, e.s3_key, e.created FROM deliveries d JOIN events e ON e.seq = d.seq"
+            " WHERE d.sink = ? ORDER BY d.seq LIMIT ?",
+            (sink, limit),
+        ).fetchall()
+        spooled = []
+        for seq, body, snapshot, s3_key, created in rows:
+            event = decode(body, Event)
+            if snapshot is not None and event.snapshot is not None:
+                event = _with_image(event, snapshot)
+            spooled.append(Spooled(seq, event, s3_key, created))
+        return spooled
+
+    def waiting_for(self, sink: str, seq: int) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM deliveries WHERE sink = ? AND seq = ?", (sink, seq)).fetchone() is not None
+        )
+
+    def set_s3_key(self, seq: int, key: str) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE events SET s3_key = ? WHERE seq = ?", (key, seq))
+
+    def done(self, sink: str, seqs: Iterable[int]) -> None:
+        """The sink confirmed these: forget its deliveries, and events no sink still needs."""
+        seqs = list(seqs)
+        with self._transaction():
+            self.db.executemany("DELETE FROM deliveries WHERE sink = ? AND seq = ?", [(sink, s) for s in seqs])
+            self.db.executemany(
+                "DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?)",
+                [(s, s) for s in seqs],
+            )
+
+    def depth(self) -> tuple[int, float]:
+        """(events spooled, age in seconds of the oldest)."""
+        count, oldest = self.db.execute("SELECT COUNT(*), MIN(created) FROM events").fetchone()
+        return int(count), (time.time() - oldest) if oldest else 0.0
+
+    def size(self) -> int:
+        pages, page_size = (self.db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+        freelist = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - freelist) * page_size)
+
+    def _enforce_limit(self) -> None:
+        while self.size() > self.max_bytes:
+            row = self.db.execute("SELECT seq FROM events WHERE snapshot IS NOT NULL ORDER BY seq LIMIT 1").fetchone()
+            with self._transaction():
+                if row is not None:
+                    self.db.execute("UPDATE events SET snapshot = NULL WHERE seq = ?", row)
+                    metrics.DROPPED.labels("spool", "snapshot").inc()
+                    continue
+                oldest = self.db.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
+                if oldest is None:
+                    return
+                self.db.execute("DELETE FROM events WHERE seq = ?", oldest)
+                metrics.DROPPED.labels("spool", "event").inc()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _without_image(event: Event) -> Event:
+    import msgspec
+
+    assert event.snapshot is not None
+    return msgspec.structs.replace(event, snapshot=msgspec.structs.replace(event.snapshot, data=b""))
+
+
+def _with_image(event: Event, data: bytes) -> Event:
+    import msgspec
+
+    assert event.snapshot is not None
+    return msgspec.structs.replace(event, snapshot=msgspec.structs.replace(event.snapshot, data=data))

@@ -1,0 +1,154 @@
+"""The uplink against real servers: Mosquitto (outage, SIGKILL, mutual TLS) and S3/CloudWatch via moto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common._compat import timeout
+from common.bus import EventSender
+from contracts import Event, Snapshot, TrackedObject
+from tests.integration.conftest import Mosquitto, Services
+
+pytestmark = pytest.mark.slow
+
+
+def make_event(index: int, *, rule: str = "door", snapshot: bytes | None = None) -> Event:
+    return Event(
+        id=f"evt-{index:05d}",
+        event_type="line_cross",
+        site="test",
+        camera="dock",
+        rule=rule,
+        ts_ns=time.time_ns(),
+        object=TrackedObject(track_id=index, label="person", score=0.9, box=(0.1, 0.1, 0.2, 0.3)),
+        counts={"in": index, "out": 0},
+        attributes={"direction": "in"},
+        snapshot=None if snapshot is None else Snapshot(width=2, height=2, data=snapshot),
+    )
+
+
+class Subscriber:
+    """``mosquitto_sub`` with a persistent session (QoS 1): it gets what was published while it reconnected."""
+
+    def __init__(self, broker: Mosquitto, topic: str, out: Path, extra: list[str] | None = None) -> None:
+        self.out = out
+        self.process = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1", "-c", "-i", "sub-test",
+             *(extra or [])],
+            stdout=out.open("w"),
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)
+
+    def ids(self) -> list[str]:
+        return [json.loads(line)["id"] for line in self.out.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def uplink_site(broker: Mosquitto, **mqtt: Any) -> dict[str, Any]:
+    rules = {"door": {"type": "line", "line": [[0, 0.5], [1, 0.5]], "snapshot": True}, "bay": {"type": "presence"}}
+    return {
+        "cameras": {"dock": {"url": "rtsp://unused/1", "rules": rules}},
+        "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": "edgesight", **mqtt}},
+    }
+
+
+async def send(
+    site: Services, events: list[Event], pause_every: int = 0, pause: Callable[[], None] | None = None
+) -> None:
+    """Sends like the rules service does, and waits until every event is acknowledged."""
+    bus = site.config.bus
+    async with EventSender(bus.events.send, "rules-standin", ack_timeout_s=2) as sender:
+        for index, event in enumerate(events):
+            if pause is not None and index == pause_every:
+                pause()
+            await sender.send(event)
+        async with timeout(90):
+            await sender.flush()
+
+
+def wait_for_ids(subscriber: Subscriber, expected: set[str], seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ids = subscriber.ids()
+        if expected <= set(ids):
+            return ids
+        time.sleep(0.2)
+    missing = expected - set(subscriber.ids())
+    raise AssertionError(f"{len(missing)} ids never arrived, e.g. {sorted(missing)[:5]}")
+
+
+def test_broker_outage_of_20_s_loses_nothing(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    broker = mosquitto()
+    subscriber = Subscriber(broker, "edgesight/test/events", tmp_path / "received.jsonl")
+    site = services(uplink_site(broker))
+    site.start("broker")
+    site.start("uplink")
+    events = [make_event(i) for i in range(1000)]
+    try:
+        asyncio.run(send(site, events[:500]))
+        wait_for_ids(subscriber, {e.id for e in events[:500]}, 30)
+        broker.stop()
+        asyncio.run(send(site, events[500:]))  # acknowledged: they are in the spool
+        time.sleep(20)
+        broker.start()
+        ids = wait_for_ids(subscriber, {e.id for e in events}, 60)
+    finally:
+        subscriber.stop()
+    assert len(set(ids)) == 1000
+    assert "sink unavailable; events stay in the spool" in site.log("uplink")
+
+
+def test_uplink_killed_mid_burst_loses_nothing(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    broker = mosquitto()
+    subscriber = Subscriber(broker, "edgesight/test/events", tmp_path / "received.jsonl")
+    site = services(uplink_site(broker))
+    site.start("broker")
+    site.start("uplink")
+    events = [make_event(i) for i in range(600)]
+
+    def kill_and_restart() -> None:
+        site.processes["uplink"].kill()
+        site.processes["uplink"].wait()
+        site.start("uplink")
+
+    try:
+        asyncio.run(send(site, events, pause_every=300, pause=kill_and_restart))
+        ids = wait_for_ids(subscriber, {e.id for e in events}, 60)
+    finally:
+        subscriber.stop()
+    assert set(ids) == {e.id for e in events}  # every id at least once; a duplicate is the same id again
+
+
+def test_count_topic_and_availability(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    broker = mosquitto()
+    site = services(uplink_site(broker))
+    site.start("broker")
+    site.start("uplink")
+    asyncio.run(send(site, [make_event(7)]))
+    time.sleep(1)
+    retained = subprocess.run(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "edgesight/test/#", "-v", "-W", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert 'edgesight/test/dock/door/count {"in": 7, "out": 0}' in retained
+    assert "edgesight/test/available online" in retained
