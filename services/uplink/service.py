@@ -38,6 +38,7 @@ class UplinkService(Service):
         state = Path(self.config.site.state_dir)
         self.spool = Spool(state / "uplink-spool.sqlite", max_bytes=uplink.spool.max_mb << 20, fsync=uplink.spool.fsync)
         site = self.config.site.name
+        self.depth: tuple[int, float] = (0, 0.0)
         self.sinks: list[Sink] = []
         if uplink.s3 is not None:
             self.sinks.append(S3Out(uplink.s3, site, self.spool))
@@ -99,14 +100,14 @@ class UplinkService(Service):
 
     async def _gauges(self) -> None:
         while True:
-            depth, oldest = self.spool.depth()
-            metrics.SPOOL_DEPTH.set(depth)
-            metrics.SPOOL_OLDEST.set(oldest)
+            self.depth = self.spool.depth()
+            metrics.SPOOL_DEPTH.set(self.depth[0])
+            metrics.SPOOL_OLDEST.set(self.depth[1])
             metrics.SPOOL_BYTES.set(self.spool.size())
             await asyncio.sleep(1.0)
 
     def health_counters(self) -> dict[str, float]:
-        depth, oldest = self.spool.depth()
+        depth, oldest = self.depth  # as of the last gauge update: the spool may be closed by now
         counters: dict[str, float] = {"spooled": depth, "oldest_s": round(oldest, 1)}
         for sink in self.sinks:
             counters[f"{sink.name}_up"] = 1.0 if sink.connected else 0.0

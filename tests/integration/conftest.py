@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import socket
 import subprocess
 import sys
@@ -168,7 +169,8 @@ class Mosquitto:
         self.config = folder / "mosquitto.conf"
         folder.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            # run as whoever runs the tests (as root it would drop to `mosquitto`, who cannot read tmp_path)
+            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n{extra}"
         )
         self.process: subprocess.Popen[bytes] | None = None

@@ -152,3 +152,117 @@ def test_count_topic_and_availability(
     ).stdout
     assert 'edgesight/test/dock/door/count {"in": 7, "out": 0}' in retained
     assert "edgesight/test/available online" in retained
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with ``cryptography``."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = key()
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("edgesight test CA"))
+        .issuer_name(name("edgesight test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def issue(common: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        leaf_key = key()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(ca.subject)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            )
+        return builder.sign(ca_key, hashes.SHA256()), leaf_key
+
+    files: dict[str, Path] = {}
+
+    def write(label: str, certificate: x509.Certificate, private: ec.EllipticCurvePrivateKey | None) -> None:
+        files[f"{label}_cert"] = folder / f"{label}.crt"
+        files[f"{label}_cert"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        if private is not None:
+            files[f"{label}_key"] = folder / f"{label}.key"
+            files[f"{label}_key"].write_bytes(
+                private.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write("ca", ca, None)
+    write("server", *issue("127.0.0.1", server=True))
+    write("client", *issue("edgesight-test-device", server=False))
+    return files
+
+
+def test_mutual_tls_connects_with_a_client_certificate_and_is_refused_without(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    tls_listener = (
+        f"cafile {certs['ca_cert']}\ncertfile {certs['server_cert']}\nkeyfile {certs['server_key']}\n"
+        "require_certificate true\n"
+    )
+    broker = mosquitto(tls_listener)
+    tls = {
+        "ca_file": str(certs["ca_cert"]),
+        "cert_file": str(certs["client_cert"]),
+        "key_file": str(certs["client_key"]),
+    }
+    site = services(uplink_site(broker, tls=tls))
+    site.start("broker")
+    base = site.start("uplink")
+    asyncio.run(send(site, [make_event(1)]))
+    deadline = time.monotonic() + 15
+    while "mqtt connected" not in site.log("uplink") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "mqtt connected" in site.log("uplink")
+    from tests.support import http_get
+
+    deadline = time.monotonic() + 10
+    while 'edgesight_sink_sent_total{sink="mqtt"} 1.0' not in http_get(f"{base}/metrics")[1]:
+        assert time.monotonic() < deadline, "the event was not confirmed over mutual TLS"
+        time.sleep(0.2)
+
+    # the same broker, a device without its certificate: refused, said once, clearly
+    site.processes["uplink"].terminate()
+    site.processes["uplink"].wait(timeout=10)
+    refused = services({**uplink_site(broker, tls={"ca_file": str(certs["ca_cert"])})})
+    refused.start("uplink")
+    asyncio.run(send(refused, [make_event(2)]))  # spooled and acknowledged all the same
+    deadline = time.monotonic() + 20
+    while "sink unavailable" not in refused.log("uplink"):
+        assert time.monotonic() < deadline, refused.log("uplink")
+        time.sleep(0.2)
+    time.sleep(3)  # retries go on, quietly
+    log = refused.log("uplink")
+    assert "mqtt connected" not in log
+    assert "CERTIFICATE_REQUIRED" in log  # the broker's reason, in the log
+    assert log.count("sink unavailable; events stay in the spool") == 1
