@@ -9,4 +9,5 @@ BENCHMARKS = {
     "frame_hop": "benchmarks.frame_hop",
     "ingest_decode": "benchmarks.ingest_decode",
     "inference_throughput": "benchmarks.inference_throughput",
+    "uplink_throughput": "benchmarks.uplink_throughput",
 }

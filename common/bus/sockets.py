@@ -354,6 +354,14 @@ class EventReceiver:
         while True:
             yield await self.receive()
 
+    async def receive_batch(self, limit: int) -> list[Delivery]:
+        """Waits for one event, then takes whatever else has already arrived (up to ``limit``)."""
+        batch = [await self.receive()]
+        assert self._socket is not None
+        while len(batch) < limit and int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            batch.append(await self.receive())
+        return batch
+
     async def ack(self, deliveries: Iterable[Delivery]) -> None:
         """Acknowledge events to their senders (one Ack per sender)."""
         assert self._socket is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from common._compat import TaskGroup
-from common.bus import Delivery, EventReceiver
+from common.bus import EventReceiver
 from common.service import Service, ServiceState
 from contracts import Event
 from services.uplink import metrics
@@ -85,12 +85,7 @@ class UplinkService(Service):
 
     async def _receive(self, inbox: EventReceiver) -> None:
         while True:
-            batch: list[Delivery] = [await inbox.receive()]
-            while len(batch) < RECEIVE_BATCH:  # whatever else is already here goes in the same transaction
-                try:
-                    batch.append(await asyncio.wait_for(inbox.receive(), 0.001))
-                except asyncio.TimeoutError:
-                    break
+            batch = await inbox.receive_batch(RECEIVE_BATCH)  # what is already here: one transaction
             events = [self.guard(d.event) for d in batch]
             targets = {e.id: [s.name for s in self.sinks if s.wants(e)] for e in events}
             self.spool.add(events, targets)  # committed (and fsynced) before anyone hears "ack"

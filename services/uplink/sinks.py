@@ -25,6 +25,7 @@ __all__ = ["CloudWatchOut", "JsonlOut", "MqttOut", "S3Out", "Sink", "WebhookOut"
 log = logging.getLogger(__name__)
 
 BATCH = 100
+INFLIGHT = 100  # QoS 1 messages awaiting PUBACK at once (paho's default is 20)
 
 
 def event_document(event: Event, s3_key: str | None = None) -> dict[str, Any]:
@@ -133,6 +134,7 @@ class MqttOut(Sink):
             tls_context=self._tls(),
             clean_session=False,
             timeout=10,
+            max_inflight_messages=INFLIGHT,
         )
         stack = contextlib.AsyncExitStack()
         try:
@@ -146,25 +148,30 @@ class MqttOut(Sink):
         return client
 
     async def deliver(self, batch: list[Spooled]) -> list[int]:
+        """Publishes a batch with up to ``INFLIGHT`` messages awaiting their PUBACK at once; a seq is
+        confirmed only when its own PUBACK (and its count's) came back."""
         try:
             client = await self._connect()
-            confirmed = []
+            ready = []
             for item in batch:
                 snapshot = item.event.snapshot
                 uploading = self.waits_for_s3 and snapshot is not None and bool(snapshot.data) and not item.s3_key
                 if uploading and self.spool.waiting_for("s3", item.seq):
                     continue  # the event names the S3 key: publish it once the upload is done
-                document = event_document(item.event, item.s3_key)
-                await client.publish(f"{self.base}/events", json.dumps(document), qos=self.config.qos, timeout=10)
-                event = item.event
-                if event.counts and event.event_type == "line_cross":
-                    topic = f"{self.base}/{event.camera}/{event.rule}/count"
-                    await client.publish(topic, json.dumps(event.counts), qos=self.config.qos, retain=True, timeout=10)
-                confirmed.append(item.seq)
-            return confirmed
+                ready.append(item)
+            await asyncio.gather(*(self._publish(client, item) for item in ready))
+            return [item.seq for item in ready]
         except Exception:
             await self.close()
             raise
+
+    async def _publish(self, client: Any, item: Spooled) -> None:
+        event = item.event
+        document = event_document(event, item.s3_key)
+        await client.publish(f"{self.base}/events", json.dumps(document), qos=self.config.qos, timeout=10)
+        if event.counts and event.event_type == "line_cross":
+            topic = f"{self.base}/{event.camera}/{event.rule}/count"
+            await client.publish(topic, json.dumps(event.counts), qos=self.config.qos, retain=True, timeout=10)
 
     async def close(self) -> None:
         stack, self._client, self._stack = self._stack, None, None

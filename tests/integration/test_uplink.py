@@ -266,3 +266,78 @@ def test_mutual_tls_connects_with_a_client_certificate_and_is_refused_without(
     assert "mqtt connected" not in log
     assert "CERTIFICATE_REQUIRED" in log  # the broker's reason, in the log
     assert log.count("sink unavailable; events stay in the spool") == 1
+
+
+@pytest.fixture
+def moto_server() -> Any:
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_snapshots_to_s3_events_to_cloudwatch_and_no_image_elsewhere(
+    tmp_path: Path,
+    moto_server: str,
+    mosquitto: Callable[..., Mosquitto],
+    services: Callable[[dict[str, Any]], Services],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import boto3
+
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "eu-west-1"}
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="site-snapshots", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    broker = mosquitto()
+    subscriber = Subscriber(broker, "edgesight/test/events", tmp_path / "received.jsonl")
+    sections = uplink_site(broker)
+    sections["uplink"] |= {
+        "s3": {"bucket": "site-snapshots", "prefix": "snaps", "endpoint_url": moto_server},
+        "cloudwatch": {"endpoint_url": moto_server, "namespace": "EdgeSightTest", "metrics_interval_s": 1},
+        "jsonl": {"path": "uplink.jsonl"},
+    }
+    site = services(sections)
+    site.start("broker")
+    site.start("uplink", env=credentials)
+    jpeg = b"\xff\xd8\xff\xe0" + b"JFIF-test-image" * 100 + b"\xff\xd9"
+    asked = make_event(1, rule="door", snapshot=jpeg)  # the door rule asks for snapshots
+    unasked = make_event(2, rule="bay", snapshot=jpeg)  # the bay rule does not: its image must not leave
+    try:
+        asyncio.run(send(site, [asked, unasked]))
+        ids = wait_for_ids(subscriber, {asked.id, unasked.id}, 30)
+    finally:
+        subscriber.stop()
+    assert sorted(ids) == [asked.id, unasked.id]
+    published = {json.loads(line)["id"]: json.loads(line) for line in subscriber.out.read_text().splitlines()}
+    day = time.strftime("%Y-%m-%d", time.gmtime(asked.ts_ns / 1e9))
+    key = f"snaps/test/dock/{day}/{asked.id}.jpg"
+    assert published[asked.id]["snapshot"]["s3_key"] == key  # MQTT names the object once it is uploaded
+    stored = s3.get_object(Bucket="site-snapshots", Key=key)
+    assert stored["Body"].read() == jpeg and stored["ServerSideEncryption"] == "AES256"
+    listing = s3.list_objects_v2(Bucket="site-snapshots")
+    assert [o["Key"] for o in listing["Contents"]] == [key]  # nothing for the rule that did not ask
+    assert published[unasked.id]["snapshot"] is None
+    # no image bytes anywhere but S3: not on MQTT, not in the jsonl sink
+    for text in (subscriber.out.read_text(), (Path(site.config.site.state_dir) / "uplink.jsonl").read_text()):
+        assert "JFIF-test-image" not in text and "/9j/" not in text
+
+    logs = boto3.client("logs", endpoint_url=moto_server)
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_server)
+    deadline = time.monotonic() + 20
+    while True:
+        events = logs.get_log_events(logGroupName="/edgesight/events", logStreamName="test").get("events", [])
+        metrics = cloudwatch.list_metrics(Namespace="EdgeSightTest")["Metrics"]
+        if len(events) == 2 and metrics:
+            break
+        assert time.monotonic() < deadline, (events, metrics)
+        time.sleep(0.5)
+    assert {json.loads(e["message"])["id"] for e in events} == {asked.id, unasked.id}
+    dimensions = {d["Name"]: d["Value"] for d in metrics[0]["Dimensions"]}
+    assert metrics[0]["MetricName"] == "Events" and dimensions["Rule"] in ("door", "bay")
