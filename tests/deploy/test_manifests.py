@@ -108,16 +108,8 @@ def manifests() -> list[dict[str, Any]]:
 
 def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
-    assert kinds == [
-        "ConfigMap",
-        "Deployment",
-        "Deployment",
-        "Deployment",
-        "Namespace",
-        "Service",
-        "Service",
-        "StatefulSet",
-    ]
+    expected = ["ConfigMap", *["Deployment"] * 4, "Namespace", *["Service"] * 3, "StatefulSet"]
+    assert kinds == expected
     for doc in manifests:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -144,7 +136,7 @@ def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[d
     config = load_config(K3S / "site.yaml")
     configmap = next(doc["metadata"]["name"] for doc in manifests if doc["kind"] == "ConfigMap")
     workloads = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
-    assert len(workloads) == 4
+    assert len(workloads) == 5
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -191,3 +183,14 @@ def test_inference_replicas_take_their_share_from_the_pod_ordinal(manifests: lis
     environment = {"HOSTNAME": "edgesight-inference-2", "EDGESIGHT_INFERENCE_REPLICAS": "3", "PATH": "/usr/bin:/bin"}
     shard = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=environment, check=True)
     assert parse_shard(shard.stdout.strip()) == (2, 3)
+
+
+def test_rules_reach_the_uplink_service(manifests: list[dict[str, Any]]) -> None:
+    config = load_config(K3S / "site.yaml")
+    (service,) = (
+        doc for doc in manifests if doc["kind"] == "Service" and doc["metadata"]["name"] == "edgesight-uplink"
+    )
+    host, port = Endpoint.parse(config.bus.events.send).address.removeprefix("tcp://").rsplit(":", 1)
+    assert host == "edgesight-uplink"
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert int(config.bus.events.receive.rsplit(":", 1)[1]) == int(port)
