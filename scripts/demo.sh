@@ -7,11 +7,14 @@
 #      20 s: reads camera states, FrameRefs and Detections from the bus, drops the RTSP server for
 #      3 s (the camera reconnects), SIGKILLs ingest (edgesight run restarts it), and shows the
 #      events the rules decided (line crossings with masked snapshots, zone visits, crowding);
-#   5. the benchmarks, --quick: frame hop, ingest decode, inference throughput.
+#      The uplink spools every event and publishes it to a local Mosquitto (a stand-in for AWS
+#      IoT Core), where a subscriber counts them;
+#   5. the benchmarks, --quick: frame hop, ingest decode, inference and uplink throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
 export EDGESIGHT_DEMO_RTSP_PORT=${EDGESIGHT_DEMO_RTSP_PORT:-8554}
+export EDGESIGHT_DEMO_MQTT_PORT=${EDGESIGHT_DEMO_MQTT_PORT:-18830}
 edgesight=.venv/bin/edgesight
 clip=$(.venv/bin/python -c "from common.assets import find_asset; print(find_asset('people.mp4'))")
 rtsp_pid=""
@@ -21,7 +24,8 @@ start_rtsp() {
   for _ in $(seq 50); do grep -q ready "$EDGESIGHT_RUN_DIR/rtsp.log" && return; sleep 0.1; done
   echo "the RTSP server did not start: $(cat "$EDGESIGHT_RUN_DIR/rtsp.log")" >&2; exit 1
 }
-trap '[[ -n $rtsp_pid ]] && kill $rtsp_pid 2>/dev/null || true' EXIT
+mqtt_pids=()
+trap '[[ -n $rtsp_pid ]] && kill $rtsp_pid 2>/dev/null; kill ${mqtt_pids[*]:-} 2>/dev/null || true' EXIT
 
 echo "== 1. the site file"
 $edgesight config check examples/site.yaml
@@ -39,7 +43,11 @@ $edgesight detect --model yolox_nano.onnx --source "$clip" --frames 100 \
 echo "-- frame 60: $(sed -n 61p "$EDGESIGHT_RUN_DIR/detections.jsonl" | grep -o '"label": "person"' | wc -l) persons;" \
   "video with boxes: $EDGESIGHT_RUN_DIR/annotated.mp4"
 
-echo; echo "== 4. the services, supervised (20 s)"
+echo; echo "== 4. the services, supervised (20 s), with a local Mosquitto on port $EDGESIGHT_DEMO_MQTT_PORT"
+printf 'user %s\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$(whoami)" "$EDGESIGHT_DEMO_MQTT_PORT" > "$EDGESIGHT_RUN_DIR/mosquitto.conf"
+mosquitto -c "$EDGESIGHT_RUN_DIR/mosquitto.conf" 2>/dev/null & mqtt_pids+=($!)
+sleep 0.5
+mosquitto_sub -p "$EDGESIGHT_DEMO_MQTT_PORT" -t 'edgesight/demo/#' -v > "$EDGESIGHT_RUN_DIR/mqtt.log" & mqtt_pids+=($!)
 $edgesight run examples/demo.yaml --for 20 --status-interval 4 &
 run_pid=$!
 sleep 5
@@ -71,5 +79,9 @@ if crossings:
           "snapshot", last.get("snapshot"))
 PY
 
-echo; echo "== 5. benchmarks (quick): frame_hop, ingest_decode, inference_throughput"
+echo "-- over MQTT: $(grep -c '^edgesight/demo/events ' "$EDGESIGHT_RUN_DIR/mqtt.log" || true) events," \
+  "$(grep -c '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" || true) count updates; the last count:"
+grep '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" | tail -n1 || true
+
+echo; echo "== 5. benchmarks (quick): frame_hop, ingest_decode, inference_throughput, uplink_throughput"
 .venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"
