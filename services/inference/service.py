@@ -152,6 +152,7 @@ class InferenceService(Service):
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
         self._readers: dict[tuple[str, str], FrameRingReader] = {}
         self.frames_done = 0
+        self.inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
 
     def assignment(self) -> dict[str, list[str]]:
         """Camera -> model names, for this replica's share of the cameras."""
@@ -218,6 +219,9 @@ class InferenceService(Service):
         for timing in timings:
             metrics.BATCH_SIZE.labels(model).observe(timing.batch_size)
             metrics.INFERENCE_SECONDS.labels(model, backend.name, backend.provider).observe(timing.inference_ns / 1e9)
+            per_frame_ms = timing.inference_ns / 1e6 / timing.batch_size
+            previous = self.inference_ms.get(model, per_frame_ms)
+            self.inference_ms[model] = 0.9 * previous + 0.1 * per_frame_ms  # smoothed for Health
         total = timings[0]
         messages = []
         for view, result in zip(views, results, strict=True):
@@ -292,7 +296,8 @@ class InferenceService(Service):
             await super().on_control(command)
 
     def health_counters(self) -> dict[str, float]:
-        return {"models": len(self.workers), "cameras": len(self.routes), "frames": self.frames_done}
+        counters = {"models": len(self.workers), "cameras": len(self.routes), "frames": self.frames_done}
+        return counters | {f"inference_ms.{model}": round(ms, 2) for model, ms in self.inference_ms.items()}
 
     def health_detail(self) -> dict[str, str]:
         return {

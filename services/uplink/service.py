@@ -13,9 +13,9 @@ from pathlib import Path
 import msgspec
 
 from common._compat import TaskGroup
-from common.bus import EventReceiver
+from common.bus import EventReceiver, Subscriber
 from common.service import Service, ServiceState
-from contracts import Event
+from contracts import CameraStatus, Event, Health, topic
 from services.uplink import metrics
 from services.uplink.sinks import CloudWatchOut, JsonlOut, MqttOut, S3Out, Sink, WebhookOut
 from services.uplink.spool import Spool
@@ -39,6 +39,8 @@ class UplinkService(Service):
         self.spool = Spool(state / "uplink-spool.sqlite", max_bytes=uplink.spool.max_mb << 20, fsync=uplink.spool.fsync)
         site = self.config.site.name
         self.depth: tuple[int, float] = (0, 0.0)
+        self.health: dict[tuple[str, str], Health] = {}  # (service, instance) -> its latest Health
+        self.cameras: dict[str, CameraStatus] = {}
         self.sinks: list[Sink] = []
         if uplink.s3 is not None:
             self.sinks.append(S3Out(uplink.s3, site, self.spool))
@@ -74,10 +76,13 @@ class UplinkService(Service):
                 async with TaskGroup() as group:
                     group.create_task(self._receive(inbox), name="receive")
                     group.create_task(self._gauges(), name="gauges")
+                    group.create_task(self._watch_site(), name="watch-site")
                     for sink in self.sinks:
                         group.create_task(sink.run(self.spool), name=f"sink-{sink.name}")
                         if isinstance(sink, CloudWatchOut):
-                            group.create_task(sink.publish_metrics(), name="cloudwatch-metrics")
+                            group.create_task(sink.publish_metrics(self.site_figures), name="cloudwatch-metrics")
+                        if isinstance(sink, MqttOut):
+                            group.create_task(sink.publish_stats(self.stats), name="mqtt-stats")
         finally:
             for sink in self.sinks:
                 await sink.close()
@@ -92,6 +97,38 @@ class UplinkService(Service):
             await inbox.ack(batch)
             for sink in self.sinks:
                 sink.wake.set()
+
+    async def _watch_site(self) -> None:
+        """Every service's Health and every camera's status: what stats and CloudWatch metrics report."""
+        topics = [topic("health"), topic("cameras")]
+        async with Subscriber(self.config.bus.subscribe, self.name, topics) as site:
+            async for received in site:
+                message = received.message
+                if isinstance(message, Health):
+                    self.health[message.service, message.instance] = message
+                elif isinstance(message, CameraStatus):
+                    self.cameras[message.camera] = message
+
+    def stats(self) -> dict[str, object]:
+        """The site at a glance, for ``<prefix>/<site>/stats``: services, cameras, the spool."""
+        return {
+            "services": {
+                f"{service}/{instance}": {"state": h.state, "uptime_s": round(h.uptime_s), "counters": h.counters}
+                for (service, instance), h in sorted(self.health.items())
+            },
+            "cameras": {name: {"state": c.state, "fps": round(c.fps, 2)} for name, c in sorted(self.cameras.items())},
+            "spool": {"events": self.depth[0], "oldest_s": round(self.depth[1], 1)},
+        }
+
+    def site_figures(self) -> list[tuple[str, dict[str, str], float, str]]:
+        """(metric, dimensions, value, unit) for CloudWatch: camera fps and inference time per model."""
+        figures = [("CameraFps", {"Camera": name}, status.fps, "Count/Second") for name, status in self.cameras.items()]
+        for (service, _), health in self.health.items():
+            if service == "inference":
+                for key, value in health.counters.items():
+                    if key.startswith("inference_ms."):
+                        figures.append(("InferenceTime", {"Model": key.split(".", 1)[1]}, value, "Milliseconds"))
+        return figures
 
     async def _gauges(self) -> None:
         while True:

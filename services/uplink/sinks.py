@@ -10,6 +10,7 @@ import logging
 import random
 import ssl
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,18 @@ class MqttOut(Sink):
             topic = f"{self.base}/{event.camera}/{event.rule}/count"
             await client.publish(topic, json.dumps(event.counts), qos=self.config.qos, retain=True, timeout=10)
 
+    async def publish_stats(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Every ``stats_interval_s`` while connected: the site's health on ``<prefix>/<site>/stats``
+        (not spooled: a missed one is replaced by the next)."""
+        while True:
+            await asyncio.sleep(self.config.stats_interval_s)
+            if self._client is None:
+                continue
+            try:
+                await self._client.publish(f"{self.base}/stats", json.dumps(stats()), qos=0, timeout=5)
+            except Exception as exc:
+                log.debug("stats not published", extra={"error": str(exc)})
+
     async def close(self) -> None:
         stack, self._client, self._stack = self._stack, None, None
         if stack is not None:
@@ -271,20 +284,20 @@ class CloudWatchOut(Sink):
             self.counts[key] = self.counts.get(key, 0) + 1
         return [item.seq for item in batch]
 
-    async def publish_metrics(self) -> None:
-        """Every ``metrics_interval_s``: the counts since the last call, one datum per camera/rule/type."""
+    async def publish_metrics(self, site_figures: Callable[[], list[tuple[str, dict[str, str], float, str]]]) -> None:
+        """Every ``metrics_interval_s``: event counts since the last call per camera/rule/type, and the
+        site's figures now (camera fps, inference time per model)."""
         import aioboto3
 
+        site = {"Name": "Site", "Value": self.site}
         while True:
             await asyncio.sleep(self.config.metrics_interval_s)
             counts, self.counts = self.counts, {}
-            if not counts:
-                continue
-            data = [
+            data: list[dict[str, Any]] = [
                 {
                     "MetricName": "Events",
                     "Dimensions": [
-                        {"Name": "Site", "Value": self.site},
+                        site,
                         {"Name": "Camera", "Value": camera},
                         {"Name": "Rule", "Value": rule},
                         {"Name": "Type", "Value": kind},
@@ -294,17 +307,27 @@ class CloudWatchOut(Sink):
                 }
                 for (camera, rule, kind), value in counts.items()
             ]
+            data += [
+                {
+                    "MetricName": name,
+                    "Dimensions": [site, *({"Name": k, "Value": v} for k, v in dimensions.items())],
+                    "Value": value,
+                    "Unit": unit,
+                }
+                for name, dimensions, value, unit in site_figures()
+            ]
+            if not data:
+                continue
             session = aioboto3.Session()
             try:
                 async with session.client(
                     "cloudwatch", region_name=self.config.region, endpoint_url=self.config.endpoint_url
                 ) as cloudwatch:
                     for start in range(0, len(data), 1000):
-                        await cloudwatch.put_metric_data(
-                            Namespace=self.config.namespace, MetricData=data[start : start + 1000]
-                        )
+                        chunk = data[start : start + 1000]
+                        await cloudwatch.put_metric_data(Namespace=self.config.namespace, MetricData=chunk)
             except Exception as exc:
-                for key, value in counts.items():  # keep them for the next try
+                for key, value in counts.items():  # keep the counts for the next try
                     self.counts[key] = self.counts.get(key, 0) + value
                 log.warning("cloudwatch metrics not sent", extra={"error": str(exc)})
 

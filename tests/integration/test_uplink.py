@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from common._compat import timeout
-from common.bus import EventSender
-from contracts import Event, Snapshot, TrackedObject
+from common.bus import EventSender, Publisher
+from contracts import CameraStatus, Event, Snapshot, TrackedObject
 from tests.integration.conftest import Mosquitto, Services
 
 pytestmark = pytest.mark.slow
@@ -139,19 +139,24 @@ def test_count_topic_and_availability(
     tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
 ) -> None:
     broker = mosquitto()
-    site = services(uplink_site(broker))
+    site = services(uplink_site(broker, stats_interval_s=0.5))
     site.start("broker")
     site.start("uplink")
     asyncio.run(send(site, [make_event(7)]))
     time.sleep(1)
-    retained = subprocess.run(
+    seen = subprocess.run(
         ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "edgesight/test/#", "-v", "-W", "2"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
-    assert 'edgesight/test/dock/door/count {"in": 7, "out": 0}' in retained
-    assert "edgesight/test/available online" in retained
+    assert 'edgesight/test/dock/door/count {"in": 7, "out": 0}' in seen
+    assert "edgesight/test/available online" in seen
+    stats = json.loads(
+        next(line for line in seen.splitlines() if line.startswith("edgesight/test/stats ")).split(" ", 1)[1]
+    )
+    assert stats["services"]["uplink/uplink-t"]["state"] == "ready"
+    assert stats["spool"]["events"] == 0  # delivered, so gone from the spool
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:
@@ -306,6 +311,14 @@ def test_snapshots_to_s3_events_to_cloudwatch_and_no_image_elsewhere(
     site = services(sections)
     site.start("broker")
     site.start("uplink", env=credentials)
+
+    async def camera_status() -> None:  # what ingest says about a camera: its fps goes to CloudWatch
+        async with Publisher(site.config.bus.publish, "ingest-standin") as publisher:
+            await asyncio.sleep(0.5)
+            status = CameraStatus(camera="dock", state="streaming", instance="i", ts_ns=1, since_ns=1, fps=12.5)
+            await publisher.publish("cameras", "dock", status)
+
+    asyncio.run(camera_status())
     jpeg = b"\xff\xd8\xff\xe0" + b"JFIF-test-image" * 100 + b"\xff\xd9"
     asked = make_event(1, rule="door", snapshot=jpeg)  # the door rule asks for snapshots
     unasked = make_event(2, rule="bay", snapshot=jpeg)  # the bay rule does not: its image must not leave
@@ -339,5 +352,20 @@ def test_snapshots_to_s3_events_to_cloudwatch_and_no_image_elsewhere(
         assert time.monotonic() < deadline, (events, metrics)
         time.sleep(0.5)
     assert {json.loads(e["message"])["id"] for e in events} == {asked.id, unasked.id}
-    dimensions = {d["Name"]: d["Value"] for d in metrics[0]["Dimensions"]}
-    assert metrics[0]["MetricName"] == "Events" and dimensions["Rule"] in ("door", "bay")
+    deadline = time.monotonic() + 10
+    while {m["MetricName"] for m in metrics} != {"Events", "CameraFps"}:
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.5)
+        metrics = cloudwatch.list_metrics(Namespace="EdgeSightTest")["Metrics"]
+    rules = {d["Value"] for m in metrics if m["MetricName"] == "Events" for d in m["Dimensions"] if d["Name"] == "Rule"}
+    assert rules == {"door", "bay"}
+    fps = cloudwatch.get_metric_statistics(
+        Namespace="EdgeSightTest",
+        MetricName="CameraFps",
+        Dimensions=[{"Name": "Site", "Value": "test"}, {"Name": "Camera", "Value": "dock"}],
+        StartTime=time.time() - 600,
+        EndTime=time.time() + 600,
+        Period=60,
+        Statistics=["Maximum"],
+    )["Datapoints"]
+    assert fps and fps[0]["Maximum"] == 12.5
