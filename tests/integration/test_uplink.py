@@ -89,14 +89,22 @@ def wait_for_ids(subscriber: Subscriber, expected: set[str], seconds: float) -> 
     raise AssertionError(f"{len(missing)} ids never arrived, e.g. {sorted(missing)[:5]}")
 
 
-def test_broker_outage_of_20_s_loses_nothing(
+def uplink_with_subscriber(
     tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
-) -> None:
+) -> tuple[Mosquitto, Subscriber, Services]:
+    """A Mosquitto, a subscriber to the site's events, and the bus broker + uplink publishing to it."""
     broker = mosquitto()
     subscriber = Subscriber(broker, "edgesight/test/events", tmp_path / "received.jsonl")
     site = services(uplink_site(broker))
     site.start("broker")
     site.start("uplink")
+    return broker, subscriber, site
+
+
+def test_broker_outage_of_20_s_loses_nothing(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    broker, subscriber, site = uplink_with_subscriber(tmp_path, mosquitto, services)
     events = [make_event(i) for i in range(1000)]
     try:
         asyncio.run(send(site, events[:500]))
@@ -115,11 +123,7 @@ def test_broker_outage_of_20_s_loses_nothing(
 def test_uplink_killed_mid_burst_loses_nothing(
     tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
 ) -> None:
-    broker = mosquitto()
-    subscriber = Subscriber(broker, "edgesight/test/events", tmp_path / "received.jsonl")
-    site = services(uplink_site(broker))
-    site.start("broker")
-    site.start("uplink")
+    _, subscriber, site = uplink_with_subscriber(tmp_path, mosquitto, services)
     events = [make_event(i) for i in range(600)]
 
     def kill_and_restart() -> None:
