@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import msgspec
+
 from contracts import Event, decode, encode
 from services.uplink import metrics
 
@@ -67,7 +69,7 @@ class Spool:
         with self._transaction():
             for event in events:
                 snapshot = event.snapshot.data if event.snapshot is not None else None
-                body = encode(event if snapshot is None else _without_image(event))
+                body = encode(event if snapshot is None else _with_image(event, b""))
                 cursor = self.db.execute(
                     "INSERT OR IGNORE INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
                     (event.id, body, snapshot, now),
@@ -157,15 +159,7 @@ class _Transaction:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-def _without_image(event: Event) -> Event:
-    import msgspec
-
-    assert event.snapshot is not None
-    return msgspec.structs.replace(event, snapshot=msgspec.structs.replace(event.snapshot, data=b""))
-
-
 def _with_image(event: Event, data: bytes) -> Event:
-    import msgspec
-
+    """``event`` with its snapshot's bytes replaced (``b""``: stored apart, or dropped)."""
     assert event.snapshot is not None
     return msgspec.structs.replace(event, snapshot=msgspec.structs.replace(event.snapshot, data=data))
