@@ -19,7 +19,7 @@ from common.assets import find_asset
 from common.errors import EdgeSightError
 from services.inference.labels import TABLES
 
-__all__ = ["ModelError", "ModelManifest", "ModelSpec", "load_model_spec", "suggest_manifest"]
+__all__ = ["ModelError", "ModelManifest", "ModelSpec", "load_model_spec", "onnx_metadata", "suggest_manifest"]
 
 Decoder = Literal["yolox", "yolov8", "end2end"]
 YOLOX_STRIDES = (8, 16, 32)
@@ -71,7 +71,7 @@ class ModelSpec:
 Shapes = list[tuple[str, list[int | str]]]  # (tensor name, shape with names for dynamic dimensions)
 
 
-def _onnx_metadata(path: Path) -> tuple[Shapes, Shapes, dict[str, str]]:
+def onnx_metadata(path: Path) -> tuple[Shapes, Shapes, dict[str, str]]:
     import onnxruntime
 
     try:
@@ -101,7 +101,7 @@ def metadata_labels(metadata: dict[str, str]) -> list[str] | None:
 
 def suggest_manifest(path: Path) -> ModelManifest:
     """A manifest for a bare ONNX detection model, from its input and output shapes and metadata."""
-    inputs, outputs, metadata = _onnx_metadata(path)
+    inputs, outputs, metadata = onnx_metadata(path)
     if len(inputs) != 1:
         raise ModelError(f"{path}: expected one image input, found {len(inputs)}: {inputs}")
     _, shape = inputs[0]
@@ -190,7 +190,7 @@ def load_model_spec(reference: str | Path, asset_paths: tuple[Path, ...] = ()) -
         manifest = suggest_manifest(path)
     if model_path.suffix == ".engine":  # a serialized TensorRT engine: nothing to inspect without TensorRT
         return ModelSpec(manifest, model_path, _labels(manifest, path.parent, {}, None), str(path))
-    inputs, outputs, metadata = _onnx_metadata(model_path)
+    inputs, outputs, metadata = onnx_metadata(model_path)
     shape = inputs[0][1]
     static = isinstance(shape[2], int) and isinstance(shape[3], int)
     if manifest.input_size is not None and static and (shape[3], shape[2]) != tuple(manifest.input_size):

@@ -23,13 +23,13 @@ import yaml
 from common.config import ModelConfig
 from common.errors import EdgeSightError
 from services.inference.detector import Detector, FrameDetections
-from services.inference.manifest import _onnx_metadata, suggest_manifest
+from services.inference.manifest import onnx_metadata, suggest_manifest
 
 __all__ = ["detect", "inspect", "main"]
 
 
 def inspect(path: Path) -> int:
-    inputs, outputs, metadata = _onnx_metadata(path)
+    inputs, outputs, metadata = onnx_metadata(path)
     print(f"model    {path}")
     for name, shape in inputs:
         print(f"input    {name} {shape}")
