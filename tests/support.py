@@ -1,4 +1,4 @@
-"""Small helpers for tests that talk to real processes over HTTP."""
+"""Small helpers for tests: HTTP polling, tool lookup, placeholder bus messages."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from typing import Any
+
+from contracts import FrameRef
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -34,3 +37,10 @@ def tool(name: str) -> str:
     path = shutil.which(name)
     assert path, f"{name} is not installed: run `make bootstrap`"
     return path
+
+
+def frame_ref(camera: str = "cam1", seq: int = 0, **fields: Any) -> FrameRef:
+    """A FrameRef of a tiny 2x2 frame that lies nowhere: for tests of the bus, not of shared memory."""
+    defaults: dict[str, Any] = {"capture_ns": 1, "monotonic_ns": 1, "segment": "s", "slot": 0, "generation": 2}
+    geometry = {"width": 2, "height": 2, "stride": 6}
+    return FrameRef(camera=camera, seq=seq, **(defaults | geometry | fields))

@@ -285,6 +285,9 @@ class CameraWorker:
             stream_time = float("-inf")
             decode_seconds = metrics.DECODE_SECONDS.labels(self.name)
             convert_seconds = metrics.CONVERT_SECONDS.labels(self.name)
+            # label lookups once per session, not per frame (most frames of a fast camera are rate-limited)
+            dropped_rate_limit = metrics.FRAMES_DROPPED.labels(self.name, "rate_limit")
+            dropped_paused = metrics.FRAMES_DROPPED.labels(self.name, "paused")
             first = True
             for frame, spent in session.frames():
                 decode_seconds.observe(spent)
@@ -302,10 +305,10 @@ class CameraWorker:
                     gate.reset()
                 stream_time = frame.time if use_stream_time else now
                 if not gate.admit(stream_time):
-                    metrics.FRAMES_DROPPED.labels(self.name, "rate_limit").inc()
+                    dropped_rate_limit.inc()
                     continue
                 if self.paused:
-                    metrics.FRAMES_DROPPED.labels(self.name, "paused").inc()
+                    dropped_paused.inc()
                     continue
                 if abort.is_set():
                     break

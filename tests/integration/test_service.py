@@ -15,8 +15,8 @@ import zmq.asyncio
 
 from common._compat import timeout
 from common.bus import Publisher, Subscriber
-from contracts import Control, FrameRef, Health, topic
-from tests.support import http_get
+from contracts import Control, Health, topic
+from tests.support import frame_ref, http_get
 
 
 def test_endpoints_health_and_clean_sigterm(broker) -> None:  # type: ignore[no-untyped-def]
@@ -55,18 +55,7 @@ def test_frames_flow_through_the_broker_and_garbage_is_counted(broker) -> None: 
             seqs: list[int] = []
             async with timeout(10):
                 for seq in range(10):
-                    ref = FrameRef(
-                        camera="cam1",
-                        seq=seq,
-                        capture_ns=1,
-                        monotonic_ns=1,
-                        segment="s",
-                        slot=0,
-                        generation=2,
-                        width=2,
-                        height=2,
-                        stride=6,
-                    )
+                    ref = frame_ref("cam1", seq)
                     await rogue.send_multipart([topic("control", "broker"), b"\xc1garbage"])
                     await pub.publish("frames", "cam1", ref)
                     seqs.append((await sub.receive()).message.seq)  # type: ignore[attr-defined]

@@ -14,21 +14,11 @@ from common.bus import Endpoint, EventReceiver, EventSender, Publisher, Subscrib
 from common.errors import BusError
 from common.metrics import BUS_REJECTED, BUS_SKIPPED, EVENTS_RESENT
 from contracts import Event, FrameRef, Health, encode, topic
+from tests.support import frame_ref
 
 
 def frame(camera: str, seq: int) -> FrameRef:
-    return FrameRef(
-        camera=camera,
-        seq=seq,
-        capture_ns=seq,
-        monotonic_ns=seq,
-        segment="s",
-        slot=0,
-        generation=2,
-        width=2,
-        height=2,
-        stride=6,
-    )
+    return frame_ref(camera, seq, capture_ns=seq, monotonic_ns=seq)
 
 
 def event(i: int) -> Event:

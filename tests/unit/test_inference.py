@@ -12,6 +12,7 @@ from services.inference.detector import Detector, FrameDetections
 from services.inference.manifest import ModelError, load_model_spec, suggest_manifest
 from services.inference.tensorrt_backend import engine_cache_key, profile_shapes
 from tests.media import frame_at
+from tests.support import frame_ref
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
@@ -242,8 +243,7 @@ def test_still_frames_are_skipped_but_every_camera_is_rechecked(monkeypatch: pyt
     )
 
     def ref(seq: int, motion: float) -> FrameRef:
-        fields = {"segment": "s", "slot": 0, "generation": 2, "width": 4, "height": 4, "stride": 12}
-        return FrameRef(camera="gate", seq=seq, capture_ns=1, monotonic_ns=seq, motion=motion, **fields)
+        return frame_ref("gate", seq, monotonic_ns=seq, motion=motion)
 
     worker.offer(ref(0, 0.0))  # never run before: a still frame still goes
     assert worker.pending["gate"].seq == 0
