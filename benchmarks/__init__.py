@@ -10,4 +10,5 @@ BENCHMARKS = {
     "ingest_decode": "benchmarks.ingest_decode",
     "inference_throughput": "benchmarks.inference_throughput",
     "uplink_throughput": "benchmarks.uplink_throughput",
+    "tracking": "benchmarks.tracking",
 }

@@ -87,8 +87,19 @@ class LineRule(_RuleBase):
     in_side: Literal["left", "right"] = Field(
         "right", description="Crossing onto this side (seen walking from the first point to the second) counts as 'in'."
     )
+    min_distance: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="How far past the line the object's anchor must get before a crossing counts, in the box's "
+        "own extent across the line: damps jitter at any frame rate.",
+    )
     min_frames: int = Field(
-        2, ge=1, le=100, description="Frames on the new side before a crossing counts; damps jitter."
+        1,
+        ge=1,
+        le=100,
+        description="Frames on the new side before a crossing counts (with min_distance); an object that vanishes "
+        "there, past min_distance, counts sooner.",
     )
 
 
@@ -123,13 +134,36 @@ Rule = Annotated[ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | Presenc
 
 
 class TrackerConfig(Section):
-    """``tracker:`` — ByteTrack-style multi-object tracking per camera and model (rules service)."""
+    """``tracker:`` — multi-object tracking per camera and model (rules service). Every setting is in
+    seconds, scores or box sizes, never frames or pixels, so the defaults hold from 5 to 30 fps."""
 
     high_score: Unit = Field(0.5, description="Detections at or above this are matched first and may start tracks.")
     low_score: Unit = Field(0.1, description="Detections between this and high_score only continue existing tracks.")
-    match_iou: Unit = Field(0.2, description="Least IoU between a track's predicted box and a detection to match.")
-    min_hits: int = Field(3, ge=1, le=100, description="Matched frames before a track exists (and rules see it).")
-    max_age_s: float = Field(1.0, gt=0, le=600, description="Unmatched this long, a track is gone.")
+    match_iou: Unit = Field(
+        0.2, description="IoU between a track's predicted box and a detection that matches them outright."
+    )
+    match_distance: float = Field(
+        1.0,
+        ge=0,
+        le=20,
+        description="Where boxes no longer overlap: how far (in box sizes) a detection's centre may be from a "
+        "track's predicted centre, before the gate widens with time; 0 matches by IoU alone.",
+    )
+    max_speed: float = Field(
+        15.0,
+        gt=0,
+        le=1000,
+        description="The fastest objects move, in box sizes per second: the most the gate of a track matched once "
+        "(velocity unknown) widens per second; below it, three times the median speed of the camera's moving "
+        "tracks of that class plus one. Raise for highways at low fps; lower in dense crowds.",
+    )
+    min_hits: int = Field(3, ge=1, le=100, description="Matches before a track exists (and rules see it)...")
+    confirm_s: float = Field(
+        0.15, ge=0, le=60, description="...or two matches at least this many seconds apart (low frame rates)."
+    )
+    max_age_s: float = Field(
+        1.0, gt=0, le=600, description="Unmatched this long, a track is gone; until then it can be re-found."
+    )
 
 
 class EventsConfig(Section):

@@ -22,7 +22,14 @@ from common.config.rules import (
     ScheduleWindow,
     ZoneRule,
 )
-from services.rules.geometry import anchor_point, inside_polygon, overlap_share, segment_crossing, side_of_line
+from services.rules.geometry import (
+    anchor_point,
+    depth_past_line,
+    inside_polygon,
+    overlap_share,
+    segment_crossing,
+    side_of_line,
+)
 
 __all__ = ["CameraRules", "CountStore", "Draft", "Moment", "Observed", "in_schedule"]
 
@@ -35,6 +42,7 @@ class Observed:
     label: str
     score: float
     box: tuple[float, float, float, float]
+    origin: tuple[float, float, float, float] | None = None  # the box the tracker first saw it with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,14 +189,19 @@ class ZoneState(_Rule):
 
 @dataclasses.dataclass
 class _LineTrack:
-    side: int
-    point: tuple[float, float]  # the last anchor on ``side``
-    candidate: int = 0
-    frames: int = 0
+    side: int  # the side the object was last settled on
+    point: tuple[float, float]  # its last anchor on that side
+    crossed_to: tuple[float, float] | None = None  # its first anchor on the other side, while undecided
+    frames: int = 0  # frames seen on the other side since
+    deep: bool = False  # its last anchor there was min_distance past the line
     counted: bool = False
 
 
 class LineState(_Rule):
+    """Counts each object once per line, from the segment between its last anchor on one side and its
+    first on the other, however far apart in time (a low frame rate, frames skipped, a track re-found).
+    An object first reported by the tracker already past the line is judged from where it was first seen."""
+
     config: LineRule
 
     def __init__(self, name: str, config: LineRule, camera: str, store: CountStore) -> None:
@@ -206,39 +219,53 @@ class LineState(_Rule):
             point = anchor_point(track.box, "bottom_center")
             side = side_of_line(point, self.config.line)
             state = self.tracks.get(track.track_id)
-            if side == 0:
-                continue  # on the line: no side yet
             if state is None:
-                self.tracks[track.track_id] = _LineTrack(side, point)
+                start = point if track.origin is None else anchor_point(track.origin, "bottom_center")
+                start_side = side_of_line(start, self.config.line) or side
+                if start_side == 0:
+                    continue  # on the line: no side yet
+                state = self.tracks[track.track_id] = _LineTrack(start_side, start)
+            if side == 0:
                 continue
             if side == state.side:
-                state.point, state.candidate, state.frames = point, 0, 0  # jitter back: nothing happened
+                state.point, state.crossed_to, state.frames, state.deep = point, None, 0, False  # jitter back
                 continue
-            state.frames = state.frames + 1 if state.candidate == side else 1
-            state.candidate = side
-            if state.frames < self.config.min_frames:
-                continue
-            crossed_segment = segment_crossing(state.point, point, self.config.line)
-            state.side, state.point, state.candidate, state.frames = side, point, 0, 0
-            if not crossed_segment or state.counted:
-                continue  # passed beyond the segment's ends, or this object has been counted on this line
-            state.counted = True
-            direction = "in" if side == self.in_sign else "out"
-            self.store.add(self.camera, self.name, track.label, direction)
-            drafts.append(
-                Draft(
-                    "line_cross",
-                    "new",
-                    self.name,
-                    track,
-                    counts=self.counts(track.label),
-                    attributes={"line": self.name, "direction": direction},
-                    start_t=moment.t,
-                )
-            )
+            if state.crossed_to is None:
+                state.crossed_to = point
+            state.frames += 1
+            state.deep = depth_past_line(point, track.box, self.config.line) >= self.config.min_distance
+            if state.frames >= self.config.min_frames and state.deep:
+                drafts.extend(self._settle(state, side, point, track, moment))
         for track in moment.gone:
-            self.tracks.pop(track.track_id, None)
+            state = self.tracks.pop(track.track_id, None)
+            if state is not None and state.crossed_to is not None and state.deep:  # vanished well past the line
+                point = anchor_point(track.box, "bottom_center")
+                drafts.extend(self._settle(state, -state.side, point, track, moment))
         return drafts
+
+    def _settle(
+        self, state: _LineTrack, side: int, point: tuple[float, float], track: Observed, moment: Moment
+    ) -> list[Draft]:
+        """The object now belongs to ``side``; a count if it passed through the segment, once per object."""
+        assert state.crossed_to is not None
+        crossed_segment = segment_crossing(state.point, state.crossed_to, self.config.line)
+        state.side, state.point, state.crossed_to, state.frames, state.deep = side, point, None, 0, False
+        if not crossed_segment or state.counted:
+            return []  # passed beyond the segment's ends, or this object has been counted on this line
+        state.counted = True
+        direction = "in" if side == self.in_sign else "out"
+        self.store.add(self.camera, self.name, track.label, direction)
+        return [
+            Draft(
+                "line_cross",
+                "new",
+                self.name,
+                track,
+                counts=self.counts(track.label),
+                attributes={"line": self.name, "direction": direction},
+                start_t=moment.t,
+            )
+        ]
 
     def counts(self, label: str) -> dict[str, int]:
         return {key: self.store.get(self.camera, self.name, label, key) for key in ("in", "out")}

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["anchor_point", "inside_polygon", "overlap_share", "segment_crossing", "side_of_line"]
+__all__ = [
+    "anchor_point",
+    "depth_past_line",
+    "inside_polygon",
+    "overlap_share",
+    "segment_crossing",
+    "side_of_line",
+]
 
 Point = tuple[float, float]
 
@@ -37,6 +44,17 @@ def side_of_line(point: Point, line: Sequence[Sequence[float]]) -> int:
     (x1, y1), (x2, y2) = line
     cross = (x2 - x1) * (point[1] - y1) - (y2 - y1) * (point[0] - x1)
     return 1 if cross > 1e-12 else -1 if cross < -1e-12 else 0
+
+
+def depth_past_line(point: Point, box: Sequence[float], line: Sequence[Sequence[float]]) -> float:
+    """How far ``point`` is from the line (its extension included), in units of the xyxy ``box``'s extent
+    across the line: the same share of an object's own size whatever its distance from the camera."""
+    (x1, y1), (x2, y2) = line
+    length = max(float(np.hypot(x2 - x1, y2 - y1)), 1e-12)
+    normal = ((y1 - y2) / length, (x2 - x1) / length)
+    distance = abs((point[0] - x1) * normal[0] + (point[1] - y1) * normal[1])
+    extent = abs(normal[0]) * (box[2] - box[0]) + abs(normal[1]) * (box[3] - box[1])
+    return distance / max(extent, 1e-12)
 
 
 def segment_crossing(a: Point, b: Point, line: Sequence[Sequence[float]]) -> bool:

@@ -114,12 +114,12 @@ class RulesService(Service):
         tracker = camera.trackers.get(detections.model)
         if tracker is None:
             tracker = camera.trackers[detections.model] = ByteTracker(self.config.tracker, camera.ids)
-        seen, gone = tracker.update(boxes, class_ids, scores, t)
+        seen, gone = tracker.update(boxes, class_ids, scores, t, aspect=frame.width / frame.height)
         metrics.ACTIVE_TRACKS.labels(camera.name, detections.model).set(len(seen))
 
         def observed(track: Track) -> Observed:
             label = detections.labels.get(track.class_id, str(track.class_id))
-            return Observed(track.track_id, label, round(track.score, 4), _box(track.box))
+            return Observed(track.track_id, label, round(track.score, 4), _box(track.box), _box(track.origin))
 
         items = [
             item

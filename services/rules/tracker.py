@@ -1,18 +1,35 @@
-"""ByteTrack-style multi-object tracking: a Kalman motion model and two-stage association.
+"""Multi-object tracking that holds from 5 to 30 fps: ByteTrack's two stages, a motion model in
+capture time, and a distance fallback for objects that move further than their own size between frames.
 
 Written here with scipy's ``linear_sum_assignment`` rather than taken from a library: the maintained
 implementation (``supervision``'s ByteTrack) brings matplotlib, Pillow and requests with it, too much
-for a Jetson image, and the algorithm is a hundred lines.
+for a Jetson image, and it matches by IoU alone, which fails at the frame rates edge boxes run.
 
-Stage 1 matches confident detections (``high_score``) to every live track by IoU with the track's
-predicted box; stage 2 lets the remaining weak detections (``low_score``..``high_score``) continue
-confirmed tracks only, which keeps ids through occlusion without starting tracks on noise. A track
-is reported after ``min_hits`` matches and dropped after ``max_age_s`` unmatched. Boxes are
-normalised xyxy; time is seconds (frames arrive at whatever rate the camera runs).
+- **Motion**: a constant-velocity Kalman filter per track whose velocity is per *second* of capture
+  time, so a skipped frame, a slow inference or a camera at 5 fps only lengthens the prediction.
+- **Association**, ByteTrack's two stages: confident detections (``high_score``) are matched to every
+  live track, lost ones included; weak ones (``low_score``..``high_score``) only continue confirmed
+  tracks. A pair is scored by IoU with the track's predicted box when that reaches ``match_iou``;
+  otherwise (a fast object whose boxes no longer overlap, OC-SORT's and BoT-SORT's observation) by the
+  distance between the centres in box sizes, within a gate of ``match_distance`` box sizes around the
+  prediction that widens with the time since the track was last matched: for a track seen once (its
+  velocity unknown) by how fast this class's moving tracks go on this camera (three times their
+  median speed plus one, at most ``max_speed``, box sizes per second), for a track whose velocity is
+  known by a quarter of its speed. Only the same class and sizes within a factor of two pair up this
+  way. A confirmed track that is lost keeps predicting, so one re-found within ``max_age_s`` keeps its
+  id (re-identification by motion, without appearance); a track not yet confirmed ends at its first
+  miss (ByteTrack's rule), so a false positive never lingers with a widening gate.
+- **Confirmation in time**: a track is reported after ``min_hits`` matches, or after two matches at
+  least ``confirm_s`` apart, so an object seen in only a few frames at a low rate still exists.
+  ``Track.origin`` keeps where it was first seen, so a rule can judge what it did before that.
+
+Boxes are normalised xyxy. Distances are measured on square pixels (``aspect`` = frame width /
+height), so a box size means the same along x and y.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 from collections.abc import Iterator
@@ -27,6 +44,15 @@ __all__ = ["ByteTracker", "Track", "iou_matrix"]
 
 FloatArray = npt.NDArray[np.float64]
 
+MEASUREMENT_STD = 0.05  # a detection's centre and size jitter, in box sizes
+ACCELERATION_STD = 2.0  # how fast velocity changes, in box sizes per second squared
+KNOWN_VELOCITY_SLACK = 0.25  # once a track's velocity is known: how wrong it may be, as a share of its speed
+SPEED_SAMPLES = 256  # speeds of moving confirmed tracks kept per class, for the gate of newborn tracks
+MIN_SPEED_SAMPLES = 16  # until then a newborn track's gate uses max_speed
+MOVING = 0.25  # box sizes per second: slower tracks are parked, not evidence of how fast things move
+MAX_SIZE_RATIO = 2.0  # a distance match pairs boxes whose sides (geometric mean) differ at most this much
+INFEASIBLE = 1e6
+
 
 def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
     """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4] (xyxy)."""
@@ -40,47 +66,72 @@ def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)  # type: ignore[no-any-return]
 
 
-class _Kalman:
-    """Constant-velocity Kalman filter on (cx, cy, w, h) and their rates."""
+def _measure(box: FloatArray) -> FloatArray:
+    """xyxy -> (cx, cy, w, h)."""
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]])
 
-    def __init__(self, box: FloatArray) -> None:
-        cx, cy, w, h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
-        self.x = np.array([cx, cy, w, h, 0.0, 0.0, 0.0, 0.0])
-        scale = max(w, h, 1e-3)
-        self.P = np.diag([scale, scale, scale, scale, 10 * scale, 10 * scale, 10 * scale, 10 * scale]) ** 2 * 0.01
+
+class _Kalman:
+    """Constant-velocity Kalman filter on (cx, cy, w, h) and their rates per second (square-pixel space).
+
+    Noise scales with the box, so the same settings serve a far-away person and a near truck. The
+    velocity starts unknown (a spread of ``max_speed`` box sizes per second), which makes the second
+    match set it to the displacement between the first two, however far apart in time they were.
+    """
+
+    H = np.hstack([np.eye(4), np.zeros((4, 4))])
+
+    def __init__(self, box: FloatArray, max_speed: float) -> None:
+        self.x = np.concatenate([_measure(box), np.zeros(4)])
+        size = _size(self.x)
+        position, velocity = (MEASUREMENT_STD * size) ** 2, (max_speed * size) ** 2
+        self.P = np.diag([position, position, position, position, velocity, velocity, velocity / 4, velocity / 4])
 
     def predict(self, dt: float) -> FloatArray:
-        F = np.eye(8)
-        F[:4, 4:] = np.eye(4) * dt
-        scale = max(self.x[2], self.x[3], 1e-3)
-        q = (0.05 * scale) ** 2 * max(dt, 1e-3)
-        self.x = F @ self.x
-        self.P = F @ self.P @ F.T + np.diag([q, q, q, q, 4 * q, 4 * q, 4 * q, 4 * q])
+        if dt > 0:
+            F = np.eye(8)
+            F[:4, 4:] = np.eye(4) * dt
+            # white-noise acceleration: position gains dt^4/4, velocity dt^2, per unit of variance
+            q = (ACCELERATION_STD * _size(self.x)) ** 2
+            G = np.concatenate([np.full(4, dt * dt / 2), np.full(4, dt)])
+            Q = np.diag(G * G * q)
+            Q[:4, 4:] = Q[4:, :4] = np.diag(np.full(4, dt**3 / 2 * q))
+            self.x = F @ self.x
+            self.P = F @ self.P @ F.T + Q
         return self.box()
 
     def update(self, box: FloatArray) -> None:
-        z = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]])
-        H = np.zeros((4, 8))
-        H[:4, :4] = np.eye(4)
-        r = (0.05 * max(z[2], z[3], 1e-3)) ** 2
-        S = H @ self.P @ H.T + np.eye(4) * r
-        K = self.P @ H.T @ np.linalg.inv(S)
-        self.x = self.x + K @ (z - H @ self.x)
-        self.P = (np.eye(8) - K @ H) @ self.P
+        z = _measure(box)
+        R = np.eye(4) * (MEASUREMENT_STD * max(np.sqrt(max(z[2] * z[3], 0.0)), 1e-4)) ** 2
+        S = self.H @ self.P @ self.H.T + R
+        K = self.P @ self.H.T @ np.linalg.inv(S)
+        self.x = self.x + K @ (z - self.H @ self.x)
+        self.P = (np.eye(8) - K @ self.H) @ self.P
+
+    def speed(self) -> float:
+        """Box sizes per second."""
+        return float(np.hypot(self.x[4], self.x[5])) / _size(self.x)
 
     def box(self) -> FloatArray:
         cx, cy, w, h = self.x[:4]
+        w, h = max(w, 1e-6), max(h, 1e-6)
         return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _size(state: FloatArray) -> float:
+    """A box's size: the geometric mean of its sides (cx, cy, w, h, ...)."""
+    return float(np.sqrt(max(state[2] * state[3], 1e-8)))
 
 
 @dataclasses.dataclass
 class Track:
     track_id: int
     class_id: int
-    box: FloatArray  # the last matched detection's box (what rules see)
+    box: FloatArray  # the last matched detection's box (what rules see), normalised xyxy
     score: float
     first_seen: float
     last_seen: float
+    origin: FloatArray  # the first matched box: where the object was before it was confirmed
     hits: int = 1
     confirmed: bool = False
     best_score: float = 0.0
@@ -94,14 +145,23 @@ class ByteTracker:
         self.tracks: list[Track] = []
         self._ids = ids or itertools.count(1)
         self._last_t: float | None = None
+        self._speeds: dict[int, collections.deque[float]] = {}  # class -> speeds of moving confirmed tracks
 
     def update(
-        self, boxes: npt.ArrayLike, class_ids: npt.ArrayLike, scores: npt.ArrayLike, t: float
+        self,
+        boxes: npt.ArrayLike,
+        class_ids: npt.ArrayLike,
+        scores: npt.ArrayLike,
+        t: float,
+        aspect: float = 16 / 9,
     ) -> tuple[list[Track], list[Track]]:
-        """One frame's detections at time ``t`` (seconds): (confirmed tracks seen in it, confirmed tracks gone)."""
+        """One frame's detections at capture time ``t`` (seconds) from a frame ``aspect`` (width / height)
+        wide: (confirmed tracks seen in it, confirmed tracks gone)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         class_ids = np.asarray(class_ids, np.int64).reshape(-1)
         scores = np.asarray(scores, np.float64).reshape(-1)
+        scale = np.array([aspect, 1.0, aspect, 1.0])
+        square = boxes * scale  # boxes on square pixels
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
         predicted = np.array([track.kalman.predict(dt) for track in self.tracks]).reshape(-1, 4)
@@ -114,23 +174,27 @@ class ByteTracker:
             """Matches ``detections`` to ``candidates`` (track indices); returns unmatched detections."""
             if len(detections) == 0 or not candidates:
                 return list(detections)
-            iou = iou_matrix(predicted[candidates], boxes[detections])
+            tracks = [self.tracks[i] for i in candidates]
+            cost = self._cost(tracks, predicted[candidates], square[detections], t)
             same_class = (
                 class_ids[detections][None, :] == np.array([self.tracks[i].class_id for i in candidates])[:, None]
             )
-            cost = np.where(same_class & (iou >= self.config.match_iou), 1.0 - iou, 1e6)
+            cost[~same_class] = INFEASIBLE
             rows, cols = linear_sum_assignment(cost)
             matched_detections = set()
             for row, col in zip(rows, cols, strict=True):
-                if cost[row, col] >= 1e6:
+                if cost[row, col] >= INFEASIBLE:
                     continue
                 track = self.tracks[candidates[row]]
                 detection = detections[col]
-                track.kalman.update(boxes[detection])
+                track.kalman.update(square[detection])
                 track.box, track.score, track.last_seen = boxes[detection].copy(), float(scores[detection]), t
                 track.hits += 1
                 track.best_score = max(track.best_score, track.score)
-                track.confirmed = track.confirmed or track.hits >= self.config.min_hits
+                track.confirmed = track.confirmed or self._confirms(track)
+                speed = track.kalman.speed()
+                if track.hits >= self.config.min_hits and speed >= MOVING:
+                    self._speeds.setdefault(track.class_id, collections.deque(maxlen=SPEED_SAMPLES)).append(speed)
                 unmatched_tracks.remove(candidates[row])
                 matched_detections.add(col)
                 if track.confirmed:
@@ -147,14 +211,64 @@ class ByteTracker:
                 score=float(scores[detection]),
                 first_seen=t,
                 last_seen=t,
+                origin=boxes[detection].copy(),
                 best_score=float(scores[detection]),
-                kalman=_Kalman(boxes[detection]),
+                kalman=_Kalman(square[detection], self.config.max_speed),
             )
             track.confirmed = self.config.min_hits <= 1
             self.tracks.append(track)
             if track.confirmed:
                 seen.append(track)
-        alive = [track for track in self.tracks if t - track.last_seen <= self.config.max_age_s]
+        # ByteTrack's rule: a track not yet confirmed lives only while matched in every frame; a false
+        # positive must not linger with a widening gate and take over a real object's detection later
+        alive = [
+            track
+            for track in self.tracks
+            if t - track.last_seen <= self.config.max_age_s and (track.confirmed or track.last_seen == t)
+        ]
         gone = [track for track in self.tracks if track.confirmed and t - track.last_seen > self.config.max_age_s]
         self.tracks = alive
         return seen, gone
+
+    def _confirms(self, track: Track) -> bool:
+        """``min_hits`` matches, or two spanning ``confirm_s``: the same proof of life at any frame rate."""
+        return track.hits >= self.config.min_hits or (
+            track.hits >= 2 and track.last_seen - track.first_seen >= self.config.confirm_s
+        )
+
+    def newborn_speed(self, class_id: int) -> float:
+        """How far per second a track seen once may have gone (box sizes): three times the median speed of
+        this class's moving confirmed tracks plus one, so a crowd's slow walkers do not lend their
+        detections to each other when frames are far apart while a highway's cars are still found;
+        ``max_speed`` until enough have been seen, and never more."""
+        speeds = self._speeds.get(class_id)
+        if speeds is None or len(speeds) < MIN_SPEED_SAMPLES:
+            return self.config.max_speed
+        return min(self.config.max_speed, 1.0 + 3.0 * float(np.median(speeds)))
+
+    def _cost(self, tracks: list[Track], predicted: FloatArray, detections: FloatArray, t: float) -> FloatArray:
+        """[tracks, detections]: 1 - IoU where the IoU with the prediction reaches ``match_iou``; else
+        1 + the centre distance in box sizes where it is inside the track's gate; else infeasible."""
+        iou = iou_matrix(predicted, detections)
+        centre_detection = (detections[:, :2] + detections[:, 2:]) / 2
+        size_track = np.sqrt(np.maximum(np.prod(predicted[:, 2:] - predicted[:, :2], axis=1), 1e-12))
+        size_detection = np.sqrt(np.maximum(np.prod(detections[:, 2:] - detections[:, :2], axis=1), 1e-12))
+        size = np.sqrt(size_track[:, None] * size_detection[None, :])
+        distance = (
+            np.linalg.norm((predicted[:, None, :2] + predicted[:, None, 2:]) / 2 - centre_detection, axis=2) / size
+        )
+        size_ratio = np.maximum(
+            size_track[:, None] / size_detection[None, :], size_detection[None, :] / size_track[:, None]
+        )
+        lost_for = np.array([t - track.last_seen for track in tracks])
+        newborn = {class_id: self.newborn_speed(class_id) for class_id in {track.class_id for track in tracks}}
+        speed = np.array(
+            [
+                newborn[track.class_id] if track.hits == 1 else KNOWN_VELOCITY_SLACK * track.kalman.speed()
+                for track in tracks
+            ]
+        )
+        gate = self.config.match_distance + speed * lost_for
+        near = (distance <= gate[:, None]) & (size_ratio <= MAX_SIZE_RATIO) & (self.config.match_distance > 0)
+        cost = np.where(near, 1.0 + distance, INFEASIBLE)
+        return np.where(iou >= self.config.match_iou, 1.0 - iou, cost)  # type: ignore[no-any-return]

@@ -39,6 +39,7 @@ def run(rules: CameraRules, path: list[tuple[float, float]], *, fps: float = 10,
 
 
 LINE = {"door": {"type": "line", "line": [[0.2, 0.5], [0.8, 0.5]], "in_side": "right", "min_frames": 2}}
+DEFAULT_LINE = {"door": {"type": "line", "line": [[0.2, 0.5], [0.8, 0.5]]}}  # min_frames 1, min_distance 0.2
 
 
 def crossings(drafts: list[Draft]) -> list[str]:
@@ -61,9 +62,37 @@ def test_moving_along_the_line_or_beyond_its_end_never_counts() -> None:
     assert crossings(run(camera(LINE), beyond)) == []
 
 
-def test_jitter_on_the_line_never_counts() -> None:
+@pytest.mark.parametrize("line", [LINE, DEFAULT_LINE])
+def test_jitter_on_the_line_never_counts(line: dict[str, Any]) -> None:
     jitter = [(0.5, 0.49 if i % 2 else 0.51) for i in range(30)]
-    assert crossings(run(camera(LINE), jitter)) == []
+    assert crossings(run(camera(line), jitter)) == []
+
+
+def test_a_crossing_two_far_apart_frames_span_counts() -> None:
+    """At a low frame rate one frame is before the line and the next well past it."""
+    assert crossings(run(camera(DEFAULT_LINE), [(0.5, 0.3), (0.5, 0.8)], fps=2)) == ["in"]
+
+
+def test_a_crossing_made_before_the_tracker_confirmed_the_object_counts() -> None:
+    rules = camera(DEFAULT_LINE)
+    first_report = feet(0.5, 0.7)
+    seen_first_above = Observed(1, "person", 0.9, first_report.box, origin=feet(0.5, 0.35).box)
+    drafts = rules.step(Moment(0.0, MONDAY_NOON, [seen_first_above]))
+    assert crossings(drafts) == ["in"]
+    assert crossings(run(camera(DEFAULT_LINE), [(0.5, 0.7), (0.5, 0.8)])) == []  # no origin: nothing to judge
+
+
+def test_an_object_vanishing_just_after_the_line_counts_with_min_frames() -> None:
+    door = {"door": {**LINE["door"], "min_frames": 3}}
+    assert crossings(run(camera(door), [(0.5, 0.3), (0.5, 0.4), (0.5, 0.6)])) == ["in"]  # counted when it is gone
+    assert crossings(run(camera(door), [(0.5, 0.3), (0.5, 0.4), (0.5, 0.6)], gone=False)) == []
+
+
+@pytest.mark.parametrize(("past", "counted"), [(0.01, False), (0.03, True)])
+def test_min_distance_in_box_sizes(past: float, counted: bool) -> None:
+    """The feet must get 0.2 of the box's height (0.1 here) past the line: 0.01 is jitter, 0.03 a step."""
+    path = [(0.5, 0.45), (0.5, 0.5 + past), (0.5, 0.5 + past)]
+    assert crossings(run(camera(DEFAULT_LINE), path, gone=False)) == (["in"] if counted else [])
 
 
 def test_an_object_is_counted_once_per_line() -> None:

@@ -1,54 +1,42 @@
-"""The tracker and a line rule on real detections: YOLOX-Nano on the whole shared clip."""
+"""The tracker and line rules on real detections: YOLOX-Nano on the whole shared clip, at full rate
+and with frames far apart (every 10th frame of the clip is 2.5 fps)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
-import av
 import pytest
-import yaml
 
-from common.config import ModelConfig, TrackerConfig, parse_config
-from services.inference.detector import Detector, FrameDetections
-from services.rules.engine import CameraRules, CountStore, Moment, Observed
-from services.rules.tracker import ByteTracker
+from benchmarks._tracking import Counted, Scene, count_crossings, identity_scores, people_frames
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def clip_detections(shared_dir: Path) -> list[FrameDetections]:
-    detector = Detector.from_config(ModelConfig(path="yolox_nano.onnx", score_threshold=0.1, classes=["person"]))
-    with av.open(str(shared_dir / "media" / "people.mp4")) as container:
-        return [detector.detect([frame.to_ndarray(format="bgr24")])[0][0] for frame in container.decode(video=0)]
+def clip(shared_dir: Path) -> Scene:  # shared_dir: fails clearly where the clip is missing
+    return people_frames()
 
 
-def count_crossings(detections: list[FrameDetections]) -> list[tuple[int, str]]:
-    rules = {"middle": {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]], "min_frames": 2}}
-    site = {"site": {"name": "s"}, "cameras": {"hall": {"url": "rtsp://h/1", "rules": rules}}}
-    camera = parse_config(yaml.safe_dump(site)).cameras["hall"]
-    engine = CameraRules("hall", camera, CountStore())
-    tracker = ByteTracker(TrackerConfig())
-    crossings = []
-    wall = dt.datetime(2026, 11, 23, 12, 0)
-    for index, result in enumerate(detections):
-        t = index / 25
-        seen, gone = tracker.update(result.boxes, result.class_ids, result.scores, t)
-        as_observed = [Observed(s.track_id, "person", s.score, tuple(map(float, s.box))) for s in seen]  # type: ignore[arg-type]
-        gone_observed = [Observed(g.track_id, "person", g.score, tuple(map(float, g.box))) for g in gone]  # type: ignore[arg-type]
-        for draft in engine.step(Moment(t, wall, as_observed, gone_observed)):
-            assert draft.track is not None
-            crossings.append((draft.track.track_id, str(draft.attributes["direction"])))
-    return crossings
+@pytest.fixture(scope="module")
+def full_rate(clip: Scene) -> Counted:
+    return count_crossings(clip)
 
 
-def test_people_crossing_the_middle_of_the_hall(clip_detections: list[FrameDetections]) -> None:
-    first = count_crossings(clip_detections)
-    second = count_crossings(clip_detections)
-    assert 15 <= len(first) <= 80, first
-    assert first == second  # deterministic: two runs, the same counts
-    ids = [track_id for track_id, _ in first]
-    assert len(ids) == len(set(ids)), "a track counted twice on one line"
-    directions = {direction for _, direction in first}
-    assert directions == {"in", "out"}  # a crowd walks both ways
+def test_people_crossing_three_lines_of_the_hall(clip: Scene, full_rate: Counted) -> None:
+    assert 30 <= len(full_rate.crossings) <= 120, full_rate.crossings
+    assert count_crossings(clip).crossings == full_rate.crossings  # deterministic
+    per_line = {(line, track_id) for line, track_id, _ in full_rate.crossings}
+    assert len(per_line) == len(full_rate.crossings), "a track counted twice on one line"
+    assert {direction for _, _, direction in full_rate.crossings} == {"in", "out"}  # a crowd walks both ways
+
+
+@pytest.mark.parametrize(("stride", "tolerance"), [(2, 0.15), (5, 0.15), (10, 0.25), (20, 0.25)])
+def test_counts_hold_with_frames_far_apart(clip: Scene, full_rate: Counted, stride: int, tolerance: float) -> None:
+    counted = count_crossings(clip, stride)
+    reference = len(full_rate.crossings)
+    assert abs(len(counted.crossings) - reference) <= tolerance * reference, (len(counted.crossings), reference)
+
+
+def test_identities_hold_at_every_fifth_frame(clip: Scene, full_rate: Counted) -> None:
+    scores = identity_scores(full_rate, count_crossings(clip, 5))
+    assert scores["idf1"] >= 0.8, scores
