@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 import numpy as np
@@ -124,8 +125,6 @@ def highway(seconds: float = 60, seed: int = 1, fps: float = 30) -> Scene:
 
 def count_crossings(scene: Scene, stride: int = 1, tracker: TrackerConfig | None = None) -> Counted:
     """Every ``stride``-th frame through a tracker and the scene's line rules; what they counted."""
-    import time
-
     rules = {name: {"type": "line", "line": line} for name, line in scene.lines.items()}
     site = {"site": {"name": "bench"}, "cameras": {"cam": {"url": "rtsp://unused/1", "rules": rules}}}
     engine = CameraRules("cam", parse_config(yaml.safe_dump(site)).cameras["cam"], CountStore())

@@ -102,7 +102,7 @@ class _Kalman:
 
     def update(self, box: FloatArray) -> None:
         z = _measure(box)
-        R = np.eye(4) * (MEASUREMENT_STD * max(np.sqrt(max(z[2] * z[3], 0.0)), 1e-4)) ** 2
+        R = np.eye(4) * (MEASUREMENT_STD * _size(z)) ** 2
         S = self.H @ self.P @ self.H.T + R
         K = self.P @ self.H.T @ np.linalg.inv(S)
         self.x = self.x + K @ (z - self.H @ self.x)
@@ -176,9 +176,7 @@ class ByteTracker:
                 return list(detections)
             tracks = [self.tracks[i] for i in candidates]
             cost = self._cost(tracks, predicted[candidates], square[detections], t)
-            same_class = (
-                class_ids[detections][None, :] == np.array([self.tracks[i].class_id for i in candidates])[:, None]
-            )
+            same_class = class_ids[detections][None, :] == np.array([track.class_id for track in tracks])[:, None]
             cost[~same_class] = INFEASIBLE
             rows, cols = linear_sum_assignment(cost)
             matched_detections = set()
