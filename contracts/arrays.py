@@ -12,10 +12,13 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ALLOWED_DTYPES", "NDArray"]
+__all__ = ["ALLOWED_DTYPES", "MAX_ARRAY_BYTES", "MAX_NDIM", "NDArray"]
 
 # Fixed, explicit byte order so a big-endian or non-numpy peer knows exactly what it reads.
 ALLOWED_DTYPES = frozenset({"|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<i8", "<f2", "<f4", "<f8"})
+# A sender chooses these sizes: bounded so that one message cannot make a receiver allocate without limit.
+MAX_NDIM = 4
+MAX_ARRAY_BYTES = 16 << 20
 
 
 class NDArray(msgspec.Struct, frozen=True, gc=False):
@@ -28,8 +31,10 @@ class NDArray(msgspec.Struct, frozen=True, gc=False):
     def __post_init__(self) -> None:
         if self.dtype not in ALLOWED_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(ALLOWED_DTYPES)}, got {self.dtype!r}")
-        if any(dim < 0 for dim in self.shape):
-            raise ValueError(f"shape must not be negative, got {list(self.shape)}")
+        if len(self.shape) > MAX_NDIM or any(dim < 0 for dim in self.shape):
+            raise ValueError(f"shape must have at most {MAX_NDIM} non-negative dimensions, got {list(self.shape)[:8]}")
+        if len(self.data) > MAX_ARRAY_BYTES:
+            raise ValueError(f"array of {len(self.data)} bytes; at most {MAX_ARRAY_BYTES}")
         expected = math.prod(self.shape) * np.dtype(self.dtype).itemsize
         if len(self.data) != expected:
             raise ValueError(

@@ -41,15 +41,37 @@ SUPPORTED_VERSIONS = frozenset({1})
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# One strict pattern for every name that becomes part of a topic, a file, a metric label or an S3 key
+# (camera, rule, site, model, service, instance): no "/", "+", "#", spaces or "..".
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+# Class labels may hold spaces ("traffic light"), nothing else outside the name pattern.
+LABEL_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_. -]{0,63}$"
+Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
+# Event and command ids: uuids or other opaque tokens; also part of an S3 key.
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
+Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+# A shared-memory segment: ``edgesight.<site>.<camera>`` (see common.shm.segment_name): a plain file name.
+SEGMENT_PATTERN = r"^edgesight\.[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}$"
+Segment = Annotated[str, msgspec.Meta(pattern=SEGMENT_PATTERN)]
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+
+# Bounds on everything whose size a sender chooses (see contracts/README.md, "Limits").
+MAX_DETECTIONS = 4096  # boxes in one Detections message
+MAX_LABELS = 4096  # entries of Detections.labels
+MAX_MAP_ENTRIES = 256  # counts, attributes, counters, detail, args
+MAX_ACK_IDS = 10_000
+MAX_SNAPSHOT_BYTES = 16 << 20
+MAX_DIMENSION = 16384  # frame width or height in pixels
 # Normalised xyxy: 0..1 of the source frame's width and height.
 Box = tuple[Unit, Unit, Unit, Unit]
+Dimension = Annotated[int, msgspec.Meta(gt=0, le=MAX_DIMENSION)]
 PixelFormat = Literal["bgr24", "rgb24", "gray8", "nv12"]
 ServiceState = Literal["starting", "ready", "degraded", "stopping"]
 ControlCommand = Literal["reload", "pause", "resume", "shutdown"]
 CameraState = Literal["connecting", "streaming", "stalled", "backoff", "stopped"]
 Lifecycle = Literal["new", "update", "end"]
-Scalar = str | int | float | bool | None
+Scalar = Text | int | float | bool | None
 
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, gc=False):
@@ -65,13 +87,13 @@ class FrameRef(Message, tag="frame_ref", kw_only=True, frozen=True):
     seq: NonNegative  # per camera, +1 per published frame; a gap means frames were skipped
     capture_ns: NonNegative  # wall clock (time.time_ns) when the frame was decoded
     monotonic_ns: NonNegative  # CLOCK_MONOTONIC at the same moment; ages are measured on this
-    segment: Name  # shm segment name (file under /dev/shm)
+    segment: Segment  # shm segment name (a file directly under shm_dir)
     slot: NonNegative
     generation: NonNegative  # the slot's seqlock value after the write: even
-    width: Positive
-    height: Positive
+    width: Dimension
+    height: Dimension
     pixel_format: PixelFormat = "bgr24"
-    stride: Positive  # bytes per row
+    stride: Annotated[int, msgspec.Meta(gt=0, le=4 * MAX_DIMENSION)]  # bytes per row
     motion: Unit = 1.0  # share of the frame that changed; 1.0 when motion gating is off
     motion_box: Box | None = None
 
@@ -81,8 +103,8 @@ class InferenceTiming(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     inference_ns: NonNegative = 0
     postprocess_ns: NonNegative = 0
     batch_size: Positive = 1
-    backend: str = ""
-    provider: str = ""
+    backend: Text = ""
+    provider: Text = ""
 
 
 class Detections(Message, tag="detections", kw_only=True, frozen=True):
@@ -94,12 +116,12 @@ class Detections(Message, tag="detections", kw_only=True, frozen=True):
 
     frame: FrameRef
     model: Name
-    model_version: str = ""
+    model_version: Text = ""
     boxes: NDArray
     class_ids: NDArray
     scores: NDArray
-    labels: dict[int, str] = {}
-    labels_ref: str = ""
+    labels: Annotated[dict[int, Label], msgspec.Meta(max_length=MAX_LABELS)] = {}
+    labels_ref: Text = ""
     timing: InferenceTiming = InferenceTiming()
 
     def __post_init__(self) -> None:
@@ -114,6 +136,8 @@ class Detections(Message, tag="detections", kw_only=True, frozen=True):
                     f"{field} must be {dtype} with {ndim} dimensions, got {array.dtype} {list(array.shape)}"
                 )
         count = self.class_ids.shape[0]
+        if count > MAX_DETECTIONS:
+            raise ValueError(f"{count} detections in one message; at most {MAX_DETECTIONS}")
         if self.boxes.shape != (count, 4) or self.scores.shape != (count,):
             raise ValueError(
                 f"expected boxes [N, 4], class_ids [N], scores [N] with one N, got "
@@ -146,7 +170,7 @@ class Detections(Message, tag="detections", kw_only=True, frozen=True):
 
 class TrackedObject(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     track_id: NonNegative
-    label: str
+    label: Label
     score: Unit
     box: Box
 
@@ -155,9 +179,9 @@ class Snapshot(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """An encoded image attached to an event; only present where a rule asked for it."""
 
     content_type: Literal["image/jpeg", "image/png"] = "image/jpeg"
-    width: Positive
-    height: Positive
-    data: bytes
+    width: Dimension
+    height: Dimension
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_SNAPSHOT_BYTES)]
 
 
 class Event(Message, tag="event", kw_only=True, frozen=True):
@@ -166,7 +190,7 @@ class Event(Message, tag="event", kw_only=True, frozen=True):
     ``id`` is stable: a resent event carries the same id, so sinks can drop duplicates.
     """
 
-    id: Name
+    id: Id
     event_type: Name  # "zone_enter", "line_cross", "dwell", ...
     lifecycle: Lifecycle = "new"
     site: Name
@@ -177,8 +201,8 @@ class Event(Message, tag="event", kw_only=True, frozen=True):
     end_ns: NonNegative | None = None
     object: TrackedObject | None = None  # the object as it is now ("after")
     before: TrackedObject | None = None  # the same object at this rule's previous event about it (update/end)
-    counts: dict[str, int] = {}
-    attributes: dict[str, Scalar] = {}
+    counts: Annotated[dict[Label, int], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
+    attributes: Annotated[dict[Name, Scalar], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
     frame: FrameRef | None = None
     snapshot: Snapshot | None = None
 
@@ -191,8 +215,8 @@ class Health(Message, tag="health", kw_only=True, frozen=True):
     state: ServiceState
     ts_ns: NonNegative
     uptime_s: Annotated[float, msgspec.Meta(ge=0.0)]
-    counters: dict[str, float] = {}
-    detail: dict[str, str] = {}
+    counters: Annotated[dict[Text, float], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
+    detail: Annotated[dict[Text, Text], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
 
 
 class CameraStatus(Message, tag="camera_status", kw_only=True, frozen=True):
@@ -206,9 +230,9 @@ class CameraStatus(Message, tag="camera_status", kw_only=True, frozen=True):
     since_ns: NonNegative  # wall clock when the camera entered ``state``
     fps: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0  # frames published per second, recent
     reconnects: NonNegative = 0
-    error: str = ""
-    codec: str = ""  # e.g. h264, hevc
-    decoder: str = ""  # the FFmpeg decoder in use, e.g. h264 or h264_v4l2m2m
+    error: Text = ""
+    codec: Text = ""  # e.g. h264, hevc
+    decoder: Text = ""  # the FFmpeg decoder in use, e.g. h264 or h264_v4l2m2m
     width: NonNegative = 0  # source resolution, 0 until known
     height: NonNegative = 0
 
@@ -216,17 +240,17 @@ class CameraStatus(Message, tag="camera_status", kw_only=True, frozen=True):
 class Control(Message, tag="control", kw_only=True, frozen=True):
     """An operator's command, on ``control/<service>/`` (``control/*/`` for every service)."""
 
-    id: Name
+    id: Id
     command: ControlCommand
-    target: Name = "*"
-    instance: str | None = None
-    camera: str | None = None
+    target: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN + "|^[*]$")] = "*"
+    instance: Name | None = None
+    camera: Name | None = None
     ts_ns: NonNegative = 0
-    args: dict[str, str] = {}
+    args: Annotated[dict[Name, Text], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
 
 
 class Ack(Message, tag="ack", kw_only=True, frozen=True):
     """The uplink's receipt for events it has made durable."""
 
-    ids: list[Name]
-    receiver: str = ""
+    ids: Annotated[list[Id], msgspec.Meta(max_length=MAX_ACK_IDS)]
+    receiver: Text = ""

@@ -41,6 +41,7 @@ def tool(name: str) -> str:
 
 def frame_ref(camera: str = "cam1", seq: int = 0, **fields: Any) -> FrameRef:
     """A FrameRef of a tiny 2x2 frame that lies nowhere: for tests of the bus, not of shared memory."""
-    defaults: dict[str, Any] = {"capture_ns": 1, "monotonic_ns": 1, "segment": "s", "slot": 0, "generation": 2}
+    defaults: dict[str, Any] = {"capture_ns": 1, "monotonic_ns": 1, "slot": 0, "generation": 2}
+    defaults["segment"] = "edgesight.site.cam"
     geometry = {"width": 2, "height": 2, "stride": 6}
     return FrameRef(camera=camera, seq=seq, **(defaults | geometry | fields))

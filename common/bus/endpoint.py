@@ -8,6 +8,9 @@ the broker's ``xsub``/``xpub`` and the events ``router``/``pull`` bind; everythi
 from __future__ import annotations
 
 import re
+import socket
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,13 +69,40 @@ class Endpoint:
             sock.setsockopt(getattr(zmq, name.upper()), value)
         try:
             if self.bind:
-                if self.address.startswith("ipc://"):
-                    Path(self.address[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
+                if self.address.startswith("ipc://") and not self.address.startswith("ipc://@"):
+                    path = Path(self.address[len("ipc://") :])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _refuse_if_served(path, str(self))
                 sock.bind(self.address)
             else:
                 sock.connect(self.address)
+        except BusError:
+            sock.close(linger=0)
+            raise
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             verb = "bind" if self.bind else "connect"
             raise BusError(f"cannot {verb} {self}: {exc}") from exc
         return sock
+
+
+def _refuse_if_served(path: Path, endpoint: str) -> None:
+    """ZeroMQ unlinks an ipc path before binding it, silently taking it from a live process (whose
+    peers then hear nothing). Bind only where nobody answers: a leftover file from a dead process is fine."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise BusError(f"cannot bind {endpoint}: {path} exists and is not a socket")
+    for _ in range(10):  # a socket closed a moment ago (a restart in this process) stops answering soon
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return  # refused or gone: nobody serves it
+        finally:
+            probe.close()
+        time.sleep(0.1)
+    raise BusError(f"cannot bind {endpoint}: another live process serves {path}; stop it or give this one another path")

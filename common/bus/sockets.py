@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import zmq
@@ -209,10 +209,17 @@ class EventSender:
     """
 
     def __init__(
-        self, endpoint: str | Endpoint, service: str, *, window: int = 1000, ack_timeout_s: float = 5.0
+        self,
+        endpoint: str | Endpoint,
+        service: str,
+        *,
+        window: int = 1000,
+        ack_timeout_s: float = 5.0,
+        on_ack: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.endpoint = _endpoints(endpoint)[0]
         self.service = service
+        self.on_ack = on_ack  # told which ids were acknowledged, e.g. to delete them from an outbox
         self.window = window
         self.ack_timeout_s = ack_timeout_s
         self._socket: zmq.asyncio.Socket | None = None
@@ -291,8 +298,9 @@ class EventSender:
             except ContractError as exc:
                 _reject(self.service, exc.reason, str(exc))
                 continue
-            for event_id in ack.ids:
-                self._pending.pop(event_id, None)
+            confirmed = [event_id for event_id in ack.ids if self._pending.pop(event_id, None) is not None]
+            if self.on_ack is not None and confirmed:
+                self.on_ack(confirmed)
             self._update_gauge()
             if len(self._pending) < self.window:
                 self._space.set()

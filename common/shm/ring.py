@@ -21,6 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat as stat_mode
 import struct
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from common.errors import ShmError, StaleFrameError
 from common.metrics import SHM_STALE_READS
 from common.shm import _fence
 from contracts import FrameRef, PixelFormat
+from contracts.messages import SEGMENT_PATTERN
 
 __all__ = [
     "DEFAULT_SHM_DIR",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_SHM_DIR = Path("/dev/shm")
+_SEGMENT = re.compile(SEGMENT_PATTERN)
 MAGIC = b"ESRING\x00\x01"
 LAYOUT_VERSION = 1
 HEADER_BYTES = 4096
@@ -400,6 +403,8 @@ class FrameRingReader:
     """
 
     def __init__(self, name: str, *, shm_dir: Path | str = DEFAULT_SHM_DIR) -> None:
+        if not _SEGMENT.match(name):  # a name from the bus: never a path, never outside shm_dir
+            raise ShmError(f"{name[:80]!r} is not a frame ring name (edgesight.<site>.<camera>)")
         self.name = name
         self.path = Path(shm_dir) / name
         self.camera = ""
@@ -412,11 +417,16 @@ class FrameRingReader:
 
     def _open(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # O_NOFOLLOW: a planted symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise ShmError(f"shared-memory segment {self.path} does not exist; is ingest running?") from None
+        except OSError as exc:
+            raise ShmError(f"cannot open shared-memory segment {self.path}: {exc.strerror}") from None
         try:
             stat = os.fstat(fd)
+            if not stat_mode.S_ISREG(stat.st_mode):
+                raise ShmError(f"{self.path} is not a regular file")
             if stat.st_size < HEADER_BYTES:
                 raise ShmError(f"{self.path} is not (yet) an EdgeSight frame ring")
             new_map = mmap.mmap(fd, stat.st_size, mmap.MAP_SHARED, mmap.PROT_READ)

@@ -29,6 +29,7 @@ FRAMES = Counter("edgesight_inference_frames_total", "Frames run through a model
 SKIPPED = Counter(
     "edgesight_inference_frames_skipped_total",
     "Frames not run: behind (a newer frame of the camera came first), stale (slot overwritten), "
+    "rejected (a segment that is not a frame ring under shm_dir: forged, missing or foreign), "
     "still (no motion, skip_still_frames), error (the model failed).",
     ["model", "reason"],
 )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -127,9 +128,12 @@ class ModelWorker:
             fresh = await asyncio.to_thread(
                 Detector.from_config, self.config, tuple(self.service.config.site.asset_paths)
             )
-        except ModelError as exc:
+        except Exception as exc:  # whatever a half-written file makes a loader raise: keep serving
             metrics.RELOADS.labels(self.name, "failed").inc()
-            log.error("model reload failed; the loaded version stays", extra={"model": self.name, "error": str(exc)})
+            log.error(
+                "model reload failed; the loaded version stays",
+                extra={"model": self.name, "error": str(exc) if isinstance(exc, ModelError) else repr(exc)},
+            )
             return
         old = self.detector
         metrics.MODEL_INFO.labels(self.name, old.version, old.backend.name, old.backend.provider).set(0)
@@ -153,6 +157,8 @@ class InferenceService(Service):
         self._readers: dict[tuple[str, str], FrameRingReader] = {}
         self.frames_done = 0
         self.inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
+        self._inference_ms_lock = threading.Lock()  # written on worker threads, read on the loop
+        self._unreadable: dict[str, str] = {}  # segment -> the error last logged for it
 
     def assignment(self) -> dict[str, list[str]]:
         """Camera -> model names, for this replica's share of the cameras."""
@@ -204,9 +210,11 @@ class InferenceService(Service):
                 views.append(self._reader(model, ref.segment).view(ref))
             except StaleFrameError:
                 metrics.SKIPPED.labels(model, "stale").inc()
-            except ShmError as exc:
-                metrics.SKIPPED.labels(model, "stale").inc()
-                log.warning("cannot read frame", extra={"camera": ref.camera, "error": str(exc)})
+            except ShmError as exc:  # a forged, missing or foreign segment: not a frame we can trust
+                metrics.SKIPPED.labels(model, "rejected").inc()
+                if self._unreadable.get(ref.segment) != str(exc) and len(self._unreadable) < 1024:
+                    self._unreadable[ref.segment] = str(exc)  # logged once per segment and reason
+                    log.warning("cannot read frame", extra={"camera": ref.camera, "error": str(exc)})
             else:
                 metrics.FRAME_AGE.labels(model).observe(max(0, now - ref.monotonic_ns) / 1e9)
         if not views:
@@ -220,8 +228,9 @@ class InferenceService(Service):
             metrics.BATCH_SIZE.labels(model).observe(timing.batch_size)
             metrics.INFERENCE_SECONDS.labels(model, backend.name, backend.provider).observe(timing.inference_ns / 1e9)
             per_frame_ms = timing.inference_ns / 1e6 / timing.batch_size
-            previous = self.inference_ms.get(model, per_frame_ms)
-            self.inference_ms[model] = 0.9 * previous + 0.1 * per_frame_ms  # smoothed for Health
+            with self._inference_ms_lock:
+                previous = self.inference_ms.get(model, per_frame_ms)
+                self.inference_ms[model] = 0.9 * previous + 0.1 * per_frame_ms  # smoothed for Health
         total = timings[0]
         messages = []
         for view, result in zip(views, results, strict=True):
@@ -273,7 +282,7 @@ class InferenceService(Service):
             for name, worker in self.workers.items():
                 spec = worker.detector.spec
                 files = {Path(spec.source), spec.model_path}
-                result[name] = tuple(path.stat().st_mtime if path.exists() else 0.0 for path in sorted(files))
+                result[name] = tuple(_mtime(path) for path in sorted(files))
             return result
 
         seen = stamps()
@@ -297,10 +306,20 @@ class InferenceService(Service):
 
     def health_counters(self) -> dict[str, float]:
         counters = {"models": len(self.workers), "cameras": len(self.routes), "frames": self.frames_done}
-        return counters | {f"inference_ms.{model}": round(ms, 2) for model, ms in self.inference_ms.items()}
+        with self._inference_ms_lock:
+            smoothed = dict(self.inference_ms)
+        return counters | {f"inference_ms.{model}": round(ms, 2) for model, ms in smoothed.items()}
 
     def health_detail(self) -> dict[str, str]:
         return {
             name: f"{w.detector.version} {w.detector.backend.name}/{w.detector.backend.provider}"
             for name, w in self.workers.items()
         }
+
+
+def _mtime(path: Path) -> float:
+    """0.0 for a file that is absent, or replaced between listing and stat."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

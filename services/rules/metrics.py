@@ -13,4 +13,9 @@ ACTIVE_TRACKS = Gauge("edgesight_tracks_active", "Confirmed tracks in the last f
 SNAPSHOTS_MISSED = Counter(
     "edgesight_snapshots_missed_total", "Snapshots not taken because the frame was overwritten first.", ["camera"]
 )
-EVENTS_QUEUED = Gauge("edgesight_events_queued", "Events waiting to be handed to the event sender.")
+EVENTS_QUEUED = Gauge("edgesight_events_queued", "Events in the outbox: decided, not yet acknowledged by the uplink.")
+OUTBOX_DROPPED = Counter(
+    "edgesight_outbox_dropped_total",
+    "Events dropped from the rules outbox: full (past uplink.spool.max_mb) or invalid (no longer decodes).",
+    ["reason"],
+)

@@ -27,6 +27,7 @@ from common.shm import FrameRingReader
 from contracts import Detections, Event, TrackedObject, topic
 from services.rules import metrics
 from services.rules.engine import CameraRules, Draft, Moment, Observed
+from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
 from services.rules.tracker import ByteTracker, Track
 
@@ -68,7 +69,9 @@ class RulesService(Service):
             for name, camera in self.config.cameras.items()
             if camera.enabled and camera.rules
         }
-        self.outbox: asyncio.Queue[Event] = asyncio.Queue()
+        state_dir = Path(self.config.site.state_dir)
+        self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=self.config.uplink.spool.max_mb << 20)
+        self.outbox_changed = asyncio.Event()
         self.events_sent = 0
         self._readers: dict[str, FrameRingReader] = {}
         self._actions: set[asyncio.Task[None]] = set()
@@ -86,7 +89,11 @@ class RulesService(Service):
             async with (
                 Subscriber(bus.subscribe, self.name, topics, hwm=1000) as detections,
                 EventSender(
-                    bus.events.send, self.name, window=bus.events_window, ack_timeout_s=bus.ack_timeout_s
+                    bus.events.send,
+                    self.name,
+                    window=bus.events_window,
+                    ack_timeout_s=bus.ack_timeout_s,
+                    on_ack=self._acked,
                 ) as sender,
             ):
                 self.set_state(ServiceState.READY)
@@ -97,6 +104,7 @@ class RulesService(Service):
                             await self.handle(received.message)
         finally:
             self.store.close()
+            self.outbox.close()
 
     async def handle(self, detections: Detections) -> None:
         camera = self.cameras.get(detections.frame.camera)
@@ -189,11 +197,11 @@ class RulesService(Service):
                 "track": track.track_id if track else None,
             },
         )
+        self.outbox.put(event)  # on disk before anything else hears of it
+        self.outbox_changed.set()
         if self.jsonl is not None:
             with self.jsonl.open("ab") as out:
                 out.write(event_json(event) + b"\n")
-        self.outbox.put_nowait(event)
-        metrics.EVENTS_QUEUED.set(self.outbox.qsize())
         for action in rule.actions:
             task = asyncio.create_task(run_action(action, event))
             self._actions.add(task)
@@ -215,15 +223,27 @@ class RulesService(Service):
         return msgspec.structs.replace(event, snapshot=snapshot)
 
     async def _send(self, sender: EventSender) -> None:
-        """Hands events to the sender in order; it holds each until the uplink acknowledges it."""
+        """Hands the outbox's events to the sender in order, those left by a previous run first; the
+        sender resends each until the uplink acknowledges it, and the ack deletes it from the outbox."""
+        cursor = 0
         while True:
-            event = await self.outbox.get()
-            await sender.send(event)
-            self.events_sent += 1
-            metrics.EVENTS_QUEUED.set(self.outbox.qsize())
+            self.outbox_changed.clear()
+            batch = self.outbox.after(cursor)
+            if not batch:
+                await self.outbox_changed.wait()
+                continue
+            for seq, event in batch:
+                await sender.send(event)  # waits while the window of unacknowledged events is full
+                cursor = seq
+                self.events_sent += 1
+            metrics.EVENTS_QUEUED.set(len(self.outbox))
+
+    def _acked(self, ids: list[str]) -> None:
+        self.outbox.acked(ids)
+        metrics.EVENTS_QUEUED.set(len(self.outbox))
 
     def health_counters(self) -> dict[str, float]:
-        return {"cameras": len(self.cameras), "events": self.events_sent, "queued": self.outbox.qsize()}
+        return {"cameras": len(self.cameras), "events": self.events_sent, "queued": len(self.outbox)}
 
     def health_detail(self) -> dict[str, str]:
         detail = {}

@@ -169,3 +169,18 @@ def test_missing_segment_and_oversized_frame(shm_dir: Path) -> None:
         pytest.raises(ShmError, match="size the ring"),
     ):
         ring.write(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_segments_named_on_the_bus_stay_inside_shm_dir(shm_dir: Path, tmp_path: Path) -> None:
+    """A forged FrameRef must not make a reader open any path, follow a link or hang on a FIFO."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for name in ("../../tmp/fifo", str(fifo), "edgesight.s.c/../x", "passwd"):
+        with pytest.raises(ShmError, match="not a frame ring name"):
+            FrameRingReader(name, shm_dir=shm_dir)
+    os.mkfifo(shm_dir / "edgesight.s.fifo")
+    with pytest.raises(ShmError, match="not a regular file"):
+        FrameRingReader("edgesight.s.fifo", shm_dir=shm_dir)  # O_NONBLOCK: returns at once instead of hanging
+    (shm_dir / "edgesight.s.link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ShmError, match="cannot open"):
+        FrameRingReader("edgesight.s.link", shm_dir=shm_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgpack
 import pytest
 import zmq
 import zmq.asyncio
@@ -60,6 +61,33 @@ def test_binding_an_endpoint_in_use_is_a_bus_error(tmp_path: Path) -> None:
         first.close()
 
 
+def test_an_ipc_path_served_by_a_live_process_is_never_taken(tmp_path: Path) -> None:
+    """ZeroMQ would unlink the live socket and bind anew: the first server's peers would hear nothing."""
+    import socket
+
+    context = zmq.Context.instance()
+    path = tmp_path / "events.sock"
+    first = Endpoint.parse(f"router+bind:ipc://{path}").open(context)
+    try:
+        with pytest.raises(BusError, match="another live process serves"):
+            Endpoint.parse(f"router+bind:ipc://{path}").open(context)
+        assert path.is_socket()  # still the first one's
+        client = Endpoint.parse(f"dealer:ipc://{path}").open(context)
+        client.send_multipart([b"events/c/", b"hello"])
+        assert first.poll(2000) and first.recv_multipart()[1:] == [b"events/c/", b"hello"]
+        client.close()
+    finally:
+        first.close()
+    # A file left by a process that died without unlinking it is not "served": bind takes it over.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "stale.sock"))
+    stale.close()
+    Endpoint.parse(f"pull+bind:ipc://{tmp_path / 'stale.sock'}").open(context).close()
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(BusError, match="not a socket"):
+        Endpoint.parse(f"pull+bind:ipc://{tmp_path / 'plain'}").open(context)
+
+
 async def _publish_forever(publisher: Publisher, camera: str, interval: float = 0.01) -> None:
     seq = 0
     while True:
@@ -109,6 +137,7 @@ def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Pat
                 await rogue.send_multipart([b"frames/cam1/", good.replace(b"\xa1v\x01", b"\xa1v\x07")])
                 await rogue.send_multipart([b"not a topic", good])
                 await rogue.send_multipart([topic("frames", "cam1"), b"x", b"three frames"])
+                await rogue.send_multipart([topic("frames", "cam1"), msgpack.packb({"type": "frame_ref", "v": 1})])
                 await rogue.send_multipart([topic("frames", "cam1"), encode(frame("cam1", seq))])
             seqs = []
             async with timeout(5):
@@ -120,6 +149,7 @@ def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Pat
     assert asyncio.run(scenario()) == list(range(20))
     assert counter(BUS_REJECTED, service="victim", reason="malformed") - before["malformed"] == 60
     assert counter(BUS_REJECTED, service="victim", reason="unknown_version") - before["unknown_version"] == 20
+    assert counter(BUS_REJECTED, service="victim", reason="invalid") - before["invalid"] == 20
 
 
 def test_newest_wins_and_skips_are_counted(tmp_path: Path) -> None:

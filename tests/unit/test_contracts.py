@@ -237,3 +237,66 @@ def test_mutated_fields_never_crash(message: Message, data: st.DataObject) -> No
     else:
         del plain[key]
     _decode_or_contract_error(msgpack.packb(plain))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("camera", "x/#"),
+        ("camera", "+"),
+        ("rule", "../door"),
+        ("site", "plant one"),
+        ("id", "a/b"),
+        ("event_type", ""),
+    ],
+)
+def test_names_follow_one_strict_pattern(field: str, value: str) -> None:
+    """A name lands in MQTT topics, S3 keys and file names: wildcards, slashes and spaces are refused at decode."""
+    raw = msgpack.unpackb(encode(EVENT), strict_map_key=False)
+    raw[field] = value
+    with pytest.raises(ContractError) as caught:
+        decode(msgpack.packb(raw))
+    assert caught.value.reason == "invalid"
+
+
+def test_labels_may_hold_spaces_but_no_topic_characters() -> None:
+    raw = msgpack.unpackb(encode(DETECTIONS), strict_map_key=False)
+    raw["labels"] = {0: "traffic light"}
+    assert decode(msgpack.packb(raw), Detections).labels == {0: "traffic light"}
+    raw["labels"] = {0: "car/#"}
+    with pytest.raises(ContractError):
+        decode(msgpack.packb(raw))
+
+
+@pytest.mark.parametrize("segment", ["../../tmp/fifo", "/dev/zero", "edgesight.s.a/../b", "edgesight..x", "s"])
+def test_segment_must_be_a_ring_name(segment: str) -> None:
+    raw = msgpack.unpackb(encode(FRAME), strict_map_key=False)
+    raw["segment"] = segment
+    with pytest.raises(ContractError):
+        decode(msgpack.packb(raw))
+
+
+def test_array_sizes_are_bounded() -> None:
+    """20,000 boxes once grew rules to 11 GB: a Detections over MAX_DETECTIONS is rejected at decode."""
+    from contracts.messages import MAX_DETECTIONS
+
+    def body(count: int) -> bytes:
+        raw = msgpack.unpackb(encode(DETECTIONS), strict_map_key=False)
+        arrays = (("boxes", [count, 4], "<f4"), ("class_ids", [count], "<i4"), ("scores", [count], "<f4"))
+        for field, shape, dtype in arrays:
+            raw[field] = {"dtype": dtype, "shape": shape, "data": np.zeros(shape, dtype).tobytes()}
+        raw["labels"] = {}
+        packed: bytes = msgpack.packb(raw)
+        return packed
+
+    assert len(decode(body(MAX_DETECTIONS), Detections)) == MAX_DETECTIONS
+    with pytest.raises(ContractError) as caught:
+        decode(body(20_000))
+    assert caught.value.reason == "invalid" and "at most" in caught.value.detail
+    raw = msgpack.unpackb(encode(FRAME), strict_map_key=False)
+    huge = {"dtype": "|u1", "shape": [1, 1, 1, 1, 1], "data": b"\0"}
+    with pytest.raises(ValueError, match="dimensions"):
+        NDArray(**huge)  # type: ignore[arg-type]
+    raw["width"] = 1_000_000
+    with pytest.raises(ContractError):
+        decode(msgpack.packb(raw))
