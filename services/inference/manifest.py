@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.assets import find_asset
 from common.errors import EdgeSightError
+from contracts.messages import LABEL_PATTERN
 from services.inference.labels import TABLES
 
 __all__ = ["ModelError", "ModelManifest", "ModelSpec", "load_model_spec", "onnx_metadata", "suggest_manifest"]
@@ -167,6 +169,12 @@ def _labels(manifest: ModelManifest, base: Path, metadata: dict[str, str], class
         table = metadata_labels(metadata) or [f"class_{i}" for i in range(classes or 0)]
     if classes is not None and len(table) != classes:
         raise ModelError(f"model {manifest.name!r} has {classes} classes but {len(table)} labels")
+    bad = [label for label in table if not re.match(LABEL_PATTERN, label)]
+    if bad:  # a label travels in Detections and Events, whose contract refuses anything else
+        raise ModelError(
+            f"model {manifest.name!r}: label {bad[0][:80]!r} is not letters, digits, space, _ . - "
+            f"(at most 64, see contracts/README.md); rename it in the labels list"
+        )
     return table
 
 

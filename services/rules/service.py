@@ -24,7 +24,7 @@ from common.config import CameraConfig
 from common.errors import ShmError, StaleFrameError
 from common.service import Service, ServiceState
 from common.shm import FrameRingReader
-from contracts import Detections, Event, TrackedObject, topic
+from contracts import ContractError, Detections, Event, TrackedObject, decode, encode, topic
 from services.rules import metrics
 from services.rules.engine import CameraRules, Draft, Moment, Observed
 from services.rules.outbox import Outbox
@@ -197,6 +197,12 @@ class RulesService(Service):
                 "track": track.track_id if track else None,
             },
         )
+        try:
+            decode(encode(event), Event)  # the uplink would refuse it, and it would be resent for ever
+        except ContractError as exc:
+            metrics.OUTBOX_DROPPED.labels("invalid").inc()
+            log.error("event breaks the contract; dropped", extra={"rule": draft.rule, "error": str(exc)})
+            return
         self.outbox.put(event)  # on disk before anything else hears of it
         self.outbox_changed.set()
         if self.jsonl is not None:

@@ -15,3 +15,8 @@ DROPPED = Counter(
     ["sink", "what"],
 )
 CONNECTED = Gauge("edgesight_sink_connected", "1 while the sink's last attempt succeeded.", ["sink"])
+DEAD_LETTERS = Counter(
+    "edgesight_sink_dead_letters_total",
+    "Events a sink refused for good (kept in the spool's dead_letters table); sink * = no longer decodes.",
+    ["sink"],
+)

@@ -93,7 +93,8 @@ class UplinkService(Service):
             batch = await inbox.receive_batch(RECEIVE_BATCH)  # what is already here: one transaction
             events = [self.guard(d.event) for d in batch]
             targets = {e.id: [s.name for s in self.sinks if s.wants(e)] for e in events}
-            self.spool.add(events, targets)  # committed (and fsynced) before anyone hears "ack"
+            # committed (and fsynced, off the event loop) before anyone hears "ack"
+            await asyncio.to_thread(self.spool.add, events, targets)
             await inbox.ack(batch)
             for sink in self.sinks:
                 sink.wake.set()
@@ -132,10 +133,10 @@ class UplinkService(Service):
 
     async def _gauges(self) -> None:
         while True:
-            self.depth = self.spool.depth()
+            self.depth = await asyncio.to_thread(self.spool.depth)
             metrics.SPOOL_DEPTH.set(self.depth[0])
             metrics.SPOOL_OLDEST.set(self.depth[1])
-            metrics.SPOOL_BYTES.set(self.spool.size())
+            metrics.SPOOL_BYTES.set(await asyncio.to_thread(self.spool.size))
             await asyncio.sleep(1.0)
 
     def health_counters(self) -> dict[str, float]:

@@ -1,14 +1,22 @@
-"""The sinks: each drains its own queue in the spool, with its own connection state and backoff."""
+"""The sinks: each drains its own queue in the spool, with its own connection state and backoff.
+
+A sink tells two failures apart. An outage (no connection, a timeout, a 5xx) raises out of
+``deliver``: what it confirmed before stays confirmed, the rest waits and is retried. A refusal of
+one event for good (a topic or key the far side rejects, a 4xx) is ``receipt.reject``: that event
+goes to the spool's dead letters, counted and logged once, and the others flow.
+"""
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import random
 import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +29,7 @@ from contracts import Event
 from services.uplink import metrics
 from services.uplink.spool import Spool, Spooled
 
-__all__ = ["CloudWatchOut", "JsonlOut", "MqttOut", "S3Out", "Sink", "WebhookOut", "event_document"]
+__all__ = ["CloudWatchOut", "JsonlOut", "MqttOut", "Receipt", "S3Out", "Sink", "WebhookOut", "event_document"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,27 @@ def event_document(event: Event, s3_key: str | None = None) -> dict[str, Any]:
     return document
 
 
+class Receipt:
+    """What the far side made of a batch so far: confirmed seqs, and seqs refused for good (with why)."""
+
+    def __init__(self) -> None:
+        self.confirmed: list[int] = []
+        self.rejected: dict[int, str] = {}
+
+    def confirm(self, seq: int) -> None:
+        self.confirmed.append(seq)
+
+    def reject(self, item: Spooled, reason: str) -> None:
+        self.rejected[item.seq] = reason
+        log.error(
+            "event refused for good: moved to dead letters",
+            extra={"id": item.event.id, "camera": item.event.camera, "rule": item.event.rule, "error": reason},
+        )
+
+    def __len__(self) -> int:
+        return len(self.confirmed) + len(self.rejected)
+
+
 class Sink(abc.ABC):
     name: str
 
@@ -52,13 +81,14 @@ class Sink(abc.ABC):
         return True
 
     @abc.abstractmethod
-    async def deliver(self, batch: list[Spooled]) -> list[int]:
-        """Sends what it can of ``batch``; returns the seqs the far side confirmed. Raises when down."""
+    async def deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
+        """Sends what it can of ``batch``, noting each confirmation or refusal on ``receipt`` as it
+        comes; raises when the sink is down (what the receipt holds by then still counts)."""
 
     async def run(self, spool: Spool) -> None:
         backoff = 1.0
         while True:
-            batch = spool.pending(self.name, BATCH)
+            batch = await asyncio.to_thread(spool.pending, self.name, BATCH)
             if not batch:
                 self.wake.clear()
                 try:
@@ -66,13 +96,21 @@ class Sink(abc.ABC):
                 except asyncio.TimeoutError:
                     pass
                 continue
+            receipt = Receipt()
+            failure: Exception | None = None
             try:
-                confirmed = await self.deliver(batch)
+                await self.deliver(batch, receipt)
             except Exception as exc:  # every sink fails in its own library's way: all mean "retry later"
+                failure = exc
+            if receipt:  # only what was not confirmed is sent again
+                await asyncio.to_thread(spool.done, self.name, receipt.confirmed, receipt.rejected)
+                metrics.SENT.labels(self.name).inc(len(receipt.confirmed))
+                metrics.DEAD_LETTERS.labels(self.name).inc(len(receipt.rejected))
+            if failure is not None:
                 metrics.FAILED.labels(self.name).inc()
                 if self.connected or backoff == 1.0:  # one line when it goes down, not one per retry
                     log.warning(
-                        "sink unavailable; events stay in the spool", extra={"sink": self.name, "error": str(exc)}
+                        "sink unavailable; events stay in the spool", extra={"sink": self.name, "error": str(failure)}
                     )
                 self.connected = False
                 metrics.CONNECTED.labels(self.name).set(0)
@@ -82,9 +120,7 @@ class Sink(abc.ABC):
             metrics.CONNECTED.labels(self.name).set(1)
             self.connected = True
             backoff = 1.0
-            spool.done(self.name, confirmed)
-            metrics.SENT.labels(self.name).inc(len(confirmed))
-            if not confirmed:
+            if not receipt:
                 await asyncio.sleep(0.2)  # waiting on another sink (the S3 key): do not spin
 
     async def close(self) -> None:  # noqa: B027 - optional
@@ -148,7 +184,7 @@ class MqttOut(Sink):
         log.info("mqtt connected", extra={"host": self.config.host, "port": self.config.port})
         return client
 
-    async def deliver(self, batch: list[Spooled]) -> list[int]:
+    async def deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
         """Publishes a batch with up to ``INFLIGHT`` messages awaiting their PUBACK at once; a seq is
         confirmed only when its own PUBACK (and its count's) came back."""
         try:
@@ -160,19 +196,27 @@ class MqttOut(Sink):
                 if uploading and self.spool.waiting_for("s3", item.seq):
                     continue  # the event names the S3 key: publish it once the upload is done
                 ready.append(item)
-            await asyncio.gather(*(self._publish(client, item) for item in ready))
-            return [item.seq for item in ready]
+            await asyncio.gather(*(self._publish(client, item, receipt) for item in ready))
         except Exception:
             await self.close()
             raise
 
-    async def _publish(self, client: Any, item: Spooled) -> None:
+    async def _publish(self, client: Any, item: Spooled, receipt: Receipt) -> None:
         event = item.event
-        document = event_document(event, item.s3_key)
-        await client.publish(f"{self.base}/events", json.dumps(document), qos=self.config.qos, timeout=10)
+        messages = [(f"{self.base}/events", json.dumps(event_document(event, item.s3_key)), False)]
         if event.counts and event.event_type == "line_cross":
-            topic = f"{self.base}/{event.camera}/{event.rule}/count"
-            await client.publish(topic, json.dumps(event.counts), qos=self.config.qos, retain=True, timeout=10)
+            messages.append((f"{self.base}/{event.camera}/{event.rule}/count", json.dumps(event.counts), True))
+        invalid = [topic for topic, _, _ in messages if not _valid_topic(topic)]
+        if invalid:  # paho would refuse it on every retry: this event's fault, never an outage
+            receipt.reject(item, f"not a valid MQTT topic name: {invalid[0][:200]!r}")
+            return
+        for topic, payload, retain in messages:
+            try:
+                await client.publish(topic, payload, qos=self.config.qos, retain=retain, timeout=10)
+            except ValueError as exc:  # paho's own checks (payload too large, topic): this event only
+                receipt.reject(item, str(exc))
+                return
+        receipt.confirm(item.seq)
 
     async def publish_stats(self, stats: Callable[[], dict[str, Any]]) -> None:
         """Every ``stats_interval_s`` while connected: the site's health on ``<prefix>/<site>/stats``
@@ -195,6 +239,47 @@ class MqttOut(Sink):
                 pass
 
 
+def _valid_topic(topic: str) -> bool:
+    """An MQTT topic name one may publish to: no wildcards, no NUL, 1-65535 bytes of UTF-8."""
+    return 0 < len(topic.encode()) <= 65535 and not any(c in topic for c in "+#\0")
+
+
+def _client_error(exc: BaseException) -> int | None:
+    """The HTTP status of a botocore ClientError (None for anything else)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if isinstance(status, int) else None
+
+
+class _AwsClients:
+    """One aioboto3 session and one client per service for the sink's life; dropped after an outage."""
+
+    def __init__(self, region: str | None, endpoint_url: str | None) -> None:
+        self.kwargs = {"region_name": region, "endpoint_url": endpoint_url}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._clients: dict[str, Any] = {}
+
+    async def get(self, service: str) -> Any:
+        import aioboto3
+
+        if service not in self._clients:
+            if self._stack is None:
+                self._stack = contextlib.AsyncExitStack()
+                self._session = aioboto3.Session()
+            self._clients[service] = await self._stack.enter_async_context(
+                self._session.client(service, **self.kwargs)  # type: ignore[call-overload]
+            )
+        return self._clients[service]
+
+    async def close(self) -> None:
+        stack, self._stack, self._clients = self._stack, None, {}
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+
 class S3Out(Sink):
     """Snapshots to ``<prefix>/<site>/<camera>/<YYYY-MM-DD>/<event-id>.jpg``."""
 
@@ -205,6 +290,7 @@ class S3Out(Sink):
         self.config = config
         self.site = site
         self.spool = spool
+        self.aws = _AwsClients(config.region, config.endpoint_url)
 
     def wants(self, event: Event) -> bool:
         return event.snapshot is not None and bool(event.snapshot.data)
@@ -213,29 +299,41 @@ class S3Out(Sink):
         day = dt.datetime.fromtimestamp(event.ts_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d")
         return f"{self.config.prefix}/{self.site}/{event.camera}/{day}/{event.id}.jpg"
 
-    async def deliver(self, batch: list[Spooled]) -> list[int]:
-        import aioboto3
-
+    async def deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
         extra: dict[str, str] = {}
         if self.config.server_side_encryption != "none":
             extra["ServerSideEncryption"] = self.config.server_side_encryption
             if self.config.kms_key_id:
                 extra["SSEKMSKeyId"] = self.config.kms_key_id
-        confirmed = []
-        session = aioboto3.Session()
-        async with session.client("s3", region_name=self.config.region, endpoint_url=self.config.endpoint_url) as s3:
+        try:
+            s3 = await self.aws.get("s3")
             for item in batch:
                 snapshot = item.event.snapshot
                 if snapshot is None or not snapshot.data:  # dropped on overflow meanwhile
-                    confirmed.append(item.seq)
+                    receipt.confirm(item.seq)
                     continue
                 key = self.key(item.event)
-                await s3.put_object(
-                    Bucket=self.config.bucket, Key=key, Body=snapshot.data, ContentType=snapshot.content_type, **extra
-                )
-                self.spool.set_s3_key(item.seq, key)
-                confirmed.append(item.seq)
-        return confirmed
+                try:
+                    await s3.put_object(
+                        Bucket=self.config.bucket,
+                        Key=key,
+                        Body=snapshot.data,
+                        ContentType=snapshot.content_type,
+                        **extra,
+                    )
+                except Exception as exc:
+                    if _client_error(exc) in (400, 413):  # this object is refused (a bad key, too large)
+                        receipt.reject(item, str(exc))
+                        continue
+                    raise
+                await asyncio.to_thread(self.spool.set_s3_key, item.seq, key)
+                receipt.confirm(item.seq)
+        except Exception:
+            await self.aws.close()
+            raise
+
+    async def close(self) -> None:
+        await self.aws.close()
 
 
 class CloudWatchOut(Sink):
@@ -250,45 +348,57 @@ class CloudWatchOut(Sink):
         self.site = site
         self.counts: dict[tuple[str, str, str], int] = {}
         self._stream_ready = False
+        self.aws = _AwsClients(config.region, config.endpoint_url)
+        self.metrics_aws = _AwsClients(config.region, config.endpoint_url)
 
-    async def deliver(self, batch: list[Spooled]) -> list[int]:
-        import aioboto3
+    async def deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
+        try:
+            await self._deliver(batch, receipt)
+        except Exception:
+            await self.aws.close()
+            raise
 
-        session = aioboto3.Session()
-        kwargs = {"region_name": self.config.region, "endpoint_url": self.config.endpoint_url}
+    async def close(self) -> None:
+        await self.aws.close()
+        await self.metrics_aws.close()
+
+    async def _deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
+        refused: dict[int, str] = {}
         if self.config.log_group:
-            async with session.client("logs", **kwargs) as logs:
-                if not self._stream_ready:
-                    for call, args in (
-                        (logs.create_log_group, {"logGroupName": self.config.log_group}),
-                        (logs.create_log_stream, {"logGroupName": self.config.log_group, "logStreamName": self.site}),
-                    ):
-                        try:
-                            await call(**args)
-                        except logs.exceptions.ResourceAlreadyExistsException:
-                            pass
-                    self._stream_ready = True
-                records = [
-                    {
-                        "timestamp": item.event.ts_ns // 1_000_000,
-                        "message": json.dumps(event_document(item.event, item.s3_key)),
-                    }
-                    for item in batch
-                ]
-                records.sort(key=lambda record: int(str(record["timestamp"])))
-                await logs.put_log_events(
-                    logGroupName=self.config.log_group, logStreamName=self.site, logEvents=records
-                )
+            logs = await self.aws.get("logs")
+            if not self._stream_ready:
+                for call, args in (
+                    (logs.create_log_group, {"logGroupName": self.config.log_group}),
+                    (logs.create_log_stream, {"logGroupName": self.config.log_group, "logStreamName": self.site}),
+                ):
+                    try:
+                        await call(**args)
+                    except logs.exceptions.ResourceAlreadyExistsException:
+                        pass
+                self._stream_ready = True
+            ordered = sorted(batch, key=lambda item: item.event.ts_ns)  # CloudWatch wants them in time order
+            records = [
+                {
+                    "timestamp": item.event.ts_ns // 1_000_000,
+                    "message": json.dumps(event_document(item.event, item.s3_key)),
+                }
+                for item in ordered
+            ]
+            response = await logs.put_log_events(
+                logGroupName=self.config.log_group, logStreamName=self.site, logEvents=records
+            )
+            refused = _refused_log_events(response.get("rejectedLogEventsInfo") or {}, ordered)
         for item in batch:
+            if item.seq in refused:
+                receipt.reject(item, refused[item.seq])
+                continue
             key = (item.event.camera, item.event.rule, item.event.event_type)
             self.counts[key] = self.counts.get(key, 0) + 1
-        return [item.seq for item in batch]
+            receipt.confirm(item.seq)
 
     async def publish_metrics(self, site_figures: Callable[[], list[tuple[str, dict[str, str], float, str]]]) -> None:
         """Every ``metrics_interval_s``: event counts since the last call per camera/rule/type, and the
         site's figures now (camera fps, inference time per model)."""
-        import aioboto3
-
         site = {"Name": "Site", "Value": self.site}
         while True:
             await asyncio.sleep(self.config.metrics_interval_s)
@@ -318,18 +428,29 @@ class CloudWatchOut(Sink):
             ]
             if not data:
                 continue
-            session = aioboto3.Session()
             try:
-                async with session.client(
-                    "cloudwatch", region_name=self.config.region, endpoint_url=self.config.endpoint_url
-                ) as cloudwatch:
-                    for start in range(0, len(data), 1000):
-                        chunk = data[start : start + 1000]
-                        await cloudwatch.put_metric_data(Namespace=self.config.namespace, MetricData=chunk)
+                cloudwatch = await self.metrics_aws.get("cloudwatch")
+                for start in range(0, len(data), 1000):
+                    chunk = data[start : start + 1000]
+                    await cloudwatch.put_metric_data(Namespace=self.config.namespace, MetricData=chunk)
             except Exception as exc:
+                await self.metrics_aws.close()
                 for key, value in counts.items():  # keep the counts for the next try
                     self.counts[key] = self.counts.get(key, 0) + value
                 log.warning("cloudwatch metrics not sent", extra={"error": str(exc)})
+
+
+def _refused_log_events(info: dict[str, int], ordered: list[Spooled]) -> dict[int, str]:
+    """seq -> why, for the records PutLogEvents accepted the call for but refused (too old or new)."""
+    refused: dict[int, str] = {}
+    if "tooNewLogEventStartIndex" in info:
+        for item in ordered[info["tooNewLogEventStartIndex"] :]:
+            refused[item.seq] = "CloudWatch Logs: timestamp too far in the future"
+    for key, why in (("tooOldLogEventEndIndex", "too old"), ("expiredLogEventEndIndex", "past the retention")):
+        if key in info:
+            for item in ordered[: info[key]]:
+                refused[item.seq] = f"CloudWatch Logs: timestamp {why}"
+    return refused
 
 
 class JsonlOut(Sink):
@@ -341,12 +462,13 @@ class JsonlOut(Sink):
         self.path = path if path.is_absolute() else state_dir / path
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    async def deliver(self, batch: list[Spooled]) -> list[int]:
+    async def deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
         lines = "".join(json.dumps(event_document(i.event, i.s3_key)) + "\n" for i in batch)
         with self.path.open("a") as out:
             out.write(lines)
             out.flush()
-        return [item.seq for item in batch]
+        for item in batch:
+            receipt.confirm(item.seq)
 
 
 class WebhookOut(Sink):
@@ -356,13 +478,22 @@ class WebhookOut(Sink):
         super().__init__()
         self.config = config
 
-    async def deliver(self, batch: list[Spooled]) -> list[int]:
-        confirmed = []
+    async def deliver(self, batch: list[Spooled], receipt: Receipt) -> None:
         for item in batch:
             body = json.dumps(event_document(item.event, item.s3_key)).encode()
             request = urllib.request.Request(
                 self.config.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
             )
-            await asyncio.to_thread(urllib.request.urlopen, request, timeout=self.config.timeout_s)
-            confirmed.append(item.seq)
-        return confirmed
+            try:
+                await asyncio.to_thread(_post, request, self.config.timeout_s)
+            except urllib.error.HTTPError as exc:
+                if 400 <= exc.code < 500 and exc.code not in (408, 425, 429):  # the receiver refuses this event
+                    receipt.reject(item, f"HTTP {exc.code} {exc.reason}")
+                    continue
+                raise
+            receipt.confirm(item.seq)
+
+
+def _post(request: urllib.request.Request, timeout_s: float) -> None:
+    with urllib.request.urlopen(request, timeout=timeout_s):
+        pass

@@ -3,24 +3,36 @@
 An event is acknowledged to the rules service only after the transaction that stores it has
 committed (with ``fsync: always``/``batch``: ``synchronous=FULL``, so it survives a power cut), and
 leaves only when every sink it was meant for has confirmed it. Each sink has its own queue of
-deliveries, so a sink that is down holds back nobody else. Snapshots are stored apart from the event
-body, so that on overflow they go first; then the oldest events. Whatever is dropped is counted.
+deliveries, so a sink that is down holds back nobody else. An event a sink can never take (its far
+side refuses it, or it no longer decodes) moves to ``dead_letters``, so that it blocks nothing.
+Snapshots are stored apart from the event body, so that on overflow dead letters go first, then
+snapshots, then the oldest events. Whatever is dropped is counted.
+
+Every method may run on a worker thread (a ``synchronous=FULL`` commit waits for the disk, which the
+event loop must not): one lock serialises them on the one connection.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
-from contracts import Event, decode, encode
+from contracts import ContractError, Event, decode, encode
 from services.uplink import metrics
 
 __all__ = ["Spool", "Spooled"]
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -37,7 +49,24 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sink, seq)
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT NOT NULL,
+    sink TEXT NOT NULL,          -- the sink that refused it; "*" when the stored event no longer decodes
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (id, sink)
+);
 """
+
+
+def _locked(method: Callable[..., Result]) -> Callable[..., Result]:
+    @functools.wraps(method)
+    def wrapper(self: Spool, *args: Any, **kwargs: Any) -> Result:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +82,14 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'never' else 'FULL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(_SCHEMA)
 
+    @_locked
     def add(self, events: Sequence[Event], sinks_for: Mapping[str, Iterable[str]]) -> int:
         """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``.
 
@@ -84,7 +115,9 @@ class Spool:
         self._enforce_limit()
         return added
 
+    @_locked
     def pending(self, sink: str, limit: int = 100) -> list[Spooled]:
+        """The next ``limit`` events for ``sink``, oldest first; one that no longer decodes becomes a dead letter."""
         rows = self.db.execute(
             "SELECT e.seq, e.body, e.snapshot, e.s3_key, e.created FROM deliveries d JOIN events e ON e.seq = d.seq"
             " WHERE d.sink = ? ORDER BY d.seq LIMIT ?",
@@ -92,36 +125,71 @@ class Spool:
         ).fetchall()
         spooled = []
         for seq, body, snapshot, s3_key, created in rows:
-            event = decode(body, Event)
+            try:
+                event = decode(body, Event)
+            except ContractError as exc:  # spooled by an older version under looser rules
+                self._bury_undecodable(seq, body, str(exc))
+                continue
             if snapshot is not None and event.snapshot is not None:
                 event = _with_image(event, snapshot)
             spooled.append(Spooled(seq, event, s3_key, created))
         return spooled
 
+    @_locked
     def waiting_for(self, sink: str, seq: int) -> bool:
         return (
             self.db.execute("SELECT 1 FROM deliveries WHERE sink = ? AND seq = ?", (sink, seq)).fetchone() is not None
         )
 
+    @_locked
     def set_s3_key(self, seq: int, key: str) -> None:
         with self._transaction():
             self.db.execute("UPDATE events SET s3_key = ? WHERE seq = ?", (key, seq))
 
-    def done(self, sink: str, seqs: Iterable[int]) -> None:
-        """The sink confirmed these: forget its deliveries, and events no sink still needs."""
+    @_locked
+    def done(self, sink: str, seqs: Iterable[int], rejected: Mapping[int, str] | None = None) -> None:
+        """The sink confirmed ``seqs`` and refused ``rejected`` (seq -> why) for good: forget its
+        deliveries, keep the refused as dead letters, and drop events no sink still needs."""
         seqs = list(seqs)
+        rejected = dict(rejected or {})
+        now = time.time()
         with self._transaction():
-            self.db.executemany("DELETE FROM deliveries WHERE sink = ? AND seq = ?", [(sink, s) for s in seqs])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO dead_letters (id, sink, reason, body, created)"
+                " SELECT id, ?, ?, body, ? FROM events WHERE seq = ?",
+                [(sink, reason[:500], now, seq) for seq, reason in rejected.items()],
+            )
+            settled = [*seqs, *rejected]
+            self.db.executemany("DELETE FROM deliveries WHERE sink = ? AND seq = ?", [(sink, s) for s in settled])
             self.db.executemany(
                 "DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?)",
-                [(s, s) for s in seqs],
+                [(s, s) for s in settled],
             )
 
+    @_locked
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        """(event id, sink, reason) of every event no sink will ever take, oldest first."""
+        rows = self.db.execute("SELECT id, sink, reason FROM dead_letters ORDER BY created, id").fetchall()
+        return [(str(i), str(s), str(r)) for i, s, r in rows]
+
+    def _bury_undecodable(self, seq: int, body: bytes, reason: str) -> None:
+        with self._transaction():
+            row = self.db.execute("SELECT id FROM events WHERE seq = ?", (seq,)).fetchone()
+            self.db.execute(
+                "INSERT OR REPLACE INTO dead_letters (id, sink, reason, body, created) VALUES (?, '*', ?, ?, ?)",
+                (row[0] if row else str(seq), reason[:500], body, time.time()),
+            )
+            self.db.execute("DELETE FROM events WHERE seq = ?", (seq,))
+        metrics.DEAD_LETTERS.labels("*").inc()
+        log.error("spooled event no longer decodes: moved to dead_letters", extra={"seq": seq, "error": reason})
+
+    @_locked
     def depth(self) -> tuple[int, float]:
         """(events spooled, age in seconds of the oldest)."""
         count, oldest = self.db.execute("SELECT COUNT(*), MIN(created) FROM events").fetchone()
         return int(count), (time.time() - oldest) if oldest else 0.0
 
+    @_locked
     def size(self) -> int:
         pages, page_size = (self.db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
         freelist = self.db.execute("PRAGMA freelist_count").fetchone()[0]
@@ -129,6 +197,11 @@ class Spool:
 
     def _enforce_limit(self) -> None:
         while self.size() > self.max_bytes:
+            buried = self.db.execute("SELECT rowid FROM dead_letters ORDER BY created LIMIT 1").fetchone()
+            if buried is not None:
+                with self._transaction():
+                    self.db.execute("DELETE FROM dead_letters WHERE rowid = ?", buried)
+                continue
             row = self.db.execute("SELECT seq FROM events WHERE snapshot IS NOT NULL ORDER BY seq LIMIT 1").fetchone()
             with self._transaction():
                 if row is not None:
@@ -144,6 +217,7 @@ class Spool:
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
+    @_locked
     def close(self) -> None:
         self.db.close()
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from common._compat import timeout
@@ -373,3 +374,94 @@ def test_snapshots_to_s3_events_to_cloudwatch_and_no_image_elsewhere(
         Statistics=["Maximum"],
     )["Datapoints"]
     assert fps and fps[0]["Maximum"] == 12.5
+
+
+def test_an_event_spooled_under_looser_rules_goes_to_dead_letters_and_the_rest_flow(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """Before names were strict, camera "x/#" made the count topic a wildcard: every publish of its
+    batch failed as an outage, ids went out up to 16 times, and a restart did not clear it."""
+    from services.uplink.spool import Spool
+
+    broker = mosquitto()
+    subscriber = Subscriber(broker, "edgesight/test/events", tmp_path / "received.jsonl")
+    site = services(uplink_site(broker))
+    good = [make_event(i) for i in range(40)]
+    poisoned = msgspec.structs.replace(make_event(99), camera="x/#")  # constructs: patterns apply at decode
+    spool = Spool(Path(site.config.site.state_dir) / "uplink-spool.sqlite", max_bytes=1 << 30)
+    events = [*good[:20], poisoned, *good[20:]]
+    spool.add(events, {event.id: ["mqtt"] for event in events})
+    spool.close()
+    site.start("broker")
+    site.start("uplink")
+    try:
+        ids = wait_for_ids(subscriber, {e.id for e in good}, 30)
+    finally:
+        subscriber.stop()
+    assert sorted(ids) == sorted(e.id for e in good)  # each once: nothing republished
+    assert site.log("uplink").count("moved to dead_letters") == 1
+    spool = Spool(Path(site.config.site.state_dir) / "uplink-spool.sqlite", max_bytes=1 << 30)
+    try:
+        assert [(i, s) for i, s, _ in spool.dead_letters()] == [(poisoned.id, "*")]
+    finally:
+        spool.close()
+
+
+class WebhookReceiver:
+    """A real HTTP server that refuses one event id with 400 and answers 503 once, at its ``fail_at``-th POST."""
+
+    def __init__(self, refuse: str, fail_at: int) -> None:
+        import http.server
+        import threading
+
+        self.ids: list[str] = []
+        self.posts = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.posts += 1
+                if body["id"] == refuse:
+                    self.send_response(400)
+                elif receiver.posts == fail_at:
+                    self.send_response(503)
+                else:
+                    receiver.ids.append(body["id"])
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_refused_event_is_dead_lettered_and_a_retry_resends_only_the_unconfirmed(
+    services: Callable[[dict[str, Any]], Services],
+) -> None:
+    events = [make_event(i) for i in range(60)]
+    receiver = WebhookReceiver(refuse=events[10].id, fail_at=30)
+    site = services({"uplink": {"webhook": {"url": receiver.url, "timeout_s": 5}}})
+    try:
+        site.start("broker")
+        site.start("uplink")
+        asyncio.run(send(site, events))
+        deadline = time.monotonic() + 30
+        while len(receiver.ids) < 59:
+            assert time.monotonic() < deadline, f"{len(receiver.ids)} delivered:\n{site.log('uplink')}"
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        receiver.close()
+    assert sorted(receiver.ids) == sorted(e.id for i, e in enumerate(events) if i != 10)  # none twice
+    log = site.log("uplink")
+    assert log.count("event refused for good") == 1 and "HTTP 400" in log
+    assert "sink unavailable" in log  # the 503: an outage, retried from the first unconfirmed event
