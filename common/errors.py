@@ -12,6 +12,7 @@ __all__ = [
     "EdgeSightError",
     "ShmError",
     "StaleFrameError",
+    "StartupError",
 ]
 
 
@@ -37,3 +38,7 @@ class StaleFrameError(EdgeSightError):
 
 class AssetError(EdgeSightError):
     """A model or media file was not found on the asset search path."""
+
+
+class StartupError(EdgeSightError):
+    """Something a service needs at start is taken or absent (a port in use, a folder missing)."""

@@ -25,7 +25,7 @@ from common import logging as eslogging
 from common._compat import TaskGroup
 from common.bus import Publisher, Subscriber
 from common.config import SiteConfig, load_config
-from common.errors import EdgeSightError
+from common.errors import ConfigError, EdgeSightError, StartupError
 from common.metrics import LOOP_LAG, SERVICE_UP, HttpEndpoint
 from contracts import Control, Health, topic
 
@@ -51,12 +51,17 @@ class Service(abc.ABC):
         self.instance = instance or os.environ.get("EDGESIGHT_INSTANCE") or socket.gethostname()
         self.metrics_port = config.metrics.port(self.name) if metrics_port is None else metrics_port
         self.state = ServiceState.STARTING
+        self.was_ready = False
         self.paused = False
         self.publisher: Publisher | None = None
         self.http: HttpEndpoint | None = None
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027 - optional
+        """The service's own state, built once the base's is there (instead of overriding ``__init__``)."""
 
     # -- what a service provides -------------------------------------------------------------
     @abc.abstractmethod
@@ -83,6 +88,7 @@ class Service(abc.ABC):
         if state != self.state:
             log.info("state changed", extra={"from_state": self.state.value, "to_state": state.value})
         self.state = state
+        self.was_ready = self.was_ready or state == ServiceState.READY
         SERVICE_UP.labels(service=self.name).set(1 if state == ServiceState.READY else 0)
 
     def stop(self) -> None:
@@ -96,7 +102,14 @@ class Service(abc.ABC):
         ready = lambda: self.state == ServiceState.READY  # noqa: E731
         bus = self.config.bus
         log.info("starting", extra={"instance": self.instance, "metrics_port": self.metrics_port})
-        with HttpEndpoint(self.config.metrics.host, self.metrics_port, ready) as http:
+        try:
+            endpoint = HttpEndpoint(self.config.metrics.host, self.metrics_port, ready)
+        except OSError as exc:
+            raise StartupError(
+                f"{self.name}: cannot serve metrics on {self.config.metrics.host}:{self.metrics_port} "
+                f"(metrics.ports.{self.name}): {exc.strerror or exc}"
+            ) from None
+        with endpoint as http:
             self.http = http
             async with (
                 Publisher(bus.publish_endpoint(self.name), self.name, hwm=100) as publisher,
@@ -181,9 +194,35 @@ def run_service(cls: type[Service], argv: Sequence[str] | None = None) -> int:
         print(f"{cls.name}: invalid config:\n{exc}", file=sys.stderr)
         return 2
     eslogging.configure(cls.name, config.logging.level, config.logging.format)
+    service: Service | None = None
     try:
-        asyncio.run(cls(config, instance=args.instance, metrics_port=args.metrics_port).run())
-    except EdgeSightError as exc:
-        log.error("cannot run", extra={"error": str(exc)})
-        return 1
+        service = cls(config, instance=args.instance, metrics_port=args.metrics_port)
+        asyncio.run(service.run())
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the one place every failure becomes one line and an exit code
+        started = service is not None and service.was_ready
+        return _report_failure(exc, started=started, debug=config.logging.level == "debug")
     return 0
+
+
+def failures(exc: BaseException) -> list[BaseException]:
+    """The leaves of ``exc``: errors raised inside a TaskGroup arrive wrapped in (nested) ExceptionGroups."""
+    nested = getattr(exc, "exceptions", None)
+    if isinstance(nested, (list, tuple)) and nested:
+        return [leaf for inner in nested for leaf in failures(inner)]
+    return [exc]
+
+
+def _report_failure(exc: BaseException, *, started: bool, debug: bool) -> int:
+    """One log line per cause (what and where; a traceback only at ``logging.level: debug``); 2 for a
+    config error, else 1."""
+    leaves = [leaf for leaf in failures(exc) if not isinstance(leaf, asyncio.CancelledError)] or [exc]
+    for leaf in leaves:
+        known = isinstance(leaf, EdgeSightError)
+        text = str(leaf) if known else f"{type(leaf).__name__}: {leaf}"
+        message = ("stopped on error" if started else "cannot start") if known else "crashed"
+        log.error(message, extra={"error": " | ".join(text.splitlines())})
+        if debug:
+            log.debug("traceback", exc_info=leaf)
+    return 2 if any(isinstance(leaf, ConfigError) for leaf in leaves) else 1

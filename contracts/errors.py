@@ -22,7 +22,8 @@ class EdgeSightError(Exception):
     ├── BusError        a bad endpoint or a socket that cannot bind (common.bus)
     ├── ShmError        shared memory missing, too small or owned by a live writer (common.shm)
     ├── StaleFrameError a frame overwritten while it was read (common.shm)
-    └── AssetError      a model or media file not found on the search path (common.assets)
+    ├── AssetError      a model or media file not found on the search path (common.assets)
+    └── StartupError    a port in use or a folder missing at start (common.service)
     """
 
 

@@ -183,7 +183,12 @@ class FrameRingWriter:
             raise ShmError(f"a frame ring needs at least 2 slots and a positive capacity, got {slots} x {capacity} B")
         path = Path(shm_dir) / segment_name(site, camera)
         layout = _Layout(slots, capacity)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+        if not Path(shm_dir).is_dir():
+            raise ShmError(f"shared-memory folder {shm_dir} does not exist (site.shm_dir)")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+        except OSError as exc:
+            raise ShmError(f"cannot create shared-memory segment {path} (site.shm_dir): {exc.strerror}") from None
         try:
             reuse = cls._claim(fd, path, layout, reclaim_after_s)
         except BaseException:

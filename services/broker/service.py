@@ -26,8 +26,7 @@ class BrokerService(Service):
 
     name = "broker"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def setup(self) -> None:
         self._statistics: dict[str, float] = {"messages_in": 0, "messages_out": 0}
 
     async def main(self) -> None:

@@ -149,8 +149,7 @@ class InferenceService(Service):
 
     name = "inference"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def setup(self) -> None:
         self.shard = parse_shard(os.environ.get(SHARD_VARIABLE, "0/1"))
         self.workers: dict[str, ModelWorker] = {}
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models

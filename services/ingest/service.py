@@ -32,8 +32,7 @@ class IngestService(Service):
 
     name = "ingest"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def setup(self) -> None:
         self.group = os.environ.get(INGEST_GROUP_VARIABLE, DEFAULT_INGEST_GROUP)
         self.workers: dict[str, CameraWorker] = {}
         self._outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_LIMIT)
@@ -54,8 +53,12 @@ class IngestService(Service):
         for name, camera in cameras.items():
             try:
                 sources[name] = Source.for_camera(camera, asset_paths)
-            except AssetError as exc:  # a missing file is the site's mistake: name the camera
-                raise AssetError(f"cameras.{name}.url: {exc}") from None
+            except AssetError as exc:  # this camera retries (the file may appear); the others run
+                log.error(
+                    "camera source not found; it will be retried",
+                    extra={"camera": name, "error": f"cameras.{name}.url: {exc}"},
+                )
+                sources[name] = Source(camera.url, "file")
         rings: list[FrameRingWriter] = []
         try:
             for name, camera in cameras.items():

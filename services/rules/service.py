@@ -60,8 +60,7 @@ class RulesService(Service):
 
     name = "rules"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def setup(self) -> None:
         self.timezone = zoneinfo.ZoneInfo(self.config.site.timezone)
         self.store = SqliteCountStore(Path(self.config.site.state_dir) / "rules.sqlite")
         self.cameras = {

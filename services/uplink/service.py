@@ -32,8 +32,7 @@ class UplinkService(Service):
 
     name = "uplink"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def setup(self) -> None:
         uplink = self.config.uplink
         state = Path(self.config.site.state_dir)
         self.spool = Spool(state / "uplink-spool.sqlite", max_bytes=uplink.spool.max_mb << 20, fsync=uplink.spool.fsync)

@@ -308,3 +308,31 @@ def test_a_frozen_camera_is_detected_as_stalled_and_reconnected(
 
     asyncio.run(scenario())
     assert site.log("ingest").count("camera stalled") == 1
+
+
+def test_a_missing_file_camera_does_not_stop_the_others_in_its_group(
+    shared_dir: Path, tmp_path: Path, services: Callable[..., Services]
+) -> None:
+    """It used to crash-loop the whole ingest process: now it retries alone, and joins once the file is there."""
+    late = tmp_path / "late.mp4"
+    cameras = {
+        "good": {"url": str(shared_dir / "media" / "people.mp4"), "fps": 5, "loop": True},
+        "late": {"url": str(late), "max_backoff_s": 1, "loop": True},
+    }
+    site = services({"cameras": cameras})
+    site.start("broker")
+    site.start("ingest")
+
+    async def scenario() -> Watcher:
+        async with watch(site) as watcher:
+            await watcher.until(lambda: "good" in watcher.frames, 20, "good streams")
+            await watcher.until(lambda: bool(watcher.statuses.get("late")), 10, "late reports its state")
+            assert site.processes["ingest"].poll() is None
+            assert "No such file" in watcher.statuses["late"][-1].error
+            late.write_bytes((shared_dir / "media" / "people.mp4").read_bytes())
+            await watcher.until(lambda: "late" in watcher.frames, 20, "late streams once its file is there")
+            return watcher
+
+    watcher = asyncio.run(scenario())
+    assert watcher.state("good") == "streaming"
+    assert site.log("ingest").count("camera source not found") == 1

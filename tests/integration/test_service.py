@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -15,7 +17,9 @@ import zmq.asyncio
 
 from common._compat import timeout
 from common.bus import Publisher, Subscriber
+from common.config import load_config
 from contracts import Control, Health, topic
+from tests.conftest import write_site
 from tests.support import frame_ref, http_get
 
 
@@ -98,3 +102,80 @@ def test_bad_config_exits_2_with_the_line(tmp_path: Path, python_env: dict[str, 
     )
     assert result.returncode == 2
     assert f"{site}:3: bus.frames_hwm: Input should be greater than or equal to 1" in result.stderr
+
+
+def _start_failing(
+    tmp_path: Path, python_env: dict[str, str], service: str, extra: dict[str, Any], *, occupy_port: bool = False
+) -> tuple[int, str]:
+    site = write_site(tmp_path, extra)
+    site.write_text(site.read_text().replace(f"shm_dir: {tmp_path / 'shm'}", "shm_dir: /nonexistent/shm"))
+    config = load_config(site)
+    holder = socket.socket()
+    try:
+        if occupy_port:
+            holder.bind(("127.0.0.1", config.metrics.port(service)))
+            holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", f"services.{service}", "--config", str(site)],
+            env=python_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        holder.close()
+    return result.returncode, result.stderr
+
+
+STARTUP_FAILURES = {
+    "metrics port in use": ("broker", {}, "cannot serve metrics on 127.0.0.1:{port} (metrics.ports.broker)"),
+    "shm_dir missing": (  # every site of these tests names /nonexistent/shm; only ingest makes segments
+        "ingest",
+        {"cameras": {"c": {"url": "rtsp://127.0.0.1:9/x"}}},
+        "shared-memory folder /nonexistent/shm does not exist (site.shm_dir)",
+    ),
+    "missing model": (
+        "inference",
+        {"models": {"m": {"path": "no_such_model.onnx"}}, "cameras": {"c": {"url": "rtsp://127.0.0.1:9/x"}}},
+        "no_such_model.onnx",
+    ),
+    "unknown class": (
+        "inference",
+        {
+            "models": {"m": {"path": "yolox_nano.onnx", "classes": ["unicorn"]}},
+            "cameras": {"c": {"url": "rtsp://127.0.0.1:9/x"}},
+        },
+        "unicorn",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STARTUP_FAILURES))
+def test_every_startup_failure_is_one_line_and_exit_1(tmp_path: Path, python_env: dict[str, str], case: str) -> None:
+    """Errors raised inside the TaskGroup arrive as an ExceptionGroup: they used to print a traceback."""
+    service, extra, expected = STARTUP_FAILURES[case]
+    code, stderr = _start_failing(tmp_path, python_env, service, extra, occupy_port=case == "metrics port in use")
+    if "{port}" in expected:
+        expected = expected.format(port=load_config(tmp_path / "site.yaml").metrics.port(service))
+    assert code == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    failures = [line for line in stderr.splitlines() if 'msg="cannot start"' in line]
+    assert len(failures) == 1 and expected in failures[0], stderr
+
+
+def test_a_bus_endpoint_in_use_is_one_line(tmp_path: Path, python_env: dict[str, str], broker) -> None:  # type: ignore[no-untyped-def]
+    """A second broker on the same ipc paths used to bind silently and steal the bus from the first."""
+    process, base, _ = broker
+    second = subprocess.run(
+        [sys.executable, "-m", "services.broker", "--config", str(tmp_path / "site.yaml"), "--metrics-port", "0"],
+        env=python_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 1, second.stderr
+    assert "Traceback" not in second.stderr
+    assert "another live process serves" in second.stderr
+    assert process.poll() is None and http_get(f"{base}/readyz")[0] == 200
