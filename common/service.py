@@ -68,6 +68,12 @@ class Service(abc.ABC):
     async def main(self) -> None:
         """The service's own work; runs until cancelled. Call ``self.set_state(READY)`` once serving."""
 
+    @classmethod
+    def check(cls, config: SiteConfig) -> list[str]:
+        """What can be known wrong before running (``--check``, ``edgesight config check``): one
+        ``file:line: key: message`` per problem (see :meth:`SiteConfig.where`)."""
+        return []
+
     def health_counters(self) -> dict[str, float]:
         """Numbers worth seeing in Health messages (bounded keys)."""
         return {}
@@ -187,12 +193,18 @@ def run_service(cls: type[Service], argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the site file")
     parser.add_argument("--instance", help="this replica's name (default: $EDGESIGHT_INSTANCE or the host name)")
     parser.add_argument("--metrics-port", type=int, help="override metrics.ports.<service>; 0 picks a free port")
+    parser.add_argument("--check", action="store_true", help="check this service's part of the site file and exit")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except EdgeSightError as exc:
         print(f"{cls.name}: invalid config:\n{exc}", file=sys.stderr)
         return 2
+    if args.check:
+        problems = cls.check(config)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2 if problems else 0
     eslogging.configure(cls.name, config.logging.level, config.logging.format)
     service: Service | None = None
     try:

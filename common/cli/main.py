@@ -47,9 +47,26 @@ def cmd_version(_: argparse.Namespace) -> int:
     return 0
 
 
+# Services whose part of the site file can be checked deeper than its schema (files exist, models load).
+DEEP_CHECKS = ("ingest", "inference")
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
+        return EXIT_CONFIG
+    problems: list[str] = []
+    for service in (s for s in DEEP_CHECKS if s in installed_services()):  # handed over: never imported here
+        result = subprocess.run(
+            [sys.executable, "-m", f"services.{service}", "--config", args.file, "--check"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode:
+            problems += result.stderr.strip().splitlines() or [f"{service}: check failed ({result.returncode})"]
+    if problems:
+        print(f"{args.file}: invalid\n" + "\n".join(problems), file=sys.stderr)
         return EXIT_CONFIG
     rules = sum(len(camera.rules) for camera in config.cameras.values())
     sinks = [name for name in ("mqtt", "s3", "cloudwatch", "jsonl", "webhook") if getattr(config.uplink, name)]
@@ -134,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="check a site file or print its JSON Schema")
     config_commands = config.add_subparsers(dest="config_command", required=True)
-    check = config_commands.add_parser("check", help="validate a site file: exit 0, or 2 with file:line: key: message")
+    check = config_commands.add_parser(
+        "check",
+        help="validate a site file, load its models, find its media: exit 0, or 2 with file:line: key: message",
+    )
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
     config_commands.add_parser("schema", help="print the JSON Schema of site files").set_defaults(

@@ -133,13 +133,16 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: (top): expected a mapping of sections, got {type(data).__name__}"])
     _merge_defaults(data, lines)
+    reported = _check_references(data, lines)
     try:
         config = SiteConfig.model_validate(data, context={"source": source})
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             path = _data_path(tuple(error["loc"]), data)
             message = error["msg"]
-            if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+            if message.removeprefix("Value error, ") in reported:
+                continue  # said already, at the line of the key that is wrong
+            if error["type"] not in ("missing", "extra_forbidden") and _echoable(path, error.get("input")):
                 message += f" (got {repr(error['input'])[:60]})"
             if error["type"] == "extra_forbidden":
                 message = "unknown key (check its spelling and section)"
@@ -147,7 +150,42 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
     if lines.problems:
         raise ConfigError(lines.problems)
     config.source = source
+    config.key_lines = dict(lines.by_path)
     return config
+
+
+_SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth", re.IGNORECASE)
+
+
+def _echoable(path: Path_, value: object) -> bool:
+    """Only a scalar that cannot be a secret is repeated in a message: a mapping may hold a password."""
+    if not isinstance(value, (str, int, float, bool)) or value is None:
+        return False
+    return not any(isinstance(part, str) and _SECRET_KEY.search(part) for part in path)
+
+
+def _check_references(data: dict[str, Any], lines: _Lines) -> set[str]:
+    """A rule naming a zone that is not a zone rule of its camera: reported at the rule's ``zone`` line
+    (the model's own check can only name the camera). Returns the messages reported."""
+    reported: set[str] = set()
+    cameras = data.get("cameras")
+    if not isinstance(cameras, dict):
+        return reported
+    for camera_name, camera in cameras.items():
+        rules = camera.get("rules") if isinstance(camera, dict) else None
+        if not isinstance(rules, dict):
+            continue
+        zones = {name for name, rule in rules.items() if isinstance(rule, dict) and rule.get("type") == "zone"}
+        for name, rule in rules.items():
+            zone = rule.get("zone") if isinstance(rule, dict) else None
+            if isinstance(zone, str) and zone not in zones:
+                message = (
+                    f"rule {name!r} names zone {zone!r}, which is not a zone rule of this camera "
+                    f"(zones: {sorted(zones) or 'none'})"
+                )
+                lines.error(("cameras", camera_name, "rules", name, "zone"), message)
+                reported.add(message)
+    return reported
 
 
 def _data_path(loc: Path_, data: Any) -> Path_:
@@ -176,7 +214,13 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> A
     """Read and validate a site file; raises ConfigError naming file, line and key."""
     file = Path(path)
     try:
-        text = file.read_text()
+        raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        problem = f"{file}:{line}: (file): not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        raise ConfigError([problem]) from None
     return parse_config(text, str(file), environ)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from common.config._types import Section
 
@@ -15,13 +15,23 @@ DEFAULT_PORTS = {"run": 9400, "broker": 9401, "ingest": 9402, "inference": 9403,
 
 class MetricsConfig(Section):
     host: str = Field("0.0.0.0", description="Address /metrics, /healthz and /readyz listen on.")
-    ports: dict[str, int] = Field(
+    ports: dict[str, Annotated[int, Field(ge=0, le=65535)]] = Field(
         default_factory=lambda: dict(DEFAULT_PORTS),
         description="Port per service; 0 picks a free one. A second instance on one host needs --metrics-port.",
     )
 
     def port(self, service: str) -> int:
         return self.ports.get(service, DEFAULT_PORTS.get(service, 0))
+
+    @model_validator(mode="after")
+    def _ports_not_shared(self) -> MetricsConfig:
+        taken: dict[int, str] = {}
+        for service in sorted({*DEFAULT_PORTS, *self.ports}):
+            port = self.port(service)
+            if port and port in taken:
+                raise ValueError(f"port {port} is given to both {taken[port]} and {service}; one port per service")
+            taken[port] = service
+        return self
 
 
 class LoggingConfig(Section):

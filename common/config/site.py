@@ -52,6 +52,7 @@ class SiteConfig(Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     _source: str = PrivateAttr("<memory>")
+    _key_lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -60,6 +61,23 @@ class SiteConfig(Section):
     @source.setter
     def source(self, value: str) -> None:
         self._source = value
+
+    @property
+    def key_lines(self) -> dict[tuple[str | int, ...], int]:
+        return self._key_lines
+
+    @key_lines.setter
+    def key_lines(self, value: dict[tuple[str | int, ...], int]) -> None:
+        self._key_lines = value
+
+    def where(self, *path: str | int) -> str:
+        """``file:line: dotted.key`` of a key of this site file (its nearest ancestor's line when the key
+        itself is not in the file), for messages about a key found wrong after loading."""
+        key = tuple(path)
+        while key and key not in self._key_lines:
+            key = key[:-1]
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
+        return f"{self._source}:{self._key_lines.get(key, 1)}: {dotted}"
 
     @model_validator(mode="after")
     def _camera_models_exist(self) -> SiteConfig:

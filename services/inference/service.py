@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from common._compat import TaskGroup
 from common.bus import Subscriber
-from common.config import ModelConfig
+from common.config import ModelConfig, SiteConfig
 from common.errors import ConfigError, ShmError, StaleFrameError
 from common.service import Service, ServiceState
 from common.shm import FrameRingReader
@@ -158,6 +158,32 @@ class InferenceService(Service):
         self.inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
         self._inference_ms_lock = threading.Lock()  # written on worker threads, read on the loop
         self._unreadable: dict[str, str] = {}  # segment -> the error last logged for it
+
+    @classmethod
+    def check(cls, config: SiteConfig) -> list[str]:
+        """Every model file exists and loads, its classes are among its labels, and every class a rule
+        names is a label of one of its camera's models."""
+        problems = []
+        labels: dict[str, set[str]] = {}
+        for name, model in config.models.items():
+            try:
+                detector = Detector.from_config(model, tuple(config.site.asset_paths))
+            except Exception as exc:  # whatever the loader raises, it is this model's problem
+                problems.append(f"{config.where('models', name, 'path')}: {exc}")
+                continue
+            labels[name] = set(detector.labels)
+            detector.close()
+        for camera_name, camera in config.cameras.items():
+            models = [m for m in (camera.models or list(config.models)) if m in labels]
+            if len(models) < len(camera.models or config.models):
+                continue  # a model that did not load is reported above
+            known = set().union(*(labels[m] for m in models))
+            for rule_name, rule in camera.rules.items():
+                for index, label in enumerate(getattr(rule, "classes", None) or ()):
+                    if label not in known:
+                        where = config.where("cameras", camera_name, "rules", rule_name, "classes", index)
+                        problems.append(f"{where}: no model of this camera has the class {label!r}")
+        return problems
 
     def assignment(self) -> dict[str, list[str]]:
         """Camera -> model names, for this replica's share of the cameras."""

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "detect":
             return detect(args.model, args.source, args.frames, args.out, args.annotate)
         return inspect(args.file)
-    except (EdgeSightError, av.error.FFmpegError) as exc:
-        print(f"edgesight {args.command}: {exc}", file=sys.stderr)
+    except (EdgeSightError, av.error.FFmpegError, OSError) as exc:
+        message = str(exc)
+        if args.command == "detect":
+            message = _without_credentials(message, args.source)
+        print(f"edgesight {args.command}: {message}", file=sys.stderr)
         return 1
+
+
+def _without_credentials(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (as written and percent-decoded) replaced by ``***``."""
+    password = urllib.parse.urlsplit(url).password
+    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+        text = text.replace(str(secret), "***")
+    return text
 
 
 if __name__ == "__main__":

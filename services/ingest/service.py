@@ -11,7 +11,7 @@ import logging
 import os
 
 from common._compat import TaskGroup
-from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, CameraConfig
+from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, CameraConfig, SiteConfig
 from common.errors import AssetError
 from common.service import Service, ServiceState
 from common.shm import FrameRingWriter, frame_bytes
@@ -36,6 +36,19 @@ class IngestService(Service):
         self.group = os.environ.get(INGEST_GROUP_VARIABLE, DEFAULT_INGEST_GROUP)
         self.workers: dict[str, CameraWorker] = {}
         self._outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_LIMIT)
+
+    @classmethod
+    def check(cls, config: SiteConfig) -> list[str]:
+        """Every camera's URL is one ingest can open: a supported scheme, a media file that exists."""
+        problems = []
+        for name, camera in config.cameras.items():
+            if not camera.enabled:
+                continue
+            try:
+                Source.for_camera(camera, tuple(config.site.asset_paths))
+            except AssetError as exc:
+                problems.append(f"{config.where('cameras', name, 'url')}: {exc}")
+        return problems
 
     def cameras(self) -> dict[str, CameraConfig]:
         return {

@@ -65,3 +65,17 @@ def test_inspect_suggests_a_manifest_that_loads(shared_dir: Path, tmp_path: Path
     assert yaml.safe_load(manifest_text)["decoder"] == "yolox"
     spec = load_model_spec(manifest)
     assert spec.labels[0] == "person" and spec.model_path == model
+
+
+def test_detect_never_prints_the_camera_password(python_env: dict[str, str]) -> None:
+    """The RTSP URL of a camera that does not answer used to come back in the error with its password."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"rtsp://admin:pa%24%24word-77@127.0.0.1:{port}/stream"
+    result = edgesight("detect", "--model", "yolox_nano.onnx", "--source", url, "--frames", "1", env=python_env)
+    assert result.returncode == 1
+    assert "pa%24%24word-77" not in result.stderr and "pa$$word-77" not in result.stderr
+    assert "***" in result.stderr

@@ -49,7 +49,7 @@ def _problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
         (
             "        zone: bay",
             "        zone: nowhere",
-            "cameras.dock-1: Value error, rule 'loitering' names zone 'nowhere'",
+            "cameras.dock-1.rules.loitering.zone: rule 'loitering' names zone 'nowhere'",
         ),
         ("  publish: pub+connect:", "  publish: pub+sideways:", "bus.publish: Value error, bad endpoint"),
     ],
@@ -129,3 +129,58 @@ def test_cli_config_check_and_schema(tmp_path: Path) -> None:
     assert f"{broken}:{line}: cameras.dock-1.fps: Input should be greater than 0 (got -5)" in bad.stderr
     schema = subprocess.run([*cli, "config", "schema"], capture_output=True, text=True, check=True)
     assert json.loads(schema.stdout)["title"] == "EdgeSight site configuration"
+
+
+def test_a_missing_zone_is_reported_at_the_rule_and_no_secret_is_echoed() -> None:
+    """It used to name the camera and print the camera's mapping, password included."""
+    text = EXAMPLE.read_text().replace("        zone: bay", "        zone: nowhere")
+    problems = _problems(text, {"DOCK1_PASSWORD": "hunter2-secret"})
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "zone: nowhere" in row)
+    assert problems == [
+        f"site.yaml:{line}: cameras.dock-1.rules.loitering.zone: rule 'loitering' names zone 'nowhere', "
+        "which is not a zone rule of this camera (zones: ['bay'])"
+    ]
+    wrong_type = _problems(
+        EXAMPLE.read_text().replace("    username: viewer", "    username: [viewer]"),
+        {"DOCK1_PASSWORD": "hunter2-secret"},
+    )
+    assert wrong_type and not any("hunter2" in problem for problem in wrong_type)
+    bad_password = _problems(EXAMPLE.read_text().replace("${DOCK1_PASSWORD:-changeme}", "[1, 2]"))
+    assert not any("(got" in problem for problem in bad_password)
+
+
+def test_non_utf8_file_and_ports_are_config_errors(tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes(b"site: {name: s}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml:2: \(file\): not UTF-8 text"):
+        load_config(latin)
+    assert _problems("site: {name: s}\nmetrics: {ports: {rules: 70000}}\n") == [
+        "site.yaml:2: metrics.ports.rules: Input should be less than or equal to 65535 (got 70000)"
+    ]
+    shared = _problems("site: {name: s}\nmetrics: {ports: {rules: 9500, uplink: 9500}}\n")
+    assert len(shared) == 1 and "port 9500 is given to both rules and uplink" in shared[0]
+
+
+def test_config_check_loads_models_and_finds_media(tmp_path: Path) -> None:
+    """What the schema cannot know: a model file that is missing or does not load, a class the model
+    lacks, a media file that is not there — each at its line, exit 2."""
+    cli = [sys.executable, "-m", "common.cli.main"]
+    text = (
+        EXAMPLE.read_text()
+        .replace("    path: yolox_nano.onnx", "    path: nosuch.onnx")
+        .replace("media/people.mp4", "media/nosuch.mp4")
+        .replace("        classes: [person]\n      door:", "        classes: [unicorn]\n      door:")
+    )
+    broken = tmp_path / "site.yaml"
+    broken.write_text(text)
+    result = subprocess.run([*cli, "config", "check", str(broken)], capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    line = {needle: next(i for i, row in enumerate(text.splitlines(), 1) if needle in row)
+            for needle in ("nosuch.onnx", "nosuch.mp4")}  # fmt: skip
+    assert f"{broken}:{line['nosuch.onnx']}: models.people.path: " in result.stderr
+    assert f"{broken}:{line['nosuch.mp4']}: cameras.yard.url: " in result.stderr
+    assert "Traceback" not in result.stderr
+    broken.write_text(EXAMPLE.read_text().replace("classes: [person]\n      door:", "classes: [unicorn]\n      door:"))
+    result = subprocess.run([*cli, "config", "check", str(broken)], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "cameras.dock-1.rules.bay.classes[0]: no model of this camera has the class 'unicorn'" in result.stderr
