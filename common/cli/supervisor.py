@@ -1,20 +1,27 @@
 """``edgesight run``: the embedded supervisor of the service processes.
 
 Starts each service as ``python -m services.<name> --config FILE``, restarts one that exits
-(exponential backoff, reset once it has run for a minute; counted), forwards SIGTERM/SIGINT as a
-clean stop (SIGKILL after ``stop_grace_s``), and with ``--for`` stops by itself. Compose and k3s
-are the other supervisors; nothing in a service knows which one runs it.
+(exponential backoff, reset once it has run for a minute; counted) or whose ``/healthz`` has failed
+for ``run.liveness_timeout_s`` (a stalled event loop), forwards SIGTERM/SIGINT as a clean stop
+(SIGKILL after ``stop_grace_s``), and with ``--for`` stops by itself (exit 1 if a service never
+became ready). Children get SIGTERM from the kernel when the supervisor dies, however it dies, so no
+orphan holds a port against the next ``run``. Compose and k3s are the other supervisors; nothing in
+a service knows which one runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +64,9 @@ class _Child:
     restarts: int = 0
     backoff_s: float = 0.0
     last_health: Health | None = field(default=None, repr=False)
+    metrics_port: int = 0
+    was_ready: bool = False
+    last_error: str = ""  # the child's last error log line (or its last words when it crashed)
 
 
 class Supervisor:
@@ -73,6 +83,8 @@ class Supervisor:
                     self.children[name] = _Child(name, service, group)
             else:
                 self.children[service] = _Child(service, service)
+        for child in self.children.values():  # known in advance: the liveness probe needs it
+            child.metrics_port = config.metrics.port(child.name) or _free_port()
         self.status_interval_s = status_interval_s
         self._stopping = asyncio.Event()
 
@@ -92,6 +104,10 @@ class Supervisor:
                 watchers = [
                     group.create_task(self._keep_running(child), name=child.name) for child in self.children.values()
                 ]
+                watchers += [
+                    group.create_task(self._check_liveness(child), name=f"{child.name}-liveness")
+                    for child in self.children.values()
+                ]
                 status = group.create_task(self._status_loop(), name="status")
                 await self._stopping.wait()
                 status.cancel()
@@ -99,23 +115,36 @@ class Supervisor:
                 for watcher in watchers:
                     watcher.cancel()
         self._print_status(final=True)
+        never = [child.name for child in self.children.values() if not child.was_ready]
+        if duration_s is not None and never:
+            log.error("services never became ready", extra={"services": ",".join(never)})
+            return 1
         return 0
 
     async def _keep_running(self, child: _Child) -> None:
         backoff = self.config.run.restart_backoff_s
         while not self._stopping.is_set():
             arguments = ["--config", str(self.config_path), "--instance", self._instance(child)]
+            arguments += ["--metrics-port", str(child.metrics_port)]
             environment = None
             if child.group is not None:
                 environment = {**os.environ, INGEST_GROUP_VARIABLE: child.group}
-                if child.group != DEFAULT_INGEST_GROUP:  # metrics.ports["ingest@east"], or a free port
-                    arguments += ["--metrics-port", str(self.config.metrics.port(child.name))]
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{child.service}", *arguments, env=environment
+                sys.executable,
+                "-m",
+                f"services.{child.service}",
+                *arguments,
+                env=environment,
+                stderr=asyncio.subprocess.PIPE,
+                limit=1 << 20,  # longest log line relayed
+                preexec_fn=_die_with_parent(os.getpid()),
             )
             child.started = time.monotonic()
             log.info("service started", extra={"child": child.name, "pid": child.process.pid})
+            last_words = await self._relay_stderr(child)
             code = await child.process.wait()
+            if code is not None and code > 0 and last_words and not child.last_error:  # not killed: its last words
+                child.last_error = last_words
             if self._stopping.is_set():
                 return
             ran_for = time.monotonic() - child.started
@@ -133,6 +162,42 @@ class Supervisor:
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, self.config.run.max_restart_backoff_s)
+
+    async def _relay_stderr(self, child: _Child) -> str:
+        """Passes the child's log lines on to ours, keeping its last error line for the status table;
+        returns its last line (a crash's last words) once the pipe closes."""
+        assert child.process is not None and child.process.stderr is not None
+        last = ""
+        async for raw in child.process.stderr:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            line = raw.decode(errors="replace").strip()
+            if line:
+                last = line
+                if _ERROR_LINE.search(line):
+                    child.last_error = line
+        return last
+
+    async def _check_liveness(self, child: _Child) -> None:
+        """Kills a child whose /healthz has not answered 200 for ``liveness_timeout_s``: a stalled loop
+        still answers /readyz from its HTTP thread, and never exits by itself."""
+        timeout_s = self.config.run.liveness_timeout_s
+        host = "127.0.0.1" if self.config.metrics.host in ("0.0.0.0", "::", "") else self.config.metrics.host
+        healthy_at, process = time.monotonic(), None
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            if child.process is not process:  # (re)started: a new grace period
+                process, healthy_at = child.process, time.monotonic()
+            if process is None or process.returncode is not None:
+                continue
+            if await _healthy(host, child.metrics_port):
+                healthy_at = time.monotonic()
+                continue
+            if time.monotonic() - healthy_at >= timeout_s:
+                child.last_error = f"/healthz failed for {timeout_s:g} s: killed and restarted"
+                log.warning("service unresponsive; killing it", extra={"child": child.name, "seconds": timeout_s})
+                process.kill()
+                healthy_at = time.monotonic()
 
     async def _terminate(self, child: _Child) -> None:
         process = child.process
@@ -160,6 +225,7 @@ class Supervisor:
                         for child in self.children.values():
                             if (message.service, message.instance) == (child.service, self._instance(child)):
                                 child.last_health = message
+                                child.was_ready = child.was_ready or message.state == "ready"
                 except asyncio.TimeoutError:
                     pass
                 if time.monotonic() >= next_print:
@@ -176,6 +242,7 @@ class Supervisor:
 
     def _print_status(self, *, final: bool = False) -> None:
         rows = [f"{'service':<14} {'pid':>7} {'state':<9} {'up s':>7} {'restarts':>8}  counters"]
+        errors = []
         for child in self.children.values():
             health = child.last_health
             alive = child.process is not None and child.process.returncode is None
@@ -186,4 +253,50 @@ class Supervisor:
             pid = child.process.pid if child.process else "-"
             uptime = f"{health.uptime_s:.0f}" if health else "-"
             rows.append(f"{child.name:<14} {pid!s:>7} {state:<9} {uptime:>7} {child.restarts:>8}  {counters}")
-        print("\n".join(rows), flush=True)
+            if child.last_error:
+                errors.append(f"  {child.name} last error: {child.last_error[:300]}")
+        print("\n".join(rows + errors), flush=True)
+
+
+_ERROR_LINE = re.compile(r'level=(error|critical)\b|"level": ?"(error|critical)"')
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the kernel sends the child SIGTERM when the supervisor dies (even by
+    SIGKILL), so no orphan keeps serving and holding ports (Linux ``PR_SET_PDEATHSIG``)."""
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: after fork, only call it
+    except (OSError, AttributeError):
+        prctl = None  # not Linux: a supervisor crash leaves orphans, as before
+
+    def arrange() -> None:
+        if prctl is None:
+            return
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os._exit(1)
+
+    return arrange
+
+
+async def _healthy(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """True when ``GET /healthz`` answers 200 within ``timeout_s``."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET /healthz HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        status = await asyncio.wait_for(reader.readline(), timeout_s)
+        return status.split()[1:2] == [b"200"]
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()

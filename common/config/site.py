@@ -35,6 +35,9 @@ class RunConfig(Section):
     restart_backoff_s: float = Field(1.0, gt=0, le=60, description="First wait before restarting a dead service.")
     max_restart_backoff_s: float = Field(30.0, gt=0, le=3600)
     stop_grace_s: float = Field(10.0, gt=0, le=300, description="Time between SIGTERM and SIGKILL on stop.")
+    liveness_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A service whose /healthz fails this long is killed and restarted."
+    )
 
 
 class SiteConfig(Section):

@@ -119,3 +119,82 @@ def test_run_starts_one_ingest_per_camera_group(tmp_path: Path, python_env: dict
     assert "cameras=1" in rows["ingest@east"] and "streaming=1" in rows["ingest@east"], last_live
     assert f"metrics_port={east_port}" in result.stderr
     assert f"metrics_port={config.metrics.port('ingest')}" in result.stderr
+
+
+def site_with_run(tmp_path: Path, run: dict[str, object], extra: dict[str, object] | None = None) -> Path:
+    """A test site (see write_site) whose ``run:`` section also holds ``run``."""
+    import yaml
+
+    site = write_site(tmp_path, extra)
+    data = yaml.safe_load(site.read_text())
+    data["run"] = {**data["run"], **run}
+    site.write_text(yaml.safe_dump(data, sort_keys=False))
+    return site
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_children_die_with_a_sigkilled_run(tmp_path: Path, python_env: dict[str, str]) -> None:
+    """A SIGKILLed `run` used to leave its services as orphans that fought the next `run` for ports."""
+    site = site_with_run(tmp_path, {"services": ["broker", "rules", "uplink"]})
+    log = tmp_path / "run.log"
+    with log.open("w") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "common.cli.main", "run", str(site)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=python_env,
+        )
+        wait_until(lambda: log.read_text().count("to_state=ready") >= 3, 30)
+        children = children_of(run.pid)
+        assert len(children) == 3
+        run.kill()
+        run.wait()
+        wait_until(lambda: not any(alive(pid) for pid in children), 15)
+
+
+def test_a_stalled_service_is_restarted_and_the_table_shows_why(tmp_path: Path, python_env: dict[str, str]) -> None:
+    """A service whose event loop stalls still answers /readyz: only /healthz tells, and `run` acts on it."""
+    site = site_with_run(tmp_path, {"services": ["broker"], "liveness_timeout_s": 2})
+    log, out = tmp_path / "run.log", tmp_path / "run.out"
+    with log.open("w") as stderr, out.open("w") as stdout:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "common.cli.main", "run", str(site), "--for", "14", "--status-interval", "1"],
+            stdout=stdout,
+            stderr=stderr,
+            env=python_env,
+        )
+        wait_until(lambda: len(pids_started(log)) == 1)
+        wait_until(lambda: "to_state=ready" in log.read_text())
+        first = pids_started(log)[0]
+        os.kill(first, signal.SIGSTOP)  # frozen: neither its loop nor its HTTP thread runs
+        wait_until(lambda: len(pids_started(log)) == 2, 20)
+        assert run.wait(timeout=30) == 0
+    assert not alive(first)
+    assert 'msg="service unresponsive; killing it" child=broker' in log.read_text()
+    assert "broker last error: /healthz failed for 2 s" in out.read_text()
+
+
+def test_run_for_exits_1_when_a_service_never_became_ready(tmp_path: Path, python_env: dict[str, str]) -> None:
+    extra = {"models": {"m": {"path": "nosuch.onnx"}}, "cameras": {"c": {"url": "rtsp://127.0.0.1:9/x"}}}
+    site = site_with_run(tmp_path, {"services": ["broker", "inference"]}, extra)
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli.main", "run", str(site), "--for", "6", "--status-interval", "2"],
+        capture_output=True,
+        text=True,
+        env=python_env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert 'msg="services never became ready" services=inference' in result.stderr
+    assert "inference last error:" in result.stdout and "nosuch.onnx" in result.stdout
