@@ -414,15 +414,24 @@ class CameraRules:
                 self.rules.append(PpeState(name, rule))
             elif isinstance(rule, PresenceRule):
                 self.rules.append(PresenceState(name, rule))
-        self._last_event: dict[tuple[str, str, int], float] = {}
-        self._suppressed: set[tuple[str, int]] = set()  # (rule, object) whose start the cooldown dropped
+        # object -> (rule, event type) -> when its last event went out; object -> rules whose start the
+        # cooldown dropped. Per object so that an object's state goes when it does: ids never come back.
+        self._last_event: dict[int, dict[tuple[str, str], float]] = {}
+        self._suppressed: dict[int, set[str]] = {}
 
     def step(self, moment: Moment) -> list[Draft]:
         drafts: list[Draft] = []
         for rule in self.rules:
             if rule.active(moment):
                 drafts.extend(self._cooled(rule, rule.step(moment, self.zones), moment.t))
+        for track in moment.gone:
+            self._last_event.pop(track.track_id, None)
+            self._suppressed.pop(track.track_id, None)
         return drafts
+
+    def tracked_objects(self) -> int:
+        """Objects this camera's cooldowns hold state for (bounded by the live tracks)."""
+        return len(self._last_event.keys() | self._suppressed.keys())
 
     def _cooled(self, rule: _Rule, drafts: list[Draft], t: float) -> list[Draft]:
         """Drops an object's repeated events within ``cooldown_s``, and the end of any start it dropped."""
@@ -434,18 +443,19 @@ class CameraRules:
             if draft.track is None:
                 kept.append(draft)  # camera-level events (crowd, presence end) are not per object
                 continue
-            key = (rule.name, draft.event_type, draft.track.track_id)
-            quiet = (rule.name, draft.track.track_id)
+            track_id = draft.track.track_id
+            last = self._last_event.setdefault(track_id, {})
+            quiet = self._suppressed.setdefault(track_id, set())
             if draft.lifecycle == "end":
-                if quiet in self._suppressed:
-                    self._suppressed.discard(quiet)
+                if rule.name in quiet:
+                    quiet.discard(rule.name)
                 else:
                     kept.append(draft)
-            elif t - self._last_event.get(key, -1e18) >= cooldown:
-                self._last_event[key] = t
+            elif t - last.get((rule.name, draft.event_type), -1e18) >= cooldown:
+                last[rule.name, draft.event_type] = t
                 kept.append(draft)
             else:
-                self._suppressed.add(quiet)
+                quiet.add(rule.name)
         return kept
 
     def occupancy(self) -> dict[str, dict[str, int]]:

@@ -19,3 +19,8 @@ OUTBOX_DROPPED = Counter(
     "Events dropped from the rules outbox: full (past uplink.spool.max_mb) or invalid (no longer decodes).",
     ["reason"],
 )
+ACTIONS_DROPPED = Counter(
+    "edgesight_actions_dropped_total",
+    "Local actions not run because MAX_RUNNING_ACTIONS were already running.",
+    ["rule", "action"],
+)

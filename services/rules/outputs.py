@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ async def run_action(action: Action, event: Event) -> None:
         elif isinstance(action, CommandAction):
             await _command(action, event)
         elif isinstance(action, GpioAction):
-            await asyncio.to_thread(_gpio, action, event)
+            await _gpio(action, event)
     except Exception as exc:
         log.warning("action failed", extra={"action": action.type, "rule": event.rule, "error": str(exc)})
 
@@ -137,19 +137,27 @@ async def _command(action: CommandAction, event: Event) -> None:
         raise RuntimeError(f"{action.argv[0]} exited with {process.returncode}")
 
 
-def _gpio(action: GpioAction, event: Event) -> None:
-    """Drives a GPIO line high for ``active_s`` through the Linux character device (libgpiod)."""
+async def _gpio(action: GpioAction, event: Event) -> None:
+    """Drives a GPIO line high for ``active_s`` through the Linux character device (libgpiod). The
+    wait is a timer on the event loop, not a sleeping thread: a burst of events cannot use up the
+    default executor."""
     try:
         import gpiod
     except ImportError:
         gpiod = None
-    if gpiod is None or not Path(action.chip).exists():
+    if gpiod is None or not await asyncio.to_thread(os.path.exists, action.chip):
         log.info(
             "gpio not available here; would have set the line",
             extra={"chip": action.chip, "line": action.line, "seconds": action.active_s, "rule": event.rule},
         )
+        await asyncio.sleep(action.active_s)  # held as long as the line would be: the same concurrency
         return
     settings = gpiod.LineSettings(direction=gpiod.line.Direction.OUTPUT, output_value=gpiod.line.Value.ACTIVE)
-    with gpiod.request_lines(action.chip, consumer="edgesight", config={action.line: settings}) as request:
-        time.sleep(action.active_s)
-        request.set_value(action.line, gpiod.line.Value.INACTIVE)
+    request = await asyncio.to_thread(
+        gpiod.request_lines, action.chip, consumer="edgesight", config={action.line: settings}
+    )
+    try:
+        await asyncio.sleep(action.active_s)
+    finally:
+        await asyncio.to_thread(request.set_value, action.line, gpiod.line.Value.INACTIVE)
+        await asyncio.to_thread(request.release)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SCALARS = (str, int, float, bool)
 ITEM_MAX_AGE_S = 1.0  # detections of another model count for PPE this long
+MAX_RUNNING_ACTIONS = 64  # local actions (webhook, command, GPIO) running at once; past it they are dropped
 EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")
 
 
@@ -53,6 +54,9 @@ class _Camera:
         self.ids = itertools.count(1)  # shared by this camera's trackers: ids never collide across models
         self.trackers: dict[str, ByteTracker] = {}
         self.items: dict[str, tuple[float, list[tuple[str, tuple[float, float, float, float]]]]] = {}
+        self.zone_labels: dict[str, set[str]] = {}  # zone -> every label seen in it: gauges go back to 0
+        # track -> rule -> the object at that rule's last event about it: the "before" of the next one
+        self.last_seen: dict[int, dict[str, TrackedObject]] = {}
 
 
 class RulesService(Service):
@@ -74,8 +78,7 @@ class RulesService(Service):
         self.events_sent = 0
         self._readers: dict[str, FrameRingReader] = {}
         self._actions: set[asyncio.Task[None]] = set()
-        # (camera, rule, track) -> the object at the last event: the "before" of the next one
-        self._last_seen: dict[tuple[str, str, int], TrackedObject] = {}
+        self._group: TaskGroup | None = None
         jsonl = self.config.events.jsonl
         self.jsonl = None if jsonl is None else Path(self.config.site.state_dir) / jsonl
 
@@ -97,6 +100,7 @@ class RulesService(Service):
             ):
                 self.set_state(ServiceState.READY)
                 async with TaskGroup() as group:
+                    self._group = group  # actions run here: cancelled with the service, never orphaned
                     group.create_task(self._send(sender), name="send")
                     async for received in detections:
                         if isinstance(received.message, Detections) and not self.paused:
@@ -138,8 +142,12 @@ class RulesService(Service):
         moment = Moment(t, wall, [observed(s) for s in seen], [observed(g) for g in gone], items)
         for draft in camera.rules.step(moment):
             await self._emit(camera, detections, draft, t)
+        for track in gone:  # its ids never come back: nothing about it is needed any more
+            camera.last_seen.pop(track.track_id, None)
         for zone, occupancy in camera.rules.occupancy().items():
-            for label in {*occupancy, "person"}:
+            labels = camera.zone_labels.setdefault(zone, {"person"})
+            labels.update(occupancy)
+            for label in labels:  # a label whose last object left reads 0, not its last value
                 metrics.ZONE_OCCUPANCY.labels(camera.name, zone, label).set(occupancy.get(label, 0))
 
     async def _emit(self, camera: _Camera, detections: Detections, draft: Draft, t: float) -> None:
@@ -153,12 +161,12 @@ class RulesService(Service):
             after = TrackedObject(
                 track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=track.box
             )
-            lifecycle_key = (camera.name, draft.rule, track.track_id)
-            before = self._last_seen.get(lifecycle_key) if draft.lifecycle != "new" else None
+            seen = camera.last_seen.setdefault(track.track_id, {})
+            before = seen.get(draft.rule) if draft.lifecycle != "new" else None
             if draft.lifecycle == "end":
-                self._last_seen.pop(lifecycle_key, None)
+                seen.pop(draft.rule, None)
             else:
-                self._last_seen[lifecycle_key] = after
+                seen[draft.rule] = after
         identity = f"{self.config.site.name}/{camera.name}/{draft.rule}/{draft.event_type}/{draft.lifecycle}/"
         identity += f"{track.track_id if track else '-'}/{start_ns}/{frame.seq}"
         event = Event(
@@ -208,7 +216,12 @@ class RulesService(Service):
             with self.jsonl.open("ab") as out:
                 out.write(event_json(event) + b"\n")
         for action in rule.actions:
-            task = asyncio.create_task(run_action(action, event))
+            if len(self._actions) >= MAX_RUNNING_ACTIONS:
+                metrics.ACTIONS_DROPPED.labels(draft.rule, action.type).inc()
+                log.warning("too many actions running; this one dropped", extra={"rule": draft.rule})
+                continue
+            spawn = self._group.create_task if self._group is not None else asyncio.create_task
+            task = spawn(run_action(action, event), name=f"action-{draft.rule}")
             self._actions.add(task)
             task.add_done_callback(self._actions.discard)
 
