@@ -123,8 +123,11 @@ def highway(seconds: float = 60, seed: int = 1, fps: float = 30) -> Scene:
     return Scene(frames, width / height, HIGHWAY_LINE, {2: "car"}, truth=int(crossings))
 
 
-def count_crossings(scene: Scene, stride: int = 1, tracker: TrackerConfig | None = None) -> Counted:
-    """Every ``stride``-th frame through a tracker and the scene's line rules; what they counted."""
+def count_crossings(
+    scene: Scene, stride: int = 1, tracker: TrackerConfig | None = None, *, drop: float = 0.0, seed: int = 0
+) -> Counted:
+    """Every ``stride``-th frame through a tracker and the scene's line rules; what they counted.
+    ``drop``: the share of those frames skipped at random (fixed ``seed``), as a loaded inference does."""
     rules = {name: {"type": "line", "line": line} for name, line in scene.lines.items()}
     site = {"site": {"name": "bench"}, "cameras": {"cam": {"url": "rtsp://unused/1", "rules": rules}}}
     engine = CameraRules("cam", parse_config(yaml.safe_dump(site)).cameras["cam"], CountStore())
@@ -135,7 +138,11 @@ def count_crossings(scene: Scene, stride: int = 1, tracker: TrackerConfig | None
     def observed(track: Track) -> Observed:
         return Observed(track.track_id, scene.labels[track.class_id], track.score, _box(track.box), _box(track.origin))
 
-    for frame in scene.frames[::stride]:
+    frames = scene.frames[::stride]
+    if drop:
+        keep = np.random.default_rng(seed).random(len(frames)) >= drop
+        frames = [frame for frame, kept in zip(frames, keep, strict=True) if kept]
+    for frame in frames:
         started = time.perf_counter()
         seen, gone = byte_tracker.update(frame.boxes, frame.class_ids, frame.scores, frame.t, scene.aspect)
         elapsed += time.perf_counter() - started
@@ -144,7 +151,7 @@ def count_crossings(scene: Scene, stride: int = 1, tracker: TrackerConfig | None
         for draft in engine.step(moment):
             if draft.event_type == "line_cross" and draft.track is not None:
                 counted.crossings.append((draft.rule, draft.track.track_id, str(draft.attributes["direction"])))
-    counted.seconds_per_frame = elapsed / max(1, len(scene.frames[::stride]))
+    counted.seconds_per_frame = elapsed / max(1, len(frames))
     return counted
 
 

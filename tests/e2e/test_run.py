@@ -50,7 +50,7 @@ def test_run_restarts_a_killed_service_and_stops_by_itself(
         )
         wait_until(lambda: len(pids_started(log)) == 1)
         first = pids_started(log)[0]
-        time.sleep(1.5)
+        wait_until(lambda: "to_state=ready" in log.read_text())
         os.kill(first, signal.SIGKILL)
         wait_until(lambda: len(pids_started(log)) == 2)
         port = load_config(site_file).metrics.port("run")

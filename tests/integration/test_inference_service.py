@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,11 @@ def test_new_model_version_is_swapped_in_without_a_restart(
             await publisher.publish(
                 "control", "inference", Control(id="r1", command="reload", args={"model": "people"})
             )
-            await asyncio.sleep(3)
 
     asyncio.run(control_reload())
+    deadline = time.monotonic() + 20
+    while site.log("inference").count('msg="model reloaded"') < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = site.log("inference")
     assert log.count('msg="model reloaded"') == 2, log
     assert 'reason="control r1"' in log
@@ -173,3 +176,41 @@ def test_a_broken_model_stops_the_service_at_start_with_a_clear_error(
     with pytest.raises(AssertionError, match="inference exited with 1"):
         site.start("inference")  # never becomes ready
     assert "broken.onnx is not a loadable ONNX model" in site.log("inference")
+
+
+def test_forged_frame_refs_are_rejected_and_health_stays_true(
+    shared_dir: Path, tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """A FrameRef naming a FIFO once hung inference in open() while /healthz said ok. A ref to a file
+    that is not a ring, or to a name outside the pattern, is counted as rejected; real frames flow."""
+    import os
+
+    from tests.support import frame_ref
+
+    site = services({"models": {"people": {"path": "yolox_nano.onnx"}}, "cameras": {"gate": {"url": "rtsp://x/1"}}})
+    site.start("broker")
+    base = site.start("inference")
+    shm_dir = Path(site.config.site.shm_dir)
+    os.mkfifo(shm_dir / "edgesight.test.fifo")
+    (shm_dir / "edgesight.test.plain").write_bytes(b"\0" * 100)
+
+    async def forge() -> None:
+        async with Publisher(site.config.bus.publish, "test") as publisher:
+            await asyncio.sleep(0.5)
+            for seq in range(5):
+                for segment in ("edgesight.test.fifo", "edgesight.test.plain", "edgesight.test.absent"):
+                    ref = frame_ref("gate", seq, segment=segment, width=64, height=48, stride=192)
+                    await publisher.publish("frames", "gate", ref)
+                    await asyncio.sleep(0.2)  # one at a time: a newer ref would replace a waiting one
+
+    asyncio.run(forge())
+    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+    received = asyncio.run(feed_and_collect(site, frame, ["gate"], 10, lambda r: len(r) > 0))
+    assert received, "real frames still run"
+    _, metrics = http_get(f"{base}/metrics")
+    rejected = float(
+        metrics.split('edgesight_inference_frames_skipped_total{model="people",reason="rejected"} ')[1].split()[0]
+    )
+    assert rejected >= 3
+    assert http_get(f"{base}/healthz")[0] == 200
+    assert site.log("inference").count("cannot read frame") <= 3  # once per segment and reason

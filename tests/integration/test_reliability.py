@@ -47,6 +47,19 @@ def wait_for_decisions(site: Services, count: int, seconds: float = 60) -> None:
         time.sleep(0.2)
 
 
+def settled(site: Services, quiet_s: float = 1.5, seconds: float = 30) -> list[str]:
+    """The decided ids once no new one has come for ``quiet_s`` (the last frames have drained)."""
+    ids, changed = decided(site), time.monotonic()
+    deadline = changed + seconds
+    while time.monotonic() - changed < quiet_s:
+        assert time.monotonic() < deadline, "rules kept deciding"
+        time.sleep(0.2)
+        now = decided(site)
+        if len(now) != len(ids):
+            ids, changed = now, time.monotonic()
+    return ids
+
+
 def queued(site: Services) -> float:
     _, body = http_get(f"{site.base('rules')}/metrics")
     line = next(line for line in body.splitlines() if line.startswith("edgesight_events_queued "))
@@ -73,8 +86,7 @@ def test_every_decided_event_reaches_mqtt(
         wait_for_decisions(site, 30)
         site.processes["ingest"].terminate()  # no new decisions: a fixed set to look for
         site.processes["ingest"].wait(10)
-        time.sleep(2)  # the last frames' detections and events drain
-        expected = decided(site)
+        expected = settled(site)
         received = wait_for_ids(subscriber, set(expected), 60)
     finally:
         subscriber.stop()
@@ -103,8 +115,7 @@ def test_events_decided_while_the_uplink_is_down_survive_sigkill_of_rules_then_u
         site.start("uplink")
         site.processes["ingest"].terminate()
         site.processes["ingest"].wait(10)
-        time.sleep(2)
-        expected = decided(site)
+        expected = settled(site)
         received = wait_for_ids(subscriber, set(expected), 90)
     finally:
         subscriber.stop()

@@ -17,6 +17,7 @@ from common._compat import timeout
 from common.bus import EventSender, Publisher
 from contracts import CameraStatus, Event, Snapshot, TrackedObject
 from tests.integration.conftest import Mosquitto, Services
+from tests.support import http_get
 
 pytestmark = pytest.mark.slow
 
@@ -148,13 +149,16 @@ def test_count_topic_and_availability(
     site.start("broker")
     site.start("uplink")
     asyncio.run(send(site, [make_event(7)]))
-    time.sleep(1)
-    seen = subprocess.run(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "edgesight/test/#", "-v", "-W", "2"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    deadline = time.monotonic() + 20
+    while True:  # retained: whoever subscribes gets them, once they are published
+        seen = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "edgesight/test/#", "-v", "-W", "2"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        if ("/count " in seen and "edgesight/test/stats " in seen) or time.monotonic() > deadline:
+            break
     assert 'edgesight/test/dock/door/count {"in": 7, "out": 0}' in seen
     assert "edgesight/test/available online" in seen
     stats = json.loads(
@@ -254,7 +258,6 @@ def test_mutual_tls_connects_with_a_client_certificate_and_is_refused_without(
     while "mqtt connected" not in site.log("uplink") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "mqtt connected" in site.log("uplink")
-    from tests.support import http_get
 
     deadline = time.monotonic() + 10
     while 'edgesight_sink_sent_total{sink="mqtt"} 1.0' not in http_get(f"{base}/metrics")[1]:
@@ -407,6 +410,11 @@ def test_an_event_spooled_under_looser_rules_goes_to_dead_letters_and_the_rest_f
         spool.close()
 
 
+def spooled(site: Services) -> float:
+    _, body = http_get(f"{site.base('uplink')}/metrics")
+    return float(next(line for line in body.splitlines() if line.startswith("edgesight_spool_events ")).split()[1])
+
+
 class WebhookReceiver:
     """A real HTTP server that refuses one event id with 400 and answers 503 once, at its ``fail_at``-th POST."""
 
@@ -455,10 +463,9 @@ def test_a_refused_event_is_dead_lettered_and_a_retry_resends_only_the_unconfirm
         site.start("uplink")
         asyncio.run(send(site, events))
         deadline = time.monotonic() + 30
-        while len(receiver.ids) < 59:
+        while len(receiver.ids) < 59 or spooled(site) != 0:  # an empty spool: nothing more will be sent
             assert time.monotonic() < deadline, f"{len(receiver.ids)} delivered:\n{site.log('uplink')}"
             time.sleep(0.2)
-        time.sleep(1)
     finally:
         receiver.close()
     assert sorted(receiver.ids) == sorted(e.id for i, e in enumerate(events) if i != 10)  # none twice
