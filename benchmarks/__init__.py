@@ -11,4 +11,7 @@ BENCHMARKS = {
     "inference_throughput": "benchmarks.inference_throughput",
     "uplink_throughput": "benchmarks.uplink_throughput",
     "tracking": "benchmarks.tracking",
+    "soak": "benchmarks.soak",
 }
+# Run only when named (minutes long): ``python -m benchmarks soak --minutes 20``.
+ON_REQUEST = frozenset({"soak"})

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import BENCHMARKS
+from benchmarks import BENCHMARKS, ON_REQUEST
 
 
 def main() -> int:
@@ -17,16 +18,18 @@ def main() -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="shorter runs: a smoke test, not a measurement")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
+    parser.add_argument("--minutes", type=float, help="how long the soak runs (default 20)")
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     results: dict[str, dict[str, float]] = {}
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or [name for name in BENCHMARKS if name not in ON_REQUEST]:
         module = importlib.import_module(BENCHMARKS[name])
         print(f"== {name}: {module.TITLE}{' (quick)' if args.quick else ''}", flush=True)
         started = time.monotonic()
-        figures = module.run(args.quick)
+        options = {"minutes": args.minutes} if "minutes" in inspect.signature(module.run).parameters else {}
+        figures = module.run(args.quick, **options)
         results[name] = figures
         width = max(map(len, figures))
         for figure, value in figures.items():
