@@ -189,14 +189,23 @@ class MqttOut(Sink):
         confirmed only when its own PUBACK (and its count's) came back."""
         try:
             client = await self._connect()
-            ready = []
-            for item in batch:
-                snapshot = item.event.snapshot
-                uploading = self.waits_for_s3 and snapshot is not None and bool(snapshot.data) and not item.s3_key
-                if uploading and self.spool.waiting_for("s3", item.seq):
-                    continue  # the event names the S3 key: publish it once the upload is done
-                ready.append(item)
-            await asyncio.gather(*(self._publish(client, item, receipt) for item in ready))
+            uploading = [
+                item.seq
+                for item in batch
+                if self.waits_for_s3
+                and item.event.snapshot is not None
+                and item.event.snapshot.data
+                and not item.s3_key
+            ]
+            pending_upload = await asyncio.to_thread(self.spool.waiting_among, "s3", uploading) if uploading else set()
+            # an event that names its S3 key is published once the upload is done
+            ready = [item for item in batch if item.seq not in pending_upload]
+            results = await asyncio.gather(
+                *(self._publish(client, item, receipt) for item in ready), return_exceptions=True
+            )
+            failure = next((result for result in results if isinstance(result, BaseException)), None)
+            if failure is not None:
+                raise failure
         except Exception:
             await self.close()
             raise
@@ -237,6 +246,10 @@ class MqttOut(Sink):
                 await stack.aclose()
             except Exception:
                 pass
+
+
+def _has_image(item: Spooled) -> bool:
+    return item.event.snapshot is not None and bool(item.event.snapshot.data)
 
 
 def _valid_topic(topic: str) -> bool:

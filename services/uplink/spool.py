@@ -136,10 +136,11 @@ class Spool:
         return spooled
 
     @_locked
-    def waiting_for(self, sink: str, seq: int) -> bool:
-        return (
-            self.db.execute("SELECT 1 FROM deliveries WHERE sink = ? AND seq = ?", (sink, seq)).fetchone() is not None
-        )
+    def waiting_among(self, sink: str, seqs: Sequence[int]) -> set[int]:
+        """Which of ``seqs`` still wait for ``sink``."""
+        marks = ",".join("?" * len(seqs))
+        rows = self.db.execute(f"SELECT seq FROM deliveries WHERE sink = ? AND seq IN ({marks})", (sink, *seqs))
+        return {int(seq) for (seq,) in rows.fetchall()}
 
     @_locked
     def set_s3_key(self, seq: int, key: str) -> None:
