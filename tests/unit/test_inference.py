@@ -109,6 +109,10 @@ def write_manifest(folder: Path, model: Path, **fields: object) -> Path:
         ({"labels": ["person", "car"]}, "has 80 classes but 2 labels"),
         ({"decoder": "ssd"}, "decoder: Input should be 'yolox', 'yolov8' or 'end2end'"),
         ({"file": "missing.onnx"}, "file 'missing.onnx' does not exist beside the manifest"),
+        (  # a label becomes part of events and count topics: the contract's label pattern applies at load
+            {"labels": [*(f"class_{i}" for i in range(79)), "forklift/#"]},
+            r"label 'forklift/#' is not letters, digits, space",
+        ),
     ],
 )
 def test_manifest_that_does_not_fit_the_model_fails_at_load(
