@@ -190,7 +190,9 @@ class Supervisor:
                 process, healthy_at = child.process, time.monotonic()
             if process is None or process.returncode is not None:
                 continue
-            if await _healthy(host, child.metrics_port):
+            if not child.was_ready and await _answers(host, child.metrics_port, "/readyz"):
+                child.was_ready = True  # asked directly: Health on the bus needs a broker
+            if await _answers(host, child.metrics_port, "/healthz"):
                 healthy_at = time.monotonic()
                 continue
             if time.monotonic() - healthy_at >= timeout_s:
@@ -286,14 +288,14 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return arrange
 
 
-async def _healthy(host: str, port: int, timeout_s: float = 2.0) -> bool:
-    """True when ``GET /healthz`` answers 200 within ``timeout_s``."""
+async def _answers(host: str, port: int, path: str, timeout_s: float = 2.0) -> bool:
+    """True when ``GET path`` answers 200 within ``timeout_s``."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     except (OSError, asyncio.TimeoutError):
         return False
     try:
-        writer.write(f"GET /healthz HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         status = await asyncio.wait_for(reader.readline(), timeout_s)
         return status.split()[1:2] == [b"200"]
     except (OSError, asyncio.TimeoutError):
