@@ -76,7 +76,7 @@ async def _write(mode: str, address: str, shm_dir: str, seconds: float, rate: fl
                     seq=sent,
                     capture_ns=0,
                     monotonic_ns=started,
-                    segment="-",
+                    segment="edgesight.bench.none",  # the pixels travel in the next frame, not in a ring
                     slot=0,
                     generation=0,
                     width=WIDTH,
