@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "EdgeSightError",
+    "ModelError",
     "ShmError",
     "StaleFrameError",
     "StartupError",
@@ -42,3 +43,7 @@ class AssetError(EdgeSightError):
 
 class StartupError(EdgeSightError):
     """Something a service needs at start is taken or absent (a port in use, a folder missing)."""
+
+
+class ModelError(EdgeSightError):
+    """A model, or its manifest, cannot be used; raised at load, never at the first frame."""

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.config import ModelConfig
-from services.inference.backends import Backend, open_backend
+from common.models import Backend, open_backend
 from services.inference.manifest import ModelError, ModelSpec, load_model_spec
 from services.inference.processing import Letterbox, Placement, decode_outputs, nms_per_class, to_source
 
@@ -63,7 +63,9 @@ class Detector:
     @classmethod
     def from_config(cls, config: ModelConfig, asset_paths: tuple[Path, ...] = (), threads: int = 0) -> Detector:
         spec = load_model_spec(config.path, asset_paths)
-        backend = open_backend(spec, config.backend, config.providers, max_batch=config.max_batch, threads=threads)
+        backend = open_backend(
+            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=threads
+        )
         return cls(
             spec, backend, score_threshold=config.score_threshold, nms_iou=config.nms_iou, classes=config.classes
         )

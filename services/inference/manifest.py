@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.assets import find_asset
-from common.errors import EdgeSightError
+from common.errors import EdgeSightError, ModelError
+from common.models import ModelFile
 from contracts.messages import LABEL_PATTERN
 from services.inference.labels import TABLES
 
@@ -25,10 +26,6 @@ __all__ = ["ModelError", "ModelManifest", "ModelSpec", "load_model_spec", "onnx_
 
 Decoder = Literal["yolox", "yolov8", "end2end"]
 YOLOX_STRIDES = (8, 16, 32)
-
-
-class ModelError(EdgeSightError):
-    """A model, or its manifest, cannot be used; raised at load, never at the first frame."""
 
 
 class ModelManifest(BaseModel):
@@ -68,6 +65,10 @@ class ModelSpec:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    def file(self) -> ModelFile:
+        """What a backend needs of this model."""
+        return ModelFile(self.model_path, self.name, self.digest, self.manifest.input_size)
 
 
 Shapes = list[tuple[str, list[int | str]]]  # (tensor name, shape with names for dynamic dimensions)

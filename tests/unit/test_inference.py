@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from common.config import ModelConfig
+from common.models.tensorrt import engine_cache_key, profile_shapes
 from services.inference.detector import Detector, FrameDetections
 from services.inference.manifest import ModelError, load_model_spec, suggest_manifest
-from services.inference.tensorrt_backend import engine_cache_key, profile_shapes
 from tests.media import frame_at
 from tests.support import frame_ref
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.inference.backends import Backend
-from services.inference.manifest import ModelError, ModelSpec
+from common.errors import ModelError
+from common.models import Backend, ModelFile
 
 __all__ = ["TensorRTBackend", "engine_cache_key", "profile_shapes"]
 
@@ -100,15 +100,15 @@ def _check(result: Any) -> Any:
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, spec: ModelSpec, *, max_batch: int = 1, fp16: bool = True) -> None:
+    def __init__(self, spec: ModelFile, *, max_batch: int = 1, fp16: bool = True) -> None:
         trt, cudart = _import()
         self._trt, self._cudart = trt, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
         properties = _check(cudart.cudaGetDeviceProperties(0))
         gpu = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
         self.provider = f"TensorRT {trt.__version__} on {gpu}"
-        if spec.model_path.suffix == ".engine":
-            serialized = spec.model_path.read_bytes()
+        if spec.path.suffix == ".engine":
+            serialized = spec.path.read_bytes()
         else:
             cache = Path(os.environ.get("EDGESIGHT_ENGINE_CACHE", Path.home() / ".cache/edgesight/engines"))
             path = cache / engine_cache_key(spec.digest, trt.__version__, gpu, max_batch, fp16)
@@ -122,42 +122,43 @@ class TensorRTBackend(Backend):
                 path.with_suffix(".partial").rename(path)
         self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(serialized)
         if self.engine is None:
-            raise ModelError(f"{spec.model_path}: TensorRT could not deserialize the engine")
+            raise ModelError(f"{spec.path}: TensorRT could not deserialize the engine")
         self.context = self.engine.create_execution_context()
         self.stream = _check(cudart.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
-            raise ModelError(f"{spec.model_path}: expected one input tensor, found {inputs}")
+            raise ModelError(f"{spec.path}: expected one input tensor, found {inputs}")
         self.input_name = inputs[0]
+        self.input_names = inputs
         self.output_names = [n for n in names if n != self.input_name]
         shape = tuple(self.engine.get_tensor_shape(self.input_name))
-        _, _, largest = profile_shapes(shape, max_batch, spec.manifest.input_size)
+        _, _, largest = profile_shapes(shape, max_batch, spec.input_size)
         self.max_batch, _, self.input_height, self.input_width = largest
         self.static_batch = isinstance(shape[0], int) and shape[0] > 0
         self._buffers: dict[int, dict[str, tuple[npt.NDArray[Any], int, int]]] = {}
 
-    def _build(self, spec: ModelSpec, max_batch: int, fp16: bool) -> bytes:
+    def _build(self, spec: ModelFile, max_batch: int, fp16: bool) -> bytes:
         trt = self._trt
         builder = trt.Builder(self._logger)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
         parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(spec.model_path.read_bytes()):
+        if not parser.parse(spec.path.read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ModelError(f"{spec.model_path}: TensorRT cannot parse it: {errors}")
+            raise ModelError(f"{spec.path}: TensorRT cannot parse it: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
         if fp16 and builder.platform_has_fast_fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         image = network.get_input(0)
-        low, best, high = profile_shapes(tuple(image.shape), max_batch, spec.manifest.input_size)
+        low, best, high = profile_shapes(tuple(image.shape), max_batch, spec.input_size)
         if low != high:
             profile = builder.create_optimization_profile()
             profile.set_shape(image.name, low, best, high)
             config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise ModelError(f"{spec.model_path}: TensorRT failed to build an engine (see its log above)")
+            raise ModelError(f"{spec.path}: TensorRT failed to build an engine (see its log above)")
         return bytes(serialized)
 
     def _allocate(self, batch: int) -> dict[str, tuple[npt.NDArray[Any], int, int]]:

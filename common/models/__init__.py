@@ -1,19 +1,43 @@
-"""Inference backends behind one interface: ONNX Runtime everywhere, TensorRT on NVIDIA GPUs."""
+"""Model backends behind one interface: ONNX Runtime everywhere, TensorRT on NVIDIA GPUs.
+
+Shared by the services that run models (inference, apps): a backend knows a model file and runs
+raw tensors through it; what the tensors mean (letterbox, decoding) is the caller's business.
+"""
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from services.inference.manifest import ModelError, ModelSpec
+from common.errors import ModelError
 
-__all__ = ["Backend", "OnnxRuntimeBackend", "open_backend"]
+__all__ = ["Backend", "ModelFile", "OnnxRuntimeBackend", "open_backend"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """What a backend needs to know of a model: its file, a name for logs, a digest for caches and,
+    where the model's input is dynamic, the (width, height) to run it at."""
+
+    path: Path
+    name: str
+    digest: str = ""
+    input_size: tuple[int, int] | None = None
+
+    @classmethod
+    def at(cls, path: Path, name: str, input_size: tuple[int, int] | None = None) -> ModelFile:
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        return cls(path, name, hashlib.sha256(path.read_bytes()).hexdigest(), input_size)
 
 
 class Backend(abc.ABC):
@@ -26,8 +50,16 @@ class Backend(abc.ABC):
     input_width: int
     input_height: int
 
+    input_names: list[str]
+
     @abc.abstractmethod
     def run(self, batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]: ...
+
+    def run_named(self, feeds: Mapping[str, npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
+        """Every output for inputs given by name (a one-input model takes its one feed whatever its key)."""
+        if len(feeds) == 1 and len(self.input_names) == 1:
+            return self.run(next(iter(feeds.values())))  # type: ignore[arg-type]
+        raise ModelError(f"{type(self).__name__} runs one-input models; got inputs {sorted(feeds)}")
 
     def close(self) -> None:  # noqa: B027 - most backends have nothing to release
         pass
@@ -36,7 +68,7 @@ class Backend(abc.ABC):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, spec: ModelSpec, providers: Sequence[str], threads: int = 0, max_batch: int = 1) -> None:
+    def __init__(self, spec: ModelFile, providers: Sequence[str], threads: int = 0, max_batch: int = 1) -> None:
         import onnxruntime
 
         available = onnxruntime.get_available_providers()
@@ -47,9 +79,9 @@ class OnnxRuntimeBackend(Backend):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(spec.model_path), options, providers=usable)
+            self.session = onnxruntime.InferenceSession(str(spec.path), options, providers=usable)
         except Exception as exc:  # ONNX Runtime's own exception types
-            raise ModelError(f"{spec.model_path}: ONNX Runtime cannot load it: {exc}") from None
+            raise ModelError(f"{spec.path}: ONNX Runtime cannot load it: {exc}") from None
         self.provider = self.session.get_providers()[0]
         if providers and self.provider != providers[0]:
             # Frigate users' top complaint: a silent fall back to the CPU. Say it once, loudly.
@@ -59,9 +91,12 @@ class OnnxRuntimeBackend(Backend):
             )
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        batch, _, height, width = model_input.shape
-        size = spec.manifest.input_size
+        shape: list[object] = list(model_input.shape)
+        batch = shape[0] if shape else None
+        height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)  # an image [B, C, H, W]
+        size = spec.input_size
         self.input_width = int(width) if isinstance(width, int) else int(size[0]) if size else 0
         self.input_height = int(height) if isinstance(height, int) else int(size[1]) if size else 0
         self.static_batch = isinstance(batch, int)
@@ -71,15 +106,23 @@ class OnnxRuntimeBackend(Backend):
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(o) for o in outputs]
 
+    def run_named(self, feeds: Mapping[str, npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
+        if len(feeds) == 1 and len(self.input_names) == 1:
+            feeds = {self.input_name: next(iter(feeds.values()))}
+        unknown = sorted(set(feeds) - set(self.input_names))
+        if unknown:
+            raise ModelError(f"{unknown} are not inputs of this model (it has {self.input_names})")
+        return [np.asarray(o) for o in self.session.run(self.output_names, dict(feeds))]
+
 
 def open_backend(
-    spec: ModelSpec, backend: str, providers: Sequence[str], *, max_batch: int = 1, threads: int = 0
+    spec: ModelFile, backend: str, providers: Sequence[str], *, max_batch: int = 1, threads: int = 0
 ) -> Backend:
     """The backend a model config names; ``tensorrt`` is imported only here, only when chosen."""
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(spec, providers, threads, max_batch)
     if backend == "tensorrt":
-        from services.inference.tensorrt_backend import TensorRTBackend
+        from common.models.tensorrt import TensorRTBackend
 
         return TensorRTBackend(spec, max_batch=max_batch)
     raise ModelError(f"unknown backend {backend!r} (onnxruntime, tensorrt)")
