@@ -73,8 +73,16 @@ class HttpEndpoint:
     ``ready()`` says so.
     """
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool], stall_after_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        stall_after_s: float = 10.0,
+        routes: Callable[[dict[str, Any], StartResponse], Iterable[bytes] | None] | None = None,
+    ) -> None:
         self._ready = ready
+        self._routes = routes  # a service's own pages; None from it: not one of them
         self._stall_after_ns = int(stall_after_s * 1e9)
         self._last_beat_ns = time.monotonic_ns()
         self._metrics_app = make_wsgi_app()
@@ -98,6 +106,10 @@ class HttpEndpoint:
         if path == "/readyz":
             ok = self._ready()
             return _text(start_response, ok, "ready\n" if ok else "not ready\n")
+        if self._routes is not None and path != "/metrics":
+            answer = self._routes(environ, start_response)
+            if answer is not None:
+                return answer
         return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
 
     def __enter__(self) -> HttpEndpoint:

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, ClassVar
 
 from common import logging as eslogging
@@ -74,6 +74,11 @@ class Service(abc.ABC):
         ``file:line: key: message`` per problem (see :meth:`SiteConfig.where`)."""
         return []
 
+    def http_route(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes] | None:
+        """A WSGI answer for a page of this service's own on its metrics port, or None (runs on an HTTP
+        thread: read state, never the event loop's objects that change under it)."""
+        return None
+
     def health_counters(self) -> dict[str, float]:
         """Numbers worth seeing in Health messages (bounded keys)."""
         return {}
@@ -109,7 +114,7 @@ class Service(abc.ABC):
         bus = self.config.bus
         log.info("starting", extra={"instance": self.instance, "metrics_port": self.metrics_port})
         try:
-            endpoint = HttpEndpoint(self.config.metrics.host, self.metrics_port, ready)
+            endpoint = HttpEndpoint(self.config.metrics.host, self.metrics_port, ready, routes=self.http_route)
         except OSError as exc:
             raise StartupError(
                 f"{self.name}: cannot serve metrics on {self.config.metrics.host}:{self.metrics_port} "

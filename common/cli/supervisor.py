@@ -34,7 +34,7 @@ from contracts import Health, topic
 __all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
 
 log = logging.getLogger(__name__)
-KNOWN_SERVICES = ("broker", "ingest", "inference", "rules", "uplink")
+KNOWN_SERVICES = ("broker", "ingest", "inference", "rules", "uplink", "apps")
 STABLE_AFTER_S = 60.0
 
 

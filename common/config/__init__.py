@@ -1,5 +1,6 @@
 """The site file: ``load_config(path)`` -> :class:`SiteConfig`, errors as file:line: key: message."""
 
+from common.config.apps import AppConfig, AppModel, AppParameter
 from common.config.bus import BusConfig
 from common.config.cameras import (
     DEFAULT_INGEST_GROUP,
@@ -19,6 +20,9 @@ from common.config.uplink import UplinkConfig
 __all__ = [
     "DEFAULT_INGEST_GROUP",
     "INGEST_GROUP_VARIABLE",
+    "AppConfig",
+    "AppModel",
+    "AppParameter",
     "BusConfig",
     "CameraConfig",
     "CameraDefaults",

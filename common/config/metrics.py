@@ -10,7 +10,15 @@ from common.config._types import Section
 
 __all__ = ["DEFAULT_PORTS", "LoggingConfig", "MetricsConfig"]
 
-DEFAULT_PORTS = {"run": 9400, "broker": 9401, "ingest": 9402, "inference": 9403, "rules": 9404, "uplink": 9405}
+DEFAULT_PORTS = {
+    "run": 9400,
+    "broker": 9401,
+    "ingest": 9402,
+    "inference": 9403,
+    "rules": 9404,
+    "uplink": 9405,
+    "apps": 9406,
+}
 
 
 class MetricsConfig(Section):

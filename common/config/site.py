@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from common.config._types import Name, Section
+from common.config.apps import AppConfig
 from common.config.bus import BusConfig
 from common.config.cameras import CameraConfig, CameraDefaults
 from common.config.metrics import LoggingConfig, MetricsConfig
@@ -17,7 +18,7 @@ from common.config.uplink import UplinkConfig
 
 __all__ = ["RunConfig", "SiteConfig", "SiteSection"]
 
-ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink"]
+ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink", "apps"]
 
 
 class SiteSection(Section):
@@ -53,6 +54,7 @@ class SiteConfig(Section):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    apps: dict[Name, AppConfig] = Field(default_factory=dict, description="AWS Panorama applications, run unchanged.")
     run: RunConfig = Field(default_factory=RunConfig)
     _source: str = PrivateAttr("<memory>")
     _key_lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
@@ -81,6 +83,17 @@ class SiteConfig(Section):
             key = key[:-1]
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
         return f"{self._source}:{self._key_lines.get(key, 1)}: {dotted}"
+
+    @model_validator(mode="after")
+    def _app_cameras_exist(self) -> SiteConfig:
+        for name, app in self.apps.items():
+            unknown = [camera for camera in app.cameras if camera not in self.cameras]
+            if unknown:
+                raise ValueError(
+                    f"app {name!r} takes cameras {unknown} not defined under cameras: "
+                    f"(defined: {sorted(self.cameras) or 'none'})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _camera_models_exist(self) -> SiteConfig:

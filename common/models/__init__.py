@@ -112,7 +112,12 @@ class OnnxRuntimeBackend(Backend):
         unknown = sorted(set(feeds) - set(self.input_names))
         if unknown:
             raise ModelError(f"{unknown} are not inputs of this model (it has {self.input_names})")
-        return [np.asarray(o) for o in self.session.run(self.output_names, dict(feeds))]
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        cast = {  # a caller's float64 (numpy's default) for a float32 input: what it meant
+            name: array.astype(np.float32) if types[name] == "tensor(float)" and array.dtype != np.float32 else array
+            for name, array in feeds.items()
+        }
+        return [np.asarray(o) for o in self.session.run(self.output_names, cast)]
 
 
 def open_backend(
