@@ -48,7 +48,7 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 # Services whose part of the site file can be checked deeper than its schema (files exist, models load).
-DEEP_CHECKS = ("ingest", "inference")
+DEEP_CHECKS = ("ingest", "inference", "apps")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -136,6 +136,7 @@ HANDED_OVER = {
     "cameras": ("services.ingest.cameras", []),
     "detect": ("services.inference.tools", ["detect"]),
     "models": ("services.inference.tools", ["models"]),
+    "panorama": ("services.apps.panorama", []),
 }
 
 
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("cameras", "probe URL: check a camera; discover: find ONVIF cameras (`edgesight cameras --help`)"),
         ("detect", "run a model on a file or stream, detections as JSON lines (`edgesight detect --help`)"),
         ("models", "inspect FILE.onnx: inputs, outputs, metadata, a suggested manifest"),
+        (
+            "panorama",
+            "import APP_DIR: an AWS Panorama application project -> a site file (`edgesight panorama --help`)",
+        ),
     ):
         commands.add_parser(command, help=help_text, add_help=False)  # handed over before parsing
 

@@ -30,7 +30,10 @@ import zmq
 import zmq.asyncio
 
 from common._compat import TaskGroup
+from common.assets import find_asset
 from common.config import AppConfig, SiteConfig
+from common.errors import EdgeSightError
+from common.models import ModelFile, open_backend
 from common.service import Service, ServiceState
 from services.apps import metrics
 from services.apps.paths import LOGS, app_dirs
@@ -79,18 +82,21 @@ class AppsService(Service):
 
     @classmethod
     def check(cls, config: SiteConfig) -> list[str]:
+        """Each app's code folder and entry point exist, and its model files load."""
         problems = []
         for name, app in config.apps.items():
-            code = app.code
-            entry = (
-                code / app.entry.removeprefix("/panorama/")
-                if not app.entry.startswith("/") or app.entry.startswith("/panorama/")
-                else None
-            )
-            if not code.is_dir():
-                problems.append(f"{config.where('apps', name, 'code')}: {code} is not a folder")
-            elif entry is not None and not entry.is_file():
+            inside = not app.entry.startswith("/") or app.entry.startswith("/panorama/")
+            entry = app.code / app.entry.removeprefix("/panorama/")
+            if not app.code.is_dir():
+                problems.append(f"{config.where('apps', name, 'code')}: {app.code} is not a folder")
+            elif inside and not entry.is_file():
                 problems.append(f"{config.where('apps', name, 'entry')}: {entry} does not exist")
+            for node, model in app.models.items():
+                try:
+                    path = find_asset(model.path, tuple(config.site.asset_paths))
+                    open_backend(ModelFile.at(path, node), model.backend, model.providers).close()
+                except EdgeSightError as exc:
+                    problems.append(f"{config.where('apps', name, 'models', node, 'path')}: {exc}")
         return problems
 
     def log_path(self, app: str) -> Path:

@@ -108,7 +108,7 @@ def manifests() -> list[dict[str, Any]]:
 
 def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
-    expected = ["ConfigMap", *["Deployment"] * 4, "Namespace", *["Service"] * 3, "StatefulSet"]
+    expected = ["ConfigMap", *["Deployment"] * 5, "Namespace", *["Service"] * 3, "StatefulSet"]
     assert kinds == expected
     for doc in manifests:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -136,7 +136,7 @@ def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[d
     config = load_config(K3S / "site.yaml")
     configmap = next(doc["metadata"]["name"] for doc in manifests if doc["kind"] == "ConfigMap")
     workloads = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
-    assert len(workloads) == 5
+    assert len(workloads) == 6
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         (container,) = pod["containers"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.error
@@ -15,9 +17,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from common.bus import Publisher
 from common.shm import FrameRingWriter, frame_bytes
+from tests.conftest import write_site
 from tests.integration.conftest import Services
 from tests.media import frame_at
 from tests.support import http_get
@@ -142,6 +146,19 @@ app = Application()
 while True:
     app.process_streams()
 """
+WAITING_APP = """
+import json
+import os
+import panoramasdk
+
+app = panoramasdk.node()
+while True:
+    try:
+        app.inputs.video_in.get(timeout=0.5)  # its camera never sends
+    except TimeoutError as exc:
+        with open("/opt/aws/panorama/storage/waited.json", "w") as out:
+            json.dump({"error": type(exc).__name__, "uid": os.environ["AppGraph_Uid"]}, out)
+"""
 HANGING_APP = """
 import time
 import panoramasdk
@@ -198,7 +215,7 @@ async def feed(
 
 
 def app_site(tmp_path: Path, shared_dir: Path, apps: dict[str, Any]) -> dict[str, Any]:
-    cameras = {name: {"url": f"rtsp://viewer:secret@192.0.2.1/{name}"} for name in ("hall", "door")}
+    cameras = {name: {"url": f"rtsp://viewer:secret@192.0.2.1/{name}"} for name in ("hall", "door", "idle")}
     return {"cameras": cameras, "apps": apps}
 
 
@@ -283,6 +300,7 @@ def test_a_crashing_and_a_hanging_app_are_restarted_and_the_others_run_on(
         "crasher": {"code": str(write_app(tmp_path / "crasher", CRASHING_APP)), "cameras": ["hall"]},
         "hanger": {"code": str(write_app(tmp_path / "hanger", HANGING_APP)), "cameras": ["hall"], "hang_timeout_s": 2},
         "steady": {"code": str(write_app(tmp_path / "steady", COMPOSED_APP)), "cameras": ["door"]},
+        "waiter": {"code": str(write_app(tmp_path / "waiter", WAITING_APP)), "cameras": ["idle"]},
     }
     site = services(app_site(tmp_path, shared_dir, apps))
     site.start("broker")
@@ -309,3 +327,171 @@ def test_a_crashing_and_a_hanging_app_are_restarted_and_the_others_run_on(
     assert 'msg="app exited; restarting" app=crasher' in log
     assert "RuntimeError: the app's own bug" in log  # the app's traceback, in the log
     assert 'msg="app hung; killing it" app=hanger' in log
+    waited = Path(site.config.site.state_dir) / "apps" / "waiter" / "storage" / "waited.json"
+    assert json.loads(waited.read_text()) == {"error": "TimeoutError", "uid": "waiter"}
+    assert now["waiter"]["restarts"] == 0  # waiting for frames is not hanging
+    with urllib.request.urlopen(f"{base}/apps/steady/video/door.mjpg", timeout=5) as stream:
+        assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        head = stream.read(200)
+    assert head.startswith(b"--edgesight-frame\r\nContent-Type: image/jpeg\r\n")
+
+
+def panorama_project(folder: Path, *, framework: str = "PYTORCH") -> Path:
+    """A Panorama application project as the Panorama CLI lays it out: graph, override, packages."""
+    account = "123456789012"
+
+    def write(path: Path, data: object) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+
+    graph = {
+        "nodeGraph": {
+            "envelopeVersion": "2021-01-01",
+            "packages": [
+                {"name": f"{account}::PEOPLE_CODE", "version": "1.0"},
+                {"name": f"{account}::PEOPLE_MODEL", "version": "1.0"},
+                {"name": "panorama::abstract_rtsp_media_source", "version": "1.0"},
+                {"name": "panorama::hdmi_data_sink", "version": "1.0"},
+            ],
+            "nodes": [
+                {"name": "code_node", "interface": f"{account}::PEOPLE_CODE.interface", "launch": "onAppStart"},
+                {"name": "model_node", "interface": f"{account}::PEOPLE_MODEL.interface"},
+                {"name": "camera_node", "interface": "panorama::abstract_rtsp_media_source.rtsp_v1_interface"},
+                {"name": "output_node", "interface": "panorama::hdmi_data_sink.hdmi0"},
+                {"name": "detection_threshold", "interface": "float32", "value": 0.3, "overridable": True},
+                {"name": "banner", "interface": "string", "value": "people"},
+            ],
+            "edges": [
+                {"producer": "camera_node.video_out", "consumer": "code_node.video_in"},
+                {"producer": "code_node.video_out", "consumer": "output_node.video_in"},
+                {"producer": "detection_threshold", "consumer": "code_node.threshold"},
+                {"producer": "banner", "consumer": "code_node.title"},
+            ],
+        }
+    }
+    write(folder / "graphs" / "people_app" / "graph.json", graph)
+    override = {
+        "nodeGraphOverrides": {
+            "packages": [
+                {"name": f"{account}::lobby_cam", "version": "1.0"},
+                {"name": f"{account}::door_cam", "version": "1.0"},
+            ],
+            "nodes": [
+                {"name": "lobby_cam", "interface": f"{account}::lobby_cam.lobby_cam"},
+                {"name": "door_cam", "interface": f"{account}::door_cam.door_cam"},
+            ],
+            "nodeOverrides": [{"replace": "camera_node", "with": [{"name": "lobby_cam"}, {"name": "door_cam"}]}],
+        }
+    }
+    write(folder / "deployment_overrides" / "two_cameras.json", override)
+    code = folder / "packages" / f"{account}-PEOPLE_CODE-1.0"
+    interface = {
+        "name": "interface",
+        "category": "business_logic",
+        "asset": "code_asset",
+        "inputs": [{"name": "video_in", "type": "media"}, {"name": "threshold", "type": "float32"}],
+        "outputs": [{"name": "video_out", "type": "media"}],
+    }
+    write(code / "package.json", {"nodePackage": {"name": "PEOPLE_CODE", "version": "1.0", "interfaces": [interface]}})
+    write(code / "descriptor.json", {"runtimeDescriptor": {"entry": {"path": "python3", "name": "/panorama/app.py"}}})
+    write_app(code / "src", COMPOSED_APP)
+    model = folder / "packages" / f"{account}-PEOPLE_MODEL-1.0"
+    model_interface = {"name": "interface", "category": "ml_model", "asset": "model_asset"}
+    write(model / "package.json", {"nodePackage": {"name": "PEOPLE_MODEL", "interfaces": [model_interface]}})
+    descriptor = {
+        "mlModelDescriptor": {"framework": framework, "inputs": [{"name": "data", "shape": [1, 3, 416, 416]}]}
+    }
+    write(model / "descriptor.json", descriptor)
+    return folder
+
+
+def edgesight(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli.main", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_panorama_import_writes_a_site_that_config_check_accepts(tmp_path: Path, python_env: dict[str, str]) -> None:
+    project = panorama_project(tmp_path / "people_app")
+    (tmp_path / "base").mkdir()
+    base = write_site(tmp_path / "base", {"cameras": {"yard": {"url": "rtsp://192.0.2.9/yard"}}})
+    out = tmp_path / "site.yaml"
+    result = edgesight(
+        "panorama", "import", str(project),
+        "--override", str(project / "deployment_overrides" / "two_cameras.json"),
+        "--camera", "lobby_cam=rtsp://192.0.2.1/lobby", "--camera", "door_cam=rtsp://192.0.2.2/door",
+        "--model", "model_node=yolox_nano.onnx", "--param", "detection_threshold=0.55",
+        "--base", str(base), "--out", str(out), env=python_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    site = yaml.safe_load(out.read_text())
+    app = site["apps"]["people_app"]
+    assert app["cameras"] == ["lobby_cam", "door_cam"]  # one camera node, overridden by two
+    assert app["parameters"] == {
+        "threshold": {"type": "float32", "value": 0.55},  # --param wins over the graph's 0.3
+        "title": {"type": "string", "value": "people"},
+    }
+    assert app["models"] == {"model_node": {"path": "yolox_nano.onnx"}}
+    assert (app["entry"], app["interpreter"], app["video_in"], app["video_out"]) == (
+        "/panorama/app.py",
+        "python3",
+        "video_in",
+        "video_out",
+    )
+    assert Path(app["code"]) == (project / "packages" / "123456789012-PEOPLE_CODE-1.0" / "src").resolve()
+    assert site["cameras"]["yard"]["url"] == "rtsp://192.0.2.9/yard"  # the base site is kept
+    assert site["site"]["name"] == "test" and "bus" in site
+    check = edgesight("config", "check", str(out), env=python_env)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "model_node=m.onnx"], "camera node 'camera_node': give its stream with --camera camera_node=rtsp://"),
+        (["--camera", "camera_node=rtsp://h/1"], "model node 'model_node': a MXNET model that SageMaker Neo compiled"),
+        (["--camera", "camera_node=rtsp://h/1", "--model", "model_node=m.onnx", "--param", "detection_threshold=high"],
+         "parameter 'detection_threshold': 'high' is not a float32"),
+        (["--camera", "camera_node=rtsp://h/1", "--model", "model_node=m.onnx", "--param", "nope=1"],
+         "--param nope: no parameter node of that name"),
+    ],
+)  # fmt: skip
+def test_panorama_import_says_what_it_cannot_translate(
+    tmp_path: Path, python_env: dict[str, str], arguments: list[str], message: str
+) -> None:
+    project = panorama_project(tmp_path / "people_app", framework="MXNET")
+    out = tmp_path / "site.yaml"
+    result = edgesight("panorama", "import", str(project), *arguments, "--out", str(out), env=python_env)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+    if "MXNET" in message:
+        assert "mxnet.onnx.export_model" in result.stderr  # how to get an ONNX file
+    assert not out.exists()
+
+
+def test_panorama_import_refuses_an_unknown_node_interface(tmp_path: Path, python_env: dict[str, str]) -> None:
+    project = panorama_project(tmp_path / "people_app")
+    graph_file = project / "graphs" / "people_app" / "graph.json"
+    graph = json.loads(graph_file.read_text())
+    graph["nodeGraph"]["nodes"].append({"name": "lidar", "interface": "panorama::lidar_source.v1"})
+    graph_file.write_text(json.dumps(graph))
+    result = edgesight(
+        "panorama", "import", str(project), "--camera", "camera_node=rtsp://h/1", "--model", "model_node=m.onnx",
+        "--out", str(tmp_path / "site.yaml"), env=python_env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "node 'lidar': unknown node interface 'panorama::lidar_source.v1'" in result.stderr
+
+
+def test_config_check_finds_a_missing_app_model_and_entry(tmp_path: Path, python_env: dict[str, str]) -> None:
+    code = write_app(tmp_path / "code", COMPOSED_APP)
+    (code / "app.py").unlink()
+    extra = {
+        "cameras": {"hall": {"url": "rtsp://192.0.2.1/hall"}},
+        "apps": {"people": {"code": str(code), "cameras": ["hall"], "models": {"model_node": {"path": "nosuch.onnx"}}}},
+    }
+    site = write_site(tmp_path, extra)
+    result = edgesight("config", "check", str(site), env=python_env)
+    assert result.returncode == 2
+    assert "apps.people.entry: " in result.stderr and "app.py does not exist" in result.stderr
+    assert "apps.people.models.model_node.path: nosuch.onnx not found" in result.stderr
