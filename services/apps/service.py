@@ -189,8 +189,7 @@ class AppsService(Service):
                         "limit_s": app.config.hang_timeout_s,
                     },
                 )
-                app.state = "hung"
-                metrics.RESTARTS.labels(app.name, "hung").inc()
+                app.state = "hung"  # counted as such when _keep_running sees the exit
                 app.stats_at = 0.0
                 process.kill()
 
