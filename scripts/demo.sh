@@ -9,7 +9,9 @@
 #      events the rules decided (line crossings with masked snapshots, zone visits, crowding);
 #      The uplink spools every event and publishes it to a local Mosquitto (a stand-in for AWS
 #      IoT Core), where a subscriber counts them;
-#   5. the benchmarks, --quick: frame hop, ingest decode, inference and uplink throughput.
+#   5. imports an AWS Panorama application (examples/panorama/people_counter) with
+#      `edgesight panorama import` and runs it unchanged on the lobby camera; saves its HDMI output;
+#   6. the benchmarks, --quick: frame hop, ingest decode, inference and uplink throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
@@ -83,5 +85,31 @@ echo "-- over MQTT: $(grep -c '^edgesight/demo/events ' "$EDGESIGHT_RUN_DIR/mqtt
   "$(grep -c '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" || true) count updates; the last count:"
 grep '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" | tail -n1 || true
 
-echo; echo "== 5. benchmarks (quick): frame_hop, ingest_decode, inference_throughput, uplink_throughput"
+echo; echo "== 5. an AWS Panorama application, unchanged: examples/panorama/people_counter on the lobby camera"
+panorama_site=$EDGESIGHT_RUN_DIR/panorama.yaml
+$edgesight panorama import examples/panorama/people_counter \
+  --camera "camera_node=rtsp://127.0.0.1:$EDGESIGHT_DEMO_RTSP_PORT/lobby" --model model_node=yolox_nano.onnx \
+  --param detection_threshold=0.3 --base examples/demo.yaml --out "$panorama_site"
+$edgesight run "$panorama_site" --services broker,ingest,apps --for 15 --status-interval 5 &
+run_pid=$!
+sleep 12
+.venv/bin/python - "$panorama_site" "$EDGESIGHT_RUN_DIR/panorama_output.jpg" <<'PY'
+import json, sys, urllib.request
+from common.config import load_config
+base = f"http://127.0.0.1:{load_config(sys.argv[1]).metrics.port('apps')}/apps"
+try:
+    with urllib.request.urlopen(f"{base}/people_counter/video/camera_node.jpg", timeout=5) as answer:
+        open(sys.argv[2], "wb").write(answer.read())
+    print("-- the app's HDMI output (boxes and count drawn):", sys.argv[2], f"(live: {base}/people_counter/video/camera_node.mjpg)")
+except OSError as exc:
+    print("-- no output frame yet:", exc)
+with urllib.request.urlopen(base, timeout=5) as answer:
+    app = json.load(answer)["people_counter"]
+print("-- app:", app["state"], app["frames"], "frames,", app["restarts"], "restarts; its log:", app["log"])
+PY
+wait "$run_pid"
+echo "-- what the app logged to /opt/aws/panorama/logs/app.log:"
+tail -n 3 "$EDGESIGHT_RUN_DIR/state/apps/people_counter/logs/app.log" || true
+
+echo; echo "== 6. benchmarks (quick): frame_hop, ingest_decode, inference_throughput, uplink_throughput"
 .venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"
