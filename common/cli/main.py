@@ -92,6 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     eslogging.configure("run", config.logging.level, config.logging.format)
     available = installed_services()
     wanted: list[str] = args.services.split(",") if args.services else list(config.run.services or available)
+    if not args.services and not config.run.services and not config.apps:
+        wanted = [name for name in wanted if name != "apps"]  # nothing for it to run
     missing = sorted(set(wanted) - set(available))
     if missing:
         print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)
