@@ -12,7 +12,6 @@ a service knows which one runs it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import logging
 import os
@@ -21,7 +20,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, SiteConfig
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
+from common.process import die_with_parent
 from contracts import Health, topic
 
 __all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
@@ -137,7 +136,7 @@ class Supervisor:
                 env=environment,
                 stderr=asyncio.subprocess.PIPE,
                 limit=1 << 20,  # longest log line relayed
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(),
             )
             child.started = time.monotonic()
             log.info("service started", extra={"child": child.name, "pid": child.process.pid})
@@ -267,25 +266,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """For ``preexec_fn``: the kernel sends the child SIGTERM when the supervisor dies (even by
-    SIGKILL), so no orphan keeps serving and holding ports (Linux ``PR_SET_PDEATHSIG``)."""
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: after fork, only call it
-    except (OSError, AttributeError):
-        prctl = None  # not Linux: a supervisor crash leaves orphans, as before
-
-    def arrange() -> None:
-        if prctl is None:
-            return
-        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the supervisor died before prctl took effect
-            os._exit(1)
-
-    return arrange
 
 
 async def _answers(host: str, port: int, path: str, timeout_s: float = 2.0) -> bool:

@@ -34,6 +34,7 @@ from common.assets import find_asset
 from common.config import AppConfig, SiteConfig
 from common.errors import EdgeSightError
 from common.models import ModelFile, open_backend
+from common.process import die_with_parent
 from common.service import Service, ServiceState
 from services.apps import metrics
 from services.apps.paths import LOGS, app_dirs
@@ -130,6 +131,7 @@ class AppsService(Service):
         while True:
             app.output.clear()
             app.state = "starting"
+            app.stats_at, app.busy_s = 0.0, 0.0  # the hang watch starts with the new process's first report
             app.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -143,6 +145,7 @@ class AppsService(Service):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 limit=1 << 20,
+                preexec_fn=die_with_parent(),  # no app outlives this service
             )
             started = time.monotonic()
             metrics.RUNNING.labels(app.name).set(1)

@@ -334,6 +334,12 @@ def test_a_crashing_and_a_hanging_app_are_restarted_and_the_others_run_on(
         assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
         head = stream.read(200)
     assert head.startswith(b"--edgesight-frame\r\nContent-Type: image/jpeg\r\n")
+    site.processes["apps"].kill()  # the apps die with their service: no orphan keeps running
+    site.processes["apps"].wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{now['steady']['pid']}").exists():
+        assert time.monotonic() < deadline, "an app outlived its service"
+        time.sleep(0.1)
 
 
 def panorama_project(folder: Path, *, framework: str = "PYTORCH") -> Path:
