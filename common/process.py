@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
 from collections.abc import Callable
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "stop"]
 
 
 def die_with_parent() -> Callable[[], None]:
@@ -27,3 +28,17 @@ def die_with_parent() -> Callable[[], None]:
             os._exit(1)
 
     return arrange
+
+
+async def stop(process: asyncio.subprocess.Process | None, grace_s: float) -> bool:
+    """SIGTERM, then SIGKILL after ``grace_s``; True when it had to be killed."""
+    if process is None or process.returncode is not None:
+        return False
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=grace_s)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        return True
+    return False

@@ -27,7 +27,7 @@ from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, SiteConfig
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
-from common.process import die_with_parent
+from common.process import die_with_parent, stop
 from contracts import Health, topic
 
 __all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
@@ -201,16 +201,8 @@ class Supervisor:
                 healthy_at = time.monotonic()
 
     async def _terminate(self, child: _Child) -> None:
-        process = child.process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=self.config.run.stop_grace_s)
-        except asyncio.TimeoutError:
-            log.warning("service ignored SIGTERM; killing", extra={"child": child.name})
-            process.kill()
-            await process.wait()
+        if await stop(child.process, self.config.run.stop_grace_s):
+            log.warning("service ignored SIGTERM; it was killed", extra={"child": child.name})
 
     async def _status_loop(self) -> None:
         """Shows progress: one status table every ``status_interval_s`` from the services' Health."""

@@ -2,6 +2,7 @@
 
 from common.shm.ring import (
     DEFAULT_SHM_DIR,
+    FrameReaders,
     FrameRingReader,
     FrameRingWriter,
     FrameView,
@@ -13,6 +14,7 @@ from common.shm.ring import (
 
 __all__ = [
     "DEFAULT_SHM_DIR",
+    "FrameReaders",
     "FrameRingReader",
     "FrameRingWriter",
     "FrameView",

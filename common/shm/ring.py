@@ -41,6 +41,7 @@ from contracts.messages import SEGMENT_PATTERN
 
 __all__ = [
     "DEFAULT_SHM_DIR",
+    "FrameReaders",
     "FrameRingReader",
     "FrameRingWriter",
     "FrameView",
@@ -518,3 +519,26 @@ class FrameRingReader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class FrameReaders:
+    """A reader per segment, opened on first use: what a consumer of many cameras' FrameRefs holds.
+    One thread at a time (a reader may remap after its writer restarts)."""
+
+    def __init__(self, shm_dir: Path | str = DEFAULT_SHM_DIR) -> None:
+        self.shm_dir = shm_dir
+        self._readers: dict[str, FrameRingReader] = {}
+
+    def reader(self, segment: str) -> FrameRingReader:
+        reader = self._readers.get(segment)
+        if reader is None:
+            reader = self._readers[segment] = FrameRingReader(segment, shm_dir=self.shm_dir)
+        return reader
+
+    def copy(self, ref: FrameRef) -> npt.NDArray[np.uint8]:
+        return self.reader(ref.segment).copy(ref)
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()

@@ -34,7 +34,7 @@ from common.assets import find_asset
 from common.config import AppConfig, SiteConfig
 from common.errors import EdgeSightError
 from common.models import ModelFile, open_backend
-from common.process import die_with_parent
+from common.process import die_with_parent, stop
 from common.service import Service, ServiceState
 from services.apps import metrics
 from services.apps.paths import LOGS, app_dirs
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0
+STOP_GRACE_S = 5.0
 LAST_WORDS = 40  # lines of an app's output kept to explain its exit
 MJPEG_BOUNDARY = "edgesight-frame"
 _VIDEO = re.compile(r"^/apps/(?P<app>[^/]+)/video/(?P<camera>[^/]+)\.(?P<kind>jpg|mjpg)$")
@@ -122,7 +123,7 @@ class AppsService(Service):
             with self.new_frame:
                 self.new_frame.notify_all()
             for app in self.apps.values():
-                await self._stop_app(app)
+                await stop(app.process, STOP_GRACE_S)
             channel.close(linger=0)
             self.channel_path.unlink(missing_ok=True)
 
@@ -195,17 +196,6 @@ class AppsService(Service):
                 app.state = "hung"  # counted as such when _keep_running sees the exit
                 app.stats_at = 0.0
                 process.kill()
-
-    async def _stop_app(self, app: _App) -> None:
-        process = app.process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 5)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
 
     async def _receive(self, channel: zmq.asyncio.Socket) -> None:
         while True:

@@ -24,7 +24,7 @@ from common.bus import Subscriber
 from common.config import ModelConfig, SiteConfig
 from common.errors import ConfigError, ShmError, StaleFrameError
 from common.service import Service, ServiceState
-from common.shm import FrameRingReader
+from common.shm import FrameReaders, FrameRingReader
 from common.shm.ring import FrameView
 from contracts import Control, Detections, FrameRef, InferenceTiming, topic
 from services.inference import metrics
@@ -153,7 +153,7 @@ class InferenceService(Service):
         self.shard = parse_shard(os.environ.get(SHARD_VARIABLE, "0/1"))
         self.workers: dict[str, ModelWorker] = {}
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
-        self._readers: dict[tuple[str, str], FrameRingReader] = {}
+        self._readers: dict[str, FrameReaders] = {}  # model -> its readers
         self.frames_done = 0
         self.inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
         self._inference_ms_lock = threading.Lock()  # written on worker threads, read on the loop
@@ -287,12 +287,12 @@ class InferenceService(Service):
         return messages
 
     def _reader(self, model: str, segment: str) -> FrameRingReader:
-        """A reader per model and segment: each model's batches run on their own thread, and a
-        reader (which may remap after a writer restart) is used by one thread at a time."""
-        reader = self._readers.get((model, segment))
-        if reader is None:
-            reader = self._readers[model, segment] = FrameRingReader(segment, shm_dir=self.config.site.shm_dir)
-        return reader
+        """Readers per model: each model's batches run on their own thread, and a reader (which may
+        remap after a writer restart) is used by one thread at a time."""
+        readers = self._readers.get(model)
+        if readers is None:
+            readers = self._readers[model] = FrameReaders(self.config.site.shm_dir)
+        return readers.reader(segment)
 
     async def publish_detections(self, detections: Detections) -> None:
         assert self.publisher is not None

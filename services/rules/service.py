@@ -23,7 +23,7 @@ from common.bus import EventSender, Subscriber
 from common.config import CameraConfig
 from common.errors import ShmError, StaleFrameError
 from common.service import Service, ServiceState
-from common.shm import FrameRingReader
+from common.shm import FrameReaders
 from contracts import ContractError, Detections, Event, TrackedObject, decode, encode, topic
 from services.rules import metrics
 from services.rules.engine import CameraRules, Draft, Moment, Observed
@@ -76,7 +76,7 @@ class RulesService(Service):
         self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=self.config.uplink.spool.max_mb << 20)
         self.outbox_changed = asyncio.Event()
         self.events_sent = 0
-        self._readers: dict[str, FrameRingReader] = {}
+        self._readers = FrameReaders(self.config.site.shm_dir)  # snapshots, on a worker thread
         self._actions: set[asyncio.Task[None]] = set()
         self._group: TaskGroup | None = None
         jsonl = self.config.events.jsonl
@@ -230,10 +230,7 @@ class RulesService(Service):
         assert event.frame is not None
         ref = event.frame
         try:
-            reader = self._readers.get(ref.segment)
-            if reader is None:
-                reader = self._readers[ref.segment] = FrameRingReader(ref.segment, shm_dir=self.config.site.shm_dir)
-            pixels = reader.copy(ref)
+            pixels = self._readers.copy(ref)
         except (StaleFrameError, ShmError):
             metrics.SNAPSHOTS_MISSED.labels(camera.name).inc()
             return event

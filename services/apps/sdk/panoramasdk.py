@@ -34,7 +34,7 @@ from common.bus.endpoint import Endpoint
 from common.config import AppConfig, SiteConfig, load_config
 from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.models import Backend, ModelFile, open_backend
-from common.shm import FrameRingReader
+from common.shm import FrameReaders
 from contracts import ContractError, FrameRef, decode, parse_topic, topic
 
 __all__ = ["media", "node", "port"]
@@ -157,7 +157,7 @@ class _Runtime:
         self._newest: dict[str, FrameRef] = {}
         self._taken: dict[str, int] = {}  # camera -> seq of the frame last handed to the app
         self._last: dict[str, media] = {}
-        self._readers: dict[str, FrameRingReader] = {}
+        self._readers = FrameReaders(self.config.site.shm_dir)
         self._models: dict[str, Backend] = {}
         self.frames = 0
         self.skipped = 0
@@ -230,10 +230,7 @@ class _Runtime:
 
     def _copy(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
         try:
-            reader = self._readers.get(ref.segment)
-            if reader is None:
-                reader = self._readers[ref.segment] = FrameRingReader(ref.segment, shm_dir=self.config.site.shm_dir)
-            pixels = reader.copy(ref)
+            pixels = self._readers.copy(ref)
         except (StaleFrameError, ShmError):
             self.skipped += 1
             return None
