@@ -17,15 +17,16 @@ from contracts.messages import (
     FrameRef,
     Health,
     Message,
+    Scene,
 )
 
 __all__ = ["MESSAGE_TYPES", "decode", "encode"]
 
 MessageT = TypeVar("MessageT", bound=Message)
-AnyMessage = FrameRef | Detections | Event | Health | CameraStatus | Control | Ack
+AnyMessage = FrameRef | Detections | Event | Health | CameraStatus | Scene | Control | Ack
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (FrameRef, Detections, Event, Health, CameraStatus, Control, Ack)
+    for cls in (FrameRef, Detections, Event, Health, CameraStatus, Scene, Control, Ack)
 }
 
 

@@ -28,8 +28,10 @@ __all__ = [
     "FrameRef",
     "Health",
     "InferenceTiming",
+    "LineCounts",
     "Message",
     "PixelFormat",
+    "Scene",
     "ServiceState",
     "Snapshot",
     "TrackedObject",
@@ -235,6 +237,32 @@ class CameraStatus(Message, tag="camera_status", kw_only=True, frozen=True):
     decoder: Text = ""  # the FFmpeg decoder in use, e.g. h264 or h264_v4l2m2m
     width: NonNegative = 0  # source resolution, 0 until known
     height: NonNegative = 0
+
+
+class LineCounts(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """Cumulative crossings of one line rule by one label."""
+
+    in_: NonNegative = msgspec.field(default=0, name="in")
+    out: NonNegative = 0
+
+
+class Scene(Message, tag="scene", kw_only=True, frozen=True):
+    """What rules sees on a camera after one model's frame, on ``scene/<camera>/``: the confirmed tracks,
+    every line rule's counts and every zone's occupancy. For local consumers (the console, a screen);
+    broadcast, newest wins, never acknowledged."""
+
+    camera: Name
+    model: Name
+    frame: FrameRef
+    tracks: Annotated[list[TrackedObject], msgspec.Meta(max_length=MAX_DETECTIONS)] = []
+    lines: Annotated[
+        dict[Name, Annotated[dict[Label, LineCounts], msgspec.Meta(max_length=MAX_MAP_ENTRIES)]],
+        msgspec.Meta(max_length=MAX_MAP_ENTRIES),
+    ] = {}
+    zones: Annotated[
+        dict[Name, Annotated[dict[Label, NonNegative], msgspec.Meta(max_length=MAX_MAP_ENTRIES)]],
+        msgspec.Meta(max_length=MAX_MAP_ENTRIES),
+    ] = {}
 
 
 class Control(Message, tag="control", kw_only=True, frozen=True):

@@ -81,6 +81,14 @@ class CountStore:
     def get(self, camera: str, rule: str, label: str, key: str) -> int:
         return self.values.get((camera, rule, label, key), 0)
 
+    def of_rule(self, camera: str, rule: str) -> dict[str, dict[str, int]]:
+        """label -> key -> count of one rule of one camera."""
+        counts: dict[str, dict[str, int]] = {}
+        for (camera_, rule_, label, key), value in self.values.items():
+            if camera_ == camera and rule_ == rule:
+                counts.setdefault(label, {})[key] = value
+        return counts
+
 
 def in_schedule(windows: Iterable[ScheduleWindow], when: dt.datetime) -> bool:
     """Whether ``when`` falls in any window; no windows means always. A window whose end is before its
@@ -210,6 +218,9 @@ class LineState(_Rule):
         self.store = store
         self.tracks: dict[int, _LineTrack] = {}
         self.in_sign = 1 if config.in_side == "right" else -1
+        # A line added or moved by a reload counts from its next frame: the objects then in view start
+        # where they are, not where the tracker first saw them (which would count walks made before it existed).
+        self.from_now = False
 
     def step(self, moment: Moment, zones: dict[str, ZoneState]) -> list[Draft]:
         drafts = []
@@ -220,7 +231,8 @@ class LineState(_Rule):
             side = side_of_line(point, self.config.line)
             state = self.tracks.get(track.track_id)
             if state is None:
-                start = point if track.origin is None else anchor_point(track.origin, "bottom_center")
+                from_origin = track.origin is not None and not self.from_now
+                start = anchor_point(track.origin, "bottom_center") if from_origin else point  # type: ignore[arg-type]
                 start_side = side_of_line(start, self.config.line) or side
                 if start_side == 0:
                     continue  # on the line: no side yet
@@ -236,6 +248,7 @@ class LineState(_Rule):
             state.deep = depth_past_line(point, track.box, self.config.line) >= self.config.min_distance
             if state.frames >= self.config.min_frames and state.deep:
                 drafts.extend(self._settle(state, side, point, track, moment))
+        self.from_now = False
         for track in moment.gone:
             state = self.tracks.pop(track.track_id, None)
             if state is not None and state.crossed_to is not None and state.deep:  # vanished well past the line
@@ -418,6 +431,30 @@ class CameraRules:
         # cooldown dropped. Per object so that an object's state goes when it does: ids never come back.
         self._last_event: dict[int, dict[tuple[str, str], float]] = {}
         self._suppressed: dict[int, set[str]] = {}
+
+    def carry_over(self, old: CameraRules) -> list[str]:
+        """Takes the state of every rule of ``old`` whose name, kind and settings this one has unchanged
+        (objects in zones, lines' sides, dwell timers, cooldowns): a reload restarts only what changed.
+        Returns the names of the rules carried over."""
+        previous = {rule.name: rule for rule in old.rules}
+        kept = []
+        for index, rule in enumerate(self.rules):
+            before = previous.get(rule.name)
+            if before is not None and type(before) is type(rule) and before.config == rule.config:
+                self.rules[index] = before
+                if isinstance(before, ZoneState):
+                    self.zones[rule.name] = before
+                kept.append(rule.name)
+            elif isinstance(rule, LineState):
+                rule.from_now = True
+        self._last_event, self._suppressed = old._last_event, old._suppressed
+        return kept
+
+    def line_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """line rule -> label -> {"in", "out"}: cumulative, as stored."""
+        return {
+            rule.name: rule.store.of_rule(self.camera, rule.name) for rule in self.rules if isinstance(rule, LineState)
+        }
 
     def step(self, moment: Moment) -> list[Draft]:
         drafts: list[Draft] = []

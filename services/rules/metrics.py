@@ -24,3 +24,8 @@ ACTIONS_DROPPED = Counter(
     "Local actions not run because MAX_RUNNING_ACTIONS were already running.",
     ["rule", "action"],
 )
+RELOADS = Counter(
+    "edgesight_rules_reloads_total",
+    "Reloads of the site file's rules (Control 'reload'): applied, or refused because the file does not validate.",
+    ["result"],
+)

@@ -20,11 +20,22 @@ import msgspec
 
 from common._compat import TaskGroup
 from common.bus import EventSender, Subscriber
-from common.config import CameraConfig
-from common.errors import ShmError, StaleFrameError
+from common.config import CameraConfig, SiteConfig, load_config
+from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.service import Service, ServiceState
 from common.shm import FrameReaders
-from contracts import ContractError, Detections, Event, TrackedObject, decode, encode, topic
+from contracts import (
+    ContractError,
+    Control,
+    Detections,
+    Event,
+    LineCounts,
+    Scene,
+    TrackedObject,
+    decode,
+    encode,
+    topic,
+)
 from services.rules import metrics
 from services.rules.engine import CameraRules, Draft, Moment, Observed
 from services.rules.outbox import Outbox
@@ -43,6 +54,12 @@ EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")
 
 def _box(values: object) -> tuple[float, float, float, float]:
     x1, y1, x2, y2 = (float(v) for v in values)  # type: ignore[attr-defined]
+    return x1, y1, x2, y2
+
+
+def _unit_box(values: object) -> tuple[float, float, float, float]:
+    """A track's (predicted) box may reach past the frame; the contract's boxes are 0-1."""
+    x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in _box(values))
     return x1, y1, x2, y2
 
 
@@ -79,6 +96,7 @@ class RulesService(Service):
         self._readers = FrameReaders(self.config.site.shm_dir)  # snapshots, on a worker thread
         self._actions: set[asyncio.Task[None]] = set()
         self._group: TaskGroup | None = None
+        self._detections: Subscriber | None = None  # a camera added by a reload is subscribed to here
         jsonl = self.config.events.jsonl
         self.jsonl = None if jsonl is None else Path(self.config.site.state_dir) / jsonl
 
@@ -98,6 +116,7 @@ class RulesService(Service):
                     on_ack=self._acked,
                 ) as sender,
             ):
+                self._detections = detections
                 self.set_state(ServiceState.READY)
                 async with TaskGroup() as group:
                     self._group = group  # actions run here: cancelled with the service, never orphaned
@@ -149,6 +168,33 @@ class RulesService(Service):
             labels.update(occupancy)
             for label in labels:  # a label whose last object left reads 0, not its last value
                 metrics.ZONE_OCCUPANCY.labels(camera.name, zone, label).set(occupancy.get(label, 0))
+        await self._publish_scene(camera, detections, seen)
+
+    async def _publish_scene(self, camera: _Camera, detections: Detections, seen: list[Track]) -> None:
+        """The camera as rules sees it now, for local consumers (the console); newest wins."""
+        if self.publisher is None:
+            return
+        labels = detections.labels
+        scene = Scene(
+            camera=camera.name,
+            model=detections.model,
+            frame=detections.frame,
+            tracks=[
+                TrackedObject(
+                    track_id=track.track_id,
+                    label=labels.get(track.class_id, str(track.class_id)),
+                    score=min(1.0, round(track.score, 4)),
+                    box=_unit_box(track.box),
+                )
+                for track in seen
+            ],
+            lines={
+                rule: {label: LineCounts(in_=c.get("in", 0), out=c.get("out", 0)) for label, c in by_label.items()}
+                for rule, by_label in camera.rules.line_counts().items()
+            },
+            zones={zone: dict(occupancy) for zone, occupancy in camera.rules.occupancy().items()},
+        )
+        await self.publisher.publish("scene", camera.name, scene)
 
     async def _emit(self, camera: _Camera, detections: Detections, draft: Draft, t: float) -> None:
         frame = detections.frame
@@ -212,6 +258,8 @@ class RulesService(Service):
             return
         self.outbox.put(event)  # on disk before anything else hears of it
         self.outbox_changed.set()
+        if self.publisher is not None:  # a copy for local consumers (the console); the uplink's is the outbox's
+            await self.publisher.publish("events", camera.name, event)
         if self.jsonl is not None:
             with self.jsonl.open("ab") as out:
                 out.write(event_json(event) + b"\n")
@@ -252,6 +300,41 @@ class RulesService(Service):
                 cursor = seq
                 self.events_sent += 1
             metrics.EVENTS_QUEUED.set(len(self.outbox))
+
+    async def on_control(self, command: Control) -> None:
+        await super().on_control(command)
+        if command.command == "reload":
+            await self.reload()
+
+    async def reload(self) -> None:
+        """Reads the site file again and applies its cameras' rules (the console's rule editor sends
+        ``reload`` after a save). Rules unchanged keep their state; line counts are kept per rule name;
+        other sections (tracker, events, uplink) take effect at the next restart."""
+        try:
+            config: SiteConfig = await asyncio.to_thread(load_config, self.config.source)
+        except EdgeSightError as exc:
+            metrics.RELOADS.labels("refused").inc()
+            log.error("reload refused; the rules in force stay", extra={"error": " | ".join(str(exc).splitlines())})
+            return
+        wanted = {name: camera for name, camera in config.cameras.items() if camera.enabled and camera.rules}
+        for name in set(self.cameras) - set(wanted):
+            del self.cameras[name]
+        changed = []
+        for name, camera_config in wanted.items():
+            rules = CameraRules(name, camera_config, self.store)
+            camera = self.cameras.get(name)
+            if camera is None:
+                self.cameras[name] = _Camera(name, camera_config, rules)
+                if self._detections is not None:
+                    self._detections.subscribe(topic("detections", name))
+                changed.append(name)
+                continue
+            kept = rules.carry_over(camera.rules)
+            if len(kept) != len(rules.rules) or len(kept) != len(camera.rules.rules):
+                changed.append(name)
+            camera.config, camera.rules = camera_config, rules
+        metrics.RELOADS.labels("applied").inc()
+        log.info("rules reloaded", extra={"changed": ",".join(sorted(changed)) or "none"})
 
     def _acked(self, ids: list[str]) -> None:
         self.outbox.acked(ids)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from common._compat import timeout
-from common.bus import EventReceiver, Publisher
+from common.bus import EventReceiver, Publisher, Subscriber
 from common.shm import FrameRingWriter, frame_bytes
-from contracts import Detections, Event
+from contracts import Control, Detections, Event, Scene, topic
 from tests.integration.conftest import Services
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,9 @@ def site_sections() -> dict[str, Any]:
     }
 
 
-async def walk_across(site: Services, ring: FrameRingWriter, events: EventReceiver, start_ms: int) -> list[Event]:
+async def walk_across(
+    site: Services, ring: FrameRingWriter, events: EventReceiver, start_ms: int, expected: int = 3
+) -> list[Event]:
     """One person walks down across the line into the bay and leaves; returns the events (acknowledged)."""
     config = site.config
     received: list[Event] = []
@@ -58,7 +60,7 @@ async def walk_across(site: Services, ring: FrameRingWriter, events: EventReceiv
         empty = Detections.from_arrays(later, "people", boxes=np.zeros((0, 4)), class_ids=[], scores=[])
         await publisher.publish("detections", "dock", empty)  # the person has gone: the visit ends
         async with timeout(10):
-            while len(received) < 3:
+            while len(received) < expected:
                 delivery = await events.receive()
                 received.append(delivery.event)
                 await events.ack([delivery])
@@ -118,3 +120,54 @@ def test_events_snapshots_and_counts_across_a_restart(
     logged = [json.loads(line) for line in lines]
     assert [e["id"] for e in logged if e["event_type"] == "line_cross"] == [crossing.id, crossing_again.id]
     assert logged[0]["snapshot"]["bytes"] > 0 and "data" not in logged[0]["snapshot"]
+
+
+def test_reload_applies_new_rules_and_keeps_counts(
+    tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """A `reload` Control makes rules read the site file again: a new line counts from then on, the
+    unchanged line's count goes on, and both show in the Scene; every event also goes out on events/."""
+    site = services(site_sections())
+    config = site.config
+    site.start("broker")
+    site.start("rules")
+
+    async def scenario() -> tuple[list[Event], list[Scene], set[str]]:
+        ring = FrameRingWriter.create(
+            "test", "dock", slots=8, capacity=frame_bytes("bgr24", WIDTH, HEIGHT), shm_dir=config.site.shm_dir
+        )
+        try:
+            async with (
+                EventReceiver(config.bus.events.receive, "uplink-standin") as events,
+                Subscriber(config.bus.subscribe, "test", [topic("events", "dock"), topic("scene", "dock")]) as local,
+                Publisher(config.bus.publish, "test-control") as control,
+            ):
+                await walk_across(site, ring, events, 0)
+                door2 = "      door2: {type: line, line: [[0.0, 0.55], [1.0, 0.55]], min_frames: 2}\n"
+                site.site.write_text(site.site.read_text().replace("      door:", door2 + "      door:", 1))
+                await asyncio.sleep(0.3)  # the control subscription of a publisher just connected
+                await control.publish("control", "rules", Control(id="reload-1", command="reload", target="rules"))
+                async with timeout(10):
+                    while "rules reloaded" not in site.log("rules"):  # noqa: ASYNC110 - a log file, not an event
+                        await asyncio.sleep(0.1)
+                second = await walk_across(site, ring, events, 60_000, expected=4)
+                scenes: list[Scene] = []
+                published: set[str] = set()
+                async with timeout(5):
+                    while not {e.id for e in second} <= published or not any("door2" in s.lines for s in scenes):
+                        message = (await local.receive()).message
+                        if isinstance(message, Scene):
+                            scenes.append(message)
+                        elif isinstance(message, Event):
+                            published.add(message.id)
+                return second, scenes, published
+        finally:
+            ring.close()
+
+    second, scenes, published = asyncio.run(scenario())
+    crossings = {e.rule: e.counts for e in second if e.event_type == "line_cross"}
+    assert crossings == {"door": {"in": 2, "out": 0}, "door2": {"in": 1, "out": 0}}
+    newest = scenes[-1]
+    assert newest.lines["door"]["person"].in_ == 2 and newest.lines["door2"]["person"].in_ == 1
+    assert set(newest.zones) == {"bay"}
+    assert {e.id for e in second} <= published

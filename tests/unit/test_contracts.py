@@ -17,8 +17,10 @@ from contracts import (
     Event,
     FrameRef,
     Health,
+    LineCounts,
     Message,
     NDArray,
+    Scene,
     Snapshot,
     TrackedObject,
     decode,
@@ -91,9 +93,22 @@ MESSAGES: list[Message] = [
         width=1920,
         height=1080,
     ),
+    Scene(
+        camera="dock-1",
+        model="people",
+        frame=FRAME,
+        tracks=[TrackedObject(track_id=7, label="person", score=0.8, box=(0.1, 0.2, 0.3, 0.4))],
+        lines={"door": {"person": LineCounts(in_=3, out=1)}},
+        zones={"bay": {"person": 2, "forklift": 0}},
+    ),
     Control(id="c1", command="reload", target="inference", args={"model": "people"}),
     Ack(ids=["evt-1", "evt-2"], receiver="uplink"),
 ]
+
+
+def test_scene_line_counts_are_in_and_out_on_the_wire() -> None:
+    scene = next(m for m in MESSAGES if isinstance(m, Scene))
+    assert msgpack.unpackb(encode(scene))["lines"] == {"door": {"person": {"in": 3, "out": 1}}}
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)

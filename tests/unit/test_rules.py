@@ -179,3 +179,42 @@ def test_cooldown_per_object() -> None:
     assert [d.event_type for d in run(rules, in_out_in)] == ["zone_enter", "zone_exit"]  # the second visit is quiet
     rules = camera(ZONE)
     assert [d.event_type for d in run(rules, in_out_in)] == ["zone_enter", "zone_exit", "zone_enter", "zone_exit"]
+
+
+def test_a_reload_keeps_unchanged_rules_and_a_new_line_counts_from_now() -> None:
+    zone = {
+        "desk": {"type": "zone", "polygon": [[0.0, 0.0], [1.0, 0.0], [1.0, 0.45], [0.0, 0.45]], "inertia_frames": 1}
+    }
+    old = camera({**zone, **DEFAULT_LINE})
+    store = old.rules[1].store  # type: ignore[attr-defined]
+    origin = (0.48, 0.2, 0.52, 0.3)  # where the tracker first saw track 1: above the new line
+    walker = lambda y: Observed(1, "person", 0.9, (0.48, y - 0.1, 0.52, y), origin)  # noqa: E731
+    assert [d.event_type for d in old.step(Moment(0.0, MONDAY_NOON, [walker(0.4)]))] == ["zone_enter"]
+
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "site": {"name": "s"},
+                "cameras": {
+                    "cam": {
+                        "url": "rtsp://h/1",
+                        "rules": {
+                            **zone,
+                            **DEFAULT_LINE,
+                            "upper": {"type": "line", "line": [[0.2, 0.35], [0.8, 0.35]]},
+                        },
+                    }
+                },
+            }
+        )
+    )
+    new = CameraRules("cam", config.cameras["cam"], store)
+    assert new.carry_over(old) == ["desk", "door"]
+    assert new.zones["desk"] is old.zones["desk"]  # track 1 is still inside: no second zone_enter
+    # track 1 is already past "upper" (judged from its origin it would count now); it has not crossed it
+    assert new.step(Moment(0.1, MONDAY_NOON, [walker(0.42)])) == []
+    # a new object crossing it afterwards counts
+    drafts: list[Draft] = []
+    for step, y in enumerate((0.25, 0.3, 0.33, 0.4, 0.44)):
+        drafts += new.step(Moment(0.2 + step / 10, MONDAY_NOON, [walker(0.43), feet(0.5, y, track_id=2)]))
+    assert [(d.rule, d.attributes["direction"]) for d in drafts if d.event_type == "line_cross"] == [("upper", "in")]
