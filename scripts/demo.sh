@@ -9,14 +9,19 @@
 #      events the rules decided (line crossings with masked snapshots, zone visits, crowding);
 #      The uplink spools every event and publishes it to a local Mosquitto (a stand-in for AWS
 #      IoT Core), where a subscriber counts them;
-#   5. imports an AWS Panorama application (examples/panorama/people_counter) with
+#   5. the web console: runs the pipeline with it for $EDGESIGHT_DEMO_CONSOLE_S seconds (45), prints its
+#      URL and password, logs in with a headless Chromium and saves screenshots of three pages;
+#   6. imports an AWS Panorama application (examples/panorama/people_counter) with
 #      `edgesight panorama import` and runs it unchanged on the lobby camera; saves its HDMI output;
-#   6. the benchmarks, --quick: frame hop, ingest decode, inference and uplink throughput.
+#   7. the benchmarks, --quick: frame hop, ingest decode, inference and uplink throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
 export EDGESIGHT_DEMO_RTSP_PORT=${EDGESIGHT_DEMO_RTSP_PORT:-8554}
 export EDGESIGHT_DEMO_MQTT_PORT=${EDGESIGHT_DEMO_MQTT_PORT:-18830}
+export EDGESIGHT_DEMO_CONSOLE_PORT=${EDGESIGHT_DEMO_CONSOLE_PORT:-8080}
+# the console has no default password: one made up for this run (or yours)
+export EDGESIGHT_CONSOLE_PASSWORD=${EDGESIGHT_CONSOLE_PASSWORD:-$(.venv/bin/python -c "import secrets; print(secrets.token_urlsafe(12))")}
 edgesight=.venv/bin/edgesight
 clip=$(.venv/bin/python -c "from common.assets import find_asset; print(find_asset('people.mp4'))")
 rtsp_pid=""
@@ -27,7 +32,8 @@ start_rtsp() {
   echo "the RTSP server did not start: $(cat "$EDGESIGHT_RUN_DIR/rtsp.log")" >&2; exit 1
 }
 mqtt_pids=()
-trap '[[ -n $rtsp_pid ]] && kill $rtsp_pid 2>/dev/null; kill ${mqtt_pids[*]:-} 2>/dev/null || true' EXIT
+run_pid=""
+trap '[[ -n $rtsp_pid ]] && kill $rtsp_pid 2>/dev/null; kill ${mqtt_pids[*]:-} $run_pid 2>/dev/null || true' EXIT
 
 echo "== 1. the site file"
 $edgesight config check examples/site.yaml
@@ -85,7 +91,27 @@ echo "-- over MQTT: $(grep -c '^edgesight/demo/events ' "$EDGESIGHT_RUN_DIR/mqtt
   "$(grep -c '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" || true) count updates; the last count:"
 grep '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" | tail -n1 || true
 
-echo; echo "== 5. an AWS Panorama application, unchanged: examples/panorama/people_counter on the lobby camera"
+echo; echo "== 5. the web console, with the pipeline, for ${EDGESIGHT_DEMO_CONSOLE_S:-45} s"
+console_url="http://${EDGESIGHT_DEMO_CONSOLE_HOST:-127.0.0.1}:$EDGESIGHT_DEMO_CONSOLE_PORT"
+echo "-- open $console_url/ and log in with the password: $EDGESIGHT_CONSOLE_PASSWORD"
+echo "   (EDGESIGHT_DEMO_CONSOLE_S=600 keeps it up for 10 minutes; EDGESIGHT_DEMO_CONSOLE_HOST=0.0.0.0 opens it to the LAN)"
+$edgesight run examples/demo.yaml --services broker,ingest,inference,rules,uplink,console \
+  --for "${EDGESIGHT_DEMO_CONSOLE_S:-45}" --status-interval 15 &
+run_pid=$!
+.venv/bin/python scripts/console_tour.py --url "$console_url" --password "$EDGESIGHT_CONSOLE_PASSWORD" \
+  --out "$EDGESIGHT_RUN_DIR" --camera hall || true
+echo "-- the same over the JSON API (GET /api/counts, with the login's cookie):"
+.venv/bin/python - "$console_url" <<'PY' || true
+import http.cookiejar, json, os, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+login = urllib.request.Request(f"{sys.argv[1]}/api/login", json.dumps({"password": os.environ["EDGESIGHT_CONSOLE_PASSWORD"]}).encode(),
+                               {"Content-Type": "application/json"})
+opener.open(login, timeout=5)
+print("  ", json.load(opener.open(f"{sys.argv[1]}/api/counts", timeout=5))["hall"])
+PY
+wait "$run_pid"
+
+echo; echo "== 6. an AWS Panorama application, unchanged: examples/panorama/people_counter on the lobby camera"
 panorama_site=$EDGESIGHT_RUN_DIR/panorama.yaml
 $edgesight panorama import examples/panorama/people_counter \
   --camera "camera_node=rtsp://127.0.0.1:$EDGESIGHT_DEMO_RTSP_PORT/lobby" --model model_node=yolox_nano.onnx \
@@ -111,5 +137,5 @@ wait "$run_pid"
 echo "-- what the app logged to /opt/aws/panorama/logs/app.log:"
 tail -n 3 "$EDGESIGHT_RUN_DIR/state/apps/people_counter/logs/app.log" || true
 
-echo; echo "== 6. benchmarks (quick): frame_hop, ingest_decode, inference_throughput, uplink_throughput"
+echo; echo "== 7. benchmarks (quick): frame_hop, ingest_decode, inference_throughput, uplink_throughput"
 .venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"

@@ -35,7 +35,9 @@ def free_port() -> int:
 def write_site(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
     """A site file whose bus, shm and state live under ``tmp_path``, with free metrics ports;
     ``extra`` adds sections (e.g. ``{"cameras": {...}}``)."""
-    ports = {name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink", "apps")}
+    ports = {
+        name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink", "apps", "console")
+    }
     run = tmp_path / "run"
     text = textwrap.dedent(f"""\
         site: {{name: test, state_dir: {tmp_path / "state"}, shm_dir: {tmp_path / "shm"}}}

@@ -48,7 +48,7 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 # Services whose part of the site file can be checked deeper than its schema (files exist, models load).
-DEEP_CHECKS = ("ingest", "inference", "apps")
+DEEP_CHECKS = ("ingest", "inference", "apps", "console")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -56,7 +56,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     problems: list[str] = []
-    for service in (s for s in DEEP_CHECKS if s in installed_services()):  # handed over: never imported here
+    checked = [s for s in DEEP_CHECKS if s in installed_services() and (s != "console" or config.console is not None)]
+    for service in checked:  # handed over: never imported here
         result = subprocess.run(
             [sys.executable, "-m", f"services.{service}", "--config", args.file, "--check"],
             capture_output=True,
@@ -92,8 +93,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     eslogging.configure("run", config.logging.level, config.logging.format)
     available = installed_services()
     wanted: list[str] = args.services.split(",") if args.services else list(config.run.services or available)
-    if not args.services and not config.run.services and not config.apps:
-        wanted = [name for name in wanted if name != "apps"]  # nothing for it to run
+    if not args.services and not config.run.services:  # optional services run where the site file has their section
+        wanted = [
+            name
+            for name in wanted
+            if not (name == "apps" and not config.apps) and not (name == "console" and config.console is None)
+        ]
     missing = sorted(set(wanted) - set(available))
     if missing:
         print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)

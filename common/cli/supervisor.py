@@ -33,7 +33,7 @@ from contracts import Health, topic
 __all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
 
 log = logging.getLogger(__name__)
-KNOWN_SERVICES = ("broker", "ingest", "inference", "rules", "uplink", "apps")
+KNOWN_SERVICES = ("broker", "ingest", "inference", "rules", "uplink", "apps", "console")
 STABLE_AFTER_S = 60.0
 
 

@@ -10,6 +10,7 @@ from common.config.cameras import (
     MotionConfig,
     PrivacyMask,
 )
+from common.config.console import ConsoleConfig
 from common.config.loader import load_config, load_yaml, parse_config
 from common.config.metrics import LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
@@ -26,6 +27,7 @@ __all__ = [
     "BusConfig",
     "CameraConfig",
     "CameraDefaults",
+    "ConsoleConfig",
     "EventsConfig",
     "LoggingConfig",
     "MetricsConfig",

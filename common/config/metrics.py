@@ -18,6 +18,7 @@ DEFAULT_PORTS = {
     "rules": 9404,
     "uplink": 9405,
     "apps": 9406,
+    "console": 9407,
 }
 
 

@@ -11,14 +11,15 @@ from common.config._types import Name, Section
 from common.config.apps import AppConfig
 from common.config.bus import BusConfig
 from common.config.cameras import CameraConfig, CameraDefaults
-from common.config.metrics import LoggingConfig, MetricsConfig
+from common.config.console import ConsoleConfig
+from common.config.metrics import DEFAULT_PORTS, LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
 from common.config.rules import EventsConfig, TrackerConfig
 from common.config.uplink import UplinkConfig
 
 __all__ = ["RunConfig", "SiteConfig", "SiteSection"]
 
-ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink", "apps"]
+ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink", "apps", "console"]
 
 
 class SiteSection(Section):
@@ -55,6 +56,7 @@ class SiteConfig(Section):
     events: EventsConfig = Field(default_factory=EventsConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     apps: dict[Name, AppConfig] = Field(default_factory=dict, description="AWS Panorama applications, run unchanged.")
+    console: ConsoleConfig | None = Field(None, description="The web console; runs only where this section is.")
     run: RunConfig = Field(default_factory=RunConfig)
     _source: str = PrivateAttr("<memory>")
     _key_lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
@@ -83,6 +85,16 @@ class SiteConfig(Section):
             key = key[:-1]
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
         return f"{self._source}:{self._key_lines.get(key, 1)}: {dotted}"
+
+    @model_validator(mode="after")
+    def _console_port_free(self) -> SiteConfig:
+        if self.console is not None:
+            for service in sorted({*DEFAULT_PORTS, *self.metrics.ports}):
+                if self.metrics.port(service) == self.console.port:
+                    raise ValueError(
+                        f"console.port {self.console.port} is also metrics.ports.{service}; give the console its own"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _app_cameras_exist(self) -> SiteConfig:

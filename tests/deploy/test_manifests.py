@@ -75,8 +75,9 @@ def test_compose_services_match_the_code() -> None:
         # the healthcheck and the published port must be the port the service really listens on
         port = int(service["environment"]["EDGESIGHT_METRICS_PORT"])
         assert port == config.metrics.port(name) == DEFAULT_PORTS[name]
+        listening = {port} | ({config.console.port} if name == "console" and config.console else set())
         for published in service.get("ports", []):
-            assert published.endswith(f":{port}"), f"{name} publishes {published}, but listens on {port}"
+            assert int(published.rsplit(":", 1)[1]) in listening, f"{name} publishes {published}, not {listening}"
     # every service but the owner of /dev/shm joins its IPC namespace, or frames would not be shared
     owners = [n for n, s in compose["services"].items() if s.get("ipc") == "shareable"]
     assert owners == ["broker"]
@@ -108,7 +109,7 @@ def manifests() -> list[dict[str, Any]]:
 
 def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
-    expected = ["ConfigMap", *["Deployment"] * 5, "Namespace", *["Service"] * 3, "StatefulSet"]
+    expected = ["ConfigMap", *["Deployment"] * 6, "Namespace", *["Service"] * 4, "StatefulSet"]
     assert kinds == expected
     for doc in manifests:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -136,7 +137,7 @@ def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[d
     config = load_config(K3S / "site.yaml")
     configmap = next(doc["metadata"]["name"] for doc in manifests if doc["kind"] == "ConfigMap")
     workloads = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
-    assert len(workloads) == 6
+    assert len(workloads) == 7
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         (container,) = pod["containers"]

@@ -1,0 +1,34 @@
+"""``console:`` — the web console (overview, live camera pages, events, rule editor, JSON API)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from common.config._types import Section
+
+__all__ = ["ConsoleConfig"]
+
+
+class ConsoleConfig(Section):
+    """The console runs only where the site file has this section; it refuses to start without a password."""
+
+    host: str = Field("0.0.0.0", description="Address the console listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="The console's own HTTP port (pages and /api).")
+    admin_password: SecretStr | None = Field(
+        None, description="The password of the console's login. Use ${file:/run/secrets/...}; there is no default."
+    )
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Tokens API clients send as 'Authorization: Bearer <token>' (at least 16 characters each).",
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="A browser login lasts this long.")
+    retention_days: float = Field(30.0, gt=0, le=3650, description="Events (and snapshots) older than this are pruned.")
+    max_mb: int = Field(1024, ge=1, le=1 << 20, description="The event history's size on disk, snapshots included.")
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _long_enough(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        short = [i for i, token in enumerate(tokens) if len(token.get_secret_value()) < 16]
+        if short:
+            raise ValueError(f"token(s) {short} shorter than 16 characters; use e.g. `openssl rand -hex 24`")
+        return tokens

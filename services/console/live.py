@@ -1,0 +1,208 @@
+"""What the console knows of each camera right now, and its pictures.
+
+Fed from the bus (FrameRef, Detections, CameraStatus, Scene, Health); pixels are read from shared
+memory only when somebody looks, and each picture is encoded once however many people look at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from common.config import CameraConfig
+from common.config.rules import LineRule, ZoneRule
+from common.errors import ShmError, StaleFrameError
+from common.shm import FrameReaders
+from contracts import CameraStatus, Detections, FrameRef, Health, Scene
+
+__all__ = ["CameraView", "Live"]
+
+FRESH_NS = 2 * 10**9  # tracks or detections older than this are not drawn on a newer frame
+MAX_WIDTH = 1280  # pictures are scaled down to this: a console, not a recorder
+JPEG_QUALITY = 80
+ZONE_COLOUR = (60, 180, 255)  # BGR
+LINE_COLOUR = (255, 200, 0)
+TRACK_COLOUR = (80, 220, 80)
+
+
+@dataclasses.dataclass
+class CameraView:
+    status: CameraStatus | None = None
+    frame: FrameRef | None = None
+    detections: Detections | None = None
+    scene: Scene | None = None
+    labels: set[str] = dataclasses.field(default_factory=set)
+    version: int = 0  # +1 per new frame, scene or detections: a live view waits for it to change
+    cache: tuple[tuple[Any, ...], bytes] | None = None
+
+
+class Live:
+    def __init__(self, readers: FrameReaders) -> None:
+        self.readers = readers
+        self.cameras: dict[str, CameraView] = {}
+        self.health: dict[tuple[str, str], tuple[Health, float]] = {}  # (service, instance) -> (health, monotonic)
+        self._lock = threading.Lock()  # the readers and the caches, used from several HTTP worker threads
+
+    def view(self, camera: str) -> CameraView:
+        view = self.cameras.get(camera)
+        if view is None:
+            view = self.cameras[camera] = CameraView()
+        return view
+
+    # -- fed from the bus (on the event loop) --------------------------------------------------
+    def on_message(self, message: object) -> str | None:
+        """Records a bus message; returns the camera whose picture changed, if any."""
+        if isinstance(message, FrameRef):
+            view = self.view(message.camera)
+            view.frame = message
+        elif isinstance(message, Scene):
+            view = self.view(message.camera)
+            view.scene = message
+            view.labels.update(track.label for track in message.tracks)
+        elif isinstance(message, Detections):
+            view = self.view(message.frame.camera)
+            view.detections = message
+            view.labels.update(message.labels.values())
+        elif isinstance(message, CameraStatus):
+            self.view(message.camera).status = message
+            return None
+        elif isinstance(message, Health):
+            self.health[message.service, message.instance] = (message, time.monotonic())
+            return None
+        else:
+            return None
+        view.version += 1
+        return message.camera if isinstance(message, FrameRef | Scene) else message.frame.camera  # type: ignore[union-attr]
+
+    # -- pictures (on worker threads) -------------------------------------------------------------
+    def picture(self, camera: str, config: CameraConfig | None, *, overlay: bool) -> bytes | None:
+        """The newest frame as JPEG; with ``overlay`` the newest tracks (else detections) on the frame
+        they belong to, and the camera's lines and zones. None when no frame is readable."""
+        view = self.cameras.get(camera)
+        if view is None or view.frame is None:
+            return None
+        ref: FrameRef = view.frame
+        boxes: list[tuple[tuple[float, float, float, float], str]] = []
+        if overlay:
+            ref, boxes = self._with_boxes(view)
+        key = (ref.seq, ref.monotonic_ns, overlay, id(config), len(boxes))
+        with self._lock:
+            if view.cache is not None and view.cache[0] == key:
+                return view.cache[1]
+            pixels = self._read(ref)
+            if pixels is None and ref is not view.frame:  # the tracked frame is overwritten: the newest, bare
+                ref, boxes = view.frame, []
+                pixels = self._read(ref)
+            if pixels is None:
+                return None
+        image = _to_bgr(pixels, ref.pixel_format)
+        if image.shape[1] > MAX_WIDTH:
+            scale = MAX_WIDTH / image.shape[1]
+            size = (MAX_WIDTH, round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
+        if overlay:
+            if config is not None:
+                draw_geometry(image, config, view.scene)
+            draw_boxes(image, boxes)
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return None
+        picture = encoded.tobytes()
+        with self._lock:
+            view.cache = (key, picture)
+        return picture
+
+    def _with_boxes(self, view: CameraView) -> tuple[FrameRef, list[tuple[tuple[float, float, float, float], str]]]:
+        assert view.frame is not None
+        newest = view.frame.monotonic_ns
+        scene, detections = view.scene, view.detections
+        if scene is not None and newest - scene.frame.monotonic_ns <= FRESH_NS:
+            return scene.frame, [
+                (track.box, f"#{track.track_id} {track.label} {track.score:.2f}") for track in scene.tracks
+            ]
+        if detections is not None and newest - detections.frame.monotonic_ns <= FRESH_NS:
+            labels = detections.labels
+            return detections.frame, [
+                ((float(b[0]), float(b[1]), float(b[2]), float(b[3])), f"{labels.get(int(c), str(int(c)))} {s:.2f}")
+                for b, c, s in zip(
+                    detections.boxes.to_numpy(),
+                    detections.class_ids.to_numpy(),
+                    detections.scores.to_numpy(),
+                    strict=True,
+                )
+            ]
+        return view.frame, []
+
+    def _read(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+        try:
+            return self.readers.copy(ref)
+        except (StaleFrameError, ShmError):
+            return None  # overwritten already, or the ring is gone (ingest restarting)
+
+
+def _to_bgr(pixels: npt.NDArray[np.uint8], pixel_format: str) -> npt.NDArray[np.uint8]:
+    if pixel_format == "rgb24":
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)  # type: ignore[return-value]
+    if pixel_format == "gray8":
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)  # type: ignore[return-value]
+    if pixel_format == "nv12":
+        return cv2.cvtColor(pixels, cv2.COLOR_YUV2BGR_NV12)  # type: ignore[return-value]
+    return np.ascontiguousarray(pixels)
+
+
+def _px(point: tuple[float, float], width: int, height: int) -> tuple[int, int]:
+    return round(point[0] * width), round(point[1] * height)
+
+
+def draw_geometry(image: npt.NDArray[np.uint8], camera: CameraConfig, scene: Scene | None) -> None:
+    """Zones (filled lightly) with their occupancy, lines with an arrow to their in-side and counts."""
+    height, width = image.shape[:2]
+    shade = image.copy()
+    for rule in camera.rules.values():
+        if isinstance(rule, ZoneRule):
+            points = np.array([_px(p, width, height) for p in rule.polygon], np.int32)
+            cv2.fillPoly(shade, [points], ZONE_COLOUR)
+    cv2.addWeighted(shade, 0.25, image, 0.75, 0, dst=image)
+    for name, rule in camera.rules.items():
+        if isinstance(rule, ZoneRule):
+            points = np.array([_px(p, width, height) for p in rule.polygon], np.int32)
+            cv2.polylines(image, [points], True, ZONE_COLOUR, 2, cv2.LINE_AA)
+            occupancy = (scene.zones.get(name, {}) if scene else {}) or {}
+            text = f"{name}: {sum(occupancy.values())}"
+            _label(image, text, tuple(points[0]), ZONE_COLOUR)
+        elif isinstance(rule, LineRule):
+            a, b = (_px(p, width, height) for p in rule.line)
+            cv2.line(image, a, b, LINE_COLOUR, 3, cv2.LINE_AA)
+            middle = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
+            dx, dy = b[0] - a[0], b[1] - a[1]
+            length = max(1.0, float(np.hypot(dx, dy)))
+            # the in-side: right of a->b in image coordinates (y down) is (-dy, dx)
+            sign = 1 if rule.in_side == "right" else -1
+            tip = (round(middle[0] - sign * dy / length * 40), round(middle[1] + sign * dx / length * 40))
+            cv2.arrowedLine(image, middle, tip, LINE_COLOUR, 2, cv2.LINE_AA, tipLength=0.35)
+            counts = scene.lines.get(name, {}) if scene else {}
+            total_in = sum(c.in_ for c in counts.values())
+            total_out = sum(c.out for c in counts.values())
+            _label(image, f"{name}: in {total_in} / out {total_out}", a, LINE_COLOUR)
+
+
+def draw_boxes(image: npt.NDArray[np.uint8], boxes: list[tuple[tuple[float, float, float, float], str]]) -> None:
+    height, width = image.shape[:2]
+    for box, text in boxes:
+        x1, y1 = _px((box[0], box[1]), width, height)
+        x2, y2 = _px((box[2], box[3]), width, height)
+        cv2.rectangle(image, (x1, y1), (x2, y2), TRACK_COLOUR, 2)
+        _label(image, text, (x1, y1), TRACK_COLOUR)
+
+
+def _label(image: npt.NDArray[np.uint8], text: str, at: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    x, y = int(at[0]), max(int(at[1]), h + 4)
+    cv2.rectangle(image, (x, y - h - 4), (x + w + 4, y), colour, -1)
+    cv2.putText(image, text, (x + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)

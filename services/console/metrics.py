@@ -1,0 +1,14 @@
+"""The console's metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS_STORED = Counter("edgesight_console_events_stored_total", "Events added to the console's history.")
+EVENTS_PRUNED = Counter(
+    "edgesight_console_events_pruned_total", "Events removed from the history by retention_days or max_mb."
+)
+EVENTS_KEPT = Gauge("edgesight_console_events", "Events in the console's history.")
+LOGINS = Counter("edgesight_console_logins_total", "Console login attempts.", ["result"])
+RULE_SAVES = Counter("edgesight_console_rule_saves_total", "Rule edits saved from the console.", ["result"])
+REQUESTS = Counter("edgesight_console_requests_total", "Console HTTP requests answered.", ["status"])

@@ -1,0 +1,126 @@
+// The event timeline: newest first, filtered by camera, rule, type and time, paged; a detail view
+// with the snapshot and the object's box before (dashed) and after (solid).
+import { el, fromNs, getJSON, start } from "/static/common.js";
+
+const main = document.getElementById("main");
+const params = new URLSearchParams(location.search);
+const select = (id, label) => el("label", {}, label, el("select", { id, name: id }, el("option", { value: "" }, "all")));
+const form = el("form", { class: "filters", id: "filters" },
+  select("camera", "Camera"), select("rule", "Rule"), select("type", "Type"),
+  el("label", {}, "Since", el("input", { type: "datetime-local", id: "since", name: "since" })),
+  el("label", {}, "Until", el("input", { type: "datetime-local", id: "until", name: "until" })),
+  el("button", { type: "submit", class: "primary" }, "Apply"));
+const body = el("tbody", { id: "timeline" });
+const more = el("button", { id: "more", class: "hidden" }, "Older events");
+const empty = el("p", { class: "muted hidden", id: "empty" }, "No events match.");
+const dialog = el("dialog", { id: "detail" });
+main.append(el("h1", {}, "Events"), form,
+  el("div", { class: "card" }, el("table", { class: "events" },
+    el("thead", {}, el("tr", {}, ["", "Time", "Camera", "Rule", "Type", "Object", "Details"].map((h) => el("th", {}, h)))), body)),
+  empty, el("p", {}, more), dialog);
+let next = null;
+
+function query(cursor) {
+  const q = new URLSearchParams();
+  for (const key of ["camera", "rule", "type"]) if (form.elements[key].value) q.set(key, form.elements[key].value);
+  for (const key of ["since", "until"]) {
+    const value = form.elements[key].value;  // local time in the browser: sent as an absolute time
+    if (value) q.set(key, new Date(value).toISOString());
+  }
+  q.set("limit", "25");
+  if (cursor) q.set("before", cursor);
+  return q;
+}
+
+function describe(e) {
+  const a = e.attributes || {};
+  const parts = [];
+  if (e.lifecycle !== "new") parts.push(e.lifecycle);
+  if (a.direction) parts.push(`crossed ${a.direction}`);
+  if (a.zone) parts.push(`zone ${a.zone}`);
+  if (a.dwell_s !== undefined) parts.push(`${a.dwell_s} s`);
+  const counts = Object.entries(e.counts || {}).map(([key, n]) => `${key} ${n}`);
+  if (counts.length) parts.push(`counts: ${counts.join(", ")}`);
+  return parts.join(" · ");
+}
+
+function row(e) {
+  const thumb = e.snapshot_url ? el("img", { class: "thumb", src: e.snapshot_url, alt: "snapshot", loading: "lazy" }) : el("div", { class: "nothumb" });
+  const object = e.object ? `${e.object.label} #${e.object.track_id}` : "—";
+  return el("tr", { "data-id": e.id, "data-type": e.event_type, onclick: () => show(e) },
+    el("td", {}, thumb), el("td", {}, fromNs(e.ts_ns)), el("td", {}, e.camera), el("td", {}, e.rule),
+    el("td", {}, e.event_type), el("td", {}, object), el("td", { class: "muted" }, describe(e)));
+}
+
+async function load(append) {
+  const answer = await getJSON(`/api/events?${query(append ? next : null)}`);
+  if (!append) body.replaceChildren();
+  body.append(...answer.events.map(row));
+  next = answer.next;
+  more.classList.toggle("hidden", !next);
+  empty.classList.toggle("hidden", body.children.length > 0);
+}
+
+function box(b, dashed) {
+  const svgNS = "http://www.w3.org/2000/svg";
+  const rect = document.createElementNS(svgNS, "rect");
+  rect.setAttribute("x", b[0]); rect.setAttribute("y", b[1]);
+  rect.setAttribute("width", b[2] - b[0]); rect.setAttribute("height", b[3] - b[1]);
+  rect.setAttribute("fill", "none");
+  rect.setAttribute("stroke", dashed ? "#ffb43c" : "#3fb950");
+  rect.setAttribute("stroke-width", "3");
+  rect.setAttribute("vector-effect", "non-scaling-stroke");
+  if (dashed) rect.setAttribute("stroke-dasharray", "6 4");
+  return rect;
+}
+
+function show(e) {
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", "0 0 1 1");
+  svg.setAttribute("preserveAspectRatio", "none");
+  if (e.before) svg.append(box(e.before.box, true));
+  if (e.object) svg.append(box(e.object.box, false));
+  const figure = e.snapshot_url
+    ? el("div", { class: "figure" }, el("img", { src: e.snapshot_url, alt: "event snapshot", id: "snapshot" }), svg)
+    : el("p", { class: "muted" }, "No snapshot: the rule has snapshot: false.");
+  const side = (title, o) => el("div", {}, el("h2", {}, title),
+    o ? el("div", {}, `${o.label} #${o.track_id}, score ${o.score.toFixed(2)}`, el("br"), el("span", { class: "muted" }, `box ${o.box.map((v) => v.toFixed(3)).join(", ")}`))
+      : el("div", { class: "muted" }, "—"));
+  const copy = { ...e };
+  delete copy.snapshot_url;
+  dialog.replaceChildren(
+    el("h1", {}, `${e.event_type} · ${e.camera} · ${e.rule}`),
+    el("p", { class: "muted" }, `${fromNs(e.ts_ns)} · ${describe(e)} · id ${e.id}`),
+    figure,
+    el("div", { class: "two" }, side("Before (dashed)", e.before), side("After (solid)", e.object)),
+    el("h2", {}, "As on the bus"), el("pre", {}, JSON.stringify(copy, null, 2)),
+    el("form", { method: "dialog" }, el("button", { id: "close" }, "Close")));
+  dialog.showModal();
+}
+
+async function fillFacets() {
+  const facets = await getJSON("/api/events/facets");
+  for (const [key, column] of [["camera", "camera"], ["rule", "rule"], ["type", "event_type"]]) {
+    const field = form.elements[key];
+    for (const value of facets[column]) field.append(el("option", { value }, value));
+    if (params.get(key)) {
+      if (![...field.options].some((o) => o.value === params.get(key))) field.append(el("option", { value: params.get(key) }, params.get(key)));
+      field.value = params.get(key);
+    }
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const q = query(null);
+  q.delete("limit");
+  history.replaceState(null, "", `/events?${q}`);
+  load(false);
+});
+more.addEventListener("click", () => load(true));
+
+await start("/events");
+await fillFacets();
+await load(false);
+setInterval(() => { if (!dialog.open && !form.elements.until.value && body.children.length <= 25) load(false); }, 3000);

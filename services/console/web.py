@@ -1,0 +1,436 @@
+"""The console's pages and JSON API (aiohttp). Documented in services/console/openapi.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from common.config.rules import LineRule, ZoneRule
+from services.console import metrics
+from services.console.auth import COOKIE
+from services.console.history import EventQuery
+from services.console.site_file import RulesRejected, SiteFileError
+
+if TYPE_CHECKING:
+    from services.console.service import ConsoleService
+
+__all__ = ["build_app"]
+
+STATIC = Path(__file__).parent / "static"
+OPENAPI = Path(__file__).parent / "openapi.yaml"
+MJPEG_BOUNDARY = "edgesight-frame"
+# Everything from this console only; no inline script or style, no framing by other sites.
+CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+MAX_LIVE_FPS = 15.0
+HEALTH_STALE_S = 3.0  # health intervals without a heartbeat before a service shows as missing
+CONSOLE: web.AppKey[ConsoleService] = web.AppKey("console")
+PAGES = {
+    "/": "index.html",
+    "/login": "login.html",
+    "/events": "events.html",
+    "/cameras/{name}": "camera.html",
+    "/cameras/{name}/editor": "editor.html",
+}
+
+
+def build_app(console: ConsoleService) -> web.Application:
+    app = web.Application(middlewares=[_count, console.auth.middleware, _security_headers], client_max_size=1 << 20)
+    app[CONSOLE] = console
+    for path, page in PAGES.items():
+        app.router.add_get(path, _page(page))
+    app.router.add_static("/static/", STATIC, append_version=True)
+    routes = [
+        ("POST", "/api/login", login),
+        ("POST", "/api/logout", logout),
+        ("GET", "/api/session", session),
+        ("GET", "/api/openapi.yaml", openapi),
+        ("GET", "/api/cameras", cameras),
+        ("GET", "/api/cameras/{name}/latest.jpg", latest_jpg),
+        ("GET", "/api/cameras/{name}/live.mjpg", live_mjpg),
+        ("GET", "/api/cameras/{name}/rules", get_rules),
+        ("PUT", "/api/cameras/{name}/rules", put_rules),
+        ("GET", "/api/counts", counts),
+        ("GET", "/api/services", services),
+        ("GET", "/api/events", events),
+        ("GET", "/api/events/facets", event_facets),
+        ("GET", "/api/events/{id}", event),
+        ("GET", "/api/events/{id}/snapshot.jpg", snapshot),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    return app
+
+
+@web.middleware
+async def _count(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        metrics.REQUESTS.labels(str(exc.status)).inc()
+        raise
+    metrics.REQUESTS.labels(str(response.status)).inc()
+    return response
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    if not response.prepared:  # a stream (MJPEG) has sent its headers already
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            CSP,
+        )
+    return response
+
+
+def _page(name: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        camera = request.match_info.get("name")
+        if camera is not None and camera not in request.app[CONSOLE].config.cameras:
+            raise web.HTTPNotFound(text=f"no camera {camera!r}")
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+
+    return handler
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _camera(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if name not in request.app[CONSOLE].config.cameras:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no camera {name!r}"}), content_type="application/json")
+    return name
+
+
+# -- session ------------------------------------------------------------------------------------
+async def login(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    client = request.remote or "?"
+    wait = console.auth.limiter.retry_after(client)
+    if wait > 0:
+        metrics.LOGINS.labels("limited").inc()
+        return web.json_response(
+            {"error": "too many failed logins; try again later"},
+            status=429,
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    try:
+        body = await request.json() if request.content_type == "application/json" else dict(await request.post())
+        password = str(body.get("password", ""))
+    except (ValueError, AttributeError):
+        return _error(400, 'send {"password": "..."} as JSON')
+    if not console.auth.check_password(password):
+        console.auth.limiter.failed(client)
+        metrics.LOGINS.labels("failed").inc()
+        return _error(401, "wrong password")
+    metrics.LOGINS.labels("ok").inc()
+    opened = console.auth.open_session()
+    response = web.json_response({"csrf": opened.csrf})
+    response.set_cookie(
+        COOKIE,
+        opened.token,
+        httponly=True,
+        samesite="Strict",
+        path="/",
+        max_age=int(console.auth.session_s),
+        secure=request.secure,
+    )
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    session_ = request.get("session")
+    if session_ is not None:
+        request.app[CONSOLE].auth.close_session(session_.token)
+    response = web.json_response({"ok": True})
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+async def session(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    session_ = request.get("session")
+    return web.json_response(
+        {
+            "auth": request["auth"],
+            "csrf": session_.csrf if session_ is not None else None,
+            "site": console.config.site.name,
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
+
+
+# -- cameras ------------------------------------------------------------------------------------
+def _public_url(url: str) -> str:
+    """Where a camera is, without credentials or query (a token may hide there)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme and parts.hostname:
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    return Path(parts.path or url).name
+
+
+def _iso(ns: int | None) -> str | None:
+    return None if not ns else dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).isoformat()
+
+
+async def cameras(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    answer = []
+    stale_ns = int(HEALTH_STALE_S * console.config.bus.health_interval_s * 1e9)
+    now = time.time_ns()
+    for name, config in console.config.cameras.items():
+        view = console.live.cameras.get(name)
+        status = view.status if view else None
+        state = status.state if status else "unknown"
+        if status is not None and now - status.ts_ns > stale_ns:
+            state = "unknown"  # no word from its ingest for a while
+        answer.append(
+            {
+                "name": name,
+                "enabled": config.enabled,
+                "state": state if config.enabled else "disabled",
+                "fps": round(status.fps, 2) if status else 0.0,
+                "error": status.error if status else "",
+                "since": _iso(status.since_ns) if status else None,
+                "reconnects": status.reconnects if status else 0,
+                "width": status.width if status else 0,
+                "height": status.height if status else 0,
+                "codec": status.codec if status else "",
+                "source": _public_url(config.url),
+                "models": config.models or sorted(console.config.models),
+                "rules": {rule_name: rule.type for rule_name, rule in config.rules.items()},
+                "labels": sorted(view.labels) if view else [],
+                "latest": f"/api/cameras/{name}/latest.jpg",
+                "live": f"/api/cameras/{name}/live.mjpg",
+            }
+        )
+    return web.json_response(answer)
+
+
+async def latest_jpg(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    name = _camera(request)
+    overlay = request.query.get("overlay", "0") not in ("0", "", "false")
+    picture = await asyncio.to_thread(console.live.picture, name, console.config.cameras[name], overlay=overlay)
+    if picture is None:
+        return web.Response(
+            status=503,
+            text="no frame from this camera yet\n",
+            headers={"Retry-After": "1", "Cache-Control": "no-store"},
+        )
+    return web.Response(body=picture, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+async def live_mjpg(request: web.Request) -> web.StreamResponse:
+    """MJPEG with tracks, lines and zones drawn, at most the camera's fps (and MAX_LIVE_FPS)."""
+    console = request.app[CONSOLE]
+    name = _camera(request)
+    config = console.config.cameras[name]
+    interval = 1.0 / min(MAX_LIVE_FPS, config.fps)
+    response = web.StreamResponse(
+        headers={"Content-Type": f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    sent = None
+    while not console.closing:
+        started = time.monotonic()
+        view = console.live.cameras.get(name)
+        version = view.version if view else None
+        if version is None or version == sent:
+            try:
+                await asyncio.wait_for(console.camera_changed(name).wait(), 5.0)
+            except asyncio.TimeoutError:
+                pass
+            continue
+        picture = await asyncio.to_thread(console.live.picture, name, console.config.cameras[name], overlay=True)
+        sent = version
+        if picture is not None:
+            try:
+                await response.write(
+                    f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(picture)}\r\n\r\n".encode()
+                    + picture
+                    + b"\r\n"
+                )
+            except (ConnectionResetError, ConnectionError):
+                break
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    return response
+
+
+async def counts(request: web.Request) -> web.Response:
+    """camera -> lines (rule -> label -> in/out) and zones (rule -> label -> objects now)."""
+    console = request.app[CONSOLE]
+    answer: dict[str, Any] = {}
+    for name in console.config.cameras:
+        view = console.live.cameras.get(name)
+        scene = view.scene if view else None
+        answer[name] = {
+            "lines": {
+                rule: {label: {"in": c.in_, "out": c.out} for label, c in by_label.items()}
+                for rule, by_label in (scene.lines.items() if scene else [])
+            },
+            "zones": dict(scene.zones) if scene else {},
+            "updated": _iso(scene.frame.capture_ns) if scene else None,
+        }
+    return web.json_response(answer)
+
+
+async def services(request: web.Request) -> web.Response:
+    """Every service instance heard from (its latest Health), and the uplink's spool and sinks."""
+    console = request.app[CONSOLE]
+    stale_s = HEALTH_STALE_S * console.config.bus.health_interval_s
+    now = time.monotonic()
+    answer = []
+    uplink: dict[str, Any] = {}
+    for (service, instance), (health, received) in sorted(console.live.health.items()):
+        age = now - received
+        answer.append(
+            {
+                "service": service,
+                "instance": instance,
+                "state": health.state if age <= stale_s else "missing",
+                "age_s": round(age, 1),
+                "uptime_s": round(health.uptime_s, 1),
+                "counters": health.counters,
+                "detail": health.detail,
+            }
+        )
+        if service == "uplink" and age <= stale_s:
+            counters = health.counters
+            uplink = {
+                "spooled": int(counters.get("spooled", 0)),
+                "oldest_s": counters.get("oldest_s", 0.0),
+                "sinks": {key[:-3]: bool(value) for key, value in counters.items() if key.endswith("_up")},
+            }
+    return web.json_response({"services": answer, "uplink": uplink or None})
+
+
+# -- events -------------------------------------------------------------------------------------
+def _time_ns(text: str | None, name: str) -> int | None:
+    """Nanoseconds since the epoch, or an ISO 8601 time (a naive one is UTC)."""
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name}: not an ISO 8601 time or nanoseconds: {text[:40]!r}"}),
+            content_type="application/json",
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp() * 1e9)
+
+
+async def events(request: web.Request) -> web.Response:
+    """``?camera=&rule=&type=&since=&until=&limit=&before=`` -> newest first; ``next`` pages on."""
+    query = request.query
+    try:
+        limit = max(1, min(500, int(query.get("limit", "50"))))
+        before = None
+        if query.get("before"):
+            ts_ns, row = query["before"].split(":")
+            before = (int(ts_ns), int(row))
+    except ValueError:
+        return _error(400, "limit must be a number; before a cursor from a previous answer's next")
+    found, cursor = await asyncio.to_thread(
+        request.app[CONSOLE].history.query,
+        EventQuery(
+            camera=query.get("camera") or None,
+            rule=query.get("rule") or None,
+            event_type=query.get("type") or None,
+            since_ns=_time_ns(query.get("since"), "since"),
+            until_ns=_time_ns(query.get("until"), "until"),
+            before=before,
+            limit=limit,
+        ),
+    )
+    return web.json_response({"events": found, "next": f"{cursor[0]}:{cursor[1]}" if cursor else None})
+
+
+async def event_facets(request: web.Request) -> web.Response:
+    return web.json_response(await asyncio.to_thread(request.app[CONSOLE].history.facets))
+
+
+async def event(request: web.Request) -> web.Response:
+    found = await asyncio.to_thread(request.app[CONSOLE].history.get, request.match_info["id"])
+    if found is None:
+        return _error(404, "no such event (pruned, or never seen by the console)")
+    return web.json_response(found)
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    picture = await asyncio.to_thread(request.app[CONSOLE].history.snapshot, request.match_info["id"])
+    if picture is None:
+        return _error(404, "this event has no snapshot (the rule has snapshot: false, or it was pruned)")
+    return web.Response(body=picture, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+# -- rules ----------------------------------------------------------------------------------------
+async def get_rules(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    name = _camera(request)
+    try:
+        rules = await asyncio.to_thread(console.site_file.rules, name)
+    except SiteFileError as exc:
+        return _error(500, str(exc))
+    except KeyError:
+        return _error(404, f"camera {name!r} is not in the site file itself (defined elsewhere?)")
+    return web.json_response({"camera": name, "rules": rules, "geometry": _geometry(console, name)})
+
+
+def _geometry(console: ConsoleService, camera: str) -> dict[str, Any]:
+    """The rules in force (validated, variables substituted) as drawn: kinds and points only."""
+    shapes: dict[str, Any] = {}
+    for rule_name, rule in console.config.cameras[camera].rules.items():
+        if isinstance(rule, LineRule):
+            shapes[rule_name] = {"type": "line", "line": [list(p) for p in rule.line], "in_side": rule.in_side}
+        elif isinstance(rule, ZoneRule):
+            shapes[rule_name] = {"type": "zone", "polygon": [list(p) for p in rule.polygon]}
+    return shapes
+
+
+async def put_rules(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    name = _camera(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, 'send {"rules": {...}} as JSON')
+    rules = body.get("rules") if isinstance(body, dict) else None
+    if not isinstance(rules, dict):
+        return _error(400, 'send {"rules": {<name>: {<settings>}, ...}}')
+    try:
+        config = await asyncio.to_thread(console.site_file.replace_rules, name, rules)
+    except RulesRejected as exc:
+        metrics.RULE_SAVES.labels("rejected").inc()
+        return web.json_response(
+            {"error": "the rules do not validate; nothing was saved", "errors": exc.problems}, status=422
+        )
+    except SiteFileError as exc:
+        metrics.RULE_SAVES.labels("failed").inc()
+        return _error(409, str(exc))
+    except KeyError:
+        return _error(404, f"camera {name!r} is not in the site file itself")
+    metrics.RULE_SAVES.labels("saved").inc()
+    await console.rules_saved(config, name)
+    saved = await asyncio.to_thread(console.site_file.rules, name)
+    return web.json_response({"camera": name, "rules": saved, "geometry": _geometry(console, name), "reloaded": True})
