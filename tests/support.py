@@ -45,3 +45,23 @@ def frame_ref(camera: str = "cam1", seq: int = 0, **fields: Any) -> FrameRef:
     defaults["segment"] = "edgesight.site.cam"
     geometry = {"width": 2, "height": 2, "stride": 6}
     return FrameRef(camera=camera, seq=seq, **(defaults | geometry | fields))
+
+
+def hall_camera(**overrides: Any) -> dict[str, Any]:
+    """The shared crowd clip as a looping 5 fps camera with a line across its middle and a zone in its centre."""
+    rules = {
+        "middle": {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]], "classes": ["person"]},
+        "centre": {"type": "zone", "polygon": [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7]]},
+    }
+    return {"url": "people.mp4", "loop": True, "fps": 5, "rules": rules, **overrides}
+
+
+def prometheus_query(prometheus: str, expression: str) -> list[dict[str, Any]]:
+    """An instant PromQL query through Prometheus' HTTP API; the result vector."""
+    import json
+    import urllib.parse
+
+    status, body = http_get(f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': expression})}")
+    answer = json.loads(body)
+    assert status == 200 and answer["status"] == "success", (expression, answer)
+    return list(answer["data"]["result"])

@@ -25,6 +25,7 @@ import zmq.asyncio
 from common.bus.endpoint import Endpoint
 from common.metrics import BUS_MESSAGES, BUS_REJECTED, BUS_SKIPPED, EVENTS_RESENT, EVENTS_UNACKED
 from contracts import Ack, ContractError, Event, FrameRef, Message, decode, encode, parse_topic, topic
+from contracts.topics import STREAMS
 
 __all__ = ["Delivery", "EventReceiver", "EventSender", "Publisher", "Received", "Subscriber"]
 
@@ -116,6 +117,10 @@ class Subscriber:
                 sock.connect(endpoint.address)
         for prefix in self.topics:
             sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            stream = prefix.split(b"/", 1)[0].decode(errors="replace")
+            if stream in STREAMS:  # at 0 from the start, so that a rate() finds the series
+                for reason in ("behind", "gap"):
+                    BUS_SKIPPED.labels(service=self.service, stream=stream, reason=reason)
         self._socket = sock
         return self
 

@@ -122,6 +122,7 @@ class Supervisor:
 
     async def _keep_running(self, child: _Child) -> None:
         backoff = self.config.run.restart_backoff_s
+        SUPERVISOR_RESTARTS.labels(service=child.name)  # at 0 from the start: increase() and alerts find it
         while not self._stopping.is_set():
             arguments = ["--config", str(self.config_path), "--instance", self._instance(child)]
             arguments += ["--metrics-port", str(child.metrics_port)]

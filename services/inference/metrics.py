@@ -7,7 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 INFERENCE_SECONDS = Histogram(
     "edgesight_inference_seconds",
     "Time the backend took for one batch (pre- and post-processing excluded).",
-    ["model", "backend", "provider"],
+    ["model", "backend", "provider", "batch"],  # batch: frames in the run, 1..max_batch
     buckets=(0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2),
 )
 PIPELINE_SECONDS = Histogram(
@@ -26,6 +26,7 @@ FRAME_AGE = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
 )
 FRAMES = Counter("edgesight_inference_frames_total", "Frames run through a model.", ["model"])
+SKIP_REASONS = ("behind", "stale", "rejected", "still", "error")
 SKIPPED = Counter(
     "edgesight_inference_frames_skipped_total",
     "Frames not run: behind (a newer frame of the camera came first), stale (slot overwritten), "

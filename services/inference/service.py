@@ -63,6 +63,8 @@ class ModelWorker:
         self.wakeup = asyncio.Event()
         self.retired: list[Detector] = []  # replaced by a reload; closed once no batch can use them
         self.full = asyncio.Event()  # a whole batch is pending: no reason to wait longer
+        for reason in metrics.SKIP_REASONS:
+            metrics.SKIPPED.labels(name, reason)  # at 0 from the start: a share of skipped frames is computable
         self._describe()
 
     def _describe(self) -> None:
@@ -251,7 +253,8 @@ class InferenceService(Service):
         backend = detector.backend
         for timing in timings:
             metrics.BATCH_SIZE.labels(model).observe(timing.batch_size)
-            metrics.INFERENCE_SECONDS.labels(model, backend.name, backend.provider).observe(timing.inference_ns / 1e9)
+            labels = (model, backend.name, backend.provider, str(timing.batch_size))
+            metrics.INFERENCE_SECONDS.labels(*labels).observe(timing.inference_ns / 1e9)
             per_frame_ms = timing.inference_ns / 1e6 / timing.batch_size
             with self._inference_ms_lock:
                 previous = self.inference_ms.get(model, per_frame_ms)

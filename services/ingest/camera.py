@@ -106,6 +106,7 @@ class CameraWorker:
             metrics.CAMERA_STATE.labels(name, state).set(0)
         metrics.CAMERA_STATE.labels(name, self.state).set(1)
         metrics.CAMERA_UP.labels(name).set(0)
+        metrics.RECONNECTS.labels(name)  # at 0 from the start: a rate() or an alert finds the series
 
     # -- the watchdog (event loop) ---------------------------------------------------------------
     async def run(self) -> None:

@@ -76,6 +76,8 @@ class Sink(abc.ABC):
         self.wake = asyncio.Event()
         self.connected = False
         metrics.CONNECTED.labels(self.name).set(0)
+        for counter in (metrics.SENT, metrics.FAILED, metrics.DEAD_LETTERS):
+            counter.labels(self.name)  # at 0 from the start: a rate() or an alert finds the series
 
     def wants(self, event: Event) -> bool:
         return True

@@ -16,7 +16,7 @@ import pytest
 from common.config import load_config
 from tests.conftest import free_port, write_site
 from tests.media import repeat_clip
-from tests.support import http_get, wait_for
+from tests.support import http_get, tool, wait_for
 
 
 @pytest.fixture
@@ -204,3 +204,33 @@ def mosquitto(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
     yield start
     for broker in started:
         broker.stop()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
+    """``prometheus(config_file)`` starts a real Prometheus (Debian's) on a free port; returns its URL."""
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(config: Path) -> str:
+        port = free_port()
+        log = (tmp_path / "prometheus.log").open("w")
+        process = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started.append((process, log))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/-/ready", seconds=30)
+        return url
+
+    yield start
+    for process, log in started:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()

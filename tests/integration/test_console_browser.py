@@ -22,6 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import free_port
 from tests.integration.conftest import Services
+from tests.support import hall_camera
 
 pytestmark = pytest.mark.slow
 
@@ -74,27 +75,14 @@ def test_console_in_a_browser(
         script = "const i = document.querySelector(arguments[0]); return !!i && i.complete && i.naturalWidth > 0;"
         return lambda driver: bool(driver.execute_script(script, selector))
 
+    hall = hall_camera()
+    hall["rules"]["middle"]["snapshot"] = True
     (tmp_path / "password").write_text(PASSWORD)
     port = free_port()
     site = services(
         {
             "models": {"people": {"path": "yolox_nano.onnx", "classes": ["person"]}},
-            "cameras": {
-                "hall": {
-                    "url": "people.mp4",
-                    "loop": True,
-                    "fps": 5,
-                    "rules": {
-                        "middle": {
-                            "type": "line",
-                            "line": [[0.0, 0.5], [1.0, 0.5]],
-                            "classes": ["person"],
-                            "snapshot": True,
-                        },
-                        "centre": {"type": "zone", "polygon": [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7]]},
-                    },
-                }
-            },
+            "cameras": {"hall": hall},
             "console": {"port": port, "admin_password": f"${{file:{tmp_path / 'password'}}}", "api_tokens": [TOKEN]},
         }
     )

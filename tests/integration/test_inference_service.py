@@ -120,7 +120,7 @@ def test_two_cameras_two_models_batched(
     assert all(d.timing.batch_size == 1 for d in received if d.model == "v8")  # a static batch of 1
     _, metrics = http_get(f"{base}/metrics")
     assert (
-        'edgesight_inference_seconds_count{backend="onnxruntime",model="people",provider="CPUExecutionProvider"}'
+        'edgesight_inference_seconds_count{backend="onnxruntime",batch="2",model="people",provider="CPUExecutionProvider"}'
         in metrics
     )
     assert (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -159,8 +160,9 @@ def test_server_restart_reconnects_and_other_cameras_never_stop(
     assert recovered_in < 5, f"camera a streamed again {recovered_in:.1f} s after its server returned"
     assert longest_gap_b < 1.0, f"camera b paused for {longest_gap_b:.2f} s"
     _, metrics = http_get(f"{base}/metrics")
-    assert 'edgesight_camera_reconnects_total{camera="a"}' in metrics
-    assert 'edgesight_camera_reconnects_total{camera="b"}' not in metrics
+    reconnects = dict(re.findall(r'^edgesight_camera_reconnects_total\{camera="(\w+)"\} (\S+)$', metrics, re.M))
+    assert float(reconnects["a"]) >= 1
+    assert float(reconnects["b"]) == 0  # exported at 0 from the start, never increased
 
 
 def test_unreachable_camera_joins_when_it_appears(
