@@ -6,6 +6,7 @@ A benchmark that compares with a baseline measured in the same run also returns 
 """
 
 BENCHMARKS = {
+    "pipeline": "benchmarks.pipeline",
     "frame_hop": "benchmarks.frame_hop",
     "ingest_decode": "benchmarks.ingest_decode",
     "inference_throughput": "benchmarks.inference_throughput",

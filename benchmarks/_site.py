@@ -24,7 +24,12 @@ def write_site(folder: Path, name: str, extra: dict[str, Any]) -> tuple[Path, Si
             "frames_hwm": 1000,
             "health_interval_s": 0.5,
         },
-        "metrics": {"host": "127.0.0.1", "ports": {"broker": 0, "ingest": 0, "inference": 0}},
+        "metrics": {
+            "host": "127.0.0.1",
+            "ports": {
+                name: 0 for name in ("run", "broker", "ingest", "inference", "rules", "uplink", "apps", "console")
+            },
+        },
         "logging": {"level": "warning"},
         **extra,
     }

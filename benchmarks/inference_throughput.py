@@ -93,23 +93,35 @@ async def _feed(config: SiteConfig, cameras: list[str], frame: np.ndarray, secon
             Subscriber(config.bus.subscribe, "bench", [topic("detections")], hwm=10_000) as results,
             Publisher(config.bus.publish, "bench", hwm=10_000) as frames,
         ):
-            await asyncio.sleep(1.0)  # subscriptions settle
-            for camera, ring in rings.items():
-                await frames.publish("frames", camera, ring.write(frame))
+            # The handshake: offer every camera a frame again each second until Detections come back
+            # (inference subscribed, model loaded); a frame published before its subscription reached the
+            # broker is simply lost, which once left this waiting for a result that could never come.
+            deadline = time.monotonic() + 60
+            while True:
+                for camera, ring in rings.items():
+                    await frames.publish("frames", camera, ring.write(frame))
+                try:
+                    message = (await asyncio.wait_for(results.receive(), 1.0)).message
+                    break
+                except asyncio.TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"no Detections from the inference service within 60 s for {len(cameras)} cameras "
+                            "(waited for its frames subscription and its model)"
+                        ) from None
             done, batches, started = 0, 0, 0.0
             while True:
+                if isinstance(message, Detections):
+                    camera = message.frame.camera
+                    await frames.publish("frames", camera, rings[camera].write(frame))
+                    if not started:  # the clock starts at the first result: models loaded, pipeline full
+                        started = time.perf_counter()
+                    else:
+                        done += 1
+                        batches += message.timing.batch_size
+                        if time.perf_counter() - started >= seconds:
+                            return done / (time.perf_counter() - started), batches / done
                 message = (await asyncio.wait_for(results.receive(), 60)).message
-                if not isinstance(message, Detections):
-                    continue
-                camera = message.frame.camera
-                await frames.publish("frames", camera, rings[camera].write(frame))
-                if not started:  # the clock starts at the first result: models loaded, pipeline full
-                    started = time.perf_counter()
-                    continue
-                done += 1
-                batches += message.timing.batch_size
-                if time.perf_counter() - started >= seconds:
-                    return done / (time.perf_counter() - started), batches / done
     finally:
         for ring in rings.values():
             ring.close()

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -274,9 +275,16 @@ class EventSender:
         assert self._socket is not None
         topic_frame, body, _ = self._pending[event_id]
         try:
-            self._socket.send_multipart([topic_frame, body], flags=zmq.NOBLOCK)
+            sent: Any = self._socket.send_multipart([topic_frame, body], flags=zmq.NOBLOCK)
+            # zmq.asyncio answers a NOBLOCK send with a future that already holds the outcome: read it, or
+            # asyncio logs "Future exception was never retrieved" with a traceback for every event unsent
+            failure = sent.exception() if isinstance(sent, asyncio.Future) and sent.done() else None
         except zmq.Again:
+            failure = zmq.Again()
+        if isinstance(failure, zmq.Again):
             return False  # no receiver connected yet, or its queue is full: the resend loop retries
+        if failure is not None:
+            raise failure
         self._pending[event_id] = (topic_frame, body, time.monotonic())
         BUS_MESSAGES.labels(service=self.service, stream="events", direction="out").inc()
         return True

@@ -78,6 +78,9 @@ class OnnxRuntimeBackend(Backend):
             usable = ["CPUExecutionProvider"]
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning: on an edge box the decoder, the tracker and the
+        # bus share these cores, and spinning threads take their time (measured: benchmarks/pipeline.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(str(spec.path), options, providers=usable)
         except Exception as exc:  # ONNX Runtime's own exception types

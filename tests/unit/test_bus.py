@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import msgpack
@@ -261,3 +262,21 @@ def test_subscriber_keeps_unknown_streams_out(tmp_path: Path) -> None:
                 return (await subscriber.receive()).stream
 
     assert asyncio.run(scenario()) == "health"
+
+
+def test_unsendable_events_wait_quietly_for_a_receiver(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With no receiver the DEALER's queue fills; a send refused then is retried later, and must not leave an
+    unread failed future behind (asyncio logged each one with a traceback)."""
+    import gc
+
+    async def scenario() -> int:
+        async with EventSender(f"dealer+connect:ipc://{tmp_path}/nobody.sock", "t", window=2, ack_timeout_s=0.02) as s:
+            for number in range(2):
+                await s.send(Event(id=f"e{number}", event_type="x", site="s", camera="c", rule="r", ts_ns=1))
+            await asyncio.sleep(0.5)  # ~25 resends each: far past the queue's 4 places
+            return s.unacked
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        assert asyncio.run(scenario()) == 2
+        gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -1,0 +1,259 @@
+"""``pipeline``: ingest -> inference -> rules as separate processes (as ``edgesight run`` starts them)
+against a naive single-process loop over the same frames, in the same run, on 1, 2 and 4 copies of the
+shared clip.
+
+Both sides: YOLOX-Nano (ONNX Runtime, CPU), a line and a zone rule per camera, the same tracker and rules
+code. The clip is read as fast as it decodes (no realtime pacing, no fps limit), looping, for a fixed
+window. The split pipeline is newest-wins: ingest decodes every frame, inference runs the newest of each
+camera, rules tracks what inference returns; the monolith decodes, letterboxes, runs, decodes boxes, tracks
+and applies rules to every frame in turn, round robin over the cameras.
+
+Figures per stream count: frames/s through rules (split: Scene messages, one per frame rules handled;
+monolith: frames through its loop), the ratio, CPU ms per frame through rules (every process of the
+side), capture-to-event latency p50/p99 from the events' own timestamps (split: the event's frame
+``capture_ns`` to its arrival on the bus; monolith: decode to decision), and peak RSS per service.
+``ratio`` is the 2-stream one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from benchmarks._site import start, write_site
+from common.assets import find_asset
+from common.bus import Subscriber
+from common.config import SiteConfig
+from contracts import Event, Scene, topic
+
+TITLE = "ingest -> inference -> rules as processes vs one loop: YOLOX-Nano, a line and a zone, as fast as they go"
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+SERVICES = ("broker", "ingest", "inference", "rules")
+
+
+def _rules() -> dict[str, Any]:
+    return {
+        "middle": {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]], "classes": ["person"]},
+        "centre": {"type": "zone", "polygon": [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7]], "classes": ["person"]},
+    }
+
+
+def _site(folder: Path, streams: int, *, realtime: bool = False) -> tuple[Path, SiteConfig]:
+    """Cameras on the clip: as fast as it decodes, or (``realtime``) at its own 25 fps, as a camera sends."""
+    clip = str(find_asset("people.mp4"))
+    pace = {"realtime": True, "fps": 25} if realtime else {"realtime": False, "fps": 120}
+    cameras = {
+        f"cam{i}": {
+            "url": clip,
+            "loop": True,
+            **pace,
+            "rules": _rules(),
+            "motion": {"enabled": False},
+        }
+        for i in range(streams)
+    }
+    extra = {
+        "models": {"people": {"path": "yolox_nano.onnx", "classes": ["person"], "max_batch": 1}},
+        "cameras": cameras,
+    }
+    path, config = write_site(folder, f"pipe{streams}{'rt' if realtime else ''}", extra)
+    return path, config
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE / 2**20
+
+
+# -- split: the services as processes ----------------------------------------------------------------
+def split(streams: int, seconds: float, folder: Path, *, realtime: bool = False) -> dict[str, float]:
+    site, config = _site(folder, streams, realtime=realtime)
+    processes: dict[str, subprocess.Popen[bytes]] = {"broker": start("broker", site)}
+    try:
+        return asyncio.run(_measure_split(site, config, streams, seconds, processes))
+    finally:
+        for process in reversed(list(processes.values())):
+            process.terminate()
+        for process in processes.values():
+            process.wait()
+
+
+async def _measure_split(
+    site: Path, config: SiteConfig, streams: int, seconds: float, processes: dict[str, subprocess.Popen[bytes]]
+) -> dict[str, float]:
+    async with Subscriber(config.bus.subscribe, "bench", [topic("scene"), topic("events")], hwm=100_000) as bus:
+        for name in ("rules", "inference", "ingest"):  # consumers first: nothing is decoded before they listen
+            processes[name] = start(name, site)
+        # the handshake: the clock starts at the first Scene of every camera (models loaded, bus connected)
+        waiting, deadline = {f"cam{i}" for i in range(streams)}, time.monotonic() + 120
+        while waiting:
+            try:
+                message = (await asyncio.wait_for(bus.receive(), max(0.1, deadline - time.monotonic()))).message
+            except asyncio.TimeoutError:
+                raise RuntimeError(
+                    f"no Scene from rules for {sorted(waiting)} within 120 s: is the pipeline up?"
+                ) from None
+            if isinstance(message, Scene):
+                waiting.discard(message.camera)
+        cpu_start = {name: _cpu_seconds(p.pid) for name, p in processes.items()}
+        rss = {name: _rss_mb(p.pid) for name, p in processes.items()}
+        frames, latencies = 0, []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            try:
+                received = await asyncio.wait_for(bus.receive(), 1.0)
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(received.message, Scene):
+                frames += 1
+            elif isinstance(received.message, Event) and received.message.frame is not None:
+                latencies.append((time.time_ns() - received.message.frame.capture_ns) / 1e6)
+            if frames % 50 == 0:
+                rss = {name: max(rss[name], _rss_mb(p.pid)) for name, p in processes.items()}
+        wall = time.perf_counter() - started
+        cpu = {name: _cpu_seconds(p.pid) - cpu_start[name] for name, p in processes.items()}
+    figures = {"fps": frames / wall, "cpu_ms_per_frame": 1000 * sum(cpu.values()) / max(frames, 1)}
+    figures |= _percentiles(latencies)
+    figures |= {f"cpu_ms_per_frame_{name}": 1000 * value / max(frames, 1) for name, value in cpu.items()}
+    figures |= {f"rss_mb_{name}": value for name, value in rss.items()}
+    return figures
+
+
+# -- monolith: one loop --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Source:
+    """One copy of the clip for the monolith: its decoder, tracker and rules."""
+
+    container: Any
+    frames: Iterator[Any]
+    tracker: Any
+    rules: Any
+    clock: float = 0.0  # real-time mode: when its first frame was due
+    offset: float = 0.0  # stream time of the clip's earlier loops
+    pending: Any = None  # real-time mode: decoded, not due yet
+
+    def next(self) -> Any:
+        try:
+            return next(self.frames)
+        except StopIteration:  # loop the clip, as the cameras of the split side do
+            self.offset += float(self.container.streams.video[0].duration * self.container.streams.video[0].time_base)
+            self.container.seek(0)
+            self.frames = self.container.decode(video=0)
+            return next(self.frames)
+
+    def newest_due(self) -> Any:
+        """Real-time mode: decode every frame due by now (H.264 must), keep the newest; wait for one if
+        none is due yet, as a loop reading a camera would."""
+        newest = None
+        while True:
+            frame, self.pending = self.pending or self.next(), None
+            due = self.clock + self.offset + (frame.time or 0.0)
+            now = time.perf_counter()
+            if due > now:
+                if newest is not None:
+                    self.pending = frame  # the next one: not yet sent by the "camera"
+                    return newest
+                time.sleep(due - now)
+                return frame
+            newest = frame
+
+
+def monolith(streams: int, seconds: float, folder: Path, *, realtime: bool = False) -> dict[str, float]:
+    from common.config import ModelConfig
+    from services.inference.detector import Detector
+    from services.rules.engine import CameraRules, CountStore, Moment, Observed
+    from services.rules.tracker import ByteTracker
+
+    _, config = _site(folder, streams, realtime=realtime)
+    detector = Detector.from_config(ModelConfig(path="yolox_nano.onnx", classes=["person"]))
+    labels: list[str] = list(detector.labels)
+    now = dt.datetime.now()  # schedules: none here
+
+    def observed(track: Any) -> Observed:
+        x1, y1, x2, y2 = (float(v) for v in track.box)
+        return Observed(track.track_id, labels[track.class_id], float(track.score), (x1, y1, x2, y2), None)
+
+    sources = []
+    for name, camera in config.cameras.items():
+        container = av.open(camera.url)
+        container.streams.video[0].thread_type = "AUTO"
+        tracker = ByteTracker(config.tracker, itertools.count(1))
+        sources.append(_Source(container, container.decode(video=0), tracker, CameraRules(name, camera, CountStore())))
+
+    frames, latencies = 0, []
+    wall_start = cpu_start = 0.0
+    started_at = time.perf_counter()
+    warm = 10  # first frames: model and decoder warm-up, outside the clock
+    for source in itertools.cycle(sources):
+        if realtime and not source.clock:
+            source.clock = time.perf_counter()
+        frame = source.newest_due() if realtime else source.next()
+        decoded = time.perf_counter()
+        pixels = frame.to_ndarray(format="bgr24")
+        (found,), _ = detector.detect([pixels])
+        seen, gone = source.tracker.update(
+            found.boxes, found.class_ids, found.scores, decoded, aspect=pixels.shape[1] / pixels.shape[0]
+        )
+        drafts = source.rules.step(Moment(decoded, now, [observed(t) for t in seen], [observed(t) for t in gone], []))
+        decided = time.perf_counter()
+        if warm:
+            warm -= 1
+            if not warm:
+                wall_start, cpu_start = time.perf_counter(), time.process_time()
+            continue
+        frames += 1
+        latencies += [(decided - decoded) * 1000] * len(drafts)
+        if time.perf_counter() - wall_start >= seconds or time.perf_counter() - started_at > 10 * seconds:
+            break
+    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    for source in sources:
+        source.container.close()
+    detector.close()
+    return {"fps": frames / wall, "cpu_ms_per_frame": 1000 * cpu / max(frames, 1), **_percentiles(latencies)}
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    if not latencies:
+        return {"latency_ms_p50": float("nan"), "latency_ms_p99": float("nan"), "events": 0.0}
+    values = np.asarray(latencies)
+    return {
+        "latency_ms_p50": float(np.percentile(values, 50)),
+        "latency_ms_p99": float(np.percentile(values, 99)),
+        "events": float(len(values)),
+    }
+
+
+def run(quick: bool) -> dict[str, float]:
+    seconds = 8.0 if quick else 30.0
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="edgesight-bench-") as temporary:
+        for realtime in (False, True):
+            for streams in (1, 2) if quick else (1, 2, 4):
+                folder = Path(temporary) / f"s{streams}{realtime}"
+                folder.mkdir()
+                one_loop = monolith(streams, seconds, folder, realtime=realtime)
+                ours = split(streams, seconds, folder, realtime=realtime)
+                prefix = f"{'realtime_' if realtime else ''}streams{streams}"
+                figures |= {f"{prefix}_monolith_{key}": value for key, value in one_loop.items()}
+                figures |= {f"{prefix}_split_{key}": value for key, value in ours.items()}
+                figures[f"{prefix}_ratio"] = ours["fps"] / one_loop["fps"]
+    figures["ratio"] = figures["streams2_ratio"]
+    figures["cpu_count"] = float(os.cpu_count() or 0)
+    return figures
