@@ -31,9 +31,19 @@ def repeat_clip(source: Path, target: Path, times: int) -> None:
 
 
 def frame_digests(path: Path, pixel_format: str = "bgr24") -> set[str]:
-    """The digest of every decoded frame of ``path`` in ``pixel_format``."""
+    """The digest of every decoded frame of ``path`` in ``pixel_format``, converted as ingest documents it
+    (4:2:0 by OpenCV's I420 conversion; see services.ingest.camera.write_pixels), computed here on its own."""
+    import cv2
+
+    codes = {"bgr24": cv2.COLOR_YUV2BGR_I420, "rgb24": cv2.COLOR_YUV2RGB_I420}
+    digests = set()
     with av.open(str(path)) as container:
-        return {digest(frame.to_ndarray(format=pixel_format)) for frame in container.decode(video=0)}
+        for frame in container.decode(video=0):
+            if frame.format.name == "yuv420p" and pixel_format in codes:
+                digests.add(digest(cv2.cvtColor(frame.to_ndarray(), codes[pixel_format])))
+            else:
+                digests.add(digest(frame.to_ndarray(format=pixel_format)))
+    return digests
 
 
 def digest(pixels: np.ndarray) -> str:  # type: ignore[type-arg]

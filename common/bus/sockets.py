@@ -67,6 +67,8 @@ class Publisher:
         self.service = service
         self.hwm = hwm
         self._socket: zmq.asyncio.Socket | None = None
+        # per (stream, key): the topic frame and the counter; built once, not per message (a hot path)
+        self._routes: dict[tuple[str, str], tuple[bytes, Any]] = {}
 
     async def __aenter__(self) -> Publisher:
         self._socket = self.endpoint.open(_context(), sndhwm=self.hwm)
@@ -78,8 +80,14 @@ class Publisher:
             self._socket = None
 
     async def publish(self, stream: str, key: str, message: Message) -> None:
-        await self.publish_raw(topic(stream, key), encode(message))  # type: ignore[arg-type]
-        BUS_MESSAGES.labels(service=self.service, stream=stream, direction="out").inc()
+        route = self._routes.get((stream, key))
+        if route is None:
+            counter = BUS_MESSAGES.labels(service=self.service, stream=stream, direction="out")
+            route = self._routes[stream, key] = (topic(stream, key), counter)  # type: ignore[arg-type]
+            if len(self._routes) > 4096:  # keys are cameras and services: bounded; this is a guard
+                self._routes.clear()
+        await self.publish_raw(route[0], encode(message))
+        route[1].inc()
 
     async def publish_raw(self, topic_frame: bytes, body: bytes) -> None:
         """Send pre-encoded frames (tests and tools that speak the wire directly)."""
@@ -107,6 +115,7 @@ class Subscriber:
         self.hwm = hwm
         self._socket: zmq.asyncio.Socket | None = None
         self._last_seq: dict[tuple[str, str], int] = {}
+        self._received: dict[str, Any] = {}  # stream -> its counter: looked up once, not per message
 
     async def __aenter__(self) -> Subscriber:
         first, *rest = self.endpoints
@@ -188,7 +197,10 @@ class Subscriber:
         except ValueError as exc:
             _reject(self.service, "malformed", str(exc))
             return None
-        BUS_MESSAGES.labels(service=self.service, stream=stream, direction="in").inc()
+        counter = self._received.get(stream)
+        if counter is None:
+            counter = self._received[stream] = BUS_MESSAGES.labels(service=self.service, stream=stream, direction="in")
+        counter.inc()
         seq = _sequence(message)
         if seq is not None:
             self._count_gap(stream, key, seq)

@@ -18,6 +18,7 @@ Python 3.13 its resource tracker unlinks a segment when any *reader* process exi
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -86,7 +87,7 @@ def frame_shape(pixel_format: PixelFormat, width: int, height: int) -> tuple[int
 
 def frame_bytes(pixel_format: PixelFormat, width: int, height: int) -> int:
     """Bytes one frame of this size and format needs in a slot."""
-    return int(np.prod(frame_shape(pixel_format, width, height)))
+    return math.prod(frame_shape(pixel_format, width, height))
 
 
 def _process_start(pid: int) -> int:
@@ -292,7 +293,7 @@ class FrameRingWriter:
         >>> # publish(slot.ref)
         """
         shape = frame_shape(pixel_format, width, height)
-        nbytes = int(np.prod(shape))
+        nbytes = math.prod(shape)
         if nbytes > self.layout.capacity:
             raise ShmError(
                 f"a {width}x{height} {pixel_format} frame needs {nbytes} B but slots of {self.name} hold "
@@ -473,7 +474,7 @@ class FrameRingReader:
                 if _fence.load_acquire(self._map, offset) == ref.generation:
                     shape = frame_shape(ref.pixel_format, ref.width, ref.height)
                     start = offset + SLOT_HEADER_BYTES
-                    nbytes = int(np.prod(shape))
+                    nbytes = math.prod(shape)
                     if nbytes > self.layout.capacity:
                         raise ShmError(f"{ref.width}x{ref.height} does not fit the slots of {self.name}")
                     array = self._bytes[start : start + nbytes].reshape(shape)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -55,6 +56,26 @@ def output_size(width: int, height: int, max_width: int | None, slot_width: int,
 
 
 _PLANAR_LUMA = ("yuv", "yuvj", "nv12", "nv21", "gray")
+
+
+# 4:2:0 planar YUV -> the ring's format, by OpenCV's SIMD conversion straight into the slot
+_FROM_I420 = {"bgr24": cv2.COLOR_YUV2BGR_I420, "rgb24": cv2.COLOR_YUV2RGB_I420}
+
+
+def write_pixels(frame: Any, out: npt.NDArray[np.uint8], pixel_format: str) -> None:
+    """The decoded frame in ``pixel_format`` at ``out``'s size, written once into ``out`` (a ring slot).
+
+    A full-size 4:2:0 frame (what H.264/H.265 decoders give) is packed into one I420 buffer (1.5 bytes a
+    pixel) and converted by OpenCV into the slot: no private BGR frame and no second copy. Same BT.601
+    video-range coefficients as FFmpeg's scaler; values differ from its rounding by at most 2
+    (tests/unit/test_ingest.py). Anything else (a resize, other formats) goes through FFmpeg's scaler.
+    """
+    height, width = out.shape[:2]
+    code = _FROM_I420.get(pixel_format)
+    if code is not None and frame.format.name == "yuv420p" and (frame.width, frame.height) == (width, height):
+        cv2.cvtColor(frame.to_ndarray(), code, dst=out)
+        return
+    np.copyto(out, frame.to_ndarray(format=pixel_format, width=width, height=height))
 
 
 def small_luma(frame: Any, height: int, width: int) -> npt.NDArray[np.uint8]:
@@ -317,11 +338,10 @@ class CameraWorker:
                 motion, box = 1.0, None
                 if config.motion.enabled:
                     motion, box = detector.update(small_luma(frame, motion_height, motion_width))
-                pixels = frame.to_ndarray(format=config.pixel_format, width=width, height=height)
                 with self.ring.fill(
                     width, height, config.pixel_format, motion=min(1.0, motion), motion_box=box
                 ) as slot:
-                    np.copyto(slot.array, pixels)
+                    write_pixels(frame, slot.array, config.pixel_format)
                 convert_seconds.observe(time.perf_counter() - started)
                 assert slot.ref is not None
                 self._call(self._publish, slot.ref)
