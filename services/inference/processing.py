@@ -58,11 +58,19 @@ class Letterbox:
         x0 = (self.width - new_w) // 2 if self.center else 0
         y0 = (self.height - new_h) // 2 if self.center else 0
         canvas = self._canvas
-        canvas.fill(self.pad)
-        canvas[y0 : y0 + new_h, x0 : x0 + new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        region = canvas[y0 : y0 + new_h, x0 : x0 + new_w]
+        if region.flags.c_contiguous:  # a full-width band: resized straight into it, only the rest padded
+            cv2.resize(frame, (new_w, new_h), dst=region, interpolation=cv2.INTER_LINEAR)
+            canvas[:y0] = self.pad
+            canvas[y0 + new_h :] = self.pad
+        else:
+            canvas.fill(self.pad)
+            region[...] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         channels = canvas[..., ::-1] if self.swap else canvas
         chw = channels.transpose(2, 0, 1)
-        if self._plain:
+        if self._plain and self._multiplier[0, 0, 0] == 1:
+            np.copyto(out, chw, casting="unsafe")  # pixels as they are (YOLOX): a cast, no multiply
+        elif self._plain:
             np.multiply(chw, self._multiplier[0, 0, 0], out=out, casting="unsafe")
         else:
             np.multiply(chw, self._multiplier, out=out, casting="unsafe")
