@@ -21,6 +21,10 @@ def write_site(folder: Path, name: str, extra: dict[str, Any]) -> tuple[Path, Si
             "publish": f"pub+connect:ipc://{run}/in.sock",
             "subscribe": [f"sub+connect:ipc://{run}/out.sock"],
             "broker": {"frontend": f"xsub+bind:ipc://{run}/in.sock", "backend": f"xpub+bind:ipc://{run}/out.sock"},
+            "events": {
+                "send": f"dealer+connect:ipc://{run}/events.sock",
+                "receive": f"router+bind:ipc://{run}/events.sock",
+            },
             "frames_hwm": 1000,
             "health_interval_s": 0.5,
         },

@@ -41,7 +41,6 @@ from contracts import Event, Scene, topic
 TITLE = "ingest -> inference -> rules as processes vs one loop: YOLOX-Nano, a line and a zone, as fast as they go"
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-SERVICES = ("broker", "ingest", "inference", "rules")
 
 
 def _rules() -> dict[str, Any]:
@@ -51,9 +50,9 @@ def _rules() -> dict[str, Any]:
     }
 
 
-def _site(folder: Path, streams: int, *, realtime: bool = False) -> tuple[Path, SiteConfig]:
+def _site(folder: Path, streams: int, *, realtime: bool = False, clip: str | None = None) -> tuple[Path, SiteConfig]:
     """Cameras on the clip: as fast as it decodes, or (``realtime``) at its own 25 fps, as a camera sends."""
-    clip = str(find_asset("people.mp4"))
+    clip = clip or str(find_asset("people.mp4"))
     pace = {"realtime": True, "fps": 25} if realtime else {"realtime": False, "fps": 120}
     cameras = {
         f"cam{i}": {
@@ -68,6 +67,7 @@ def _site(folder: Path, streams: int, *, realtime: bool = False) -> tuple[Path, 
     extra = {
         "models": {"people": {"path": "yolox_nano.onnx", "classes": ["person"], "max_batch": 1}},
         "cameras": cameras,
+        "uplink": {"jsonl": {"path": "events.jsonl"}},  # rules' events are acknowledged, as in a site
     }
     path, config = write_site(folder, f"pipe{streams}{'rt' if realtime else ''}", extra)
     return path, config
@@ -83,8 +83,10 @@ def _rss_mb(pid: int) -> float:
 
 
 # -- split: the services as processes ----------------------------------------------------------------
-def split(streams: int, seconds: float, folder: Path, *, realtime: bool = False) -> dict[str, float]:
-    site, config = _site(folder, streams, realtime=realtime)
+def split(
+    streams: int, seconds: float, folder: Path, *, realtime: bool = False, clip: str | None = None
+) -> dict[str, float]:
+    site, config = _site(folder, streams, realtime=realtime, clip=clip)
     processes: dict[str, subprocess.Popen[bytes]] = {"broker": start("broker", site)}
     try:
         return asyncio.run(_measure_split(site, config, streams, seconds, processes))
@@ -99,7 +101,7 @@ async def _measure_split(
     site: Path, config: SiteConfig, streams: int, seconds: float, processes: dict[str, subprocess.Popen[bytes]]
 ) -> dict[str, float]:
     async with Subscriber(config.bus.subscribe, "bench", [topic("scene"), topic("events")], hwm=100_000) as bus:
-        for name in ("rules", "inference", "ingest"):  # consumers first: nothing is decoded before they listen
+        for name in ("uplink", "rules", "inference", "ingest"):  # consumers first: nothing decoded unheard
             processes[name] = start(name, site)
         # the handshake: the clock starts at the first Scene of every camera (models loaded, bus connected)
         waiting, deadline = {f"cam{i}" for i in range(streams)}, time.monotonic() + 120
@@ -254,6 +256,13 @@ def run(quick: bool) -> dict[str, float]:
                 figures |= {f"{prefix}_monolith_{key}": value for key, value in one_loop.items()}
                 figures |= {f"{prefix}_split_{key}": value for key, value in ours.items()}
                 figures[f"{prefix}_ratio"] = ours["fps"] / one_loop["fps"]
+        if not quick:  # memory at the issue's scale: 4 cameras of 1080p H.264 at 25 fps
+            from benchmarks.ingest_decode import make_clip
+
+            folder = Path(temporary) / "memory"
+            folder.mkdir()
+            big = split(4, seconds, folder, realtime=True, clip=str(make_clip(341)))
+            figures |= {f"memory_1080p_streams4_{key}": value for key, value in big.items()}
     figures["ratio"] = figures["streams2_ratio"]
     figures["cpu_count"] = float(os.cpu_count() or 0)
     return figures
