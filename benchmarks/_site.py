@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,19 @@ def service_command(service: str, site: Path) -> list[str]:
 
 def start(service: str, site: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(service_command(service, site))
+
+
+def stop(processes: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
+    """SIGTERM every process, wait up to ``grace_s`` in all, then SIGKILL (and say so) what is left: a
+    benchmark never hangs on a service that does not stop."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            command: Any = process.args
+            print(f"  (pid {process.pid}, {' '.join(map(str, command[2:4]))}, ignored SIGTERM: killed)", flush=True)
+            process.kill()
+            process.wait()

@@ -20,7 +20,7 @@ import av
 import numpy as np
 import yaml
 
-from benchmarks._site import start, write_site
+from benchmarks._site import start, stop, write_site
 from common.assets import find_asset
 from common.bus import Publisher, Subscriber
 from common.config import ModelConfig, SiteConfig
@@ -139,9 +139,7 @@ def service_loop(manifest: Path, batch: int, seconds: float, folder: Path) -> tu
     try:
         return asyncio.run(_feed(config, cameras, _frame(), seconds))
     finally:
-        for process in (inference, broker):
-            process.terminate()
-            process.wait()
+        stop([inference, broker])
 
 
 def run(quick: bool) -> dict[str, float]:

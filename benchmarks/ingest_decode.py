@@ -22,7 +22,7 @@ from typing import Any
 import av
 import numpy as np
 
-from benchmarks._site import service_command, start, write_site
+from benchmarks._site import service_command, start, stop, write_site
 from common.assets import find_asset
 from common.bus import Subscriber
 from contracts import CameraStatus, FrameRef, topic
@@ -99,8 +99,7 @@ def ingest(path: Path, streams: int, folder: Path) -> tuple[int, float, float]:
     try:
         return asyncio.run(_watch_ingest(service_command("ingest", site), config, streams))
     finally:
-        broker.terminate()
-        broker.wait()
+        stop([broker])
 
 
 async def _watch_ingest(command: list[str], config: Any, streams: int) -> tuple[int, float, float]:

@@ -32,7 +32,7 @@ from typing import Any
 import av
 import numpy as np
 
-from benchmarks._site import start, write_site
+from benchmarks._site import start, stop, write_site
 from common.assets import find_asset
 from common.bus import Subscriber
 from common.config import SiteConfig
@@ -91,10 +91,7 @@ def split(
     try:
         return asyncio.run(_measure_split(site, config, streams, seconds, processes))
     finally:
-        for process in reversed(list(processes.values())):
-            process.terminate()
-        for process in processes.values():
-            process.wait()
+        stop(list(reversed(processes.values())))
 
 
 async def _measure_split(

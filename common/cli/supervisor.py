@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common._compat import TaskGroup
+from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber
 from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, SiteConfig
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
@@ -157,10 +157,7 @@ class Supervisor:
                 "service exited; restarting",
                 extra={"child": child.name, "code": code, "ran_s": round(ran_for, 1), "backoff_s": backoff},
             )
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
-            except asyncio.TimeoutError:
-                pass
+            await wait_at_most(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self.config.run.max_restart_backoff_s)
 
     async def _relay_stderr(self, child: _Child) -> str:
@@ -210,18 +207,14 @@ class Supervisor:
         async with Subscriber(self.config.bus.subscribe, "run", [topic("health")]) as health:
             next_print = time.monotonic() + self.status_interval_s
             while True:
-                try:
-                    received = await asyncio.wait_for(
-                        health.receive(), timeout=max(0.05, next_print - time.monotonic())
-                    )
-                    message = received.message
+                receiving = asyncio.ensure_future(health.receive())
+                if await wait_at_most(receiving, max(0.05, next_print - time.monotonic())):
+                    message = receiving.result().message
                     if isinstance(message, Health):
                         for child in self.children.values():
                             if (message.service, message.instance) == (child.service, self._instance(child)):
                                 child.last_health = message
                                 child.was_ready = child.was_ready or message.state == "ready"
-                except asyncio.TimeoutError:
-                    pass
                 if time.monotonic() >= next_print:
                     self._print_status()
                     next_print = time.monotonic() + self.status_interval_s

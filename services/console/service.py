@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from common._compat import wait_at_most
 from common.bus import Subscriber
 from common.config import SiteConfig
 from common.errors import ConfigError, StartupError
@@ -122,10 +123,10 @@ class ConsoleService(Service):
         while True:
             batch = [await events.receive()]
             while len(batch) < EVENT_BATCH:
-                try:
-                    batch.append(await asyncio.wait_for(events.receive(), 0.05))
-                except asyncio.TimeoutError:
+                more = asyncio.ensure_future(events.receive())
+                if not await wait_at_most(more, 0.05):
                     break
+                batch.append(more.result())
             kept = [received.message for received in batch if isinstance(received.message, Event)]
             if kept:
                 added = await asyncio.to_thread(self.history.add, kept)

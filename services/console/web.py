@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from common._compat import wait_at_most
 from common.config.rules import LineRule, ZoneRule
 from services.console import metrics
 from services.console.auth import COOKIE
@@ -253,10 +254,7 @@ async def live_mjpg(request: web.Request) -> web.StreamResponse:
         view = console.live.cameras.get(name)
         version = view.version if view else None
         if version is None or version == sent:
-            try:
-                await asyncio.wait_for(console.camera_changed(name).wait(), 5.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_at_most(console.camera_changed(name).wait(), 5.0)
             continue
         picture = await asyncio.to_thread(console.live.picture, name, console.config.cameras[name], overlay=True)
         sent = version

@@ -9,7 +9,6 @@ the cameras whose index (sorted by name) is i modulo n, so no frame is processed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from common._compat import TaskGroup
+from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber
 from common.config import ModelConfig, SiteConfig
 from common.errors import ConfigError, ShmError, StaleFrameError
@@ -104,8 +103,7 @@ class ModelWorker:
                 self.retired.pop().close()
             limit = self.config.max_batch
             if len(self.pending) < limit and self.config.max_wait_ms > 0:
-                with contextlib.suppress(asyncio.TimeoutError):  # let a batch fill, up to max_wait_ms
-                    await asyncio.wait_for(self.full.wait(), self.config.max_wait_ms / 1000)
+                await wait_at_most(self.full.wait(), self.config.max_wait_ms / 1000)  # let a batch fill
             refs = sorted(self.pending.values(), key=lambda r: r.monotonic_ns)[:limit]
             for ref in refs:
                 del self.pending[ref.camera]

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from common._compat import wait_at_most
 from common.config.uplink import CloudWatchSink, JsonlSink, MqttSink, S3Sink, WebhookSink
 from contracts import Event
 from services.uplink import metrics
@@ -93,10 +94,7 @@ class Sink(abc.ABC):
             batch = await asyncio.to_thread(spool.pending, self.name, BATCH)
             if not batch:
                 self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_at_most(self.wake.wait(), 1.0)
                 continue
             receipt = Receipt()
             failure: Exception | None = None

@@ -46,3 +46,42 @@ def test_assets_resolve_through_the_search_path(
     message = str(caught.value)
     assert message.startswith("nothing.onnx not found; looked in: "), message
     assert str(tmp_path) in message and "EDGESIGHT_ASSETS" in message, message  # where it looked, how to add
+
+
+@pytest.mark.parametrize("rounds", [1, 5])
+def test_wait_at_most_never_loses_a_cancellation(rounds: int) -> None:
+    """asyncio.wait_for before 3.12 returns normally when the awaited event is set as the task is cancelled
+    (CPython gh-86296): a service loop around it never stopped on SIGTERM. wait_at_most re-raises."""
+    import asyncio
+
+    from common._compat import wait_at_most
+
+    async def scenario() -> str:
+        woken = asyncio.Event()
+
+        async def loop() -> None:
+            while True:
+                woken.clear()
+                await wait_at_most(woken.wait(), 1.0)
+
+        task = asyncio.create_task(loop())
+        for _ in range(rounds):
+            await asyncio.sleep(0.01)
+        woken.set()
+        task.cancel()  # in the same step: the wait completes and is cancelled at once
+        try:
+            await asyncio.wait_for(task, 5)
+        except asyncio.CancelledError:
+            return "stopped"
+        return "kept running"
+
+    assert asyncio.run(scenario()) == "stopped"
+    assert asyncio.run(_wait_at_most_times_out()) is False
+
+
+async def _wait_at_most_times_out() -> bool:
+    import asyncio
+
+    from common._compat import wait_at_most
+
+    return await wait_at_most(asyncio.Event().wait(), 0.05)
