@@ -13,7 +13,7 @@
 #      URL and password, logs in with a headless Chromium and saves screenshots of three pages;
 #   6. imports an AWS Panorama application (examples/panorama/people_counter) with
 #      `edgesight panorama import` and runs it unchanged on the lobby camera; saves its HDMI output;
-#   7. the benchmarks, --quick: frame hop, ingest decode, inference and uplink throughput.
+#   7. the benchmarks, --quick: the split pipeline vs one loop, frame hop, ingest decode, inference and uplink throughput, tracking.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
@@ -137,5 +137,5 @@ wait "$run_pid"
 echo "-- what the app logged to /opt/aws/panorama/logs/app.log:"
 tail -n 3 "$EDGESIGHT_RUN_DIR/state/apps/people_counter/logs/app.log" || true
 
-echo; echo "== 7. benchmarks (quick): frame_hop, ingest_decode, inference_throughput, uplink_throughput"
+echo; echo "== 7. benchmarks (quick): pipeline, frame_hop, ingest_decode, inference_throughput, uplink_throughput, tracking"
 .venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"
