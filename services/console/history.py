@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
+from common.events import event_dict
 from contracts import Event
 
 __all__ = ["EventHistory", "EventQuery"]
@@ -78,7 +77,7 @@ class EventHistory:
                     snapshot_name = f"{event.id}.jpg"
                     (self.snapshots / snapshot_name).write_bytes(event.snapshot.data)
                     size += len(event.snapshot.data)
-                body = json.dumps(public_event(event))
+                body = json.dumps(event_dict(event))
                 size += len(body)
                 with self.db:
                     self.db.execute(
@@ -186,13 +185,3 @@ class EventHistory:
         event: dict[str, Any] = json.loads(body)
         event["snapshot_url"] = f"/api/events/{event['id']}/snapshot.jpg" if snapshot else None
         return event
-
-
-def public_event(event: Event) -> dict[str, Any]:
-    """An event as on the bus, as JSON: the snapshot's bytes replaced by their size."""
-    data: dict[str, Any] = msgspec.to_builtins(event)
-    if event.snapshot is not None:
-        data["snapshot"] = {k: v for k, v in data["snapshot"].items() if k != "data"} | {
-            "bytes": len(event.snapshot.data)
-        }
-    return data

@@ -71,23 +71,23 @@ class CountStore:
     """Cumulative counts (line crossings); the service gives it a persistent implementation."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, str, str, str], int] = {}
+        # (camera, rule) -> label -> key -> count: a rule's counts are one lookup (a Scene per frame reads them)
+        self.counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+
+    def set(self, camera: str, rule: str, label: str, key: str, value: int) -> None:
+        self.counts.setdefault((camera, rule), {}).setdefault(label, {})[key] = value
 
     def add(self, camera: str, rule: str, label: str, key: str) -> int:
-        index = (camera, rule, label, key)
-        self.values[index] = self.values.get(index, 0) + 1
-        return self.values[index]
+        value = self.get(camera, rule, label, key) + 1
+        self.set(camera, rule, label, key, value)
+        return value
 
     def get(self, camera: str, rule: str, label: str, key: str) -> int:
-        return self.values.get((camera, rule, label, key), 0)
+        return self.counts.get((camera, rule), {}).get(label, {}).get(key, 0)
 
     def of_rule(self, camera: str, rule: str) -> dict[str, dict[str, int]]:
-        """label -> key -> count of one rule of one camera."""
-        counts: dict[str, dict[str, int]] = {}
-        for (camera_, rule_, label, key), value in self.values.items():
-            if camera_ == camera and rule_ == rule:
-                counts.setdefault(label, {})[key] = value
-        return counts
+        """label -> key -> count of one rule of one camera (the store's own: read, do not change)."""
+        return self.counts.get((camera, rule), {})
 
 
 def in_schedule(windows: Iterable[ScheduleWindow], when: dt.datetime) -> bool:

@@ -9,7 +9,6 @@ import os
 import sqlite3
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -17,6 +16,7 @@ import numpy.typing as npt
 
 from common.config import CameraConfig
 from common.config.rules import Action, CommandAction, GpioAction, WebhookAction
+from common.events import event_dict
 from contracts import Event, Snapshot
 from services.rules.engine import CountStore
 
@@ -38,7 +38,7 @@ class SqliteCountStore(CountStore):
             " PRIMARY KEY (camera, rule, label, key))"
         )
         for camera, rule, label, key, value in self.db.execute("SELECT camera, rule, label, key, value FROM counts"):
-            self.values[camera, rule, label, key] = value
+            self.set(camera, rule, label, key, value)
 
     def add(self, camera: str, rule: str, label: str, key: str) -> int:
         value = super().add(camera, rule, label, key)
@@ -84,14 +84,7 @@ def make_snapshot(frame: npt.NDArray[np.uint8], camera: CameraConfig, event: Eve
 
 
 def event_json(event: Event) -> bytes:
-    import msgspec
-
-    data: dict[str, Any] = msgspec.to_builtins(event)
-    if event.snapshot is not None:
-        data["snapshot"] = {k: v for k, v in data["snapshot"].items() if k != "data"} | {
-            "bytes": len(event.snapshot.data)
-        }
-    return json.dumps(data).encode()
+    return json.dumps(event_dict(event)).encode()
 
 
 async def run_action(action: Action, event: Event) -> None:

@@ -163,14 +163,17 @@ class RulesService(Service):
             await self._emit(camera, detections, draft, t)
         for track in gone:  # its ids never come back: nothing about it is needed any more
             camera.last_seen.pop(track.track_id, None)
-        for zone, occupancy in camera.rules.occupancy().items():
+        zones = camera.rules.occupancy()
+        for zone, occupancy in zones.items():
             labels = camera.zone_labels.setdefault(zone, {"person"})
             labels.update(occupancy)
             for label in labels:  # a label whose last object left reads 0, not its last value
                 metrics.ZONE_OCCUPANCY.labels(camera.name, zone, label).set(occupancy.get(label, 0))
-        await self._publish_scene(camera, detections, seen)
+        await self._publish_scene(camera, detections, seen, zones)
 
-    async def _publish_scene(self, camera: _Camera, detections: Detections, seen: list[Track]) -> None:
+    async def _publish_scene(
+        self, camera: _Camera, detections: Detections, seen: list[Track], zones: dict[str, dict[str, int]]
+    ) -> None:
         """The camera as rules sees it now, for local consumers (the console); newest wins."""
         if self.publisher is None:
             return
@@ -192,7 +195,7 @@ class RulesService(Service):
                 rule: {label: LineCounts(in_=c.get("in", 0), out=c.get("out", 0)) for label, c in by_label.items()}
                 for rule, by_label in camera.rules.line_counts().items()
             },
-            zones={zone: dict(occupancy) for zone, occupancy in camera.rules.occupancy().items()},
+            zones=zones,
         )
         await self.publisher.publish("scene", camera.name, scene)
 
