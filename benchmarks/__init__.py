@@ -12,6 +12,7 @@ BENCHMARKS = {
     "inference_throughput": "benchmarks.inference_throughput",
     "uplink_throughput": "benchmarks.uplink_throughput",
     "tracking": "benchmarks.tracking",
+    "model_package": "benchmarks.model_package",
     "soak": "benchmarks.soak",
 }
 # Run only when named (minutes long): ``python -m benchmarks soak --minutes 20``.

@@ -11,6 +11,7 @@ __all__ = [
     "ContractError",
     "EdgeSightError",
     "ModelError",
+    "PackageError",
     "ShmError",
     "StaleFrameError",
     "StartupError",
@@ -47,3 +48,8 @@ class StartupError(EdgeSightError):
 
 class ModelError(EdgeSightError):
     """A model, or its manifest, cannot be used; raised at load, never at the first frame."""
+
+
+class PackageError(EdgeSightError):
+    """A model package is refused (a bad signature, an untrusted signer, a changed or unsafe member) or
+    cannot be made; the message says which and why."""

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import ThreadingWSGIServer
 
 __all__ = [
+    "BUS_DENIED",
     "BUS_MESSAGES",
     "BUS_REJECTED",
     "BUS_SKIPPED",
@@ -31,6 +32,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 BUS_MESSAGES = Counter(
     "edgesight_bus_messages_total", "Messages sent or received on the bus.", ["service", "stream", "direction"]
+)
+BUS_DENIED = Counter(
+    "edgesight_bus_denied_total", "Bus clients refused by CurveZMQ: their key is not authorized.", ["service"]
 )
 BUS_REJECTED = Counter(
     "edgesight_bus_rejected_total", "Malformed or unknown bus messages dropped.", ["service", "reason"]

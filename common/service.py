@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 from common import logging as eslogging
 from common._compat import TaskGroup
-from common.bus import Publisher, Subscriber
+from common.audit import AuditTrail
+from common.bus import Publisher, Subscriber, security
 from common.config import SiteConfig, load_config
 from common.errors import ConfigError, EdgeSightError, StartupError
 from common.metrics import LOOP_LAG, SERVICE_UP, HttpEndpoint
@@ -58,6 +59,8 @@ class Service(abc.ABC):
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        security.configure_curve(config.bus.curve, self.name)
+        self.audit_trail = AuditTrail(config.site.state_dir, config.site.name, f"{self.name}:{self.instance}")
         self.setup()
 
     def setup(self) -> None:  # noqa: B027 - optional
@@ -95,6 +98,14 @@ class Service(abc.ABC):
             self.paused = False
 
     # -- lifecycle ---------------------------------------------------------------------------
+    async def audit(self, action: str, target: str, **detail: Any) -> None:
+        """Appends to the site's audit trail (see common.audit) off the event loop; a trail that cannot
+        be written is logged, never fatal."""
+        try:
+            await asyncio.to_thread(self.audit_trail.record, action, target, **detail)
+        except OSError as exc:
+            log.error("cannot append to the audit trail", extra={"path": str(self.audit_trail.path), "error": str(exc)})
+
     def set_state(self, state: ServiceState) -> None:
         if state != self.state:
             log.info("state changed", extra={"from_state": self.state.value, "to_state": state.value})

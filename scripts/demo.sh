@@ -13,7 +13,9 @@
 #      URL and password, logs in with a headless Chromium and saves screenshots of three pages;
 #   6. imports an AWS Panorama application (examples/panorama/people_counter) with
 #      `edgesight panorama import` and runs it unchanged on the lobby camera; saves its HDMI output;
-#   7. the benchmarks, --quick: the split pipeline vs one loop, frame hop, ingest decode, inference and uplink throughput, tracking.
+#   7. trust: signs YOLOX-Nano into a package encrypted for this device, verifies it, shows a tampered
+#      copy and another signer's package refused, installs it and checks a site that runs only signed models;
+#   8. the benchmarks, --quick: the split pipeline vs one loop, frame hop, ingest decode, inference and uplink throughput, tracking, model loading from packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
@@ -137,5 +139,40 @@ wait "$run_pid"
 echo "-- what the app logged to /opt/aws/panorama/logs/app.log:"
 tail -n 3 "$EDGESIGHT_RUN_DIR/state/apps/people_counter/logs/app.log" || true
 
-echo; echo "== 7. benchmarks (quick): pipeline, frame_hop, ingest_decode, inference_throughput, uplink_throughput, tracking"
+echo; echo "== 7. trust: a signed model package, encrypted for this device; what is refused; the audit trail"
+keys=$EDGESIGHT_RUN_DIR/keys
+$edgesight models keygen --out "$keys"
+$edgesight models keygen --out "$keys" --device > /dev/null
+model=$(.venv/bin/python -c "from common.assets import find_asset; print(find_asset('yolox_nano.onnx'))")
+$edgesight models package "$model" --key "$keys/signing.key" -o "$EDGESIGHT_RUN_DIR/people-2.espkg" \
+  --name people --version 2 --encrypt-for "$keys/device.pub"
+$edgesight models verify "$EDGESIGHT_RUN_DIR/people-2.espkg" --trusted "$keys/signing.pub" --device-key "$keys/device.key"
+.venv/bin/python - "$EDGESIGHT_RUN_DIR/people-2.espkg" "$EDGESIGHT_RUN_DIR/tampered.espkg" <<'PY'
+import sys
+data = bytearray(open(sys.argv[1], "rb").read())
+data[len(data) // 2] ^= 1  # one bit in the middle of the model
+open(sys.argv[2], "wb").write(data)
+PY
+echo "-- one flipped bit:"
+$edgesight models verify "$EDGESIGHT_RUN_DIR/tampered.espkg" --trusted "$keys/signing.pub" || true
+$edgesight models keygen --out "$keys/someone-else" > /dev/null
+$edgesight models package "$model" --key "$keys/someone-else/signing.key" -o "$EDGESIGHT_RUN_DIR/other.espkg" > /dev/null
+echo "-- signed by a key this site does not trust:"
+$edgesight models verify "$EDGESIGHT_RUN_DIR/other.espkg" --trusted "$keys/signing.pub" || true
+trust_site=$EDGESIGHT_RUN_DIR/trust.yaml
+.venv/bin/python - examples/demo.yaml "$trust_site" "$keys" <<'PY'
+import sys, yaml
+site = yaml.safe_load(open(sys.argv[1]))
+site["site"] |= {"trusted_keys": [f"{sys.argv[3]}/signing.pub"], "device_key": f"{sys.argv[3]}/device.key"}
+site["models"]["people"]["path"] = "people.espkg"
+yaml.safe_dump(site, open(sys.argv[2], "w"), sort_keys=False)
+PY
+$edgesight models install "$EDGESIGHT_RUN_DIR/people-2.espkg" --config "$trust_site"
+$edgesight models list --config "$trust_site"
+echo "-- a site with site.trusted_keys runs only signed packages:"
+$edgesight config check "$trust_site"
+echo "-- the audit trail (sent upstream by the uplink as audit events):"
+tail -n 2 "$EDGESIGHT_RUN_DIR/state/audit.jsonl"
+
+echo; echo "== 8. benchmarks (quick): pipeline, frame_hop, ingest_decode, inference_throughput, uplink_throughput, tracking, model_package"
 .venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"

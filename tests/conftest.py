@@ -34,13 +34,20 @@ def free_port() -> int:
 
 def write_site(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
     """A site file whose bus, shm and state live under ``tmp_path``, with free metrics ports;
-    ``extra`` adds sections (e.g. ``{"cameras": {...}}``)."""
+    ``extra`` adds sections (e.g. ``{"cameras": {...}}``); its ``site`` keys go into ``site:``."""
     ports = {
         name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink", "apps", "console")
     }
     run = tmp_path / "run"
+    extra = dict(extra or {})
+    site = {
+        "name": "test",
+        "state_dir": str(tmp_path / "state"),
+        "shm_dir": str(tmp_path / "shm"),
+        **extra.pop("site", {}),
+    }
     text = textwrap.dedent(f"""\
-        site: {{name: test, state_dir: {tmp_path / "state"}, shm_dir: {tmp_path / "shm"}}}
+        site: {yaml.safe_dump(site, default_flow_style=True, sort_keys=False, width=100_000).strip()}
         bus:
           publish: pub+connect:ipc://{run}/bus-in.sock
           subscribe: [sub+connect:ipc://{run}/bus-out.sock]

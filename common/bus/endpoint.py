@@ -18,6 +18,7 @@ from typing import Any, Literal
 import zmq
 import zmq.asyncio
 
+from common.bus import security
 from common.errors import BusError
 
 __all__ = ["Endpoint", "Pattern"]
@@ -61,6 +62,20 @@ class Endpoint:
     def __str__(self) -> str:
         return f"{self.pattern}+{'bind' if self.bind else 'connect'}:{self.address}"
 
+    def attach(self, sock: Any, context: Any) -> None:
+        """Binds or connects ``sock`` here: Curve options on tcp (bus.curve), private ipc files."""
+        security.prepare(sock, self.bind, self.address, context)
+        path = _ipc_path(self.address)
+        if self.bind:
+            if path is not None:
+                security.secure_ipc_folder(path.parent)
+                _refuse_if_served(path, str(self))
+            sock.bind(self.address)
+            if path is not None:
+                security.secure_ipc_socket(path)
+        else:
+            sock.connect(self.address)
+
     def open(self, context: zmq.asyncio.Context | zmq.Context[Any], **options: int) -> Any:
         """A socket of this pattern, options applied, bound or connected. The caller closes it."""
         sock = context.socket(_SOCKET_TYPES[self.pattern])
@@ -68,14 +83,7 @@ class Endpoint:
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name.upper()), value)
         try:
-            if self.bind:
-                if self.address.startswith("ipc://") and not self.address.startswith("ipc://@"):
-                    path = Path(self.address[len("ipc://") :])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    _refuse_if_served(path, str(self))
-                sock.bind(self.address)
-            else:
-                sock.connect(self.address)
+            self.attach(sock, context)
         except BusError:
             sock.close(linger=0)
             raise
@@ -84,6 +92,13 @@ class Endpoint:
             verb = "bind" if self.bind else "connect"
             raise BusError(f"cannot {verb} {self}: {exc}") from exc
         return sock
+
+
+def _ipc_path(address: str) -> Path | None:
+    """The file of an ipc endpoint; None for tcp, inproc and Linux abstract sockets (``ipc://@name``)."""
+    if address.startswith("ipc://") and not address.startswith("ipc://@"):
+        return Path(address[len("ipc://") :])
+    return None
 
 
 def _refuse_if_served(path: Path, endpoint: str) -> None:

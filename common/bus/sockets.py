@@ -121,10 +121,7 @@ class Subscriber:
         first, *rest = self.endpoints
         sock = first.open(_context(), rcvhwm=self.hwm)
         for endpoint in rest:
-            if endpoint.bind:
-                sock.bind(endpoint.address)
-            else:
-                sock.connect(endpoint.address)
+            endpoint.attach(sock, _context())
         for prefix in self.topics:
             sock.setsockopt(zmq.SUBSCRIBE, prefix)
             stream = prefix.split(b"/", 1)[0].decode(errors="replace")

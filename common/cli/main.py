@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 
 from common import logging as eslogging
-from common.bus import Subscriber
+from common.bus import Subscriber, security
 from common.cli.supervisor import Supervisor, installed_services
 from common.config import SiteConfig, load_config
 from common.errors import EdgeSightError
@@ -55,7 +55,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return EXIT_CONFIG
-    problems: list[str] = []
+    problems: list[str] = security.check_curve(config, [*installed_services(), "run", "cli"])
     checked = [s for s in DEEP_CHECKS if s in installed_services() and (s != "console" or config.console is not None)]
     for service in checked:  # handed over: never imported here
         result = subprocess.run(
@@ -117,6 +117,7 @@ def _printable(value: object) -> object:
 
 async def _tail(config: SiteConfig, stream: str, key: str, count: int | None) -> None:
     prefix = topic(stream, key) if stream else b""  # type: ignore[arg-type]
+    security.configure_curve(config.bus.curve, "cli")
     async with Subscriber(config.bus.subscribe, "cli", [prefix], hwm=1000) as subscriber:
         seen = 0
         async for received in subscriber:
@@ -135,6 +136,19 @@ def cmd_bus_tail(args: argparse.Namespace) -> int:
         asyncio.run(_tail(config, args.stream, args.key, args.count))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def cmd_bus_keygen(args: argparse.Namespace) -> int:
+    try:
+        made = security.generate_bus_keys(args.out, args.clients or list(security.DEFAULT_CLIENTS))
+    except EdgeSightError as exc:
+        print(f"edgesight bus keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(made)} key files in {args.out}; site file:")
+    print(f"  bus:\n    curve:\n      server_key: {args.out / 'server.key'}")
+    print(f"      server_secret_key: {args.out / 'server.key_secret'}   # broker and uplink only")
+    print(f"      client_key: {args.out / '{service}.key_secret'}\n      authorized_keys: {args.out / 'clients'}")
     return 0
 
 
@@ -179,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in (
         ("cameras", "probe URL: check a camera; discover: find ONVIF cameras (`edgesight cameras --help`)"),
         ("detect", "run a model on a file or stream, detections as JSON lines (`edgesight detect --help`)"),
-        ("models", "inspect FILE.onnx: inputs, outputs, metadata, a suggested manifest"),
+        ("models", "inspect a model; keygen, package, verify, install, list, rollback signed packages"),
         (
             "panorama",
             "import APP_DIR: an AWS Panorama application project -> a site file (`edgesight panorama --help`)",
@@ -195,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--key", default="", help="a camera or service name")
     tail.add_argument("--count", type=int, help="stop after this many messages")
     tail.set_defaults(func=cmd_bus_tail)
+    keygen = bus_commands.add_parser(
+        "keygen", help="CurveZMQ key pairs: server.key(_secret), NAME.key_secret, clients/NAME.key (see bus.curve)"
+    )
+    keygen.add_argument("--out", type=Path, required=True, help="the folder to write them to")
+    keygen.add_argument("clients", nargs="*", help=f"client names (default: {' '.join(security.DEFAULT_CLIENTS)})")
+    keygen.set_defaults(func=cmd_bus_keygen)
     return parser
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common._compat import TaskGroup, wait_at_most
-from common.bus import Subscriber
+from common.bus import Subscriber, security
 from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, SiteConfig
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
 from common.process import die_with_parent, stop
@@ -204,6 +204,7 @@ class Supervisor:
 
     async def _status_loop(self) -> None:
         """Shows progress: one status table every ``status_interval_s`` from the services' Health."""
+        security.configure_curve(self.config.bus.curve, "run")
         async with Subscriber(self.config.bus.subscribe, "run", [topic("health")]) as health:
             next_print = time.monotonic() + self.status_interval_s
             while True:

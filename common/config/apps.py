@@ -17,8 +17,13 @@ ParameterType = Literal["float32", "int32", "string", "boolean"]
 class AppModel(Section):
     """A model node of the application's graph, as an ONNX file EdgeSight's backends run."""
 
-    path: str = Field(..., min_length=1, description="An .onnx file, found on the asset search path.")
+    path: str = Field(
+        ...,
+        min_length=1,
+        description="An .onnx file, or a signed package (.espkg) holding one; found like models.*.path",
+    )
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    allow_unsigned: bool = Field(False, description="With site.trusted_keys set: run this plain .onnx file anyway.")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from common.bus.endpoint import Endpoint
 from common.config._types import Section
 from common.errors import BusError
 
-__all__ = ["BrokerEndpoints", "BusConfig", "EventEndpoints"]
+__all__ = ["BrokerEndpoints", "BusConfig", "CurveConfig", "EventEndpoints"]
 
 _RUN = "ipc:///run/edgesight"
 
@@ -35,6 +37,20 @@ class EventEndpoints(Section):
     _valid = field_validator("send", "receive")(classmethod(lambda cls, v: _check(v)))
 
 
+class CurveConfig(Section):
+    """CurveZMQ on every tcp endpoint: encrypted, and only listed clients are heard. Key pairs are
+    ZeroMQ certificate files made by ``edgesight bus keygen`` (NAME.key public, NAME.key_secret secret)."""
+
+    server_key: Path = Field(..., description="The public key of every socket that binds (clients check it).")
+    server_secret_key: Path | None = Field(
+        None, description="Its secret key file; only the services that bind tcp endpoints need it (broker, uplink)."
+    )
+    client_key: str = Field(
+        ..., min_length=1, description="This service's secret key file; `{service}` is replaced by the service name."
+    )
+    authorized_keys: Path = Field(..., description="A folder of the client public keys (.key) binding sockets accept.")
+
+
 class BusConfig(Section):
     """Defaults: every service talks through the broker over ipc on one host. For services on
     several hosts use tcp (``pub+connect:tcp://broker:5550``); for no broker on one host let each
@@ -59,6 +75,7 @@ class BusConfig(Section):
     events_window: int = Field(1000, ge=1, le=100_000, description="Unacknowledged events before a sender waits.")
     ack_timeout_s: float = Field(5.0, gt=0, le=600, description="Resend an event not acknowledged within this time.")
     health_interval_s: float = Field(5.0, gt=0, le=300, description="How often every service publishes Health.")
+    curve: CurveConfig | None = Field(None, description="Encrypt and authenticate tcp endpoints (CurveZMQ).")
 
     _valid = field_validator("publish")(classmethod(lambda cls, v: _check(v)))
 

@@ -15,8 +15,12 @@ class ModelConfig(Section):
     path: str = Field(
         ...,
         min_length=1,
-        description="A model manifest (.yaml) or an .onnx file, found on the asset search path (site.asset_paths, "
-        "$EDGESIGHT_ASSETS, ../shared in a development checkout).",
+        description="A signed model package (.espkg), a model manifest (.yaml) or an .onnx file, found in "
+        "state_dir/models (installed packages), then on the asset search path (site.asset_paths, $EDGESIGHT_ASSETS, "
+        "../shared in a development checkout).",
+    )
+    allow_unsigned: bool = Field(
+        False, description="With site.trusted_keys set: run this plain (unsigned) model file anyway, warned at start."
     )
     backend: Literal["onnxruntime", "tensorrt"] = Field(
         "onnxruntime", description="tensorrt needs the [tensorrt] extra and a GPU."

@@ -28,6 +28,17 @@ class SiteSection(Section):
     shm_dir: Path = Field(Path("/dev/shm"), description="Where frame rings live (a tmpfs).")
     asset_paths: list[Path] = Field(default_factory=list, description="Searched first for models and media.")
     timezone: str = Field("UTC", description="For rule schedules, e.g. Europe/Berlin.")
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="Public keys (.pub files, or folders of them) whose signed model packages may run. When set, "
+        "plain model files are refused unless their model says allow_unsigned: true.",
+    )
+    device_key: Path | None = Field(
+        None,
+        description="This device's x25519 private key (`edgesight models keygen --device`): opens packages "
+        "encrypted for it.",
+    )
+    max_package_mb: int = Field(1024, ge=1, le=1 << 16, description="A model package may expand to at most this.")
 
 
 class RunConfig(Section):

@@ -32,6 +32,10 @@ class ModelFile:
     name: str
     digest: str = ""
     input_size: tuple[int, int] | None = None
+    content: bytes | None = dataclasses.field(default=None, repr=False)  # from a package: never written to disk
+
+    def read(self) -> bytes:
+        return self.content if self.content is not None else self.path.read_bytes()
 
     @classmethod
     def at(cls, path: Path, name: str, input_size: tuple[int, int] | None = None) -> ModelFile:
@@ -82,7 +86,8 @@ class OnnxRuntimeBackend(Backend):
         # bus share these cores, and spinning threads take their time (measured: benchmarks/pipeline.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(spec.path), options, providers=usable)
+            model = spec.content if spec.content is not None else str(spec.path)
+            self.session = onnxruntime.InferenceSession(model, options, providers=usable)
         except Exception as exc:  # ONNX Runtime's own exception types
             raise ModelError(f"{spec.path}: ONNX Runtime cannot load it: {exc}") from None
         self.provider = self.session.get_providers()[0]

@@ -108,7 +108,7 @@ class TensorRTBackend(Backend):
         gpu = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
         self.provider = f"TensorRT {trt.__version__} on {gpu}"
         if spec.path.suffix == ".engine":
-            serialized = spec.path.read_bytes()
+            serialized = spec.read()
         else:
             cache = Path(os.environ.get("EDGESIGHT_ENGINE_CACHE", Path.home() / ".cache/edgesight/engines"))
             path = cache / engine_cache_key(spec.digest, trt.__version__, gpu, max_batch, fp16)
@@ -143,7 +143,7 @@ class TensorRTBackend(Backend):
         builder = trt.Builder(self._logger)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
         parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(spec.path.read_bytes()):
+        if not parser.parse(spec.read()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise ModelError(f"{spec.path}: TensorRT cannot parse it: {errors}")
         config = builder.create_builder_config()

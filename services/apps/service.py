@@ -30,12 +30,12 @@ import zmq
 import zmq.asyncio
 
 from common._compat import TaskGroup
-from common.assets import find_asset
 from common.config import AppConfig, SiteConfig
-from common.errors import EdgeSightError
-from common.models import ModelFile, open_backend
+from common.errors import ConfigError, EdgeSightError
+from common.models import open_backend
 from common.process import die_with_parent, stop
 from common.service import Service, ServiceState
+from common.trust import model_file, site_trust
 from services.apps import metrics
 from services.apps.paths import LOGS, app_dirs
 
@@ -86,6 +86,10 @@ class AppsService(Service):
     def check(cls, config: SiteConfig) -> list[str]:
         """Each app's code folder and entry point exist, and its model files load."""
         problems = []
+        try:
+            policy = site_trust(config)
+        except ConfigError as exc:
+            return exc.problems
         for name, app in config.apps.items():
             inside = not app.entry.startswith("/") or app.entry.startswith("/panorama/")
             entry = app.code / app.entry.removeprefix("/panorama/")
@@ -95,8 +99,9 @@ class AppsService(Service):
                 problems.append(f"{config.where('apps', name, 'entry')}: {entry} does not exist")
             for node, model in app.models.items():
                 try:
-                    path = find_asset(model.path, tuple(config.site.asset_paths))
-                    open_backend(ModelFile.at(path, node), model.backend, model.providers).close()
+                    what = f"apps.{name}.models.{node}"
+                    file = model_file(model.path, config.site, policy, allow_unsigned=model.allow_unsigned, what=what)
+                    open_backend(file, model.backend, model.providers).close()
                 except EdgeSightError as exc:
                     problems.append(f"{config.where('apps', name, 'models', node, 'path')}: {exc}")
         return problems

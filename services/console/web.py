@@ -135,8 +135,10 @@ async def login(request: web.Request) -> web.Response:
     if not console.auth.check_password(password):
         console.auth.limiter.failed(client)
         metrics.LOGINS.labels("failed").inc()
+        await console.audit("console.login_failed", "admin", actor=f"console:?@{client}", address=client)
         return _error(401, "wrong password")
     metrics.LOGINS.labels("ok").inc()
+    await console.audit("console.login", "admin", actor=f"console:admin@{client}", address=client)
     opened = console.auth.open_session()
     response = web.json_response({"csrf": opened.csrf})
     response.set_cookie(
@@ -155,6 +157,8 @@ async def logout(request: web.Request) -> web.Response:
     session_ = request.get("session")
     if session_ is not None:
         request.app[CONSOLE].auth.close_session(session_.token)
+        client = request.remote or "?"
+        await request.app[CONSOLE].audit("console.logout", "admin", actor=f"console:admin@{client}", address=client)
     response = web.json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
     return response
@@ -416,6 +420,7 @@ async def put_rules(request: web.Request) -> web.Response:
     rules = body.get("rules") if isinstance(body, dict) else None
     if not isinstance(rules, dict):
         return _error(400, 'send {"rules": {<name>: {<settings>}, ...}}')
+    before = console.config.cameras[name].rules if name in console.config.cameras else {}
     try:
         config = await asyncio.to_thread(console.site_file.replace_rules, name, rules)
     except RulesRejected as exc:
@@ -429,6 +434,16 @@ async def put_rules(request: web.Request) -> web.Response:
     except KeyError:
         return _error(404, f"camera {name!r} is not in the site file itself")
     metrics.RULE_SAVES.labels("saved").inc()
+    after = config.cameras[name].rules
+    await console.audit(
+        "config.save",
+        f"cameras.{name}.rules",
+        actor=f"console:{'admin' if request['auth'] == 'session' else 'api-token'}@{request.remote or '?'}",
+        file=console.config.source,
+        added=",".join(sorted(set(after) - set(before))),
+        removed=",".join(sorted(set(before) - set(after))),
+        changed=",".join(sorted(r for r in set(after) & set(before) if after[r] != before[r])),
+    )
     await console.rules_saved(config, name)
     saved = await asyncio.to_thread(console.site_file.rules, name)
     return web.json_response({"camera": name, "rules": saved, "geometry": _geometry(console, name), "reloaded": True})

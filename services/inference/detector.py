@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from common.config import ModelConfig
 from common.models import Backend, open_backend
+from common.trust import TrustPolicy
 from services.inference.manifest import ModelError, ModelSpec, load_model_spec
 from services.inference.processing import Letterbox, Placement, decode_outputs, nms_per_class, to_source
 
@@ -61,8 +62,15 @@ class Detector:
         self.detect([np.zeros((backend.input_height, backend.input_width, 3), np.uint8)])
 
     @classmethod
-    def from_config(cls, config: ModelConfig, asset_paths: tuple[Path, ...] = (), threads: int = 0) -> Detector:
-        spec = load_model_spec(config.path, asset_paths)
+    def from_config(
+        cls,
+        config: ModelConfig,
+        asset_paths: tuple[Path, ...] = (),
+        threads: int = 0,
+        trust: TrustPolicy | None = None,
+        what: str = "the model",
+    ) -> Detector:
+        spec = load_model_spec(config.path, asset_paths, trust, allow_unsigned=config.allow_unsigned, what=what)
         backend = open_backend(
             spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=threads
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.assets import find_asset
 from common.errors import EdgeSightError, ModelError
 from common.models import ModelFile
+from common.trust import MANIFEST, PACKAGE_SUFFIX, Package, TrustPolicy
 from contracts.messages import LABEL_PATTERN
 from services.inference.labels import TABLES
 
@@ -55,12 +57,21 @@ class ModelManifest(BaseModel):
 class ModelSpec:
     """A manifest resolved against its files: the model path, its digest and its label table."""
 
-    def __init__(self, manifest: ModelManifest, model_path: Path, labels: list[str], source: str) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        model_path: Path,
+        labels: list[str],
+        source: str,
+        package: Package | None = None,
+    ) -> None:
         self.manifest = manifest
-        self.model_path = model_path
+        self.model_path = model_path  # for a package: the package file
         self.labels = labels
-        self.source = source  # the manifest file, or the .onnx it was suggested from
-        self.digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        self.source = source  # the manifest file, the .onnx it was suggested from, or the package
+        self.package = package
+        self.content = package.members[manifest.file] if package is not None else None
+        self.digest = hashlib.sha256(self.content or model_path.read_bytes()).hexdigest()
 
     @property
     def name(self) -> str:
@@ -68,17 +79,21 @@ class ModelSpec:
 
     def file(self) -> ModelFile:
         """What a backend needs of this model."""
-        return ModelFile(self.model_path, self.name, self.digest, self.manifest.input_size)
+        if self.package is None:
+            return ModelFile(self.model_path, self.name, self.digest, self.manifest.input_size)
+        inside = self.model_path / self.manifest.file  # for messages only: the bytes never touch the disk
+        return ModelFile(inside, self.name, self.digest, self.manifest.input_size, self.content)
 
 
 Shapes = list[tuple[str, list[int | str]]]  # (tensor name, shape with names for dynamic dimensions)
 
 
-def onnx_metadata(path: Path) -> tuple[Shapes, Shapes, dict[str, str]]:
+def onnx_metadata(path: Path, content: bytes | None = None) -> tuple[Shapes, Shapes, dict[str, str]]:
     import onnxruntime
 
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        model = content if content is not None else str(path)
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
         raise ModelError(f"{path} is not a loadable ONNX model: {exc}") from None
     inputs = [(i.name, list(i.shape)) for i in session.get_inputs()]
@@ -143,9 +158,9 @@ def _yolox_anchors(size: tuple[int, int]) -> int:
     return sum((width // s) * (height // s) for s in YOLOX_STRIDES)
 
 
-def _read_manifest(path: Path) -> ModelManifest:
+def _read_manifest(path: Path, text: str | None = None) -> ModelManifest:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text() if text is None else text)
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not valid YAML: {exc}") from None
     try:
@@ -155,12 +170,22 @@ def _read_manifest(path: Path) -> ModelManifest:
         raise ModelError(f"{path}: {problems}") from None
 
 
-def _labels(manifest: ModelManifest, base: Path, metadata: dict[str, str], classes: int | None) -> list[str]:
+def _labels(
+    manifest: ModelManifest,
+    base: Path,
+    metadata: dict[str, str],
+    classes: int | None,
+    members: Mapping[str, bytes] | None = None,
+) -> list[str]:
     labels = manifest.labels
     if isinstance(labels, list):
         table = labels
     elif isinstance(labels, str) and labels in TABLES:
         table = list(TABLES[labels])
+    elif isinstance(labels, str) and members is not None:
+        if labels not in members:
+            raise ModelError(f"{base}: labels file {labels!r} is not in the package")
+        table = [line.strip() for line in members[labels].decode().splitlines() if line.strip()]
     elif isinstance(labels, str):
         path = Path(labels) if Path(labels).is_absolute() else base / labels
         if not path.is_file():
@@ -179,16 +204,28 @@ def _labels(manifest: ModelManifest, base: Path, metadata: dict[str, str], class
     return table
 
 
-def load_model_spec(reference: str | Path, asset_paths: tuple[Path, ...] = ()) -> ModelSpec:
-    """A manifest (.yaml) or a bare .onnx, found on the asset search path, checked against the model.
+def load_model_spec(
+    reference: str | Path,
+    asset_paths: tuple[Path, ...] = (),
+    trust: TrustPolicy | None = None,
+    *,
+    allow_unsigned: bool = False,
+    what: str = "the model",
+) -> ModelSpec:
+    """A signed package (.espkg), a manifest (.yaml) or a bare .onnx, found on the search path,
+    checked under ``trust`` and against the model.
 
-    Raises ModelError naming what does not fit: a missing or corrupt file, an input size or class
-    count that differs from the model's shapes.
+    Raises ModelError (PackageError for a refused package) naming what does not fit: a missing or
+    corrupt file, an input size or class count that differs from the model's shapes.
     """
+    trust = trust or TrustPolicy()
     try:
         path = find_asset(reference, asset_paths)
     except EdgeSightError as exc:
         raise ModelError(str(exc)) from None
+    if path.suffix == PACKAGE_SUFFIX:
+        return _package_spec(trust.open(path), path)
+    trust.check_plain(path, allow_unsigned=allow_unsigned, what=what)
     if path.suffix in (".yaml", ".yml", ".json"):
         manifest = _read_manifest(path)
         model_path = path.parent / manifest.file
@@ -200,6 +237,32 @@ def load_model_spec(reference: str | Path, asset_paths: tuple[Path, ...] = ()) -
     if model_path.suffix == ".engine":  # a serialized TensorRT engine: nothing to inspect without TensorRT
         return ModelSpec(manifest, model_path, _labels(manifest, path.parent, {}, None), str(path))
     inputs, outputs, metadata = onnx_metadata(model_path)
+    _check_input(manifest, inputs, path)
+    classes = _class_count(manifest, outputs, path)
+    return ModelSpec(manifest, model_path, _labels(manifest, path.parent, metadata, classes), str(path))
+
+
+def _package_spec(package: Package, path: Path) -> ModelSpec:
+    """A package's manifest checked against its own model bytes, as for files on disk."""
+    manifest = _read_manifest(path / MANIFEST, package.manifest)
+    if (manifest.name, manifest.version) != (package.name, package.version):
+        raise ModelError(
+            f"{path}: the manifest says {manifest.name} {manifest.version}, the signed index {package.name} "
+            f"{package.version}"
+        )
+    if manifest.file not in package.members:
+        raise ModelError(f"{path}: the manifest's file {manifest.file!r} is not in the package")
+    content = package.members[manifest.file]
+    if manifest.file.endswith(".engine"):
+        return ModelSpec(manifest, path, _labels(manifest, path, {}, None, package.members), str(path), package)
+    inputs, outputs, metadata = onnx_metadata(path / manifest.file, content)
+    _check_input(manifest, inputs, path)
+    classes = _class_count(manifest, outputs, path)
+    labels = _labels(manifest, path, metadata, classes, package.members)
+    return ModelSpec(manifest, path, labels, str(path), package)
+
+
+def _check_input(manifest: ModelManifest, inputs: Shapes, path: Path) -> None:
     shape = inputs[0][1]
     static = isinstance(shape[2], int) and isinstance(shape[3], int)
     if manifest.input_size is not None and static and (shape[3], shape[2]) != tuple(manifest.input_size):
@@ -207,10 +270,8 @@ def load_model_spec(reference: str | Path, asset_paths: tuple[Path, ...] = ()) -
             f"{path}: input_size {list(manifest.input_size)} (width, height) does not match the model's input "
             f"{inputs[0][0]} {shape}"
         )
-    if manifest.input_size is None and not (isinstance(shape[2], int) and isinstance(shape[3], int)):
+    if manifest.input_size is None and not static:
         raise ModelError(f"{path}: the model's input {shape} has a dynamic size; set input_size in the manifest")
-    classes = _class_count(manifest, outputs, path)
-    return ModelSpec(manifest, model_path, _labels(manifest, path.parent, metadata, classes), str(path))
 
 
 def _class_count(manifest: ModelManifest, outputs: Shapes, path: Path) -> int | None:

@@ -21,14 +21,14 @@ import numpy.typing as npt
 from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber
 from common.config import ModelConfig, SiteConfig
-from common.errors import ConfigError, ShmError, StaleFrameError
+from common.errors import ConfigError, EdgeSightError, ShmError, StaleFrameError
 from common.service import Service, ServiceState
 from common.shm import FrameReaders, FrameRingReader
 from common.shm.ring import FrameView
+from common.trust import model_search_path, site_trust
 from contracts import Control, Detections, FrameRef, InferenceTiming, topic
 from services.inference import metrics
 from services.inference.detector import Detector
-from services.inference.manifest import ModelError
 
 __all__ = ["InferenceService", "ModelWorker", "parse_shard"]
 
@@ -125,15 +125,13 @@ class ModelWorker:
     async def reload(self, reason: str) -> None:
         """Loads the model again beside the running one and swaps it in; the old one keeps serving on failure."""
         try:
-            fresh = await asyncio.to_thread(
-                Detector.from_config, self.config, tuple(self.service.config.site.asset_paths)
-            )
+            fresh = await asyncio.to_thread(self.service.load, self.name)
         except Exception as exc:  # whatever a half-written file makes a loader raise: keep serving
             metrics.RELOADS.labels(self.name, "failed").inc()
-            log.error(
-                "model reload failed; the loaded version stays",
-                extra={"model": self.name, "error": str(exc) if isinstance(exc, ModelError) else repr(exc)},
-            )
+            error = str(exc) if isinstance(exc, EdgeSightError) else repr(exc)
+            log.error("model reload failed; the loaded version stays", extra={"model": self.name, "error": error})
+            # a refused package (a changed byte, another signer) is a security event, not only an error
+            await self.service.audit("model.load_failed", self.name, error=error, kept=self.detector.version)
             return
         old = self.detector
         metrics.MODEL_INFO.labels(self.name, old.version, old.backend.name, old.backend.provider).set(0)
@@ -142,6 +140,7 @@ class ModelWorker:
         log.info("model reloaded", extra={"model": self.name, "reason": reason, "from": old.version})
         self._describe()
         self.retired.append(old)
+        await self.service.audit_model(self.name, fresh, previous=old.version, reason=reason)
 
 
 class InferenceService(Service):
@@ -158,6 +157,13 @@ class InferenceService(Service):
         self.inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
         self._inference_ms_lock = threading.Lock()  # written on worker threads, read on the loop
         self._unreadable: dict[str, str] = {}  # segment -> the error last logged for it
+        self.trust = site_trust(self.config)
+
+    def load(self, name: str) -> Detector:
+        """Model ``name`` of the site file, under the site's trust policy (blocking: run it on a thread)."""
+        return Detector.from_config(
+            self.config.models[name], model_search_path(self.config.site), trust=self.trust, what=f"models.{name}"
+        )
 
     @classmethod
     def check(cls, config: SiteConfig) -> list[str]:
@@ -165,9 +171,15 @@ class InferenceService(Service):
         names is a label of one of its camera's models."""
         problems = []
         labels: dict[str, set[str]] = {}
+        try:
+            trust = site_trust(config)
+        except ConfigError as exc:
+            return exc.problems
         for name, model in config.models.items():
             try:
-                detector = Detector.from_config(model, tuple(config.site.asset_paths))
+                detector = Detector.from_config(
+                    model, model_search_path(config.site), trust=trust, what=f"models.{name}"
+                )
             except Exception as exc:  # whatever the loader raises, it is this model's problem
                 problems.append(f"{config.where('models', name, 'path')}: {exc}")
                 continue
@@ -185,6 +197,19 @@ class InferenceService(Service):
                         problems.append(f"{where}: no model of this camera has the class {label!r}")
         return problems
 
+    async def audit_model(self, name: str, detector: Detector, **detail: str) -> None:
+        """Which model now runs, from where, signed by whom: one audit record per load."""
+        spec = detector.spec
+        await self.audit(
+            "model.load",
+            name,
+            version=detector.version,
+            source=Path(spec.source).name,
+            signer=spec.package.signer if spec.package is not None else "unsigned",
+            sha256=spec.digest,
+            **detail,
+        )
+
     def assignment(self) -> dict[str, list[str]]:
         """Camera -> model names, for this replica's share of the cameras."""
         index, count = self.shard
@@ -201,10 +226,10 @@ class InferenceService(Service):
         used = sorted({model for models in assignment.values() for model in models})
         if not used:
             log.warning("no models to run for this replica's cameras", extra={"shard": "/".join(map(str, self.shard))})
-        asset_paths = tuple(self.config.site.asset_paths)
         for name in used:  # load (and check) every model before serving: errors now, not at the first frame
-            detector = await asyncio.to_thread(Detector.from_config, self.config.models[name], asset_paths)
+            detector = await asyncio.to_thread(self.load, name)
             self.workers[name] = ModelWorker(name, self.config.models[name], detector, self)
+            await self.audit_model(name, detector)
         for camera, models in assignment.items():
             self.routes[camera] = [self.workers[m] for m in models]
         topics = [topic("frames", camera) for camera in self.routes]

@@ -23,6 +23,7 @@ import yaml
 
 from common.config import ModelConfig
 from common.errors import EdgeSightError
+from services.inference import packages
 from services.inference.detector import Detector, FrameDetections
 from services.inference.manifest import onnx_metadata, suggest_manifest
 
@@ -125,10 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_commands = models.add_subparsers(dest="models_command", required=True)
     look = model_commands.add_parser("inspect", help="print inputs, outputs, metadata and a suggested manifest")
     look.add_argument("file", type=Path)
+    packages.add_commands(model_commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "detect":
             return detect(args.model, args.source, args.frames, args.out, args.annotate)
+        if args.models_command != "inspect":
+            return packages.run_command(args)
         return inspect(args.file)
     except (EdgeSightError, av.error.FFmpegError, OSError) as exc:
         message = str(exc)

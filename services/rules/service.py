@@ -318,6 +318,7 @@ class RulesService(Service):
         except EdgeSightError as exc:
             metrics.RELOADS.labels("refused").inc()
             log.error("reload refused; the rules in force stay", extra={"error": " | ".join(str(exc).splitlines())})
+            await self.audit("rules.reload", self.config.source, result="refused", error=str(exc).splitlines()[0])
             return
         wanted = {name: camera for name, camera in config.cameras.items() if camera.enabled and camera.rules}
         for name in set(self.cameras) - set(wanted):
@@ -338,6 +339,7 @@ class RulesService(Service):
             camera.config, camera.rules = camera_config, rules
         metrics.RELOADS.labels("applied").inc()
         log.info("rules reloaded", extra={"changed": ",".join(sorted(changed)) or "none"})
+        await self.audit("rules.reload", self.config.source, result="applied", cameras=",".join(sorted(changed)))
 
     def _acked(self, ids: list[str]) -> None:
         self.outbox.acked(ids)

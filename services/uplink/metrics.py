@@ -20,3 +20,5 @@ DEAD_LETTERS = Counter(
     "Events a sink refused for good (kept in the spool's dead_letters table); sink * = no longer decodes.",
     ["sink"],
 )
+AUDIT_SPOOLED = Counter("edgesight_audit_records_total", "Audit trail records spooled as audit events.")
+AUDIT_MALFORMED = Counter("edgesight_audit_malformed_total", "Audit trail lines that were not records, skipped.")

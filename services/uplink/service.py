@@ -13,10 +13,13 @@ from pathlib import Path
 import msgspec
 
 from common._compat import TaskGroup
+from common.audit import audit_path
 from common.bus import EventReceiver, Subscriber
 from common.service import Service, ServiceState
 from contracts import CameraStatus, Event, Health, topic
 from services.uplink import metrics
+from services.uplink.audit import POLL_S as AUDIT_POLL_S
+from services.uplink.audit import spool_new_records
 from services.uplink.sinks import CloudWatchOut, JsonlOut, MqttOut, S3Out, Sink, WebhookOut
 from services.uplink.spool import Spool
 
@@ -76,6 +79,7 @@ class UplinkService(Service):
                     group.create_task(self._receive(inbox), name="receive")
                     group.create_task(self._gauges(), name="gauges")
                     group.create_task(self._watch_site(), name="watch-site")
+                    group.create_task(self._follow_audit(), name="audit")
                     for sink in self.sinks:
                         group.create_task(sink.run(self.spool), name=f"sink-{sink.name}")
                         if isinstance(sink, CloudWatchOut):
@@ -91,12 +95,26 @@ class UplinkService(Service):
         while True:
             batch = await inbox.receive_batch(RECEIVE_BATCH)  # what is already here: one transaction
             events = [self.guard(d.event) for d in batch]
-            targets = {e.id: [s.name for s in self.sinks if s.wants(e)] for e in events}
             # committed (and fsynced, off the event loop) before anyone hears "ack"
-            await asyncio.to_thread(self.spool.add, events, targets)
+            await asyncio.to_thread(self.spool.add, events, self.targets(events))
             await inbox.ack(batch)
-            for sink in self.sinks:
-                sink.wake.set()
+            self.wake_sinks()
+
+    def targets(self, events: list[Event]) -> dict[str, list[str]]:
+        return {e.id: [s.name for s in self.sinks if s.wants(e)] for e in events}
+
+    def wake_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.wake.set()
+
+    async def _follow_audit(self) -> None:
+        """The site's audit trail (common.audit), spooled as ``audit`` events like any other."""
+        path = audit_path(self.config.site.state_dir)
+        while True:
+            if await asyncio.to_thread(spool_new_records, path, self.spool, self.targets):
+                self.wake_sinks()
+            else:
+                await asyncio.sleep(AUDIT_POLL_S)
 
     async def _watch_site(self) -> None:
         """Every service's Health and every camera's status: what stats and CloudWatch metrics report."""

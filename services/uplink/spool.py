@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sink, seq)
 );
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,       -- a followed file (the audit trail): how far it has been spooled
+    inode INTEGER NOT NULL,
+    offset INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT NOT NULL,
     sink TEXT NOT NULL,          -- the sink that refused it; "*" when the stored event no longer decodes
@@ -90,14 +95,22 @@ class Spool:
         self.db.executescript(_SCHEMA)
 
     @_locked
-    def add(self, events: Sequence[Event], sinks_for: Mapping[str, Iterable[str]]) -> int:
-        """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``.
+    def add(
+        self,
+        events: Sequence[Event],
+        sinks_for: Mapping[str, Iterable[str]],
+        position: tuple[str, int, int] | None = None,
+    ) -> int:
+        """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``;
+        ``position`` (name, inode, offset) moves a followed file's position in the same transaction.
 
         An event already spooled (a resend from rules) is not stored twice. Returns how many were new.
         """
         added = 0
         now = time.time()
         with self._transaction():
+            if position is not None:
+                self.db.execute("INSERT OR REPLACE INTO cursors (name, inode, offset) VALUES (?, ?, ?)", position)
             for event in events:
                 snapshot = event.snapshot.data if event.snapshot is not None else None
                 body = encode(event if snapshot is None else _with_image(event, b""))
@@ -114,6 +127,12 @@ class Spool:
                 )
         self._enforce_limit()
         return added
+
+    @_locked
+    def cursor(self, name: str) -> tuple[int, int]:
+        """(inode, offset) of a followed file; (0, 0) before the first record."""
+        row = self.db.execute("SELECT inode, offset FROM cursors WHERE name = ?", (name,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     @_locked
     def pending(self, sink: str, limit: int = 100) -> list[Spooled]:

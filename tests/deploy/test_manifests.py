@@ -168,7 +168,13 @@ def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[d
         assert ports["metrics"] == config.metrics.port(name)
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert pod["volumes"][0]["configMap"]["name"] == configmap  # kustomize renamed the reference
+        (site,) = (v for v in pod["volumes"] if v["name"] == "site")
+        assert site["configMap"]["name"] == configmap  # kustomize renamed the reference
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["bus-keys"] == "/etc/edgesight-keys/bus"  # bus.curve's key files, when the Secret exists
+        if name in ("inference", "rules", "uplink", "apps", "console"):  # one audit trail per node, sent by the uplink
+            (audit,) = (v for v in pod["volumes"] if v["name"] == "audit")
+            assert audit["hostPath"]["path"] == mounts["audit"] == f"{config.site.state_dir}/audit.jsonl"
 
 
 def test_broker_service_exposes_the_ports_the_site_file_uses(manifests: list[dict[str, Any]], k3s_site: Path) -> None:

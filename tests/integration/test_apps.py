@@ -21,6 +21,7 @@ import yaml
 
 from common.bus import Publisher
 from common.shm import FrameRingWriter, frame_bytes
+from common.trust import build_package, generate_key_pair, load_signing_key
 from tests.conftest import write_site
 from tests.integration.conftest import Services
 from tests.media import frame_at
@@ -219,6 +220,16 @@ def app_site(tmp_path: Path, shared_dir: Path, apps: dict[str, Any]) -> dict[str
     return {"cameras": cameras, "apps": apps}
 
 
+def signed_model(tmp_path: Path, shared_dir: Path) -> Path:
+    """YOLOX-Nano in a package signed by a fresh key (``keys/signing.pub``), as `edgesight models package` makes it."""
+    private, _ = generate_key_pair(tmp_path / "keys", "signing")
+    manifest = b"name: people\nversion: '1'\nfile: yolox_nano.onnx\ndecoder: yolox\nlabels: coco80\n"
+    members = {"manifest.yaml": manifest, "yolox_nano.onnx": (shared_dir / "models" / "yolox_nano.onnx").read_bytes()}
+    path = tmp_path / "people.espkg"
+    path.write_bytes(build_package(members, name="people", version="1", signing_key=load_signing_key(private)))
+    return path
+
+
 def test_a_panorama_app_counts_people_and_shows_its_output(
     tmp_path: Path, shared_dir: Path, services: Callable[[dict[str, Any]], Services]
 ) -> None:
@@ -237,10 +248,12 @@ def test_a_panorama_app_counts_people_and_shows_its_output(
         "greeter": {
             "code": str(write_app(tmp_path / "greeter_code", COMPOSED_APP, ("model_node",))),
             "cameras": ["door"],
-            "models": {"model_node": {"path": "yolox_nano.onnx"}},
+            "models": {"model_node": {"path": str(signed_model(tmp_path, shared_dir))}},
         },
     }
-    site = services(app_site(tmp_path, shared_dir, apps))
+    apps["people"]["models"]["model_node"]["allow_unsigned"] = True  # a plain file where keys are set: warned
+    trust = {"site": {"trusted_keys": [str(tmp_path / "keys" / "signing.pub")]}}
+    site = services(app_site(tmp_path, shared_dir, apps) | trust)
     site.start("broker")
     base = site.start("apps")
     state = Path(site.config.site.state_dir) / "apps"
@@ -291,6 +304,7 @@ def test_a_panorama_app_counts_people_and_shows_its_output(
     assert described["greeter"]["frames"] >= 1
     shapes = state / "greeter" / "storage" / "shapes.json"
     assert json.loads(shapes.read_text()) == [[1, 3549, 85]]  # call(name, inputs): a float64 feed, any key
+    assert "running an unsigned model file" in site.log("apps")  # allow_unsigned: warned, by the app's model
 
 
 def test_a_crashing_and_a_hanging_app_are_restarted_and_the_others_run_on(
@@ -501,3 +515,24 @@ def test_config_check_finds_a_missing_app_model_and_entry(tmp_path: Path, python
     assert result.returncode == 2
     assert "apps.people.entry: " in result.stderr and "app.py does not exist" in result.stderr
     assert "apps.people.models.model_node.path: nosuch.onnx not found" in result.stderr
+
+
+def test_config_check_refuses_a_plain_app_model_where_keys_are_set(
+    tmp_path: Path, shared_dir: Path, python_env: dict[str, str]
+) -> None:
+    signed_model(tmp_path, shared_dir)
+    extra = {
+        "site": {"trusted_keys": [str(tmp_path / "keys")]},
+        "cameras": {"hall": {"url": "rtsp://192.0.2.1/hall"}},
+        "apps": {
+            "plain": {"code": str(write_app(tmp_path / "a", COMPOSED_APP)), "cameras": ["hall"],
+                      "models": {"model_node": {"path": "yolox_nano.onnx"}}},
+            "signed": {"code": str(write_app(tmp_path / "b", COMPOSED_APP)), "cameras": ["hall"],
+                       "models": {"model_node": {"path": str(tmp_path / "people.espkg")}}},
+        },
+    }  # fmt: skip
+    result = edgesight("config", "check", str(write_site(tmp_path, extra)), env=python_env)
+    assert result.returncode == 2, result.stderr
+    assert "apps.plain.models.model_node.path: " in result.stderr
+    assert "is not a signed package and site.trusted_keys is set" in result.stderr
+    assert "apps.signed" not in result.stderr and "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 from common.bus import Publisher, Subscriber
 from common.shm import FrameRingWriter, frame_bytes
+from common.trust import ModelStore, TrustPolicy, build_package, generate_key_pair, key_id, load_signing_key
 from contracts import Control, Detections, topic
 from tests.integration.conftest import Services
 from tests.media import dynamic_batch_copy, frame_at
@@ -214,3 +216,60 @@ def test_forged_frame_refs_are_rejected_and_health_stays_true(
     assert rejected >= 3
     assert http_get(f"{base}/healthz")[0] == 200
     assert site.log("inference").count("cannot read frame") <= 3  # once per segment and reason
+
+
+def test_installed_packages_are_swapped_in_and_a_tampered_one_is_refused_while_serving(
+    shared_dir: Path, tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """`models install` and `rollback` under a running inference service; then the current package changed on
+    disk: the reload is refused, audited, and the loaded version keeps serving."""
+    private, public = generate_key_pair(tmp_path / "keys", "signing")
+    signer = load_signing_key(private)
+    packages = {}
+    for version in ("1", "2"):
+        text = people_manifest(tmp_path, shared_dir, version).read_text()
+        members = {
+            "manifest.yaml": text.encode(),
+            "yolox_nano_dynamic.onnx": (tmp_path / "yolox_nano_dynamic.onnx").read_bytes(),
+        }
+        packages[version] = tmp_path / f"people-{version}.espkg"
+        packages[version].write_bytes(build_package(members, name="people", version=version, signing_key=signer))
+    site = services(
+        {
+            "site": {"trusted_keys": [str(public)]},
+            "models": {"people": {"path": "people.espkg", "max_wait_ms": 0}},
+            "cameras": {"gate": {"url": "rtsp://unused/1"}},
+        }
+    )
+    store = ModelStore(Path(site.config.site.state_dir) / "models")
+    policy = TrustPolicy.from_site(site.config.site)
+    store.install(packages["1"], policy)
+    site.start("broker")
+    site.start("inference")
+    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+
+    def serving(version: str) -> list[Detections]:
+        return asyncio.run(
+            feed_and_collect(site, frame, ["gate"], 30, lambda r: any(d.model_version == version for d in r))
+        )
+
+    assert any(d.model_version == "1" for d in serving("1"))
+    store.install(packages["2"], policy)  # the link swaps: the file watch reloads within 2 s
+    assert any(d.model_version == "2" for d in serving("2"))
+    store.rollback("people")
+    assert any(d.model_version == "1" for d in serving("1"))
+
+    current = Path(site.config.site.state_dir) / "models" / "people" / "1.espkg"
+    tampered = bytearray(current.read_bytes())
+    tampered[len(tampered) // 2] ^= 1
+    current.write_bytes(bytes(tampered))  # changed on disk behind the store's back
+    deadline = time.monotonic() + 20
+    while 'msg="model reload failed' not in site.log("inference") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "the loaded version stays" in site.log("inference"), site.log("inference")
+    assert any(d.model_version == "1" for d in serving("1"))  # still serving what it had loaded
+    audit = [json.loads(line) for line in (Path(site.config.site.state_dir) / "audit.jsonl").read_text().splitlines()]
+    loads = [(r["action"], r["detail"].get("version")) for r in audit if r["action"].startswith("model.load")]
+    assert loads == [("model.load", "1"), ("model.load", "2"), ("model.load", "1"), ("model.load_failed", None)], loads
+    assert audit[-1]["detail"]["kept"] == "1" and "people.espkg" in audit[-1]["detail"]["error"]
+    assert all(r["detail"].get("signer") == key_id(signer.public_key()) for r in audit if r["action"] == "model.load")

@@ -51,7 +51,9 @@ class Subscriber:
         time.sleep(0.5)
 
     def ids(self) -> list[str]:
-        return [json.loads(line)["id"] for line in self.out.read_text().splitlines() if line.strip()]
+        """Ids of the rules' events received (audit events, e.g. inference's model.load, are not theirs)."""
+        events = [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        return [event["id"] for event in events if event.get("event_type") != "audit"]
 
     def stop(self) -> None:
         self.process.terminate()

@@ -29,12 +29,13 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from common.assets import find_asset
+from common.bus import security
 from common.bus.endpoint import Endpoint
 from common.config import AppConfig, SiteConfig, load_config
 from common.errors import EdgeSightError, ShmError, StaleFrameError
-from common.models import Backend, ModelFile, open_backend
+from common.models import Backend, open_backend
 from common.shm import FrameReaders
+from common.trust import model_file, site_trust
 from contracts import ContractError, FrameRef, decode, parse_topic, topic
 
 __all__ = ["media", "node", "port"]
@@ -174,6 +175,7 @@ class _Runtime:
 
     # -- frames in ---------------------------------------------------------------------------
     def _receive_frames(self) -> None:
+        security.configure_curve(self.config.bus.curve, "apps")  # the app process speaks as the apps service
         sockets = [Endpoint.parse(spec).open(self._context, rcvhwm=100) for spec in self.config.bus.subscribe]
         poller = zmq.Poller()
         for sock in sockets:
@@ -281,8 +283,10 @@ class _Runtime:
                 raise EdgeSightError(
                     f"model node {name!r} is not in apps.{self.app_name}.models ({sorted(self.app.models)})"
                 )
-            path = find_asset(model.path, tuple(self.config.site.asset_paths))
-            backend = open_backend(ModelFile.at(path, name), model.backend, model.providers)
+            policy = site_trust(self.config)
+            what = f"apps.{self.app_name}.models.{name}"
+            file = model_file(model.path, self.config.site, policy, allow_unsigned=model.allow_unsigned, what=what)
+            backend = open_backend(file, model.backend, model.providers)
             self._models[name] = backend
         arrays = {key: np.asarray(value) for key, value in feeds.items()}
         return tuple(backend.run_named(arrays))

@@ -1,0 +1,214 @@
+"""Who may speak on the bus: CurveZMQ on tcp endpoints, private ipc sockets.
+
+With ``bus.curve`` set, every tcp socket is encrypted and authenticated: a socket that binds is a
+Curve *server* (the site's server key pair), one that connects is a *client* with its service's own
+key pair, and a binding socket accepts only the client public keys in ``authorized_keys`` (checked
+by a ZAP handler on the socket's context; a refused client is counted and logged and receives
+nothing). Keys are pyzmq certificate files, made by ``edgesight bus keygen``. ipc endpoints are
+guarded by the file system instead: their folder is made 0700 and the socket file 0660.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from common.errors import BusError, ConfigError
+from common.metrics import BUS_DENIED
+
+if TYPE_CHECKING:
+    from common.config import SiteConfig
+    from common.config.bus import CurveConfig
+
+__all__ = [
+    "DEFAULT_CLIENTS",
+    "check_curve",
+    "configure_curve",
+    "generate_bus_keys",
+    "prepare",
+    "secure_ipc_folder",
+    "secure_ipc_socket",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    service: str
+    server_public: bytes
+    server_secret: bytes | None
+    public: bytes
+    secret: bytes
+    authorized: frozenset[bytes]
+    authorized_folder: Path
+
+
+_keys: _Keys | None = None
+_authenticators: dict[int, ThreadAuthenticator] = {}
+
+
+DEFAULT_CLIENTS = ("broker", "ingest", "inference", "rules", "uplink", "apps", "console", "run", "cli")
+
+
+def generate_bus_keys(out: Path, clients: list[str]) -> list[Path]:
+    """``server.key`` + ``server.key_secret``, and per client ``NAME.key_secret`` with its public key
+    in ``clients/NAME.key`` (the folder for ``authorized_keys``). Secrets are 0600; nothing is overwritten."""
+    (out / "clients").mkdir(parents=True, exist_ok=True)
+    names = ["server", *clients]
+    planned = [out / f"{name}.key_secret" for name in names] + [out / "server.key"]
+    planned += [out / "clients" / f"{name}.key" for name in clients]
+    existing = [str(path) for path in planned if path.exists()]
+    if existing:
+        raise BusError(f"{', '.join(existing)} exist; keys are never overwritten")
+    for name in names:
+        public, secret = zmq.auth.create_certificates(str(out), name)
+        os.chmod(secret, 0o600)
+        if name != "server":
+            os.rename(public, out / "clients" / f"{name}.key")
+    return planned
+
+
+def _load(path: Path, key: str, secret: bool) -> tuple[bytes, bytes | None]:
+    if not path.is_file():
+        raise ConfigError([f"bus.curve.{key}: {path} does not exist (make key pairs with `edgesight bus keygen`)"])
+    try:
+        public, private = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError) as exc:
+        raise ConfigError([f"bus.curve.{key}: {path} is not a ZeroMQ certificate: {exc}"]) from None
+    if secret and private is None:
+        raise ConfigError([f"bus.curve.{key}: {path} holds no secret key (use the .key_secret file)"])
+    return public, private
+
+
+def configure_curve(config: CurveConfig | None, service: str) -> None:
+    """Loads this process's keys (once, at start); ``None`` leaves tcp endpoints plain."""
+    global _keys
+    if config is None:
+        _keys = None
+        return
+    server_public, _ = _load(config.server_key, "server_key", secret=False)
+    server_secret = None
+    if config.server_secret_key is not None and config.server_secret_key.is_file():
+        _, server_secret = _load(config.server_secret_key, "server_secret_key", secret=True)
+    client = Path(config.client_key.replace("{service}", service))
+    public, secret = _load(client, "client_key", secret=True)
+    folder = config.authorized_keys
+    if not folder.is_dir():
+        raise ConfigError([f"bus.curve.authorized_keys: {folder} is not a folder of client public keys"])
+    authorized = frozenset(zmq.auth.load_certificates(str(folder)))
+    assert secret is not None
+    _keys = _Keys(service, server_public, server_secret, public, secret, authorized, folder)
+
+
+def check_curve(config: SiteConfig, services: list[str]) -> list[str]:
+    """``file:line: bus.curve.KEY: message`` for every key file the site's ``services`` would fail to load."""
+    curve = config.bus.curve
+    if curve is None:
+        return []
+    problems: list[str] = []
+
+    def attempt(key: str, path: Path, secret: bool) -> None:
+        try:
+            _load(path, key, secret)
+        except ConfigError as exc:
+            problems.extend(f"{config.where('bus', 'curve', key)}: {p.split(': ', 1)[1]}" for p in exc.problems)
+
+    attempt("server_key", curve.server_key, secret=False)
+    from common.bus.endpoint import Endpoint  # it imports this module
+
+    bus = config.bus
+    specs = [bus.publish, *bus.subscribe, bus.broker.frontend, bus.broker.backend, bus.events.send, bus.events.receive]
+    endpoints = [Endpoint.parse(spec.replace("{service}", "x")) for spec in specs]
+    if any(e.bind and e.address.startswith("tcp://") for e in endpoints):
+        if curve.server_secret_key is None:
+            problems.append(f"{config.where('bus', 'curve')}: tcp endpoints are bound: set server_secret_key")
+        else:
+            attempt("server_secret_key", curve.server_secret_key, secret=True)
+    for service in services:
+        attempt("client_key", Path(curve.client_key.replace("{service}", service)), secret=True)
+    if not curve.authorized_keys.is_dir():
+        problems.append(f"{config.where('bus', 'curve', 'authorized_keys')}: {curve.authorized_keys} is not a folder")
+    return problems
+
+
+def prepare(sock: Any, bind: bool, address: str, context: Any) -> None:
+    """Sets a socket's Curve options before it binds or connects (tcp endpoints, with bus.curve)."""
+    if _keys is None or not address.startswith("tcp://"):
+        return
+    if bind:
+        if _keys.server_secret is None:
+            raise BusError(
+                f"cannot bind {address} with bus.curve: this service ({_keys.service}) needs the server's secret key "
+                "(bus.curve.server_secret_key)"
+            )
+        _authenticator(context)
+        sock.curve_server = True
+        sock.curve_publickey = _keys.server_public
+        sock.curve_secretkey = _keys.server_secret
+    else:
+        sock.curve_serverkey = _keys.server_public
+        sock.curve_publickey = _keys.public
+        sock.curve_secretkey = _keys.secret
+
+
+class _Clients:
+    """The ZAP callback: a client key in the authorized folder passes; any other is counted and logged."""
+
+    def __init__(self, keys: _Keys) -> None:
+        self.keys = keys
+        self.logged: dict[bytes, float] = {}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keys.authorized:
+            return True
+        BUS_DENIED.labels(service=self.keys.service).inc()
+        now = time.monotonic()
+        if now - self.logged.get(key, -3600.0) > 60 and len(self.logged) < 1024:  # once a minute per key
+            self.logged[key] = now
+            log.warning(
+                "bus client refused: its key is not authorized",
+                extra={"client_key": key.decode(errors="replace"), "folder": str(self.keys.authorized_folder)},
+            )
+        return False
+
+
+def _authenticator(context: Any) -> None:
+    """One ZAP handler per ZeroMQ context (ZAP is per context); started the first time a socket binds."""
+    underlying = context.underlying
+    if underlying in _authenticators:
+        return
+    assert _keys is not None
+    sync: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(
+        underlying
+    )  # the handler's own sockets are blocking ones on a thread
+    authenticator = ThreadAuthenticator(sync, log=logging.getLogger("edgesight.bus.auth"))
+    authenticator.start()
+    authenticator.configure_curve_callback(domain="*", credentials_provider=_Clients(_keys))
+    _authenticators[underlying] = authenticator
+
+
+def secure_ipc_folder(path: Path) -> None:
+    """The folder of an ipc socket this process binds: created 0700; tightened if ours and looser."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+        if path == Path("/tmp") or info.st_mode & 0o1000:  # a shared sticky folder: never ours to tighten
+            log.warning("ipc socket in a shared folder: any local user can connect", extra={"folder": str(path)})
+            return
+        path.chmod(0o700)
+
+
+def secure_ipc_socket(path: Path) -> None:
+    try:
+        path.chmod(0o660)
+    except OSError as exc:
+        log.warning("cannot restrict the ipc socket", extra={"path": str(path), "error": str(exc)})

@@ -1,0 +1,81 @@
+"""The audit trail, upstream: the uplink follows ``state_dir/audit.jsonl`` (see common.audit) and
+spools each new record as an ``audit`` event.
+
+The position in the file moves in the same transaction that spools the records, so a restart (or a
+SIGKILL) resends nothing twice and skips nothing; a record's id makes a repeat harmless anyway. An
+audit event is an Event with ``event_type: audit``, ``camera: _site`` (it concerns the site, not a
+camera), ``rule`` the action (``model.install``) and ``attributes`` its actor, target and details.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from contracts import Event
+from services.uplink import metrics
+from services.uplink.spool import Spool
+
+__all__ = ["AUDIT_CAMERA", "POLL_S", "audit_event", "spool_new_records"]
+
+log = logging.getLogger(__name__)
+
+AUDIT_CAMERA = "_site"
+CURSOR = "audit"
+POLL_S = 1.0
+MAX_READ = 1 << 20  # bytes read per round: a long backlog is spooled in several transactions
+
+
+def audit_event(record: Mapping[str, Any]) -> Event:
+    """The event for one audit record; ValueError for a record that does not fit the contract."""
+    attributes = {"actor": record.get("actor"), "target": record.get("target"), **(record.get("detail") or {})}
+    document = {
+        "type": "event",
+        "id": record.get("id"),
+        "event_type": "audit",
+        "site": record.get("site"),
+        "camera": AUDIT_CAMERA,
+        "rule": record.get("action"),
+        "ts_ns": record.get("ts_ns"),
+        "attributes": attributes,
+    }
+    try:
+        return msgspec.convert(document, Event)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def spool_new_records(path: Path, spool: Spool, targets: Callable[[list[Event]], dict[str, list[str]]]) -> int:
+    """Spools the records appended since the last call (at most MAX_READ bytes); how many were read. Blocking."""
+    try:
+        with path.open("rb") as file:
+            inode = os.fstat(file.fileno()).st_ino
+            known_inode, offset = spool.cursor(CURSOR)
+            size = os.fstat(file.fileno()).st_size
+            if inode != known_inode or size < offset:
+                if known_inode:  # replaced or truncated by hand: start over (ids keep repeats out)
+                    log.warning("audit trail replaced; reading it from the start", extra={"path": str(path)})
+                offset = 0
+            file.seek(offset)
+            chunk = file.read(MAX_READ)
+    except FileNotFoundError:
+        return 0
+    end = chunk.rfind(b"\n") + 1  # whole lines only: a record being written is read next round
+    if end == 0:
+        return 0
+    events = []
+    for line in chunk[:end].splitlines():
+        try:
+            events.append(audit_event(json.loads(line)))
+        except ValueError as exc:  # json's errors are ValueErrors too
+            metrics.AUDIT_MALFORMED.inc()
+            log.warning("malformed audit record skipped", extra={"path": str(path), "error": str(exc)[:200]})
+    added = spool.add(events, targets(events), position=(CURSOR, inode, offset + end))
+    metrics.AUDIT_SPOOLED.inc(added)  # a record read again (a replaced file) is not spooled twice
+    return len(events)
