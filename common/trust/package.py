@@ -214,9 +214,12 @@ def open_package(
         raise PackageError(f"{label}: its members add up to {declared} bytes, over the limit of {max_bytes}")
     expected = index["archive"]
     if len(archive) != expected["size"] or hashlib.sha256(archive).hexdigest() != expected["sha256"]:
-        members = _read_archive(archive, label, max_bytes)  # only to say what changed
-        _compare(members, listed, label)
-        raise PackageError(f"{label}: the archive was changed after signing (its digest differs from the index)")
+        changed = f"{label}: the archive was changed after signing"
+        try:  # read only to say what changed; refused either way
+            _compare(_read_archive(archive, label, max_bytes), listed, label)
+        except PackageError as exc:
+            raise PackageError(f"{changed}: {str(exc).removeprefix(f'{label}: ')}") from None
+        raise PackageError(f"{changed} (its digest differs from the index; every member still matches)")
     members = _read_archive(archive, label, min(max_bytes, declared + 2048 * (len(listed) + 1) + 20480))
     _compare(members, listed, label)
     if MANIFEST not in members:

@@ -79,3 +79,53 @@ def test_detect_never_prints_the_camera_password(python_env: dict[str, str]) -> 
     assert result.returncode == 1
     assert "pa%24%24word-77" not in result.stderr and "pa$$word-77" not in result.stderr
     assert "***" in result.stderr
+
+
+def test_models_package_verify_install_list_rollback(
+    shared_dir: Path, tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    keys = tmp_path / "keys"
+    assert edgesight("models", "keygen", "--out", str(keys), env=python_env).returncode == 0
+    again = edgesight("models", "keygen", "--out", str(keys), env=python_env)
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    folder = tmp_path / "people"  # a folder: a manifest, its model, a labels file
+    folder.mkdir()
+    (folder / "yolox.onnx").write_bytes((shared_dir / "models" / "yolox_nano.onnx").read_bytes())
+    (folder / "labels.txt").write_text("\n".join(f"thing{i}" for i in range(80)))
+    manifest = {"name": "people", "version": "1", "file": "yolox.onnx", "decoder": "yolox", "color": "bgr",
+                "scale": 1.0, "letterbox": "top_left", "labels": "labels.txt"}  # fmt: skip
+    (folder / "people.yaml").write_text(yaml.safe_dump(manifest))
+    packages = {}
+    for version in ("1", "2"):
+        packages[version] = tmp_path / f"people-{version}.espkg"
+        made = edgesight(
+            "models", "package", str(folder), "--key", str(keys / "signing.key"), "-o", str(packages[version]),
+            "--version", version, env=python_env,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert "people " + version + ", 3 members, 80 labels" in made.stdout
+    verified = edgesight("models", "verify", str(packages["2"]), "--trusted", str(keys / "signing.pub"), env=python_env)
+    assert verified.returncode == 0 and "package  people 2" in verified.stdout and "labels.txt" in verified.stdout
+    tampered = tmp_path / "tampered.espkg"
+    data = bytearray(packages["2"].read_bytes())
+    data[-100] ^= 1
+    tampered.write_bytes(bytes(data))
+    refused = edgesight("models", "verify", str(tampered), "--trusted", str(keys / "signing.pub"), env=python_env)
+    assert refused.returncode == 1 and "changed after signing" in refused.stderr and "Traceback" not in refused.stderr
+
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"site": {"name": "s", "state_dir": str(tmp_path / "state"),
+                                             "trusted_keys": [str(keys / "signing.pub")]}}))  # fmt: skip
+    for version in ("1", "2"):
+        installed = edgesight("models", "install", str(packages[version]), "--config", str(site), env=python_env)
+        assert installed.returncode == 0, installed.stderr
+    listed = edgesight("models", "list", "--config", str(site), env=python_env)
+    assert listed.stdout.startswith("people") and "1, *2" in listed.stdout
+    back = edgesight("models", "rollback", "people", "--config", str(site), env=python_env)
+    assert back.returncode == 0 and "people: 2 -> 1" in back.stdout
+    audit = [json.loads(line) for line in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["detail"]["version"]) for r in audit] == [
+        ("model.install", "1"),
+        ("model.install", "2"),
+        ("model.rollback", "1"),
+    ]
