@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from common._compat import wait_at_most
+from common.audit import audit_path
 from common.config.rules import LineRule, ZoneRule
 from services.console import metrics
 from services.console.auth import COOKIE
@@ -36,6 +37,7 @@ PAGES = {
     "/": "index.html",
     "/login": "login.html",
     "/events": "events.html",
+    "/audit": "audit.html",
     "/cameras/{name}": "camera.html",
     "/cameras/{name}/editor": "editor.html",
 }
@@ -63,6 +65,7 @@ def build_app(console: ConsoleService) -> web.Application:
         ("GET", "/api/events/facets", event_facets),
         ("GET", "/api/events/{id}", event),
         ("GET", "/api/events/{id}/snapshot.jpg", snapshot),
+        ("GET", "/api/audit", audit),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
@@ -447,3 +450,45 @@ async def put_rules(request: web.Request) -> web.Response:
     await console.rules_saved(config, name)
     saved = await asyncio.to_thread(console.site_file.rules, name)
     return web.json_response({"camera": name, "rules": saved, "geometry": _geometry(console, name), "reloaded": True})
+
+
+# -- audit trail --------------------------------------------------------------------------------
+AUDIT_TAIL_BYTES = 4 << 20  # the newest records: the page shows recent history, the uplink sends it all
+
+
+def read_audit(path: Path, action: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` records of the audit trail (whose action starts with ``action``), newest first."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, 2)
+            file.seek(max(0, size - AUDIT_TAIL_BYTES))
+            chunk = file.read()
+    except FileNotFoundError:
+        return []
+    lines = chunk.splitlines()
+    if size > AUDIT_TAIL_BYTES:
+        lines = lines[1:]  # the first may be cut
+    records = []
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written, or not a record: the uplink counts those
+        if isinstance(record, dict) and str(record.get("action", "")).startswith(action):
+            records.append(record)
+            if len(records) >= limit:
+                break
+    return records
+
+
+async def audit(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        return _error(400, "limit: a whole number from 1 to 1000")
+    if not 1 <= limit <= 1000:
+        return _error(400, "limit: a whole number from 1 to 1000")
+    path = audit_path(console.config.site.state_dir)
+    records = await asyncio.to_thread(read_audit, path, request.query.get("action", ""), limit)
+    return web.json_response({"records": records})

@@ -114,6 +114,7 @@ def test_nothing_without_credentials_and_no_change_without_csrf(
         "/api/counts",
         "/api/cameras/lobby/rules",
         "/api/events/x/snapshot.jpg",
+        "/api/audit",
     ):
         assert client.call("GET", path)[0] == 401, path
         assert client.call("GET", path, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401, path
@@ -164,6 +165,21 @@ def test_nothing_without_credentials_and_no_change_without_csrf(
     # logout ends the session on the server
     assert client.json("POST", "/api/logout", None, **{"X-CSRF-Token": csrf})[0] == 200
     assert client.call("GET", "/api/cameras")[0] == 401
+
+    # the audit trail: who did what, newest first, no secret
+    status, trail = client.json("GET", "/api/audit", None, **bearer)
+    assert status == 200
+    actions = [r["action"] for r in trail["records"]]
+    assert actions[:4] == ["console.logout", "config.save", "console.login", "console.login_failed"], actions
+    save = trail["records"][1]
+    assert save["actor"] == "console:api-token@127.0.0.1" and save["target"] == "cameras.lobby.rules"
+    assert save["detail"]["changed"] == "door" and save["detail"]["added"] == ""
+    assert all(
+        r["action"].startswith("console.")
+        for r in client.json("GET", "/api/audit?action=console.", None, **bearer)[1]["records"]
+    )
+    assert client.json("GET", "/api/audit?limit=x", None, **bearer)[0] == 400
+    assert PASSWORD not in json.dumps(trail) and TOKEN not in json.dumps(trail)
 
     # failed logins are limited per address
     statuses = [client.json("POST", "/api/login", {"password": f"guess-{i}"})[0] for i in range(7)]

@@ -175,3 +175,8 @@ def test_console_in_a_browser(
     wait(loaded("#live"), 20, "the live view")
     time.sleep(1)  # a frame or two with the new line drawn
     screenshot("8-camera-new-line")
+
+    browser.get(base + "/audit")  # the save and the login, as the uplink also sends them upstream
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-action="config.save"]'), 20, "the save in the audit trail")
+    assert browser.find_elements(By.CSS_SELECTOR, 'tr[data-action="console.login"]')
+    screenshot("9-audit")
