@@ -69,11 +69,15 @@ def generate_bus_keys(out: Path, clients: list[str]) -> list[Path]:
     existing = [str(path) for path in planned if path.exists()]
     if existing:
         raise BusError(f"{', '.join(existing)} exist; keys are never overwritten")
-    for name in names:
-        public, secret = zmq.auth.create_certificates(str(out), name)
-        os.chmod(secret, 0o600)
-        if name != "server":
-            os.rename(public, out / "clients" / f"{name}.key")
+    umask = os.umask(0o077)  # the secret files are never readable by others, not even for a moment
+    try:
+        for name in names:
+            public, _ = zmq.auth.create_certificates(str(out), name)
+            os.chmod(public, 0o644)
+            if name != "server":
+                os.rename(public, out / "clients" / f"{name}.key")
+    finally:
+        os.umask(umask)
     return planned
 
 
