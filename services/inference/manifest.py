@@ -24,7 +24,15 @@ from common.trust import MANIFEST, PACKAGE_SUFFIX, Package, TrustPolicy
 from contracts.messages import LABEL_PATTERN
 from services.inference.labels import TABLES
 
-__all__ = ["ModelError", "ModelManifest", "ModelSpec", "load_model_spec", "onnx_metadata", "suggest_manifest"]
+__all__ = [
+    "ModelError",
+    "ModelManifest",
+    "ModelSpec",
+    "load_model_spec",
+    "onnx_metadata",
+    "read_manifest",
+    "suggest_manifest",
+]
 
 Decoder = Literal["yolox", "yolov8", "end2end"]
 YOLOX_STRIDES = (8, 16, 32)
@@ -158,7 +166,8 @@ def _yolox_anchors(size: tuple[int, int]) -> int:
     return sum((width // s) * (height // s) for s in YOLOX_STRIDES)
 
 
-def _read_manifest(path: Path, text: str | None = None) -> ModelManifest:
+def read_manifest(path: Path, text: str | None = None) -> ModelManifest:
+    """A manifest file (or its ``text``), validated; ModelError naming the file and each wrong key."""
     try:
         data = yaml.safe_load(path.read_text() if text is None else text)
     except yaml.YAMLError as exc:
@@ -227,7 +236,7 @@ def load_model_spec(
         return _package_spec(trust.open(path), path)
     trust.check_plain(path, allow_unsigned=allow_unsigned, what=what)
     if path.suffix in (".yaml", ".yml", ".json"):
-        manifest = _read_manifest(path)
+        manifest = read_manifest(path)
         model_path = path.parent / manifest.file
         if not model_path.is_file():
             raise ModelError(f"{path}: file {manifest.file!r} does not exist beside the manifest")
@@ -244,7 +253,7 @@ def load_model_spec(
 
 def _package_spec(package: Package, path: Path) -> ModelSpec:
     """A package's manifest checked against its own model bytes, as for files on disk."""
-    manifest = _read_manifest(path / MANIFEST, package.manifest)
+    manifest = read_manifest(path / MANIFEST, package.manifest)
     if (manifest.name, manifest.version) != (package.name, package.version):
         raise ModelError(
             f"{path}: the manifest says {manifest.name} {manifest.version}, the signed index {package.name} "

@@ -36,7 +36,7 @@ from common.trust import (
     site_trust,
 )
 from services.inference.labels import TABLES
-from services.inference.manifest import ModelManifest, load_model_spec, suggest_manifest
+from services.inference.manifest import ModelError, ModelManifest, load_model_spec, read_manifest, suggest_manifest
 
 __all__ = ["add_commands", "run_command"]
 
@@ -152,8 +152,7 @@ def collect(source: Path, name: str | None, version: str | None) -> tuple[dict[s
     """The members of a package made from ``source``; the manifest always becomes ``manifest.yaml``."""
     members: dict[str, bytes] = {}
     if source.is_dir():
-        manifest_path = _find_manifest(source)
-        manifest = _parse(manifest_path)
+        manifest_path, manifest = _find_manifest(source)
         for path in sorted(source.rglob("*")):
             if path.is_symlink():
                 raise PackageError(f"{path} is a symbolic link; packages hold regular files only")
@@ -161,7 +160,7 @@ def collect(source: Path, name: str | None, version: str | None) -> tuple[dict[s
                 members[path.relative_to(source).as_posix()] = path.read_bytes()
         text = manifest_path.read_text()
     elif source.suffix in (".yaml", ".yml"):
-        manifest = _parse(source)
+        manifest = read_manifest(source)
         wanted = [manifest.file]
         if isinstance(manifest.labels, str) and manifest.labels not in TABLES:
             wanted.append(manifest.labels)
@@ -186,23 +185,15 @@ def collect(source: Path, name: str | None, version: str | None) -> tuple[dict[s
     return members, manifest
 
 
-def _parse(path: Path) -> ModelManifest:
-    try:
-        return ModelManifest.model_validate(yaml.safe_load(path.read_text()))
-    except Exception as exc:  # YAML or validation: either way not a manifest
-        raise PackageError(f"{path}: not a model manifest: {exc}") from None
-
-
-def _find_manifest(folder: Path) -> Path:
+def _find_manifest(folder: Path) -> tuple[Path, ModelManifest]:
     candidates = []
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
-            _parse(path)
-        except PackageError:
-            continue
-        candidates.append(path)
+            candidates.append((path, read_manifest(path)))
+        except ModelError:
+            continue  # another YAML file of the folder: packaged as a plain member
     if len(candidates) != 1:
-        found = ", ".join(p.name for p in candidates) or "none"
+        found = ", ".join(p.name for p, _ in candidates) or "none"
         raise PackageError(f"{folder}: expected one model manifest (.yaml) in the folder, found {found}")
     return candidates[0]
 
