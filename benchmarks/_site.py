@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -47,8 +48,8 @@ def service_command(service: str, site: Path) -> list[str]:
     return [sys.executable, "-m", f"services.{service}", "--config", str(site)]
 
 
-def start(service: str, site: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(service_command(service, site))
+def start(service: str, site: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(service_command(service, site), env={**os.environ, **env} if env else None)
 
 
 def stop(processes: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:

@@ -3,16 +3,19 @@ against a naive single-process loop over the same frames, in the same run, on 1,
 shared clip.
 
 Both sides: YOLOX-Nano (ONNX Runtime, CPU), a line and a zone rule per camera, the same tracker and rules
-code. The clip is read as fast as it decodes (no realtime pacing, no fps limit), looping, for a fixed
-window. The split pipeline is newest-wins: ingest decodes every frame, inference runs the newest of each
-camera, rules tracks what inference returns; the monolith decodes, letterboxes, runs, decodes boxes, tracks
-and applies rules to every frame in turn, round robin over the cameras.
+code. The clip is read as fast as the pipeline takes it (no realtime pacing, no fps limit), looping, for a
+fixed window: ingest decodes ahead and publishes a frame once inference has answered all but two before it
+(``backpressure``, on by default for such files); ``newest_wins`` runs the same with backpressure off, as
+fast as the CPU decodes. The monolith decodes, letterboxes, runs, decodes boxes, tracks and applies rules
+to every frame in turn, round robin over the cameras. The split side runs twice: with the defaults (one
+inference process, ONNX Runtime on every core) and ``tuned`` for a CPU-only box (``run.inference_replicas``
+one per core, each model on ``threads: 1``), as the README advises.
 
 Figures per stream count: frames/s through rules (split: Scene messages, one per frame rules handled;
 monolith: frames through its loop), the ratio, CPU ms per frame through rules (every process of the
 side), capture-to-event latency p50/p99 from the events' own timestamps (split: the event's frame
 ``capture_ns`` to its arrival on the bus; monolith: decode to decision), and peak RSS per service.
-``ratio`` is the 2-stream one.
+``ratio`` is the 2-stream one of the tuned split; ``ratio_defaults`` the one with defaults.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 from benchmarks._site import start, stop, write_site
 from common.assets import find_asset
 from common.bus import Subscriber
-from common.config import SiteConfig
+from common.config import INFERENCE_SHARD_VARIABLE, SiteConfig
 from contracts import Event, Scene, topic
 
 TITLE = "ingest -> inference -> rules as processes vs one loop: YOLOX-Nano, a line and a zone, as fast as they go"
@@ -50,10 +53,29 @@ def _rules() -> dict[str, Any]:
     }
 
 
-def _site(folder: Path, streams: int, *, realtime: bool = False, clip: str | None = None) -> tuple[Path, SiteConfig]:
-    """Cameras on the clip: as fast as it decodes, or (``realtime``) at its own 25 fps, as a camera sends."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """How the split side is configured."""
+
+    name: str = "split"
+    replicas: int = 1  # run.inference_replicas
+    threads: int = 0  # models.people.threads
+    backpressure: bool = True
+
+
+DEFAULTS = Setup()
+TUNED = Setup("tuned", replicas=os.cpu_count() or 1, threads=1)
+NEWEST_WINS = Setup("newest_wins", backpressure=False)
+
+
+def _site(
+    folder: Path, streams: int, *, realtime: bool = False, clip: str | None = None, setup: Setup = DEFAULTS
+) -> tuple[Path, SiteConfig]:
+    """Cameras on the clip: as fast as the pipeline takes it, or (``realtime``) at its own 25 fps, as a
+    camera sends."""
     clip = clip or str(find_asset("people.mp4"))
     pace = {"realtime": True, "fps": 25} if realtime else {"realtime": False, "fps": 120}
+    pace["backpressure"] = setup.backpressure
     cameras = {
         f"cam{i}": {
             "url": clip,
@@ -64,12 +86,14 @@ def _site(folder: Path, streams: int, *, realtime: bool = False, clip: str | Non
         }
         for i in range(streams)
     }
+    model = {"path": "yolox_nano.onnx", "classes": ["person"], "max_batch": 1, "threads": setup.threads}
     extra = {
-        "models": {"people": {"path": "yolox_nano.onnx", "classes": ["person"], "max_batch": 1}},
+        "models": {"people": model},
         "cameras": cameras,
         "uplink": {"jsonl": {"path": "events.jsonl"}},  # rules' events are acknowledged, as in a site
+        "run": {"inference_replicas": setup.replicas},
     }
-    path, config = write_site(folder, f"pipe{streams}{'rt' if realtime else ''}", extra)
+    path, config = write_site(folder, f"pipe{streams}{'rt' if realtime else ''}{setup.name}", extra)
     return path, config
 
 
@@ -84,9 +108,15 @@ def _rss_mb(pid: int) -> float:
 
 # -- split: the services as processes ----------------------------------------------------------------
 def split(
-    streams: int, seconds: float, folder: Path, *, realtime: bool = False, clip: str | None = None
+    streams: int,
+    seconds: float,
+    folder: Path,
+    *,
+    realtime: bool = False,
+    clip: str | None = None,
+    setup: Setup = DEFAULTS,
 ) -> dict[str, float]:
-    site, config = _site(folder, streams, realtime=realtime, clip=clip)
+    site, config = _site(folder, streams, realtime=realtime, clip=clip, setup=setup)
     processes: dict[str, subprocess.Popen[bytes]] = {"broker": start("broker", site)}
     try:
         return asyncio.run(_measure_split(site, config, streams, seconds, processes))
@@ -99,7 +129,13 @@ async def _measure_split(
 ) -> dict[str, float]:
     async with Subscriber(config.bus.subscribe, "bench", [topic("scene"), topic("events")], hwm=100_000) as bus:
         for name in ("uplink", "rules", "inference", "ingest"):  # consumers first: nothing decoded unheard
-            processes[name] = start(name, site)
+            if name == "inference":  # as `edgesight run` starts its replicas
+                count = config.run.inference_replicas
+                for index in range(count):
+                    shard = {INFERENCE_SHARD_VARIABLE: f"{index}/{count}"}
+                    processes[name if index == 0 else f"{name}@{index}"] = start(name, site, shard)
+            else:
+                processes[name] = start(name, site)
         # the handshake: the clock starts at the first Scene of every camera (models loaded, bus connected)
         waiting, deadline = {f"cam{i}" for i in range(streams)}, time.monotonic() + 120
         while waiting:
@@ -247,12 +283,18 @@ def run(quick: bool) -> dict[str, float]:
             for streams in (1, 2) if quick else (1, 2, 4):
                 folder = Path(temporary) / f"s{streams}{realtime}"
                 folder.mkdir()
-                one_loop = monolith(streams, seconds, folder, realtime=realtime)
-                ours = split(streams, seconds, folder, realtime=realtime)
                 prefix = f"{'realtime_' if realtime else ''}streams{streams}"
+                one_loop = monolith(streams, seconds, folder, realtime=realtime)
                 figures |= {f"{prefix}_monolith_{key}": value for key, value in one_loop.items()}
-                figures |= {f"{prefix}_split_{key}": value for key, value in ours.items()}
-                figures[f"{prefix}_ratio"] = ours["fps"] / one_loop["fps"]
+                setups = [DEFAULTS, TUNED]
+                if not realtime and streams == 2:  # what backpressure changed, once
+                    setups.append(NEWEST_WINS)
+                for setup in setups:
+                    (folder / setup.name).mkdir()  # a state_dir and bus of its own
+                    ours = split(streams, seconds, folder / setup.name, realtime=realtime, setup=setup)
+                    figures |= {f"{prefix}_{setup.name}_{key}": value for key, value in ours.items()}
+                    label = "" if setup is DEFAULTS else f"_{setup.name}"
+                    figures[f"{prefix}{label}_ratio"] = ours["fps"] / one_loop["fps"]
         if not quick:  # memory at the issue's scale: 4 cameras of 1080p H.264 at 25 fps
             from benchmarks.ingest_decode import make_clip
 
@@ -260,6 +302,7 @@ def run(quick: bool) -> dict[str, float]:
             folder.mkdir()
             big = split(4, seconds, folder, realtime=True, clip=str(make_clip(341)))
             figures |= {f"memory_1080p_streams4_{key}": value for key, value in big.items()}
-    figures["ratio"] = figures["streams2_ratio"]
+    figures["ratio"] = figures["streams2_tuned_ratio"]
+    figures["ratio_defaults"] = figures["streams2_ratio"]
     figures["cpu_count"] = float(os.cpu_count() or 0)
     return figures

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber, security
-from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, SiteConfig
+from common.config import DEFAULT_INGEST_GROUP, INFERENCE_SHARD_VARIABLE, INGEST_GROUP_VARIABLE, SiteConfig
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
 from common.process import die_with_parent, stop
 from contracts import Health, topic
@@ -55,9 +55,10 @@ def ingest_groups(config: SiteConfig) -> list[str]:
 
 @dataclass
 class _Child:
-    name: str  # "ingest", or "ingest@east" for another camera group
+    name: str  # "ingest", or "ingest@east" for another camera group, "inference@1" for a second replica
     service: str = ""
     group: str | None = None
+    shard: tuple[int, int] | None = None  # inference replicas: (index, count)
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
@@ -80,6 +81,11 @@ class Supervisor:
                 for group in ingest_groups(config):
                     name = service if group == DEFAULT_INGEST_GROUP else f"{service}@{group}"
                     self.children[name] = _Child(name, service, group)
+            elif service == "inference" and config.run.inference_replicas > 1:
+                count = config.run.inference_replicas
+                for index in range(count):
+                    name = service if index == 0 else f"{service}@{index}"
+                    self.children[name] = _Child(name, service, shard=(index, count))
             else:
                 self.children[service] = _Child(service, service)
         for child in self.children.values():  # known in advance: the liveness probe needs it
@@ -129,6 +135,8 @@ class Supervisor:
             environment = None
             if child.group is not None:
                 environment = {**os.environ, INGEST_GROUP_VARIABLE: child.group}
+            if child.shard is not None:
+                environment = {**os.environ, INFERENCE_SHARD_VARIABLE: "{}/{}".format(*child.shard)}
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -222,11 +230,11 @@ class Supervisor:
 
     @staticmethod
     def _instance(child: _Child) -> str:
-        return (
-            f"{child.service}-{child.group}"
-            if child.group not in (None, DEFAULT_INGEST_GROUP)
-            else f"{child.service}-0"
-        )
+        if child.group not in (None, DEFAULT_INGEST_GROUP):
+            return f"{child.service}-{child.group}"
+        if child.shard is not None:
+            return f"{child.service}-{child.shard[0]}"
+        return f"{child.service}-0"
 
     def _print_status(self, *, final: bool = False) -> None:
         rows = [f"{'service':<14} {'pid':>7} {'state':<9} {'up s':>7} {'restarts':>8}  counters"]

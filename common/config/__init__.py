@@ -13,13 +13,14 @@ from common.config.cameras import (
 from common.config.console import ConsoleConfig
 from common.config.loader import load_config, load_yaml, parse_config
 from common.config.metrics import LoggingConfig, MetricsConfig
-from common.config.models import ModelConfig
+from common.config.models import INFERENCE_SHARD_VARIABLE, ModelConfig
 from common.config.rules import EventsConfig, Rule, TrackerConfig
 from common.config.site import RunConfig, SiteConfig, SiteSection
 from common.config.uplink import UplinkConfig
 
 __all__ = [
     "DEFAULT_INGEST_GROUP",
+    "INFERENCE_SHARD_VARIABLE",
     "INGEST_GROUP_VARIABLE",
     "AppConfig",
     "AppModel",

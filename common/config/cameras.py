@@ -61,6 +61,12 @@ class CameraDefaults(Section):
     max_backoff_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reconnect attempts.")
     loop: bool = Field(False, description="Files only: start again at the end.")
     realtime: bool = Field(True, description="Files only: pace frames at the file's own rate.")
+    backpressure: bool = Field(
+        True,
+        description="Files read with realtime: false only: publish a frame only while inference has answered "
+        "all but 2 of those before it, so the file goes as fast as the pipeline does and decoding never "
+        "starves the model. Off: decode as fast as the CPU allows (newest wins downstream).",
+    )
     ring_slots: int = Field(
         8,
         ge=2,

@@ -8,7 +8,10 @@ from pydantic import Field
 
 from common.config._types import Section, Unit
 
-__all__ = ["ModelConfig"]
+__all__ = ["INFERENCE_SHARD_VARIABLE", "ModelConfig"]
+
+# The environment variable telling an inference replica its share of the cameras: INDEX/COUNT.
+INFERENCE_SHARD_VARIABLE = "EDGESIGHT_INFERENCE_SHARD"
 
 
 class ModelConfig(Section):
@@ -35,6 +38,13 @@ class ModelConfig(Section):
         4, ge=1, le=64, description="Frames batched across cameras. Larger uses the accelerator better, adds latency."
     )
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait to fill a batch.")
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads ONNX Runtime runs one batch on; 0 is one per core. On a small CPU shared with "
+        "decoding, 1 leaves the other cores to ingest and rules (see the README's pipeline benchmark).",
+    )
     skip_still_frames: bool = Field(
         False, description="Skip frames ingest saw no motion in; every camera is still checked every recheck_s."
     )

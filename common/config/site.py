@@ -45,6 +45,14 @@ class RunConfig(Section):
     services: list[ServiceName] = Field(
         default_factory=list, description="Services `edgesight run` starts; empty means every installed one."
     )
+    inference_replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Inference processes `edgesight run` starts; they split the cameras between them "
+        "(EDGESIGHT_INFERENCE_SHARD). On a CPU-only box, one per core with the models' threads: 1 runs "
+        "several frames at once where one process would run one frame on every core.",
+    )
     restart_backoff_s: float = Field(1.0, gt=0, le=60, description="First wait before restarting a dead service.")
     max_restart_backoff_s: float = Field(30.0, gt=0, le=3600)
     stop_grace_s: float = Field(10.0, gt=0, le=300, description="Time between SIGTERM and SIGKILL on stop.")

@@ -72,7 +72,7 @@ class Detector:
     ) -> Detector:
         spec = load_model_spec(config.path, asset_paths, trust, allow_unsigned=config.allow_unsigned, what=what)
         backend = open_backend(
-            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=threads
+            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=threads or config.threads
         )
         return cls(
             spec, backend, score_threshold=config.score_threshold, nms_iou=config.nms_iou, classes=config.classes

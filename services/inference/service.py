@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber
-from common.config import ModelConfig, SiteConfig
+from common.config import INFERENCE_SHARD_VARIABLE, ModelConfig, SiteConfig
 from common.errors import ConfigError, EdgeSightError, ShmError, StaleFrameError
 from common.service import Service, ServiceState
 from common.shm import FrameReaders, FrameRingReader
@@ -34,7 +34,7 @@ __all__ = ["InferenceService", "ModelWorker", "parse_shard"]
 
 log = logging.getLogger(__name__)
 
-SHARD_VARIABLE = "EDGESIGHT_INFERENCE_SHARD"
+SHARD_VARIABLE = INFERENCE_SHARD_VARIABLE
 RELOAD_POLL_S = 2.0
 
 

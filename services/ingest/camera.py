@@ -32,7 +32,7 @@ from common.shm import FrameRingWriter
 from contracts import CameraState, CameraStatus, FrameRef, Message
 from services.ingest import metrics
 from services.ingest.decode import DecodeSession, SourceError, StallError, StreamInfo
-from services.ingest.gates import FrameRateGate, MotionDetector
+from services.ingest.gates import ConsumerGate, FrameRateGate, MotionDetector
 from services.ingest.source import Source
 
 __all__ = ["CameraWorker", "output_size"]
@@ -102,8 +102,10 @@ class CameraWorker:
         *,
         instance: str,
         deliver: Callable[[Message], None],
+        consumer: ConsumerGate | None = None,
     ) -> None:
         self.name = name
+        self.consumer = consumer  # backpressure: set for a file read faster than real time that inference serves
         self.config = config
         self.source = source
         self.ring = ring
@@ -310,6 +312,11 @@ class CameraWorker:
             # label lookups once per session, not per frame (most frames of a fast camera are rate-limited)
             dropped_rate_limit = metrics.FRAMES_DROPPED.labels(self.name, "rate_limit")
             dropped_paused = metrics.FRAMES_DROPPED.labels(self.name, "paused")
+            consumer = self.consumer if use_stream_time else None
+            if consumer is not None:
+                consumer.clear()
+                consumer_wait = metrics.CONSUMER_WAIT.labels(self.name)
+                consumer_timeouts = metrics.CONSUMER_TIMEOUTS.labels(self.name)
             first = True
             for frame, spent in session.frames():
                 decode_seconds.observe(spent)
@@ -332,6 +339,11 @@ class CameraWorker:
                 if self.paused:
                     dropped_paused.inc()
                     continue
+                if consumer is not None:  # decoded ahead; written once inference has room for it
+                    waiting = time.perf_counter()
+                    consumer_timeouts.inc(consumer.wait(abort))
+                    consumer_wait.inc(time.perf_counter() - waiting)
+                    self._last_frame = time.monotonic()  # waiting for inference is not a stalled camera
                 if abort.is_set():
                     break
                 started = time.perf_counter()
@@ -344,6 +356,8 @@ class CameraWorker:
                     write_pixels(frame, slot.array, config.pixel_format)
                 convert_seconds.observe(time.perf_counter() - started)
                 assert slot.ref is not None
+                if consumer is not None:
+                    consumer.sent(slot.ref.seq)
                 self._call(self._publish, slot.ref)
             return not self.source.is_live and not abort.is_set()
 

@@ -1,11 +1,15 @@
-"""Per-frame decisions made before a frame is written: the rate limit and the motion score."""
+"""Per-frame decisions made before a frame is written: the rate limit, the consumer's pace, the motion score."""
 
 from __future__ import annotations
+
+import collections
+import threading
+import time
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FrameRateGate", "MotionDetector"]
+__all__ = ["ConsumerGate", "FrameRateGate", "MotionDetector"]
 
 
 class FrameRateGate:
@@ -37,6 +41,52 @@ class FrameRateGate:
 
     def reset(self) -> None:
         self._next = None
+
+
+class ConsumerGate:
+    """Backpressure for a file read faster than real time: at most ``window`` frames unanswered.
+
+    The decode thread calls :meth:`wait` before it writes a frame and :meth:`sent` after it has; the
+    event loop calls :meth:`answered` with the seq of each Detections heard for the camera, which
+    answers that frame and every earlier one (inference skips to the newest). A frame nobody answers
+    within ``timeout_s`` counts as taken: a model that skips still frames, a restarting inference, or
+    none at all slow the file down to ``window`` frames per ``timeout_s``; they never stop it.
+    """
+
+    def __init__(self, window: int = 2, timeout_s: float = 0.5) -> None:
+        self.window = window
+        self.timeout_s = timeout_s
+        self._unanswered: collections.deque[tuple[int, float]] = collections.deque()  # (seq, sent at)
+        self._changed = threading.Condition()
+
+    def sent(self, seq: int) -> None:
+        with self._changed:
+            self._unanswered.append((seq, time.monotonic()))
+
+    def answered(self, seq: int) -> None:
+        with self._changed:
+            while self._unanswered and self._unanswered[0][0] <= seq:
+                self._unanswered.popleft()
+            self._changed.notify()
+
+    def wait(self, abort: threading.Event) -> int:
+        """Blocks until fewer than ``window`` frames are unanswered (or ``abort`` is set); returns how
+        many frames it gave up waiting for."""
+        timeouts = 0
+        with self._changed:
+            while len(self._unanswered) >= self.window and not abort.is_set():
+                due = self._unanswered[0][1] + self.timeout_s - time.monotonic()
+                if due <= 0:
+                    self._unanswered.popleft()
+                    timeouts += 1
+                    continue
+                self._changed.wait(min(due, 0.25))  # abort is looked at at least 4 times a second
+        return timeouts
+
+    def clear(self) -> None:
+        """A new session (reconnect, seek): nothing it sent before is waited for."""
+        with self._changed:
+            self._unanswered.clear()
 
 
 class MotionDetector:

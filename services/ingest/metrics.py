@@ -31,3 +31,13 @@ FRAMES_DROPPED = Counter(
     "Decoded frames not published: rate_limit (fps setting), paused, decode_error, bus (publisher behind).",
     ["camera", "reason"],
 )
+CONSUMER_WAIT = Counter(
+    "edgesight_camera_consumer_wait_seconds_total",
+    "Time a file read with realtime: false waited for inference to answer its frames (backpressure).",
+    ["camera"],
+)
+CONSUMER_TIMEOUTS = Counter(
+    "edgesight_camera_consumer_timeouts_total",
+    "Frames of a backpressured file that no Detections answered in time; counted as taken.",
+    ["camera"],
+)

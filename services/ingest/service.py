@@ -11,13 +11,15 @@ import logging
 import os
 
 from common._compat import TaskGroup
+from common.bus import Subscriber
 from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, CameraConfig, SiteConfig
 from common.errors import AssetError
 from common.service import Service, ServiceState
 from common.shm import FrameRingWriter, frame_bytes
-from contracts import CameraStatus, Control, FrameRef, Message
+from contracts import CameraStatus, Control, Detections, FrameRef, Message, topic
 from services.ingest import metrics
 from services.ingest.camera import CameraWorker
+from services.ingest.gates import ConsumerGate
 from services.ingest.source import Source
 
 __all__ = ["IngestService"]
@@ -83,13 +85,17 @@ class IngestService(Service):
                     shm_dir=self.config.site.shm_dir,
                 )
                 rings.append(ring)
+                gate = ConsumerGate() if self._backpressured(camera, sources[name]) else None
                 self.workers[name] = CameraWorker(
-                    name, camera, sources[name], ring, instance=self.instance, deliver=self._deliver
+                    name, camera, sources[name], ring, instance=self.instance, deliver=self._deliver, consumer=gate
                 )
             self.set_state(ServiceState.READY)
             async with TaskGroup() as group:
                 group.create_task(self._publish_loop(), name="publish")
                 group.create_task(self._status_loop(), name="status")
+                paced = [worker.name for worker in self.workers.values() if worker.consumer is not None]
+                if paced:
+                    group.create_task(self._answers_loop(paced), name="answers")
                 for worker in self.workers.values():
                     group.create_task(worker.run(), name=f"camera-{worker.name}")
         finally:
@@ -99,6 +105,24 @@ class IngestService(Service):
                 await asyncio.to_thread(worker.join, 2.0)
             for ring in rings:
                 ring.close()
+
+    def _backpressured(self, camera: CameraConfig, source: Source) -> bool:
+        """A file read faster than real time, on a camera some model serves: paced by inference's answers."""
+        served = bool(camera.models or self.config.models)
+        return camera.backpressure and not camera.realtime and not source.is_live and served
+
+    async def _answers_loop(self, cameras: list[str]) -> None:
+        """Detections of the backpressured cameras, heard as answers: each frees room for the next frame.
+
+        Listening to a broadcast adds no edge to the frame's path: inference neither knows nor waits."""
+        topics = [topic("detections", camera) for camera in cameras]
+        async with Subscriber(self.config.bus.subscribe, self.name, topics, hwm=1000) as answers:
+            async for received in answers:
+                message = received.message
+                if isinstance(message, Detections):
+                    worker = self.workers.get(message.frame.camera)
+                    if worker is not None and worker.consumer is not None:
+                        worker.consumer.answered(message.frame.seq)
 
     def _deliver(self, message: Message) -> None:
         try:

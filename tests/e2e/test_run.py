@@ -94,6 +94,24 @@ def test_run_refuses_a_service_that_is_not_installed(site_file: Path, python_env
     assert "not installed: teleporter" in result.stderr
 
 
+def run_for(
+    site: Path, seconds: int, python_env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], str, dict[str, str]]:
+    """`edgesight run SITE --for SECONDS` (exit 0 asserted): the result, the last status table with a
+    ready service, and its rows by service name."""
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli.main", "run", str(site), "--for", str(seconds), "--status-interval", "2"],
+        capture_output=True,
+        text=True,
+        env=python_env,
+        timeout=seconds + 60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    last_live = next(t for t in reversed(result.stdout.split("service ")) if "ready" in t)
+    rows = {line.split()[0]: line for line in last_live.splitlines()[1:] if line.strip()}
+    return result, last_live, rows
+
+
 def test_run_starts_one_ingest_per_camera_group(tmp_path: Path, python_env: dict[str, str]) -> None:
     cameras = {
         "west-door": {"url": "people.mp4", "loop": True, "fps": 5},
@@ -104,21 +122,25 @@ def test_run_starts_one_ingest_per_camera_group(tmp_path: Path, python_env: dict
     east_port = free_port()
     text = site.read_text().replace("ports: {", f"ports: {{'ingest@east': {east_port}, ", 1)
     site.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "common.cli.main", "run", str(site), "--for", "7", "--status-interval", "2"],
-        capture_output=True,
-        text=True,
-        env=python_env,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    tables = result.stdout.split("service ")
-    last_live = next(t for t in reversed(tables) if "ready" in t)
-    rows = {line.split()[0]: line for line in last_live.splitlines()[1:] if line.strip()}
+    result, last_live, rows = run_for(site, 7, python_env)
     assert "cameras=1" in rows["ingest"] and "streaming=1" in rows["ingest"], last_live
     assert "cameras=1" in rows["ingest@east"] and "streaming=1" in rows["ingest@east"], last_live
     assert f"metrics_port={east_port}" in result.stderr
     assert f"metrics_port={config.metrics.port('ingest')}" in result.stderr
+
+
+def test_run_starts_inference_replicas_that_split_the_cameras(tmp_path: Path, python_env: dict[str, str]) -> None:
+    cameras = {name: {"url": "people.mp4", "loop": True, "fps": 5} for name in ("dock", "gate", "yard")}
+    models = {"people": {"path": "yolox_nano.onnx", "classes": ["person"], "threads": 1}}
+    run = {"services": ["broker", "ingest", "inference"], "inference_replicas": 2}
+    site = site_with_run(tmp_path, run, {"cameras": cameras, "models": models})
+    result, last_live, rows = run_for(site, 12, python_env)
+    # three cameras, sorted (dock, gate, yard), dealt out by index: 0 -> dock + yard, 1 -> gate
+    assert "cameras=2" in rows["inference"] and "cameras=1" in rows["inference@1"], last_live
+    for name in ("inference", "inference@1"):
+        frames = float(re.search(r"frames=(\S+)", rows[name]).group(1))  # type: ignore[union-attr]
+        assert frames > 5, (name, last_live)
+    assert "EDGESIGHT_INFERENCE_SHARD" not in result.stderr  # no complaint about the shard it was given
 
 
 def site_with_run(tmp_path: Path, run: dict[str, object], extra: dict[str, object] | None = None) -> Path:

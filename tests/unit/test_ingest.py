@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from common.errors import AssetError
 from services.ingest.camera import output_size
-from services.ingest.gates import FrameRateGate, MotionDetector
+from services.ingest.gates import ConsumerGate, FrameRateGate, MotionDetector
 from services.ingest.source import Source
 
 
@@ -132,3 +134,39 @@ def test_pixels_written_into_the_slot_are_ffmpegs_colours(shared_dir: Path, pixe
             write_pixels(frame, half, pixel_format)
             expected = frame.to_ndarray(format=pixel_format, width=frame.width // 2, height=frame.height // 2)
             assert np.array_equal(half, expected)
+
+
+def test_consumer_gate_holds_the_decoder_two_frames_ahead_of_the_answers() -> None:
+    gate, abort = ConsumerGate(window=2, timeout_s=5.0), threading.Event()
+    assert gate.wait(abort) == 0  # nothing sent: no wait
+    gate.sent(1)
+    gate.sent(2)
+    released: list[float] = []
+    waiter = threading.Thread(target=lambda: released.append(gate.wait(abort)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and not released  # two unanswered: the third frame waits
+    gate.answered(1)
+    waiter.join(2)
+    assert released == [0]
+    gate.sent(3)
+    gate.answered(3)  # inference skipped to the newest: 2 is answered with it
+    assert gate.wait(abort) == 0
+    gate.sent(4)
+    gate.sent(5)
+    gate.clear()  # a new session waits for nothing it sent before
+    assert gate.wait(abort) == 0
+
+
+def test_consumer_gate_gives_up_on_a_frame_nobody_answers() -> None:
+    gate, abort = ConsumerGate(window=2, timeout_s=0.2), threading.Event()
+    gate.sent(1)
+    gate.sent(2)
+    started = time.monotonic()
+    assert gate.wait(abort) == 1  # frame 1 counted as taken after 0.2 s
+    assert 0.15 < time.monotonic() - started < 1.0
+    gate.sent(3)
+    abort.set()  # stopping: no wait at all
+    started = time.monotonic()
+    assert gate.wait(abort) == 0
+    assert time.monotonic() - started < 0.1
