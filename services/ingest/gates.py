@@ -84,7 +84,7 @@ class ConsumerGate:
         return timeouts
 
     def clear(self) -> None:
-        """A new session (reconnect, seek): nothing it sent before is waited for."""
+        """A new session (a reconnect): nothing sent before it is waited for."""
         with self._changed:
             self._unanswered.clear()
 
