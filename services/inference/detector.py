@@ -66,13 +66,12 @@ class Detector:
         cls,
         config: ModelConfig,
         asset_paths: tuple[Path, ...] = (),
-        threads: int = 0,
         trust: TrustPolicy | None = None,
         what: str = "the model",
     ) -> Detector:
         spec = load_model_spec(config.path, asset_paths, trust, allow_unsigned=config.allow_unsigned, what=what)
         backend = open_backend(
-            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=threads or config.threads
+            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=config.threads
         )
         return cls(
             spec, backend, score_threshold=config.score_threshold, nms_iou=config.nms_iou, classes=config.classes

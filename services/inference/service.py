@@ -34,7 +34,6 @@ __all__ = ["InferenceService", "ModelWorker", "parse_shard"]
 
 log = logging.getLogger(__name__)
 
-SHARD_VARIABLE = INFERENCE_SHARD_VARIABLE
 RELOAD_POLL_S = 2.0
 
 
@@ -43,9 +42,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ConfigError([f"{SHARD_VARIABLE}={text!r}: expected INDEX/COUNT, e.g. 0/2"]) from None
+        raise ConfigError([f"{INFERENCE_SHARD_VARIABLE}={text!r}: expected INDEX/COUNT, e.g. 0/2"]) from None
     if count < 1 or not 0 <= index < count:
-        raise ConfigError([f"{SHARD_VARIABLE}={text!r}: need 0 <= INDEX < COUNT"])
+        raise ConfigError([f"{INFERENCE_SHARD_VARIABLE}={text!r}: need 0 <= INDEX < COUNT"])
     return index, count
 
 
@@ -149,7 +148,7 @@ class InferenceService(Service):
     name = "inference"
 
     def setup(self) -> None:
-        self.shard = parse_shard(os.environ.get(SHARD_VARIABLE, "0/1"))
+        self.shard = parse_shard(os.environ.get(INFERENCE_SHARD_VARIABLE, "0/1"))
         self.workers: dict[str, ModelWorker] = {}
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
         self._readers: dict[str, FrameReaders] = {}  # model -> its readers

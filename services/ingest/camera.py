@@ -312,7 +312,7 @@ class CameraWorker:
             # label lookups once per session, not per frame (most frames of a fast camera are rate-limited)
             dropped_rate_limit = metrics.FRAMES_DROPPED.labels(self.name, "rate_limit")
             dropped_paused = metrics.FRAMES_DROPPED.labels(self.name, "paused")
-            consumer = self.consumer if use_stream_time else None
+            consumer = self.consumer  # set only for a file read faster than real time
             if consumer is not None:
                 consumer.clear()
                 consumer_wait = metrics.CONSUMER_WAIT.labels(self.name)

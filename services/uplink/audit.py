@@ -55,10 +55,10 @@ def spool_new_records(path: Path, spool: Spool, targets: Callable[[list[Event]],
     """Spools the records appended since the last call (at most MAX_READ bytes); how many were read. Blocking."""
     try:
         with path.open("rb") as file:
-            inode = os.fstat(file.fileno()).st_ino
+            info = os.fstat(file.fileno())
+            inode = info.st_ino
             known_inode, offset = spool.cursor(CURSOR)
-            size = os.fstat(file.fileno()).st_size
-            if inode != known_inode or size < offset:
+            if inode != known_inode or info.st_size < offset:
                 if known_inode:  # replaced or truncated by hand: start over (ids keep repeats out)
                     log.warning("audit trail replaced; reading it from the start", extra={"path": str(path)})
                 offset = 0

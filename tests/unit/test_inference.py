@@ -205,9 +205,9 @@ def test_a_stale_slot_is_skipped_and_counted(tmp_path: Path, frame60: np.ndarray
 
 
 def test_replicas_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.config import parse_config
+    from common.config import INFERENCE_SHARD_VARIABLE, parse_config
     from common.errors import ConfigError
-    from services.inference.service import SHARD_VARIABLE, InferenceService, parse_shard
+    from services.inference.service import InferenceService, parse_shard
 
     config = parse_config(
         "site: {name: t}\n"
@@ -219,11 +219,11 @@ def test_replicas_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     shares = []
     for index in range(2):
-        monkeypatch.setenv(SHARD_VARIABLE, f"{index}/2")
+        monkeypatch.setenv(INFERENCE_SHARD_VARIABLE, f"{index}/2")
         shares.append(InferenceService(config).assignment())
     assert shares == [{"a": ["people"], "c": ["vests"]}, {"b": ["people", "vests"]}]
     for bad in ("2/2", "x", "1/0"):
-        with pytest.raises(ConfigError, match=SHARD_VARIABLE):
+        with pytest.raises(ConfigError, match=INFERENCE_SHARD_VARIABLE):
             parse_shard(bad)
 
 
