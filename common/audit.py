@@ -21,10 +21,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from common.files import private_dir, private_fd
+
 __all__ = ["AUDIT_FILE", "AuditTrail", "audit_path"]
 
 AUDIT_FILE = "audit.jsonl"
 MAX_VALUE = 1024  # a detail value is cut to this (the bus contract's Text)
+MAX_CHANGES = 500  # keys of a diff kept in one record (a camera has at most 64 rules)
 
 
 def audit_path(state_dir: Path | str) -> Path:
@@ -37,10 +40,19 @@ class AuditTrail:
         self.site = site
         self.actor = actor
 
-    def record(self, action: str, target: str, *, actor: str | None = None, **detail: Any) -> dict[str, Any]:
+    def record(
+        self,
+        action: str,
+        target: str,
+        *,
+        actor: str | None = None,
+        changes: list[dict[str, Any]] | None = None,
+        **detail: Any,
+    ) -> dict[str, Any]:
         """Appends one record and returns it. ``action`` is dotted (``model.install``); ``detail``
-        values are strings, numbers or booleans."""
-        entry = {
+        values are strings, numbers or booleans; ``changes`` is a key-level diff (``{"key", "old",
+        "new"}``, secrets already masked by the caller), kept whole up to MAX_CHANGES keys."""
+        entry: dict[str, Any] = {
             "id": f"audit-{uuid.uuid4().hex}",
             "ts_ns": time.time_ns(),
             "site": self.site,
@@ -49,9 +61,19 @@ class AuditTrail:
             "target": target[:MAX_VALUE],
             "detail": {key: _scalar(value) for key, value in detail.items() if value is not None},
         }
+        if changes is not None:
+            entry["changes"] = [
+                {
+                    "key": str(change["key"])[:MAX_VALUE],
+                    "old": _bounded(change.get("old")),
+                    "new": _bounded(change.get("new")),
+                }
+                for change in changes[:MAX_CHANGES]
+            ]
+            entry["detail"]["changed_keys"] = len(changes)
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        private_dir(self.path.parent)
+        descriptor = private_fd(self.path, os.O_WRONLY | os.O_APPEND, 0o640)  # 0640, as it always was
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)  # writers on one host (or one hostPath) never interleave
             os.write(descriptor, line)
@@ -65,3 +87,11 @@ def _scalar(value: Any) -> str | int | float | bool:
     if isinstance(value, (bool, int, float)):
         return value
     return str(value)[:MAX_VALUE]
+
+
+def _bounded(value: Any) -> Any:
+    """A diff's value as JSON allows, its text cut to MAX_VALUE."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text[:MAX_VALUE] if isinstance(value, str) else (value if len(text) <= MAX_VALUE else text[:MAX_VALUE])

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Literal
 
-__all__ = ["RateLimitFilter", "configure", "get_logger"]
+__all__ = ["DropTally", "RateLimitFilter", "configure", "get_logger"]
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _service = "-"
@@ -49,6 +49,33 @@ class RateLimitFilter(logging.Filter):
             for stale in sorted(self._last, key=lambda k: self._last[k][0])[:5_000]:
                 del self._last[stale]
         return True
+
+
+class DropTally:
+    """What a bounded store dropped, as one warning at most every ``interval_s`` with the counts since
+    the last one: a metric alone goes unseen in the logs, a line per drop floods them."""
+
+    def __init__(
+        self, logger: logging.Logger, message: str, kinds: tuple[str, ...], interval_s: float = 60.0, **context: Any
+    ) -> None:
+        self.logger = logger
+        self.message = message
+        self.kinds = kinds
+        self.interval_s = interval_s
+        self.context = context
+        self.counts = dict.fromkeys(kinds, 0)
+        self._logged = -1e18
+
+    def add(self, kind: str, count: int = 1) -> None:
+        self.counts[kind] += count
+
+    def flush(self) -> None:
+        """Logs the counts if any and the interval has passed (call after a drop, and now and then)."""
+        now = time.monotonic()
+        if any(self.counts.values()) and now - self._logged >= self.interval_s:
+            self.logger.warning(self.message, extra={**self.counts, **self.context})
+            self.counts = dict.fromkeys(self.kinds, 0)
+            self._logged = now
 
 
 class _Formatter(logging.Formatter):

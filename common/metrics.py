@@ -5,6 +5,7 @@ Names follow ``edgesight_<noun>_<unit>``; labels are bounded (service, stream, r
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +35,10 @@ BUS_MESSAGES = Counter(
     "edgesight_bus_messages_total", "Messages sent or received on the bus.", ["service", "stream", "direction"]
 )
 BUS_DENIED = Counter(
-    "edgesight_bus_denied_total", "Bus clients refused by CurveZMQ: their key is not authorized.", ["service"]
+    "edgesight_bus_denied_total",
+    "Refused on the bus: 'key' a client key not authorized, 'no_key' a tcp client without Curve, 'handshake' "
+    "another failed handshake, 'control' a Control message its sender's key may not send (the broker).",
+    ["service", "reason"],
 )
 BUS_REJECTED = Counter(
     "edgesight_bus_rejected_total", "Malformed or unknown bus messages dropped.", ["service", "reason"]
@@ -100,6 +104,15 @@ class HttpEndpoint:
     def beat(self) -> None:
         """Called from the event loop: proof of progress for ``/healthz``."""
         self._last_beat_ns = time.monotonic_ns()
+
+    async def beat_forever(self, service: str, interval_s: float = 0.5) -> None:
+        """The event loop's heartbeat, as a task until cancelled: beats, and records how late each beat ran
+        in ``edgesight_event_loop_lag_seconds{service}``."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(interval_s)
+            LOOP_LAG.labels(service=service).observe(max(0.0, time.monotonic() - before - interval_s))
+            self.beat()
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -21,13 +21,14 @@ import time
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, ClassVar
 
+from common import files
 from common import logging as eslogging
 from common._compat import TaskGroup
 from common.audit import AuditTrail
 from common.bus import Publisher, Subscriber, security
 from common.config import SiteConfig, load_config
 from common.errors import ConfigError, EdgeSightError, StartupError
-from common.metrics import LOOP_LAG, SERVICE_UP, HttpEndpoint
+from common.metrics import SERVICE_UP, HttpEndpoint
 from contracts import Control, Health, topic
 
 __all__ = ["Service", "ServiceState", "run_service"]
@@ -143,7 +144,7 @@ class Service(abc.ABC):
                         group.create_task(self._guard(self.main()), name="main"),
                         group.create_task(self._health_loop(), name="health"),
                         group.create_task(self._control_loop(control), name="control"),
-                        group.create_task(self._heartbeat_loop(), name="heartbeat"),
+                        group.create_task(http.beat_forever(self.name), name="heartbeat"),
                     ]
                     group.create_task(self._stop_when_asked(), name="stop")
                 self.set_state(ServiceState.STOPPING)
@@ -193,15 +194,6 @@ class Service(abc.ABC):
             else:
                 await self.on_control(command)
 
-    async def _heartbeat_loop(self) -> None:
-        interval = 0.5
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(interval)
-            LOOP_LAG.labels(service=self.name).observe(max(0.0, time.monotonic() - before - interval))
-            if self.http is not None:
-                self.http.beat()
-
 
 def run_service(cls: type[Service], argv: Sequence[str] | None = None) -> int:
     """Entry point: ``python -m services.<name> --config site.yaml [--instance ID] [--metrics-port N]``."""
@@ -211,6 +203,7 @@ def run_service(cls: type[Service], argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, help="override metrics.ports.<service>; 0 picks a free port")
     parser.add_argument("--check", action="store_true", help="check this service's part of the site file and exit")
     args = parser.parse_args(argv)
+    files.restrict_umask()  # before anything is written: SQLite's side files, an app's storage, the model store
     try:
         config = load_config(args.config)
     except EdgeSightError as exc:

@@ -2,6 +2,7 @@
 # Sets up a fresh Debian machine (as root) or refreshes an existing checkout; safe to run again.
 #   - the Debian packages in scripts/apt-packages.txt (only the missing ones; apt-get update once)
 #   - .venv with this project installed editable, with the test extra
+#   - `edgesight` on the PATH (scripts/put_on_path.sh)
 # Re-installs Python packages only when pyproject.toml, setup.py or the C helper changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,3 +41,4 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]] || ! .venv/bin/python -c "i
   .venv/bin/python -c "import common.shm._fence"  # the C helper must have been built
   echo "$digest" > "$stamp"
 fi
+scripts/put_on_path.sh

@@ -5,78 +5,81 @@
 #   3. runs YOLOX-Nano on the clip with `edgesight detect` (JSON lines + an annotated video);
 #   4. runs the services under `edgesight run` (broker, ingest, inference, rules; two cameras) for
 #      20 s: reads camera states, FrameRefs and Detections from the bus, drops the RTSP server for
-#      3 s (the camera reconnects), SIGKILLs ingest (edgesight run restarts it), and shows the
+#      3 s (the camera reconnects), SIGKILLs its ingest (edgesight run restarts it), and shows the
 #      events the rules decided (line crossings with masked snapshots, zone visits, crowding);
 #      The uplink spools every event and publishes it to a local Mosquitto (a stand-in for AWS
 #      IoT Core), where a subscriber counts them;
-#   5. the web console: runs the pipeline with it for $EDGESIGHT_DEMO_CONSOLE_S seconds (45), prints its
-#      URL and password, logs in with a headless Chromium and saves screenshots of three pages;
-#   6. imports an AWS Panorama application (examples/panorama/people_counter) with
+#   5. imports an AWS Panorama application (examples/panorama/people_counter) with
 #      `edgesight panorama import` and runs it unchanged on the lobby camera; saves its HDMI output;
-#   7. trust: signs YOLOX-Nano into a package encrypted for this device, verifies it, shows a tampered
+#   6. trust: signs YOLOX-Nano into a package encrypted for this device, verifies it, shows a tampered
 #      copy and another signer's package refused, installs it and checks a site that runs only signed models;
-#   8. the benchmarks, --quick: the split pipeline vs one loop, frame hop, ingest decode, inference and uplink throughput, tracking, model loading from packages.
+#   7. the benchmarks, --quick, as one table of ratios against their goals;
+#   8. the web console with the pipeline: logs in with a headless Chromium and saves screenshots, then
+#      prints its URL and password last and stays up until Ctrl-C (at a terminal) or for
+#      $EDGESIGHT_DEMO_HOLD_S seconds (default 30 when stdin is not a terminal).
+# Everything it starts has its own folder, ports and process group, made by scripts/demo_site.py, which
+# runs this script inside them and stops and removes them when it ends, on Ctrl-C and SIGTERM too.
+# Give EDGESIGHT_RUN_DIR to keep the folder (screenshots, videos, logs); EDGESIGHT_DEMO_CONSOLE_HOST=0.0.0.0
+# opens the console to the LAN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export EDGESIGHT_RUN_DIR=${EDGESIGHT_RUN_DIR:-$(mktemp -d /tmp/edgesight-demo.XXXXXX)}
-export EDGESIGHT_DEMO_RTSP_PORT=${EDGESIGHT_DEMO_RTSP_PORT:-8554}
-export EDGESIGHT_DEMO_MQTT_PORT=${EDGESIGHT_DEMO_MQTT_PORT:-18830}
-export EDGESIGHT_DEMO_CONSOLE_PORT=${EDGESIGHT_DEMO_CONSOLE_PORT:-8080}
-# the console has no default password: one made up for this run (or yours)
-export EDGESIGHT_CONSOLE_PASSWORD=${EDGESIGHT_CONSOLE_PASSWORD:-$(.venv/bin/python -c "import secrets; print(secrets.token_urlsafe(12))")}
+if [[ -z ${EDGESIGHT_DEMO_SITE:-} ]]; then
+  exec .venv/bin/python scripts/demo_site.py run -- bash scripts/demo.sh "$@"
+fi
+site=$EDGESIGHT_DEMO_SITE  # examples/demo.yaml with this run's ports and folders
+run_dir=$EDGESIGHT_RUN_DIR
+rtsp_port=$EDGESIGHT_DEMO_RTSP_PORT
+mqtt_port=$EDGESIGHT_DEMO_MQTT_PORT
 edgesight=.venv/bin/edgesight
 clip=$(.venv/bin/python -c "from common.assets import find_asset; print(find_asset('people.mp4'))")
 rtsp_pid=""
 start_rtsp() {
-  /usr/bin/python3 tests/servers/rtsp_server.py --port "$EDGESIGHT_DEMO_RTSP_PORT" "/lobby=$clip" > "$EDGESIGHT_RUN_DIR/rtsp.log" &
+  /usr/bin/python3 tests/servers/rtsp_server.py --port "$rtsp_port" "/lobby=$clip" > "$run_dir/rtsp.log" &
   rtsp_pid=$!
-  for _ in $(seq 50); do grep -q ready "$EDGESIGHT_RUN_DIR/rtsp.log" && return; sleep 0.1; done
-  echo "the RTSP server did not start: $(cat "$EDGESIGHT_RUN_DIR/rtsp.log")" >&2; exit 1
+  for _ in $(seq 50); do grep -q ready "$run_dir/rtsp.log" && return; sleep 0.1; done
+  echo "the RTSP server did not start: $(cat "$run_dir/rtsp.log")" >&2; exit 1
 }
-mqtt_pids=()
-run_pid=""
-trap '[[ -n $rtsp_pid ]] && kill $rtsp_pid 2>/dev/null; kill ${mqtt_pids[*]:-} $run_pid 2>/dev/null || true' EXIT
+# no trap: demo_site.py stops this script's whole process group (and only it) when it ends
 
 echo "== 1. the site file"
 $edgesight config check examples/site.yaml
-broken=$EDGESIGHT_RUN_DIR/broken.yaml
+broken=$run_dir/broken.yaml
 sed 's/    fps: 5 /    fps: -5 /' examples/site.yaml > "$broken"
 $edgesight config check "$broken" || echo "(exit $? — the error names the file, line and key)"
 
-echo; echo "== 2. a camera: the shared clip over RTSP on port $EDGESIGHT_DEMO_RTSP_PORT"
+echo; echo "== 2. a camera: the shared clip over RTSP on port $rtsp_port"
 start_rtsp
-$edgesight cameras probe "rtsp://127.0.0.1:$EDGESIGHT_DEMO_RTSP_PORT/lobby" --frames 25
+$edgesight cameras probe "rtsp://127.0.0.1:$rtsp_port/lobby" --frames 25
 
 echo; echo "== 3. a model checked before deploying it: YOLOX-Nano on 100 frames of the clip"
 $edgesight detect --model yolox_nano.onnx --source "$clip" --frames 100 \
-  --out "$EDGESIGHT_RUN_DIR/detections.jsonl" --annotate "$EDGESIGHT_RUN_DIR/annotated.mp4"
-echo "-- frame 60: $(sed -n 61p "$EDGESIGHT_RUN_DIR/detections.jsonl" | grep -o '"label": "person"' | wc -l) persons;" \
-  "video with boxes: $EDGESIGHT_RUN_DIR/annotated.mp4"
+  --out "$run_dir/detections.jsonl" --annotate "$run_dir/annotated.mp4"
+echo "-- frame 60: $(sed -n 61p "$run_dir/detections.jsonl" | grep -o '"label": "person"' | wc -l) persons;" \
+  "video with boxes: $run_dir/annotated.mp4"
 
-echo; echo "== 4. the services, supervised (20 s), with a local Mosquitto on port $EDGESIGHT_DEMO_MQTT_PORT"
-printf 'user %s\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$(whoami)" "$EDGESIGHT_DEMO_MQTT_PORT" > "$EDGESIGHT_RUN_DIR/mosquitto.conf"
-mosquitto -c "$EDGESIGHT_RUN_DIR/mosquitto.conf" 2>/dev/null & mqtt_pids+=($!)
+echo; echo "== 4. the services, supervised (20 s), with a local Mosquitto on port $mqtt_port"
+printf 'user %s\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$(whoami)" "$mqtt_port" > "$run_dir/mosquitto.conf"
+mosquitto -c "$run_dir/mosquitto.conf" 2>/dev/null &
 sleep 0.5
-mosquitto_sub -p "$EDGESIGHT_DEMO_MQTT_PORT" -t 'edgesight/demo/#' -v > "$EDGESIGHT_RUN_DIR/mqtt.log" & mqtt_pids+=($!)
-$edgesight run examples/demo.yaml --for 20 --status-interval 4 &
+mosquitto_sub -p "$mqtt_port" -t 'edgesight/demo/#' -v > "$run_dir/mqtt.log" &
+$edgesight run "$site" --for 20 --status-interval 4 &
 run_pid=$!
 sleep 5
 echo "-- camera states, two frame references and two detections from the bus"
-$edgesight bus tail examples/demo.yaml --stream cameras --count 2
-$edgesight bus tail examples/demo.yaml --stream frames --count 2
-$edgesight bus tail examples/demo.yaml --stream detections --count 2 | cut -c1-400
+$edgesight bus tail "$site" --stream cameras --count 2
+$edgesight bus tail "$site" --stream frames --count 2
+$edgesight bus tail "$site" --stream detections --count 2 | cut -c1-400
 echo "-- the RTSP server goes away for 3 s: the lobby camera backs off, then streams again"
 kill "$rtsp_pid"; wait "$rtsp_pid" 2>/dev/null || true
 sleep 3
 start_rtsp
 sleep 3
-ingest_pid=$(pgrep -f "services.ingest --config" | head -n1 || true)
-if [[ -n $ingest_pid ]]; then
-  echo "-- killing ingest (pid $ingest_pid) with SIGKILL: edgesight run restarts it, its rings are reclaimed"
-  kill -9 "$ingest_pid"
+# this run's own ingest: the one its `edgesight run` started for $site, not any ingest on the machine
+if ingest_pid=$(.venv/bin/python scripts/demo_site.py kill-ingest --under "$run_pid" --site "$site" --wait 5); then
+  echo "-- ingest (pid $ingest_pid) killed with SIGKILL: edgesight run restarts it, its rings are reclaimed"
 fi
 wait "$run_pid"
-events=$EDGESIGHT_RUN_DIR/state/events.jsonl
+events=$run_dir/state/events.jsonl
 echo "-- events: $(wc -l < "$events" 2>/dev/null || echo 0) in $events; by type:"
 .venv/bin/python - "$events" <<'PY'
 import collections, json, sys
@@ -89,39 +92,19 @@ if crossings:
           "snapshot", last.get("snapshot"))
 PY
 
-echo "-- over MQTT: $(grep -c '^edgesight/demo/events ' "$EDGESIGHT_RUN_DIR/mqtt.log" || true) events," \
-  "$(grep -c '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" || true) count updates; the last count:"
-grep '/count ' "$EDGESIGHT_RUN_DIR/mqtt.log" | tail -n1 || true
+echo "-- over MQTT: $(grep -c '^edgesight/demo/events ' "$run_dir/mqtt.log" || true) events," \
+  "$(grep -c '/count ' "$run_dir/mqtt.log" || true) count updates; the last count:"
+grep '/count ' "$run_dir/mqtt.log" | tail -n1 || true
 
-echo; echo "== 5. the web console, with the pipeline, for ${EDGESIGHT_DEMO_CONSOLE_S:-45} s"
-console_url="http://${EDGESIGHT_DEMO_CONSOLE_HOST:-127.0.0.1}:$EDGESIGHT_DEMO_CONSOLE_PORT"
-echo "-- open $console_url/ and log in with the password: $EDGESIGHT_CONSOLE_PASSWORD"
-echo "   (EDGESIGHT_DEMO_CONSOLE_S=600 keeps it up for 10 minutes; EDGESIGHT_DEMO_CONSOLE_HOST=0.0.0.0 opens it to the LAN)"
-$edgesight run examples/demo.yaml --services broker,ingest,inference,rules,uplink,console \
-  --for "${EDGESIGHT_DEMO_CONSOLE_S:-45}" --status-interval 15 &
-run_pid=$!
-.venv/bin/python scripts/console_tour.py --url "$console_url" --password "$EDGESIGHT_CONSOLE_PASSWORD" \
-  --out "$EDGESIGHT_RUN_DIR" --camera hall || true
-echo "-- the same over the JSON API (GET /api/counts, with the login's cookie):"
-.venv/bin/python - "$console_url" <<'PY' || true
-import http.cookiejar, json, os, sys, urllib.request
-opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-login = urllib.request.Request(f"{sys.argv[1]}/api/login", json.dumps({"password": os.environ["EDGESIGHT_CONSOLE_PASSWORD"]}).encode(),
-                               {"Content-Type": "application/json"})
-opener.open(login, timeout=5)
-print("  ", json.load(opener.open(f"{sys.argv[1]}/api/counts", timeout=5))["hall"])
-PY
-wait "$run_pid"
-
-echo; echo "== 6. an AWS Panorama application, unchanged: examples/panorama/people_counter on the lobby camera"
-panorama_site=$EDGESIGHT_RUN_DIR/panorama.yaml
+echo; echo "== 5. an AWS Panorama application, unchanged: examples/panorama/people_counter on the lobby camera"
+panorama_site=$run_dir/panorama.yaml
 $edgesight panorama import examples/panorama/people_counter \
-  --camera "camera_node=rtsp://127.0.0.1:$EDGESIGHT_DEMO_RTSP_PORT/lobby" --model model_node=yolox_nano.onnx \
-  --param detection_threshold=0.3 --base examples/demo.yaml --out "$panorama_site"
+  --camera "camera_node=rtsp://127.0.0.1:$rtsp_port/lobby" --model model_node=yolox_nano.onnx \
+  --param detection_threshold=0.3 --base "$site" --out "$panorama_site"
 $edgesight run "$panorama_site" --services broker,ingest,apps --for 15 --status-interval 5 &
 run_pid=$!
 sleep 12
-.venv/bin/python - "$panorama_site" "$EDGESIGHT_RUN_DIR/panorama_output.jpg" <<'PY'
+.venv/bin/python - "$panorama_site" "$run_dir/panorama_output.jpg" <<'PY'
 import json, sys, urllib.request
 from common.config import load_config
 base = f"http://127.0.0.1:{load_config(sys.argv[1]).metrics.port('apps')}/apps"
@@ -137,42 +120,76 @@ print("-- app:", app["state"], app["frames"], "frames,", app["restarts"], "resta
 PY
 wait "$run_pid"
 echo "-- what the app logged to /opt/aws/panorama/logs/app.log:"
-tail -n 3 "$EDGESIGHT_RUN_DIR/state/apps/people_counter/logs/app.log" || true
+tail -n 3 "$run_dir/state/apps/people_counter/logs/app.log" || true
 
-echo; echo "== 7. trust: a signed model package, encrypted for this device; what is refused; the audit trail"
-keys=$EDGESIGHT_RUN_DIR/keys
+echo; echo "== 6. trust: a signed model package, encrypted for this device; what is refused; the audit trail"
+keys=$run_dir/keys
 $edgesight models keygen --out "$keys"
 $edgesight models keygen --out "$keys" --device > /dev/null
 model=$(.venv/bin/python -c "from common.assets import find_asset; print(find_asset('yolox_nano.onnx'))")
-$edgesight models package "$model" --key "$keys/signing.key" -o "$EDGESIGHT_RUN_DIR/people-2.espkg" \
+$edgesight models package "$model" --key "$keys/signing.key" -o "$run_dir/people-2.espkg" \
   --name people --version 2 --encrypt-for "$keys/device.pub"
-$edgesight models verify "$EDGESIGHT_RUN_DIR/people-2.espkg" --trusted "$keys/signing.pub" --device-key "$keys/device.key"
-.venv/bin/python - "$EDGESIGHT_RUN_DIR/people-2.espkg" "$EDGESIGHT_RUN_DIR/tampered.espkg" <<'PY'
+$edgesight models verify "$run_dir/people-2.espkg" --trusted "$keys/signing.pub" --device-key "$keys/device.key"
+.venv/bin/python - "$run_dir/people-2.espkg" "$run_dir/tampered.espkg" <<'PY'
 import sys
 data = bytearray(open(sys.argv[1], "rb").read())
 data[len(data) // 2] ^= 1  # one bit in the middle of the model
 open(sys.argv[2], "wb").write(data)
 PY
 echo "-- one flipped bit:"
-$edgesight models verify "$EDGESIGHT_RUN_DIR/tampered.espkg" --trusted "$keys/signing.pub" || true
+$edgesight models verify "$run_dir/tampered.espkg" --trusted "$keys/signing.pub" || true
 $edgesight models keygen --out "$keys/someone-else" > /dev/null
-$edgesight models package "$model" --key "$keys/someone-else/signing.key" -o "$EDGESIGHT_RUN_DIR/other.espkg" > /dev/null
+$edgesight models package "$model" --key "$keys/someone-else/signing.key" -o "$run_dir/other.espkg" > /dev/null
 echo "-- signed by a key this site does not trust:"
-$edgesight models verify "$EDGESIGHT_RUN_DIR/other.espkg" --trusted "$keys/signing.pub" || true
-trust_site=$EDGESIGHT_RUN_DIR/trust.yaml
-.venv/bin/python - examples/demo.yaml "$trust_site" "$keys" <<'PY'
+$edgesight models verify "$run_dir/other.espkg" --trusted "$keys/signing.pub" || true
+trust_site=$run_dir/trust.yaml
+.venv/bin/python - "$site" "$trust_site" "$keys" <<'PY'
 import sys, yaml
 site = yaml.safe_load(open(sys.argv[1]))
 site["site"] |= {"trusted_keys": [f"{sys.argv[3]}/signing.pub"], "device_key": f"{sys.argv[3]}/device.key"}
 site["models"]["people"]["path"] = "people.espkg"
 yaml.safe_dump(site, open(sys.argv[2], "w"), sort_keys=False)
 PY
-$edgesight models install "$EDGESIGHT_RUN_DIR/people-2.espkg" --config "$trust_site"
+$edgesight models install "$run_dir/people-2.espkg" --config "$trust_site"
 $edgesight models list --config "$trust_site"
 echo "-- a site with site.trusted_keys runs only signed packages:"
 $edgesight config check "$trust_site"
 echo "-- the audit trail (sent upstream by the uplink as audit events):"
-tail -n 2 "$EDGESIGHT_RUN_DIR/state/audit.jsonl"
+tail -n 2 "$run_dir/state/audit.jsonl"
 
-echo; echo "== 8. benchmarks (quick): pipeline, frame_hop, ingest_decode, inference_throughput, uplink_throughput, tracking, model_package"
-.venv/bin/python -m benchmarks --quick --json "$EDGESIGHT_RUN_DIR/benchmarks.json"
+echo; echo "== 7. benchmarks, --quick (a smoke test of each; \`make bench\` measures): ours / a baseline in the same run"
+# their tables and the services' logs go to a file: here, one line each and the summary
+.venv/bin/python -m benchmarks --quick --json "$run_dir/benchmarks.json" --log "$run_dir/benchmarks.log" \
+  || { echo "-- the end of its log:"; tail -n 15 "$run_dir/benchmarks.log"; }
+
+echo; echo "== 8. the web console, with the pipeline running"
+console_url="http://${EDGESIGHT_DEMO_CONSOLE_HOST:-127.0.0.1}:$EDGESIGHT_DEMO_CONSOLE_PORT"
+# its status tables and logs go to a file: the URL and password stay the last lines on screen
+$edgesight run "$site" --services broker,ingest,inference,rules,uplink,console > "$run_dir/console-run.log" 2>&1 &
+run_pid=$!
+.venv/bin/python scripts/console_tour.py --url "$console_url" --password "$EDGESIGHT_CONSOLE_PASSWORD" \
+  --out "$run_dir" --camera hall || true
+echo "-- the same over the JSON API (GET /api/counts, with the login's cookie):"
+.venv/bin/python - "$console_url" <<'PY' || true
+import http.cookiejar, json, os, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+login = urllib.request.Request(f"{sys.argv[1]}/api/login", json.dumps({"password": os.environ["EDGESIGHT_CONSOLE_PASSWORD"]}).encode(),
+                               {"Content-Type": "application/json"})
+opener.open(login, timeout=5)
+print("  ", json.load(opener.open(f"{sys.argv[1]}/api/counts", timeout=5))["hall"])
+PY
+hold_s=$EDGESIGHT_DEMO_HOLD_S  # empty: until Ctrl-C (stdin is a terminal)
+if [[ -n $hold_s ]]; then held="for $hold_s s (EDGESIGHT_DEMO_HOLD_S)"; else held="until Ctrl-C"; fi
+echo
+echo "The console is up $held; log in at"
+echo "  $console_url/"
+echo "  password: $EDGESIGHT_CONSOLE_PASSWORD"
+touch "$run_dir/.holding"  # tells demo_site.py that a Ctrl-C from now on is the end, not an interruption
+if [[ -n $hold_s ]]; then
+  sleep "$hold_s"
+  kill -TERM "$run_pid"
+  wait "$run_pid" || true
+else
+  wait "$run_pid" || true  # Ctrl-C: demo_site.py stops everything
+  echo "-- the console stopped by itself; the end of its log:"; tail -n 15 "$run_dir/console-run.log"; exit 1
+fi

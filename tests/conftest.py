@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import socket
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,20 @@ import pytest
 import yaml
 
 from common.assets import asset_search_path
+from tests.support import SLOWDOWN
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """EDGESIGHT_TEST_SLOWDOWN scales pytest-timeout's limits as it scales the tests' own deadlines."""
+    if SLOWDOWN == 1:
+        return
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        limit = float(marker.args[0] if marker is not None and marker.args else config.getini("timeout") or 0)
+        if limit:
+            item.add_marker(pytest.mark.timeout(limit * SLOWDOWN), append=False)
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +41,59 @@ def shared_dir() -> Path:
     pytest.fail("shared assets not found: put the shared/ folder beside the checkout or set EDGESIGHT_ASSETS")
 
 
+def _port_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range: bind(0) (a service's ``--metrics-port 0``, the supervisor,
+    any client socket of any process) never picks one of them, so a port given here stays ours."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10_000, low) if low > 12_000 else (1_024, low)
+
+
+_PORTS_GIVEN: set[int] = set()
+_random = random.SystemRandom()  # a test seeding the module's generator must not make two runs pick alike
+_port_locks: int | None = None
+
+
+def _claim_across_processes(port: int) -> bool:
+    """Locks byte ``port`` of a file every test process on this machine shares, for as long as this process
+    lives (the kernel drops the lock when it exits, however it exits): another clone's ``make test`` running
+    beside this one never hands out the same port, even between its check and its server's bind."""
+    global _port_locks
+    if _port_locks is None:
+        try:
+            _port_locks = os.open(
+                Path(tempfile.gettempdir()) / "edgesight-test-ports.lock", os.O_RDWR | os.O_CREAT, 0o666
+            )
+        except OSError:
+            _port_locks = -1  # not shareable here: the random pick and the bind check still hold
+    if _port_locks < 0:
+        return True
+    try:
+        fcntl.lockf(_port_locks, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on, never given twice in this process nor to another test
+    process, and outside the range bind(0) picks from (see :func:`_port_range`). Binding port 0 and closing
+    the socket had handed one port to two callers."""
+    low, high = _port_range()
+    for _ in range(10_000):
+        port = _random.randrange(low, high)
+        if port in _PORTS_GIVEN or not _claim_across_processes(port):
+            continue
+        _PORTS_GIVEN.add(port)  # claimed now, usable or not: never tried again
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use by something that is not a test
+        return port
+    raise RuntimeError(f"no free port left in {low}..{high}")
 
 
 def write_site(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:

@@ -30,6 +30,21 @@ def repeat_clip(source: Path, target: Path, times: int) -> None:
             offset = end
 
 
+def elementary_stream(source: Path, target: Path, frames: int) -> None:
+    """The first ``frames`` packets of ``source`` as a raw H.264 elementary stream (``.h264``), remuxed.
+
+    FFmpeg cannot seek in such a file (PyAV's ``seek(0)`` raises PermissionError): what a looping file
+    camera must cope with."""
+    with av.open(str(source)) as inp, av.open(str(target), "w", format="h264") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for index, packet in enumerate(inp.demux(stream)):
+            if packet.dts is None or index == frames:
+                break
+            packet.stream = copy
+            out.mux(packet)
+
+
 def frame_digests(path: Path, pixel_format: str = "bgr24") -> set[str]:
     """The digest of every decoded frame of ``path`` in ``pixel_format``, converted as ingest documents it
     (4:2:0 by OpenCV's I420 conversion; see services.ingest.camera.write_pixels), computed here on its own."""

@@ -4,8 +4,15 @@ With ``bus.curve`` set, every tcp socket is encrypted and authenticated: a socke
 Curve *server* (the site's server key pair), one that connects is a *client* with its service's own
 key pair, and a binding socket accepts only the client public keys in ``authorized_keys`` (checked
 by a ZAP handler on the socket's context; a refused client is counted and logged and receives
-nothing). Keys are pyzmq certificate files, made by ``edgesight bus keygen``. ipc endpoints are
-guarded by the file system instead: their folder is made 0700 and the socket file 0660.
+nothing; so is a client that offers no Curve at all, seen by the socket's monitor). Keys are pyzmq
+certificate files, made by ``edgesight bus keygen``; a key's name is its file's in ``authorized_keys``
+(``clients/NAME.key``). ipc endpoints are guarded by the file system instead: their folder is made
+0700 and the socket file 0660.
+
+Being heard is not being obeyed: only the keys in ``CONTROL_SENDERS`` may send ``Control``, and only
+what it lists. The broker checks it (:class:`ControlGuard`): ZeroMQ tells a receiver which key a
+message came with (its ``User-Id``, set by the ZAP handler) per connection, and a service behind the
+broker's proxy only sees the broker's.
 """
 
 from __future__ import annotations
@@ -13,25 +20,32 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from common.errors import BusError, ConfigError
 from common.metrics import BUS_DENIED
+from contracts import ContractError, Control, decode, parse_topic
 
 if TYPE_CHECKING:
     from common.config import SiteConfig
     from common.config.bus import CurveConfig
 
 __all__ = [
+    "CONTROL_SENDERS",
     "DEFAULT_CLIENTS",
+    "ControlGuard",
     "check_curve",
     "configure_curve",
+    "control_guard",
     "generate_bus_keys",
     "prepare",
     "secure_ipc_folder",
@@ -50,6 +64,7 @@ class _Keys:
     secret: bytes
     authorized: frozenset[bytes]
     authorized_folder: Path
+    names: Mapping[bytes, str]  # an authorized public key (z85) -> its name (its file's, NAME.key)
 
 
 _keys: _Keys | None = None
@@ -57,6 +72,15 @@ _authenticators: dict[int, ThreadAuthenticator] = {}
 
 
 DEFAULT_CLIENTS = ("broker", "ingest", "inference", "rules", "uplink", "apps", "console", "run", "cli")
+
+# Who may send Control on a Curve bus, by key name: None for any command to any service, else
+# {target service: commands}. Every other key's Control is dropped by the broker, counted and logged:
+# a service's key (an app's host, a camera decoder) taken over must not stop or pause the others.
+CONTROL_SENDERS: Mapping[str, Mapping[str, frozenset[str]] | None] = {
+    "run": None,
+    "cli": None,
+    "console": {"rules": frozenset({"reload"})},  # the rule editor's save
+}
 
 
 def generate_bus_keys(out: Path, clients: list[str]) -> list[Path]:
@@ -108,9 +132,9 @@ def configure_curve(config: CurveConfig | None, service: str) -> None:
     folder = config.authorized_keys
     if not folder.is_dir():
         raise ConfigError([f"bus.curve.authorized_keys: {folder} is not a folder of client public keys"])
-    authorized = frozenset(zmq.auth.load_certificates(str(folder)))
+    names = {zmq.auth.load_certificate(str(path))[0]: path.stem for path in sorted(folder.glob("*.key"))}
     assert secret is not None
-    _keys = _Keys(service, server_public, server_secret, public, secret, authorized, folder)
+    _keys = _Keys(service, server_public, server_secret, public, secret, frozenset(names), folder, names)
 
 
 def check_curve(config: SiteConfig, services: list[str]) -> list[str]:
@@ -155,6 +179,7 @@ def prepare(sock: Any, bind: bool, address: str, context: Any) -> None:
                 "(bus.curve.server_secret_key)"
             )
         _authenticator(context)
+        _watch_handshakes(sock, context, address)
         sock.curve_server = True
         sock.curve_publickey = _keys.server_public
         sock.curve_secretkey = _keys.server_secret
@@ -174,7 +199,7 @@ class _Clients:
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.keys.authorized:
             return True
-        BUS_DENIED.labels(service=self.keys.service).inc()
+        BUS_DENIED.labels(service=self.keys.service, reason="key").inc()
         now = time.monotonic()
         if now - self.logged.get(key, -3600.0) > 60 and len(self.logged) < 1024:  # once a minute per key
             self.logged[key] = now
@@ -191,13 +216,98 @@ def _authenticator(context: Any) -> None:
     if underlying in _authenticators:
         return
     assert _keys is not None
-    sync: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(
-        underlying
-    )  # the handler's own sockets are blocking ones on a thread
+    sync = _sync(context)
     authenticator = ThreadAuthenticator(sync, log=logging.getLogger("edgesight.bus.auth"))
     authenticator.start()
     authenticator.configure_curve_callback(domain="*", credentials_provider=_Clients(_keys))
     _authenticators[underlying] = authenticator
+
+
+def _sync(context: Any) -> zmq.Context[zmq.Socket[bytes]]:
+    """A blocking context on ``context``'s ZeroMQ context: for sockets on threads (ZAP, monitors, inproc)."""
+    return zmq.Context.shadow(context.underlying)
+
+
+_HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
+def _watch_handshakes(sock: Any, context: Any, address: str) -> None:
+    """A client offering no Curve at all never reaches the ZAP handler (the mechanisms differ): the
+    socket's monitor sees its failed handshake, counted here as ``no_key`` (another failure,
+    say a port scan, as ``handshake``). The thread ends with the socket (the monitor stops)."""
+    monitor = f"inproc://edgesight-handshakes-{id(sock):x}"
+    sock.monitor(monitor, _HANDSHAKE_FAILURES | zmq.EVENT_MONITOR_STOPPED)
+    pair = _sync(context).socket(zmq.PAIR)
+    pair.connect(monitor)
+    assert _keys is not None
+    service = _keys.service
+    threading.Thread(target=_count_failures, args=(pair, service, address), name="bus-handshakes", daemon=True).start()
+
+
+def _count_failures(pair: zmq.Socket[bytes], service: str, address: str) -> None:
+    logged = -3600.0
+    try:
+        while True:
+            event = recv_monitor_message(pair)
+            if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                return
+            plain = event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+            BUS_DENIED.labels(service=service, reason="no_key" if plain else "handshake").inc()
+            if time.monotonic() - logged > 60:  # once a minute: a client retries every few seconds
+                logged = time.monotonic()
+                what = "it offers no Curve key" if plain else "its handshake failed"
+                log.warning(f"bus client refused: {what}", extra={"endpoint": address})
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        pair.close(linger=0)
+
+
+class ControlGuard:
+    """The broker's check of every message on ``control/``: its sender is the key the frontend's
+    connection authenticated with; a key in ``CONTROL_SENDERS`` may send what it lists there, any
+    other nothing. A refusal is dropped, counted (``reason="control"``) and logged once a minute per
+    key. A message with no key (an ipc frontend: the file system guards it) passes."""
+
+    def __init__(self, keys: _Keys) -> None:
+        self.keys = keys
+        self.logged: dict[str, float] = {}
+
+    def allows(self, frames: Sequence[zmq.Frame]) -> bool:
+        head = frames[0].bytes
+        if not head.startswith(b"control/"):
+            return True
+        try:
+            user = frames[0].get("User-Id")
+        except zmq.ZMQError:  # no User-Id: not a Curve connection
+            return True
+        sender = self.keys.names.get(str(user).encode(), str(user))
+        rights = CONTROL_SENDERS.get(sender, {})
+        if rights is None:
+            return True
+        command, target = "?", "?"
+        try:
+            _, target = parse_topic(head)
+            if len(frames) == 2:
+                command = decode(frames[1].bytes, Control).command
+        except (ContractError, ValueError):
+            pass
+        if command in rights.get(target, ()):
+            return True
+        BUS_DENIED.labels(service=self.keys.service, reason="control").inc()
+        now = time.monotonic()
+        if now - self.logged.get(sender, -3600.0) > 60 and len(self.logged) < 1024:
+            self.logged[sender] = now
+            log.warning(
+                "bus control refused: its sender may not send it",
+                extra={"sender": sender, "command": command, "target": target},
+            )
+        return False
+
+
+def control_guard() -> ControlGuard | None:
+    """The guard for the broker on a Curve bus; None without ``bus.curve`` (nobody is told apart)."""
+    return None if _keys is None else ControlGuard(_keys)
 
 
 def secure_ipc_folder(path: Path) -> None:

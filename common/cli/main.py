@@ -10,14 +10,16 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from common import files
 from common import logging as eslogging
 from common.bus import Subscriber, security
-from common.cli.supervisor import Supervisor, installed_services
+from common.cli.supervisor import Supervisor, child_environment, installed_services
 from common.config import SiteConfig, load_config
-from common.errors import EdgeSightError
+from common.errors import EdgeSightError, StartupError
 from contracts import PROTOCOL_VERSION, NDArray, topic
 from contracts.topics import STREAMS
 
@@ -60,6 +62,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for service in checked:  # handed over: never imported here
         result = subprocess.run(
             [sys.executable, "-m", f"services.{service}", "--config", args.file, "--check"],
+            env=child_environment(),
             capture_output=True,
             text=True,
             check=False,
@@ -71,10 +74,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     rules = sum(len(camera.rules) for camera in config.cameras.values())
     sinks = [name for name in ("mqtt", "s3", "cloudwatch", "jsonl", "webhook") if getattr(config.uplink, name)]
-    print(
-        f"{args.file}: ok — site {config.site.name}: {len(config.cameras)} cameras, {len(config.models)} models, "
-        f"{rules} rules, sinks: {', '.join(sinks) or 'none'}"
-    )
+    counts = f"{_count(len(config.cameras), 'camera')}, {_count(len(config.models), 'model')}, {_count(rules, 'rule')}"
+    print(f"{args.file}: ok — site {config.site.name}: {counts}, sinks: {', '.join(sinks) or 'none'}")
     return 0
 
 
@@ -91,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     eslogging.configure("run", config.logging.level, config.logging.format)
+    files.restrict_umask()  # inherited by every service it starts (each sets it again itself)
     available = installed_services()
     wanted: list[str] = args.services.split(",") if args.services else list(config.run.services or available)
     if not args.services and not config.run.services:  # optional services run where the site file has their section
@@ -104,7 +106,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)
         return EXIT_CONFIG
     supervisor = Supervisor(config, Path(args.config).resolve(), wanted, status_interval_s=args.status_interval)
-    return asyncio.run(supervisor.run(args.duration))
+    try:
+        return asyncio.run(supervisor.run(args.duration))
+    except StartupError as exc:
+        print(f"edgesight run: {exc}", file=sys.stderr)
+        return 1
+
+
+def _count(number: int, what: str) -> str:
+    return f"{number} {what}" + ("" if number == 1 else "s")
 
 
 def _printable(value: object) -> object:
@@ -133,7 +143,7 @@ def cmd_bus_tail(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     try:
-        asyncio.run(_tail(config, args.stream, args.key, args.count))
+        asyncio.run(_tail(config, args.stream or "", args.key, args.count))
     except KeyboardInterrupt:
         pass
     return 0
@@ -163,54 +173,66 @@ HANDED_OVER = {
 
 def cmd_handed_over(command: str, arguments: list[str]) -> int:
     module, prefix = HANDED_OVER[command]
-    return subprocess.call([sys.executable, "-m", module, *prefix, *arguments])
+    if command == "models":
+        files.restrict_umask()  # `models install` writes the model store under state_dir
+    return subprocess.call([sys.executable, "-m", module, *prefix, *arguments], env=child_environment())
+
+
+def _commands(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    return parser.add_subparsers(
+        dest=dest, required=True, metavar="COMMAND", help="one of these; each has its own --help"
+    )
+
+
+def _command(commands: argparse._SubParsersAction, name: str, text: str, **options: Any) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """A subcommand whose one line shows both in its parent's list and atop its own --help."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text, **options)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgesight", description="On-site computer vision: cameras in, metadata out.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    commands = _commands(parser, "command")
+    _command(commands, "version", "print the version").set_defaults(func=cmd_version)
 
-    config = commands.add_parser("config", help="check a site file or print its JSON Schema")
-    config_commands = config.add_subparsers(dest="config_command", required=True)
-    check = config_commands.add_parser(
+    config = _command(commands, "config", "check a site file or print its JSON Schema")
+    config_commands = _commands(config, "config_command")
+    check = _command(
+        config_commands,
         "check",
-        help="validate a site file, load its models, find its media: exit 0, or 2 with file:line: key: message",
+        "validate a site file, load its models, find its media: exit 0, or 2 with file:line: key: message",
     )
-    check.add_argument("file")
+    check.add_argument("file", help="the site file (YAML)")
     check.set_defaults(func=cmd_config_check)
-    config_commands.add_parser("schema", help="print the JSON Schema of site files").set_defaults(
-        func=cmd_config_schema
-    )
+    _command(config_commands, "schema", "print the JSON Schema of site files").set_defaults(func=cmd_config_schema)
 
-    run = commands.add_parser("run", help="run the services as processes, restart any that die")
-    run.add_argument("config")
+    run = _command(commands, "run", "run the services as processes, restart any that die")
+    run.add_argument("config", help="the site file (YAML)")
     run.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop by itself after this long")
     run.add_argument("--services", help="comma-separated subset (default: run.services, else all installed)")
     run.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS", help="status table period")
     run.set_defaults(func=cmd_run)
 
     for command, help_text in (
-        ("cameras", "probe URL: check a camera; discover: find ONVIF cameras (`edgesight cameras --help`)"),
-        ("detect", "run a model on a file or stream, detections as JSON lines (`edgesight detect --help`)"),
+        ("cameras", "check a camera's stream (probe URL), find ONVIF cameras on the LAN (discover)"),
+        ("detect", "run a model on a file or stream, detections as JSON lines"),
         ("models", "inspect a model; keygen, package, verify, install, list, rollback signed packages"),
-        (
-            "panorama",
-            "import APP_DIR: an AWS Panorama application project -> a site file (`edgesight panorama --help`)",
-        ),
+        ("panorama", "import an AWS Panorama application project as a site file"),
     ):
-        commands.add_parser(command, help=help_text, add_help=False)  # handed over before parsing
+        _command(commands, command, help_text, add_help=False)  # handed over before parsing, --help included
 
-    bus = commands.add_parser("bus", help="look at the bus")
-    bus_commands = bus.add_subparsers(dest="bus_command", required=True)
-    tail = bus_commands.add_parser("tail", help="print bus messages as JSON lines")
-    tail.add_argument("config")
-    tail.add_argument("--stream", default="", choices=["", *sorted(STREAMS)])
-    tail.add_argument("--key", default="", help="a camera or service name")
+    bus = _command(commands, "bus", "look at the bus, make its keys")
+    bus_commands = _commands(bus, "bus_command")
+    tail = _command(bus_commands, "tail", "print bus messages as JSON lines")
+    tail.add_argument("config", help="the site file (YAML): where the bus is")
+    tail.add_argument("--stream", choices=sorted(STREAMS), help="only this stream's messages (default: every stream)")
+    tail.add_argument("--key", default="", help="with --stream: only this camera's or service's messages")
     tail.add_argument("--count", type=int, help="stop after this many messages")
     tail.set_defaults(func=cmd_bus_tail)
-    keygen = bus_commands.add_parser(
-        "keygen", help="CurveZMQ key pairs: server.key(_secret), NAME.key_secret, clients/NAME.key (see bus.curve)"
+    keygen = _command(
+        bus_commands,
+        "keygen",
+        "make CurveZMQ key pairs: server.key(_secret), NAME.key_secret, clients/NAME.key (see bus.curve)",
     )
     keygen.add_argument("--out", type=Path, required=True, help="the folder to write them to")
     keygen.add_argument("clients", nargs="*", help=f"client names (default: {' '.join(security.DEFAULT_CLIENTS)})")

@@ -26,6 +26,8 @@ from pathlib import Path
 from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber, security
 from common.config import DEFAULT_INGEST_GROUP, INFERENCE_SHARD_VARIABLE, INGEST_GROUP_VARIABLE, SiteConfig
+from common.config.metrics import DEFAULT_PORTS
+from common.errors import StartupError
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
 from common.process import die_with_parent, stop
 from contracts import Health, topic
@@ -65,7 +67,9 @@ class _Child:
     backoff_s: float = 0.0
     last_health: Health | None = field(default=None, repr=False)
     metrics_port: int = 0
-    was_ready: bool = False
+    was_ready: bool = False  # any of its processes ever ready (run --for's verdict)
+    ready: bool = False  # this process has been ready (by /readyz or Health)
+    unresponsive: bool = False  # this process's /healthz answered, and now does not
     last_error: str = ""  # the child's last error log line (or its last words when it crashed)
 
 
@@ -88,8 +92,10 @@ class Supervisor:
                     self.children[name] = _Child(name, service, shard=(index, count))
             else:
                 self.children[service] = _Child(service, service)
+        taken = _configured_ports(config)  # a port picked for one child is never another's, nor a configured one
         for child in self.children.values():  # known in advance: the liveness probe needs it
-            child.metrics_port = config.metrics.port(child.name) or _free_port()
+            child.metrics_port = config.metrics.port(child.name) or _free_port(taken)
+            taken.add(child.metrics_port)
         self.status_interval_s = status_interval_s
         self._stopping = asyncio.Event()
 
@@ -102,10 +108,18 @@ class Supervisor:
             loop.add_signal_handler(signum, self.stop)
         if duration_s is not None:
             loop.call_later(duration_s, self.stop)
-        with HttpEndpoint(
-            self.config.metrics.host, self.config.metrics.port("run"), lambda: not self._stopping.is_set()
-        ):
+        host, port = self.config.metrics.host, self.config.metrics.port("run")
+        try:
+            endpoint = HttpEndpoint(host, port, lambda: not self._stopping.is_set())
+        except OSError as exc:  # most often a second `edgesight run` of the same site
+            raise StartupError(
+                f"run: cannot serve metrics on {host}:{port} (metrics.ports.run): {exc.strerror or exc}; "
+                "is another `edgesight run` of this site running?"
+            ) from None
+        with endpoint as http:
             async with TaskGroup() as group:
+                # /healthz is red unless this loop beats, as in every service
+                heartbeat = group.create_task(http.beat_forever("run"), name="heartbeat")
                 watchers = [
                     group.create_task(self._keep_running(child), name=child.name) for child in self.children.values()
                 ]
@@ -117,7 +131,7 @@ class Supervisor:
                 await self._stopping.wait()
                 status.cancel()
                 await asyncio.gather(*(self._terminate(child) for child in self.children.values()))
-                for watcher in watchers:
+                for watcher in [*watchers, heartbeat]:
                     watcher.cancel()
         self._print_status(final=True)
         never = [child.name for child in self.children.values() if not child.was_ready]
@@ -132,11 +146,11 @@ class Supervisor:
         while not self._stopping.is_set():
             arguments = ["--config", str(self.config_path), "--instance", self._instance(child)]
             arguments += ["--metrics-port", str(child.metrics_port)]
-            environment = None
+            environment = child_environment()
             if child.group is not None:
-                environment = {**os.environ, INGEST_GROUP_VARIABLE: child.group}
+                environment[INGEST_GROUP_VARIABLE] = child.group
             if child.shard is not None:
-                environment = {**os.environ, INFERENCE_SHARD_VARIABLE: "{}/{}".format(*child.shard)}
+                environment[INFERENCE_SHARD_VARIABLE] = "{}/{}".format(*child.shard)
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -148,6 +162,7 @@ class Supervisor:
                 preexec_fn=die_with_parent(),
             )
             child.started = time.monotonic()
+            child.ready, child.unresponsive, child.last_health = False, False, None  # a new process: nothing known
             log.info("service started", extra={"child": child.name, "pid": child.process.pid})
             last_words = await self._relay_stderr(child)
             code = await child.process.wait()
@@ -188,18 +203,19 @@ class Supervisor:
         still answers /readyz from its HTTP thread, and never exits by itself."""
         timeout_s = self.config.run.liveness_timeout_s
         host = "127.0.0.1" if self.config.metrics.host in ("0.0.0.0", "::", "") else self.config.metrics.host
-        healthy_at, process = time.monotonic(), None
+        healthy_at, process, answered = time.monotonic(), None, False
         while True:
             await asyncio.sleep(min(1.0, timeout_s / 4))
             if child.process is not process:  # (re)started: a new grace period
-                process, healthy_at = child.process, time.monotonic()
+                process, healthy_at, answered = child.process, time.monotonic(), False
             if process is None or process.returncode is not None:
                 continue
-            if not child.was_ready and await _answers(host, child.metrics_port, "/readyz"):
-                child.was_ready = True  # asked directly: Health on the bus needs a broker
+            if not child.ready and await _answers(host, child.metrics_port, "/readyz"):
+                child.ready = child.was_ready = True  # asked directly: Health on the bus needs a broker
             if await _answers(host, child.metrics_port, "/healthz"):
-                healthy_at = time.monotonic()
+                healthy_at, answered, child.unresponsive = time.monotonic(), True, False
                 continue
+            child.unresponsive = answered  # never answered yet: still starting
             if time.monotonic() - healthy_at >= timeout_s:
                 child.last_error = f"/healthz failed for {timeout_s:g} s: killed and restarted"
                 log.warning("service unresponsive; killing it", extra={"child": child.name, "seconds": timeout_s})
@@ -220,13 +236,21 @@ class Supervisor:
                 if await wait_at_most(receiving, max(0.05, next_print - time.monotonic())):
                     message = receiving.result().message
                     if isinstance(message, Health):
-                        for child in self.children.values():
-                            if (message.service, message.instance) == (child.service, self._instance(child)):
-                                child.last_health = message
-                                child.was_ready = child.was_ready or message.state == "ready"
+                        self._take_health(message)
                 if time.monotonic() >= next_print:
                     self._print_status()
                     next_print = time.monotonic() + self.status_interval_s
+
+    def _take_health(self, message: Health) -> None:
+        for child in self.children.values():
+            if (message.service, message.instance) != (child.service, self._instance(child)):
+                continue
+            # one sent before a restart can arrive after it: it is older than the process now running
+            if message.uptime_s > time.monotonic() - child.started + 1.0:
+                continue
+            child.last_health = message
+            if message.state == "ready":
+                child.ready = child.was_ready = True
 
     @staticmethod
     def _instance(child: _Child) -> str:
@@ -236,19 +260,32 @@ class Supervisor:
             return f"{child.service}-{child.shard[0]}"
         return f"{child.service}-0"
 
+    def _state(self, child: _Child) -> str:
+        """starting (its process is up, not yet ready), ready, degraded or stopping (as its Health says),
+        unresponsive (its /healthz stopped answering), restarting (it died: waiting its backoff), exited (for good)."""
+        process = child.process
+        if process is None:
+            return "exited" if self._stopping.is_set() else "starting"
+        if process.returncode is not None:
+            return "exited" if self._stopping.is_set() else "restarting"
+        if child.unresponsive:
+            return "unresponsive"
+        health = child.last_health
+        if health is not None and health.state != "starting":
+            return health.state
+        return "ready" if child.ready else "starting"  # /readyz is asked directly: newer than a Health
+
     def _print_status(self, *, final: bool = False) -> None:
-        rows = [f"{'service':<14} {'pid':>7} {'state':<9} {'up s':>7} {'restarts':>8}  counters"]
+        rows = [f"{'service':<14} {'pid':>7} {'state':<12} {'up s':>7} {'restarts':>8}  counters"]
         errors = []
         for child in self.children.values():
             health = child.last_health
             alive = child.process is not None and child.process.returncode is None
-            state: str = health.state if health and alive else ("exited" if child.process else "waiting")
-            if final:
-                state = "stopped"
+            state = "stopped" if final else self._state(child)
             counters = " ".join(f"{k}={v:g}" for k, v in sorted((health.counters if health else {}).items()))
             pid = child.process.pid if child.process else "-"
-            uptime = f"{health.uptime_s:.0f}" if health else "-"
-            rows.append(f"{child.name:<14} {pid!s:>7} {state:<9} {uptime:>7} {child.restarts:>8}  {counters}")
+            uptime = f"{time.monotonic() - child.started:.0f}" if alive else "-"
+            rows.append(f"{child.name:<14} {pid!s:>7} {state:<12} {uptime:>7} {child.restarts:>8}  {counters}")
             if child.last_error:
                 errors.append(f"  {child.name} last error: {child.last_error[:300]}")
         print("\n".join(rows + errors), flush=True)
@@ -257,10 +294,39 @@ class Supervisor:
 _ERROR_LINE = re.compile(r'level=(error|critical)\b|"level": ?"(error|critical)"')
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+_TCP_PORT = re.compile(r"^[a-z]+(?:\+(?:bind|connect))?:tcp://.*:(\d+)$")
+
+
+def _configured_ports(config: SiteConfig) -> set[int]:
+    """Every port the site file gives a service: metrics ports, the console's, the bus's tcp endpoints."""
+    metrics, bus = config.metrics, config.bus
+    ports = {metrics.port(name) for name in {*DEFAULT_PORTS, *metrics.ports}}
+    if config.console is not None:
+        ports.add(config.console.port)
+    endpoints = [bus.publish, *bus.subscribe, bus.broker.frontend, bus.broker.backend, bus.events.send]
+    for spec in [*endpoints, bus.events.receive]:
+        found = _TCP_PORT.match(spec.strip())
+        if found:
+            ports.add(int(found[1]))
+    ports.discard(0)
+    return ports
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment for a ``python -m services.<name>`` child, with the working folder kept
+    off its import path (Python 3.11+): a user's own ``common.py`` there must not shadow the package."""
+    return {**os.environ, "PYTHONSAFEPATH": "1"}
+
+
+def _free_port(taken: set[int]) -> int:
+    """A port nothing listens on now and not in ``taken``: the kernel hands a released port out again, so
+    two picks in a row can be one port."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 async def _answers(host: str, port: int, path: str, timeout_s: float = 2.0) -> bool:

@@ -11,7 +11,7 @@ from common.config.cameras import (
     PrivacyMask,
 )
 from common.config.console import ConsoleConfig
-from common.config.loader import load_config, load_yaml, parse_config
+from common.config.loader import MAX_RULES_PER_CAMERA, MAX_VERTICES_PER_SITE, load_config, load_yaml, parse_config
 from common.config.metrics import LoggingConfig, MetricsConfig
 from common.config.models import INFERENCE_SHARD_VARIABLE, ModelConfig
 from common.config.rules import EventsConfig, Rule, TrackerConfig
@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_INGEST_GROUP",
     "INFERENCE_SHARD_VARIABLE",
     "INGEST_GROUP_VARIABLE",
+    "MAX_RULES_PER_CAMERA",
+    "MAX_VERTICES_PER_SITE",
     "AppConfig",
     "AppModel",
     "AppParameter",

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["Line", "Name", "Point", "Polygon", "Section", "Unit"]
+__all__ = ["NAME_PATTERN", "NAME_RULE", "Line", "Name", "Point", "Polygon", "Section", "Unit"]
 
 
 class Section(BaseModel):
@@ -15,7 +15,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", description="letters, digits, _ . -")]
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+NAME_RULE = "a name may use letters, digits, '_', '.', '-' (at most 64, not starting with '.' or '-')"  # NAME_PATTERN
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, _ . -")]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = Annotated[tuple[Unit, Unit], Field(description="[x, y] as fractions of the frame's width and height (0-1)")]
 

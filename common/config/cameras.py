@@ -37,9 +37,16 @@ class MotionConfig(Section):
 
 
 class PrivacyMask(Section):
+    """An area nobody may see: hidden in the console's live view, snapshots and Panorama apps' frames."""
+
     polygon: Polygon
     mode: Literal["fill", "blur"] = Field(
-        "fill", description="Fill with black or blur; applied before any snapshot leaves rules."
+        "fill", description="Fill with black or blur, wherever a frame is made for people to see."
+    )
+    inference: bool = Field(
+        False,
+        description="Hide the area from the models too. Off by default: the model still sees it, so "
+        "objects passing through it are still tracked and counted.",
     )
 
 

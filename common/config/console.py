@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from pydantic import Field, SecretStr, field_validator
 
 from common.config._types import Section
 
 __all__ = ["ConsoleConfig"]
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 class ConsoleConfig(Section):
@@ -24,6 +29,34 @@ class ConsoleConfig(Section):
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="A browser login lasts this long.")
     retention_days: float = Field(30.0, gt=0, le=3650, description="Events (and snapshots) older than this are pruned.")
     max_mb: int = Field(1024, ge=1, le=1 << 20, description="The event history's size on disk, snapshots included.")
+    webhook_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts ('host' or 'host:port') a webhook added in the rule editor may call; a webhook to any "
+        "other destination, a command or a gpio action can only come from the site file itself.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of reverse proxies (TLS in front of the console) whose "
+        "X-Forwarded-For names the client: login limits then count per client, not per proxy.",
+    )
+
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _plain_hosts(cls, hosts: list[str]) -> list[str]:
+        bad = [host for host in hosts if not _HOST.match(host)]
+        if bad:
+            raise ValueError(f"not a host or host:port: {bad[0][:60]!r}")
+        return [host.lower() for host in hosts]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {proxy[:60]!r}") from None
+        return proxies
 
     @field_validator("api_tokens")
     @classmethod

@@ -10,18 +10,24 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
+from common.config._types import NAME_PATTERN, NAME_RULE
 from common.errors import ConfigError
 
-__all__ = ["load_config", "load_yaml", "parse_config"]
+__all__ = ["MAX_RULES_PER_CAMERA", "MAX_VERTICES_PER_SITE", "load_config", "load_yaml", "parse_config"]
+
+MAX_RULES_PER_CAMERA = 64  # README, "Security model"
+MAX_VERTICES_PER_SITE = 4096
 
 Path_ = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*|file:[^}]+)(?::-(?P<default>[^}]*))?\}")
@@ -32,6 +38,7 @@ class _Lines:
         self.source = source
         self.by_path: dict[Path_, int] = {}
         self.problems: list[str] = []
+        self.substituted: set[Path_] = set()  # values that came from ${...}: never repeated in a message
 
     def line(self, path: Path_) -> int:
         while path and path not in self.by_path:
@@ -59,10 +66,17 @@ def _substitute(text: str, lines: _Lines, path: Path_, environ: Mapping[str, str
             return environ[name]
         if default is not None:
             return default
-        lines.error(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        if any(isinstance(part, str) and _SECRET_KEY.search(part) for part in path):
+            hint = f"export {name}=... before running, or read it from a file with ${{file:/run/secrets/...}}"
+        else:
+            hint = f"use ${{{name}:-default}} for a default"
+        lines.error(path, f"environment variable {name} is not set ({hint})")
         return ""
 
-    return _ENV.sub(replace, text)
+    result = _ENV.sub(replace, text)
+    if result != text:
+        lines.substituted.add(path)
+    return result
 
 
 def _build(node: yaml.Node, path: Path_, lines: _Lines, environ: Mapping[str, str]) -> Any:
@@ -133,7 +147,7 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: (top): expected a mapping of sections, got {type(data).__name__}"])
     _merge_defaults(data, lines)
-    reported = _check_references(data, lines)
+    reported = _check_references(data, lines) | _check_limits(data, lines)
     try:
         config = SiteConfig.model_validate(data, context={"source": source})
     except ValidationError as exc:
@@ -142,7 +156,11 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
             message = error["msg"]
             if message.removeprefix("Value error, ") in reported:
                 continue  # said already, at the line of the key that is wrong
-            if error["type"] not in ("missing", "extra_forbidden") and _echoable(path, error.get("input")):
+            plain = _in_plain_words(error, path, data, lines)
+            if plain is not None:
+                lines.error(*plain)
+                continue
+            if error["type"] not in ("missing", "extra_forbidden") and _echoable(path, error.get("input"), lines):
                 message += f" (got {repr(error['input'])[:60]})"
             if error["type"] == "extra_forbidden":
                 message = "unknown key (check its spelling and section)"
@@ -154,14 +172,89 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
     return config
 
 
+def _in_plain_words(error: ErrorDetails, path: Path_, data: Any, lines: _Lines) -> tuple[Path_, str] | None:
+    """pydantic's words where they are its internals (a discriminator, a regex): where and what to say instead."""
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        return path, NAME_RULE
+    if error["type"] not in ("union_tag_invalid", "union_tag_not_found"):
+        return None
+    what = {"rules": "rule", "actions": "action"}.get(str(path[-2]) if len(path) > 1 else "", "")
+    if not what:
+        return None
+    a_what = "an action" if what == "action" else "a rule"
+    types = ", ".join(_types_of(what))
+    node = _at(data, path)
+    if error["type"] == "union_tag_invalid" and isinstance(node, dict):
+        where = (*path, "type")
+        named = f" {node.get('type')!r}" if _echoable(where, node.get("type"), lines) else ""
+        return where, f"{what} type{named} is not one of: {types}"
+    keys = [key for key in node if isinstance(key, str)] if isinstance(node, dict) else []
+    misspelt = difflib.get_close_matches("type", keys, n=1, cutoff=0.6)
+    if misspelt:  # `tpye:` — at its own line
+        return (*path, misspelt[0]), f"unknown key (did you mean 'type'?); {a_what} needs a type: one of {types}"
+    return path, f"{a_what} needs a type: one of {types}"
+
+
+def _types_of(what: str) -> list[str]:
+    """The ``type`` values of the rules or actions, from their models (a new rule type is listed by itself)."""
+    from common.config.rules import Action, Rule  # here: the models import this module's helpers
+
+    union = get_args({"rule": Rule, "action": Action}[what])[0]
+    return [get_args(member.model_fields["type"].annotation)[0] for member in get_args(union)]
+
+
+def _at(data: Any, path: Path_) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth", re.IGNORECASE)
 
 
-def _echoable(path: Path_, value: object) -> bool:
-    """Only a scalar that cannot be a secret is repeated in a message: a mapping may hold a password."""
+def _echoable(path: Path_, value: object, lines: _Lines) -> bool:
+    """Only a scalar that cannot be a secret is repeated in a message: a mapping may hold a password, and
+    a value that came from ``${...}`` is whatever that variable or file holds (``${file:/etc/shadow}``)."""
     if not isinstance(value, (str, int, float, bool)) or value is None:
         return False
+    if any(path[: len(substituted)] == substituted for substituted in lines.substituted):
+        return False
     return not any(isinstance(part, str) and _SECRET_KEY.search(part) for part in path)
+
+
+def _check_limits(data: dict[str, Any], lines: _Lines) -> set[str]:
+    """Bounds that keep one site file from starving the rules service (and the console that draws it):
+    rules per camera and polygon/line vertices in the whole site."""
+    reported: set[str] = set()
+    cameras = data.get("cameras")
+    if not isinstance(cameras, dict):
+        return reported
+    vertices = 0
+    for camera_name, camera in cameras.items():
+        rules = camera.get("rules") if isinstance(camera, dict) else None
+        if not isinstance(rules, dict):
+            continue
+        if len(rules) > MAX_RULES_PER_CAMERA:
+            message = f"{len(rules)} rules; a camera may have at most {MAX_RULES_PER_CAMERA}"
+            lines.error(("cameras", camera_name, "rules"), message)
+            reported.add(message)
+        for name, rule in rules.items():
+            if not isinstance(rule, dict):
+                continue
+            for key in ("polygon", "line"):
+                if isinstance(rule.get(key), list):
+                    vertices += len(rule[key])
+            if vertices > MAX_VERTICES_PER_SITE:
+                message = f"the site's rules have over {MAX_VERTICES_PER_SITE} vertices in all (polygons and lines)"
+                lines.error(("cameras", camera_name, "rules", name), message)
+                reported.add(message)
+                return reported
+    return reported
 
 
 def _check_references(data: dict[str, Any], lines: _Lines) -> set[str]:

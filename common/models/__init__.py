@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from common.errors import ModelError
 
-__all__ = ["Backend", "ModelFile", "OnnxRuntimeBackend", "open_backend"]
+__all__ = ["Backend", "ModelFile", "OnnxRuntimeBackend", "open_backend", "refuse_external_data"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,10 @@ class ModelFile:
     content: bytes | None = dataclasses.field(default=None, repr=False)  # from a package: never written to disk
 
     def read(self) -> bytes:
-        return self.content if self.content is not None else self.path.read_bytes()
+        if self.content is not None:
+            refuse_external_data(self.content, self.name)
+            return self.content
+        return self.path.read_bytes()
 
     @classmethod
     def at(cls, path: Path, name: str, input_size: tuple[int, int] | None = None) -> ModelFile:
@@ -69,6 +72,45 @@ class Backend(abc.ABC):
         pass
 
 
+def refuse_external_data(content: bytes, name: str) -> None:
+    """A model from a package must be whole: ONNX lets a tensor's data live in another file (``location``
+    relative to the working directory, ``../`` included), which the signature does not cover — a signed
+    model could read ``/run/secrets`` into its outputs. Every tensor of the graph, its subgraphs and
+    functions is checked before a runtime sees the bytes."""
+    import onnx
+
+    try:
+        model = onnx.ModelProto.FromString(bytes(content))  # parsed only: nothing external is loaded
+    except Exception as exc:  # protobuf's DecodeError and its relatives
+        raise ModelError(f"{name}: not an ONNX model: {type(exc).__name__}") from None
+    graphs = [model.graph]
+    nodes = [node for function in model.functions for node in function.node]  # functions hold nodes, no initializers
+    tensors = []
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            tensors += list(graph.initializer)
+            tensors += [t for sparse in graph.sparse_initializer for t in (sparse.values, sparse.indices)]
+            nodes += list(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            tensors += [attribute.t, *attribute.tensors]
+            tensors += [
+                t
+                for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors)
+                for t in (sparse.values, sparse.indices)
+            ]
+            graphs += [attribute.g, *attribute.graphs]
+    external = [
+        t.name or "(unnamed)" for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
+    ]
+    if external:
+        raise ModelError(
+            f"{name}: tensor {external[0]!r} keeps its data in an external file; a packaged model must hold all "
+            "its weights itself (re-export without external data)"
+        )
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -86,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         # bus share these cores, and spinning threads take their time (measured: benchmarks/pipeline.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            model = spec.content if spec.content is not None else str(spec.path)
+            model = spec.read() if spec.content is not None else str(spec.path)
             self.session = onnxruntime.InferenceSession(model, options, providers=usable)
         except Exception as exc:  # ONNX Runtime's own exception types
             raise ModelError(f"{spec.path}: ONNX Runtime cannot load it: {exc}") from None

@@ -37,6 +37,7 @@ import numpy.typing as npt
 from common.errors import ShmError, StaleFrameError
 from common.metrics import SHM_STALE_READS
 from common.shm import _fence
+from common.shm.pixels import ChannelOrder, convert
 from contracts import FrameRef, PixelFormat
 from contracts.messages import SEGMENT_PATTERN
 
@@ -500,10 +501,11 @@ class FrameRingReader:
             self._count_stale()
             raise StaleFrameError(f"{self.camera} seq {ref.seq}: slot {ref.slot} was overwritten while read")
 
-    def copy(self, ref: FrameRef) -> npt.NDArray[np.uint8]:
-        """A private copy of the frame, guaranteed untorn."""
+    def copy(self, ref: FrameRef, order: ChannelOrder | None = None) -> npt.NDArray[np.uint8]:
+        """A private copy of the frame, guaranteed untorn: as the ring holds it, or (``order``) as
+        HxWx3 BGR or RGB whatever the ring holds, converted in the same pass as the copy."""
         with self.read(ref) as frame:
-            copy: npt.NDArray[np.uint8] = frame.copy()
+            copy: npt.NDArray[np.uint8] = frame.copy() if order is None else convert(frame, ref.pixel_format, order)
         return copy
 
     def _count_stale(self) -> None:
@@ -536,8 +538,9 @@ class FrameReaders:
             reader = self._readers[segment] = FrameRingReader(segment, shm_dir=self.shm_dir)
         return reader
 
-    def copy(self, ref: FrameRef) -> npt.NDArray[np.uint8]:
-        return self.reader(ref.segment).copy(ref)
+    def copy(self, ref: FrameRef, order: ChannelOrder | None = None) -> npt.NDArray[np.uint8]:
+        """See :meth:`FrameRingReader.copy`."""
+        return self.reader(ref.segment).copy(ref, order)
 
     def close(self) -> None:
         for reader in self._readers.values():

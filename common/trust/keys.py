@@ -22,6 +22,7 @@ from common.errors import PackageError
 
 __all__ = [
     "generate_key_pair",
+    "key_files",
     "key_id",
     "load_device_key",
     "load_device_public_key",
@@ -106,13 +107,18 @@ def load_device_public_key(path: Path) -> X25519PublicKey:
     return _load(path, "device public key", X25519PublicKey, _DEVICE, private=False)  # type: ignore[type-abstract]
 
 
-def load_trusted_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
-    """Key id -> key, for every public key file (a folder stands for the ``*.pub`` files in it)."""
+def key_files(paths: list[Path] | tuple[Path, ...]) -> list[Path]:
+    """The public key files ``paths`` name: a folder stands for the ``*.pub`` files in it."""
     files: list[Path] = []
     for path in paths:
         files += sorted(path.glob("*.pub")) if path.is_dir() else [path]
+    return files
+
+
+def load_trusted_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
+    """Key id -> key, for every public key file (a folder stands for the ``*.pub`` files in it)."""
     keys: dict[str, Ed25519PublicKey] = {}
-    for file in files:
+    for file in key_files(paths):
         key = _load(file, "trusted key", Ed25519PublicKey, _SIGNING, private=False)  # type: ignore[type-abstract]
         keys[key_id(key)] = key
     return keys

@@ -15,7 +15,8 @@ data) under a random data key, which is wrapped for the device's x25519 key (eph
 HKDF-SHA256 + AES-256-GCM) in the index.
 
 Opening checks, in this order, each failure a :class:`PackageError` that says which: the magic;
-the signer among the trusted keys; the signature; the archive's digest; then, while reading the
+the signer among the trusted keys; the signature; the name and version (they name files in the
+model store, see :func:`check_identity`); the archive's digest; then, while reading the
 archive (in memory, never extracted to disk): member names (no absolute paths, no ``..``), types
 (regular files only: no links), duplicates, and the bytes it expands to (at most what the index
 declares, and at most ``max_bytes``); then every member against the index; then decryption. A
@@ -47,8 +48,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.errors import PackageError
 from common.trust.keys import key_id, raw_public
+from contracts.messages import NAME_PATTERN
 
-__all__ = ["MANIFEST", "Member", "Package", "build_package", "open_package", "seal"]
+__all__ = ["MANIFEST", "Member", "Package", "build_package", "check_identity", "check_name", "open_package", "seal"]
 
 MAGIC = b"ESPKG 1\n"
 FORMAT = "edgesight-model-package/1"
@@ -59,6 +61,29 @@ MAX_MEMBERS = 256
 DEFAULT_MAX_BYTES = 1 << 30
 _SIGNATURE_LINE = re.compile(rb"[0-9a-f]{128}\n")
 _WRAP_INFO = b"edgesight espkg 1 data key"
+_NAME = re.compile(NAME_PATTERN)  # the camera and model names of the bus contracts
+# a version names a file too; semver's build metadata ("1.2.0+cuda12") is allowed besides
+_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+
+
+def check_name(name: object, label: str | None = None) -> None:
+    """A package's name becomes a file name in the model store (``NAME.espkg``, ``NAME/``): a name
+    like ``../../x`` or ``/etc/x`` would be written outside it, so it must be a plain token."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):  # fullmatch: `$` alone allows a trailing newline
+        raise PackageError(
+            f"{label + ': ' if label else ''}package name {name!r} is not 1-64 letters, digits, _ . - starting "
+            "with a letter, digit or _ (a model name of contracts/README.md)"
+        )
+
+
+def check_identity(name: object, version: object, label: str | None = None) -> None:
+    """Name and version of a package: both name files in the model store (``NAME/VERSION.espkg``)."""
+    check_name(name, label)
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise PackageError(
+            f"{label + ': ' if label else ''}package {name} version {version!r} is not 1-64 letters, digits, "
+            "_ . + - starting with a letter, digit or _"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +137,7 @@ def build_package(
     """The bytes of a package holding ``members`` (``manifest.yaml`` among them), signed."""
     if MANIFEST not in members:
         raise PackageError(f"a package needs a {MANIFEST}")
+    check_identity(name, version)
     for member in members:
         _check_name(member)
     encryption: dict[str, str] | None = None
@@ -207,6 +233,7 @@ def open_package(
         raise PackageError(
             f"{label}: bad signature: the index was changed after signing, or key {signer} did not sign it"
         ) from None
+    check_identity(index["name"], index["version"], label)  # a trusted key may still sign a careless name
     archive = data[end + 130 :]
     listed = {m["name"]: m for m in index["members"]}
     declared = sum(m["size"] for m in listed.values())

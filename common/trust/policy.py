@@ -5,23 +5,34 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.assets import find_asset
-from common.errors import ConfigError, PackageError
+from common.config.loader import load_config
+from common.errors import ConfigError, EdgeSightError, PackageError
 from common.models import ModelFile
-from common.trust.keys import load_device_key, load_trusted_keys
+from common.trust.keys import key_files, key_id, load_device_key, load_trusted_keys
 from common.trust.package import Package, open_package
 
 if TYPE_CHECKING:
     from common.config.site import SiteConfig, SiteSection
 
-__all__ = ["PACKAGE_SUFFIX", "TrustPolicy", "model_file", "model_search_path", "site_trust"]
+__all__ = [
+    "PACKAGE_SUFFIX",
+    "TrustPolicy",
+    "TrustWatch",
+    "model_file",
+    "model_search_path",
+    "open_model",
+    "site_trust",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,8 @@ class TrustPolicy:
     trusted: dict[str, Ed25519PublicKey] = dataclasses.field(default_factory=dict)
     device_key: X25519PrivateKey | None = None
     max_bytes: int = 1 << 30
+    # the site set trusted_keys: enforcing even when none of them loads any more (re-read after a change)
+    required: bool = False
 
     @classmethod
     def from_site(cls, site: SiteSection) -> TrustPolicy:
@@ -46,12 +59,18 @@ class TrustPolicy:
             trusted=load_trusted_keys(site.trusted_keys),
             device_key=load_device_key(site.device_key) if site.device_key else None,
             max_bytes=site.max_package_mb << 20,
+            required=bool(site.trusted_keys),
         )
 
     @property
     def enforcing(self) -> bool:
         """With trusted keys set, only their packages run (and plain files that say allow_unsigned)."""
-        return bool(self.trusted)
+        return self.required or bool(self.trusted)
+
+    def summary(self) -> tuple[frozenset[str], bool, str | None]:
+        """What decides a load: the trusted key ids, enforcement, the device key's id."""
+        device = key_id(self.device_key.public_key()) if self.device_key is not None else None
+        return frozenset(self.trusted), self.enforcing, device
 
     def open(self, path: Path, data: bytes | None = None) -> Package:
         """The package at ``path`` (or its bytes already read, ``data``), checked under this policy."""
@@ -79,17 +98,96 @@ def site_trust(config: SiteConfig) -> TrustPolicy:
         raise ConfigError([f"{config.where('site', key)}: {exc}"]) from None
 
 
-def model_file(reference: str, site: SiteSection, policy: TrustPolicy, *, allow_unsigned: bool, what: str) -> ModelFile:
-    """The model file an app's model node names: a plain file (where the policy allows it), or the
-    file a package's manifest names, handed over in memory."""
+class TrustWatch:
+    """The site's trust policy, read again when the site file or a key file changes, so that a key taken
+    out of ``site.trusted_keys`` (or whose file is deleted) stops the next load without a restart.
+
+    Polled (:meth:`refresh`) by whoever loads models; thread-safe. A key file that no longer loads is
+    left out (logged) rather than failing the service, and enforcement stays on while the site names
+    any key: removing keys never lets a plain model file in."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        source = Path(config.source)
+        self.source = source if source.is_file() else None  # a config made in memory has nothing to re-read
+        self.site = config.site
+        self.policy = site_trust(config)  # at start a bad key file is an error, as before
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reads the keys again if a file changed (or ``force``); True when what is trusted changed."""
+        with self._lock:
+            stamp = self._stamps()
+            if stamp == self._stamp and not force:
+                return False
+            self._stamp = stamp  # a site file that does not load is reported once, until it changes again
+            if self.source is not None:
+                try:
+                    self.site = load_config(self.source).site
+                except EdgeSightError as exc:
+                    log.error("the site file does not load; trusted keys unchanged", extra={"error": str(exc)})
+                    return False
+                self._stamp = self._stamps()  # the key paths may have changed with the file
+            before, self.policy = self.policy, _reread(self.site, self.policy)
+            if self.policy.summary() == before.summary():
+                return False
+            log.warning(
+                "site.trusted_keys changed: the next load is checked against the new keys",
+                extra={"trusted": ", ".join(sorted(self.policy.trusted)) or "none"},
+            )
+            return True
+
+    def _stamps(self) -> tuple[tuple[str, Any], ...]:
+        """What a change to the site file, a key file or a key folder's listing changes."""
+        site = self.site
+        paths = [*([self.source] if self.source else []), *site.trusted_keys, *key_files(site.trusted_keys)]
+        paths += [site.device_key] if site.device_key else []
+        return tuple((str(path), _stat(path)) for path in paths)
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
+
+def _reread(site: SiteSection, previous: TrustPolicy) -> TrustPolicy:
+    trusted: dict[str, Ed25519PublicKey] = {}
+    for file in key_files(site.trusted_keys):
+        try:
+            trusted |= load_trusted_keys([file])
+        except PackageError as exc:  # deleted or broken: whatever it held is trusted no more
+            log.error("a trusted key does not load; it is no longer trusted", extra={"error": str(exc)})
+    device_key = None
+    if site.device_key:
+        try:
+            device_key = load_device_key(site.device_key)
+        except PackageError as exc:  # decryption only, not trust: keep opening what this device could open
+            log.error("the device key does not load; the previous one stays", extra={"error": str(exc)})
+            device_key = previous.device_key
+    return TrustPolicy(trusted, device_key, site.max_package_mb << 20, required=bool(site.trusted_keys))
+
+
+def open_model(
+    reference: str, site: SiteSection, policy: TrustPolicy, *, allow_unsigned: bool, what: str
+) -> tuple[ModelFile, str | None]:
+    """The model file an app's model node names — a plain file (where the policy allows it), or the
+    file a package's manifest names, handed over in memory — and the package's signer (None: plain)."""
     path = find_asset(reference, model_search_path(site))
     if path.suffix != PACKAGE_SUFFIX:
         policy.check_plain(path, allow_unsigned=allow_unsigned, what=what)
-        return ModelFile.at(path, what)
+        return ModelFile.at(path, what), None
     package = policy.open(path)
     manifest = yaml.safe_load(package.manifest)
     member = manifest.get("file") if isinstance(manifest, dict) else None
     if not isinstance(member, str) or member not in package.members:
         raise PackageError(f"{path}: its manifest names no model file of the package")
     content = package.members[member]
-    return ModelFile(path / member, what, hashlib.sha256(content).hexdigest(), None, content)
+    return ModelFile(path / member, what, hashlib.sha256(content).hexdigest(), None, content), package.signer
+
+
+def model_file(reference: str, site: SiteSection, policy: TrustPolicy, *, allow_unsigned: bool, what: str) -> ModelFile:
+    """:func:`open_model` without the signer."""
+    return open_model(reference, site, policy, allow_unsigned=allow_unsigned, what=what)[0]

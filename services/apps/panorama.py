@@ -276,19 +276,41 @@ def _pairs(values: Sequence[str], flag: str, problems: list[str]) -> dict[str, s
     return pairs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgesight panorama", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("import", help="an AWS Panorama application project -> a site file")
-    run.add_argument("app_dir", type=Path)
-    run.add_argument("--camera", action="append", default=[], metavar="NODE=URL")
-    run.add_argument("--model", action="append", default=[], metavar="NODE=FILE.onnx")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgesight panorama", description="Run AWS Panorama applications unchanged on EdgeSight."
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these; each has its own --help"
+    )
+    what = (
+        "translate an AWS Panorama application project into a site file: its cameras and an apps.<app> section; "
+        "what cannot be translated is reported (exit 2) and nothing is written"
+    )
+    run = commands.add_parser("import", help="an AWS Panorama application project -> a site file", description=what)
+    run.add_argument("app_dir", type=Path, help="the application project (with graphs/ and packages/)")
+    run.add_argument(
+        "--camera", action="append", default=[], metavar="NODE=URL", help="the camera for a camera node (repeatable)"
+    )
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NODE=FILE.onnx",
+        help="the ONNX file for a model node (repeatable)",
+    )
+    run.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a value for an input parameter (repeatable)"
+    )
     run.add_argument("--graph", type=Path, help="graphs/<app>/graph.json (default: the only one)")
     run.add_argument("--override", type=Path, help="a deployment override (nodeGraphOverrides)")
     run.add_argument("--base", type=Path, help="a site file to add the app to (everything in it is kept)")
-    run.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    run.add_argument("--out", type=Path, required=True, help="the site file to write")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     problems: list[str] = []
     cameras = _pairs(args.camera, "--camera", problems)
     models = _pairs(args.model, "--model", problems)

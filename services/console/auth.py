@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import secrets
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-__all__ = ["COOKIE", "Auth", "LoginLimiter", "Session"]
+__all__ = ["COOKIE", "Auth", "LoginLimiter", "Session", "client_address"]
 
 COOKIE = "edgesight_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -39,34 +41,90 @@ class Session:
 
 
 class LoginLimiter:
-    """At most ``per_client`` failed logins per address and ``overall`` in all within ``window_s``."""
+    """Failed logins slow down the address they come from, never anybody else.
 
-    def __init__(self, per_client: int = 5, overall: int = 30, window_s: float = 60.0) -> None:
+    Per address, ``per_client`` failures within ``window_s`` are free; each one after that doubles the
+    wait before the next try (30 s, 60 s, 120 s ... up to ``max_wait_s``). Site-wide, more than ``overall``
+    failures a minute is a flood: it is reported (and wrong passwords are answered slowly), but the
+    right password from an address that has not failed is never refused — one attacker must not lock
+    the admin out, and behind a proxy the address is the client's (see ``console.trusted_proxies``).
+    """
+
+    def __init__(
+        self,
+        per_client: int = 5,
+        overall: int = 30,
+        window_s: float = 900.0,
+        first_wait_s: float = 30.0,
+        max_wait_s: float = 300.0,
+    ) -> None:
         self.per_client, self.overall, self.window_s = per_client, overall, window_s
+        self.first_wait_s, self.max_wait_s = first_wait_s, max_wait_s
         self._failures: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
 
     def retry_after(self, client: str, now: float | None = None) -> float:
         """Seconds until this client may try again; 0 when it may now."""
         now = time.monotonic() if now is None else now
-        waits = [0.0]
-        for failures, limit in ((self._failures.get(client, deque()), self.per_client), (self._all, self.overall)):
-            while failures and failures[0] <= now - self.window_s:
-                failures.popleft()
-            if len(failures) >= limit:
-                waits.append(failures[0] + self.window_s - now)
-        return max(waits)
+        failures = self._failures.get(client)
+        if not failures:
+            return 0.0
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        excess = len(failures) - self.per_client
+        if excess < 0:
+            return 0.0
+        return max(0.0, failures[-1] + min(self.max_wait_s, self.first_wait_s * 2.0**excess) - now)
 
     def failed(self, client: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        self._failures.setdefault(client, deque()).append(now)
+        self._failures.setdefault(client, deque(maxlen=64)).append(now)
         self._all.append(now)
+        while self._all and self._all[0] <= now - 60.0:
+            self._all.popleft()
         if len(self._failures) > 10_000:  # an address sweep must not grow this without bound
             self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s}
 
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+    def flooded(self, now: float | None = None) -> bool:
+        """More than ``overall`` failed logins site-wide in the last minute."""
+        now = time.monotonic() if now is None else now
+        while self._all and self._all[0] <= now - 60.0:
+            self._all.popleft()
+        return len(self._all) > self.overall
+
+
+def client_address(request: web.Request, trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: the peer's, or — where the peer is a trusted proxy — the rightmost
+    X-Forwarded-For entry that is not one (anything left of it could be written by the client)."""
+    peer = request.remote or "?"
+    if not trusted_proxies or not _within(peer, trusted_proxies):
+        return peer
+    hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
+    for hop in reversed([hop for hop in hops if hop]):
+        if not _within(hop, trusted_proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # not an address: the proxy did not write it
+    return peer
+
+
+def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
 
 class Auth:
-    def __init__(self, password: str, tokens: list[str], *, session_s: float) -> None:
+    def __init__(
+        self, password: str, tokens: list[str], *, session_s: float, trusted_proxies: list[str] | None = None
+    ) -> None:
+        self.trusted_proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies or []]
         self._password = password.encode()
         self._tokens = [token.encode() for token in tokens]
         self.session_s = session_s
@@ -107,6 +165,7 @@ class Auth:
     # -- the middleware ------------------------------------------------------------------------
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request["client"] = client_address(request, self.trusted_proxies)
         path = request.path
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
@@ -136,4 +195,6 @@ def _unauthorized(request: web.Request, reason: str) -> web.StreamResponse:
         return web.json_response(
             {"error": reason}, status=401, headers={"WWW-Authenticate": 'Bearer realm="edgesight"'}
         )
-    raise web.HTTPFound(f"/login?next={request.path_qs}" if request.path != "/" else "/login")
+    if request.path == "/":
+        raise web.HTTPFound("/login")
+    raise web.HTTPFound(f"/login?next={urllib.parse.quote(request.path_qs, safe='/')}")

@@ -1,5 +1,7 @@
 """The console's own event history: an SQLite index plus one JPEG file per snapshot, under
-``state_dir/console``, pruned by age (``retention_days``) and size (``max_mb``).
+``state_dir/console``, pruned by age (``retention_days``) every minute and kept to its size
+(``max_mb``: the index, its ``-wal`` file and the snapshots on disk) as each event is added, oldest
+first. Folders are 0700 and files 0600 (``common.files``).
 
 It is a view for people, not the record: the uplink's delivery is the record. So it is written with
 ``synchronous=NORMAL`` and an event missed while the console was down is simply not in it.
@@ -8,6 +10,7 @@ Every method blocks (SQLite, files): the service calls them on a worker thread; 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -17,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from common.events import event_dict
+from common.files import bound_wal, private_dir, private_sqlite, write_private
 from contracts import Event
+from services.console import metrics
 
 __all__ = ["EventHistory", "EventQuery"]
 
@@ -37,15 +42,16 @@ class EventQuery:
 
 class EventHistory:
     def __init__(self, folder: Path, *, retention_days: float, max_mb: int) -> None:
-        self.folder = folder
-        self.snapshots = folder / "snapshots"
-        self.snapshots.mkdir(parents=True, exist_ok=True)
+        self.folder = private_dir(folder)
+        self.snapshots = private_dir(folder / "snapshots")
         self.retention_ns = int(retention_days * NS_PER_DAY)
         self.max_bytes = max_mb << 20
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(folder / "events.sqlite", check_same_thread=False)
+        self.db = sqlite3.connect(private_sqlite(folder / "events.sqlite"), check_same_thread=False)
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new index gives freed pages back to the disk
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.budget = max(self.max_bytes - bound_wal(self.db, self.max_bytes), self.max_bytes // 2)
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS events (
@@ -63,6 +69,10 @@ class EventHistory:
             CREATE INDEX IF NOT EXISTS events_by_camera ON events (camera, ts_ns DESC);
             """
         )
+        self.page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        (self._snapshot_bytes,) = self.db.execute(
+            "SELECT COALESCE(SUM(size - LENGTH(body)), 0) FROM events WHERE snapshot IS NOT NULL"
+        ).fetchone()
 
     def add(self, events: list[Event]) -> int:
         """Stores events not stored yet (a resent event has the same id); returns how many were new."""
@@ -71,14 +81,19 @@ class EventHistory:
             for event in events:
                 if self.db.execute("SELECT 1 FROM events WHERE id = ?", (event.id,)).fetchone():
                     continue
-                snapshot_name = None
-                size = 0
-                if event.snapshot is not None and event.snapshot.content_type == "image/jpeg":
-                    snapshot_name = f"{event.id}.jpg"
-                    (self.snapshots / snapshot_name).write_bytes(event.snapshot.data)
-                    size += len(event.snapshot.data)
                 body = json.dumps(event_dict(event))
-                size += len(body)
+                picture = None
+                if event.snapshot is not None and event.snapshot.content_type == "image/jpeg":
+                    picture = event.snapshot.data
+                if picture is not None and len(picture) + len(body) > self.budget // 2:
+                    picture = None  # one snapshot may not push out half the history
+                size = len(body) + len(picture or b"")
+                metrics.EVENTS_PRUNED.inc(self._make_room(size))  # before the insert: never past max_mb
+                snapshot_name = None
+                if picture is not None:
+                    snapshot_name = f"{event.id}.jpg"
+                    write_private(self.snapshots / snapshot_name, picture)
+                    self._snapshot_bytes += len(picture)
                 with self.db:
                     self.db.execute(
                         "INSERT INTO events (id, ts_ns, camera, rule, event_type, body, snapshot, size)"
@@ -146,26 +161,10 @@ class EventHistory:
         now_ns = time.time_ns() if now_ns is None else now_ns
         with self._lock:
             doomed = self.db.execute(
-                "SELECT row, snapshot FROM events WHERE ts_ns < ?", (now_ns - self.retention_ns,)
+                "SELECT row, snapshot, size FROM events WHERE ts_ns < ?", (now_ns - self.retention_ns,)
             ).fetchall()
-            (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
-            total -= sum(self._size(row) for row, _ in doomed)
-            if total > self.max_bytes:
-                doomed_rows = {row for row, _ in doomed}
-                for row, snapshot, size in self.db.execute(
-                    "SELECT row, snapshot, size FROM events ORDER BY ts_ns, row"
-                ).fetchall():
-                    if total <= self.max_bytes:
-                        break
-                    if row not in doomed_rows:
-                        doomed.append((row, snapshot))
-                        total -= size
-            with self.db:
-                self.db.executemany("DELETE FROM events WHERE row = ?", [(row,) for row, _ in doomed])
-            for _, snapshot in doomed:
-                if snapshot is not None:
-                    (self.snapshots / snapshot).unlink(missing_ok=True)
-        return len(doomed)
+            self._forget(doomed)
+            return len(doomed) + self._make_room(0)
 
     def count(self) -> int:
         with self._lock:
@@ -176,9 +175,40 @@ class EventHistory:
         with self._lock:
             self.db.close()
 
-    def _size(self, row: int) -> int:
-        found = self.db.execute("SELECT size FROM events WHERE row = ?", (row,)).fetchone()
-        return int(found[0]) if found else 0
+    def _used(self) -> int:
+        """Bytes on disk: the snapshots and the index's pages in use (a ``-wal`` file is kept out of the budget)."""
+        pages, free = (self.db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count"))
+        return int(self._snapshot_bytes + (pages - free) * self.page_size)
+
+    def _make_room(self, incoming: int) -> int:
+        """Deletes the oldest events until ``incoming`` more bytes fit ``max_mb``; returns how many."""
+        excess = self._used() + incoming - self.budget
+        removed = 0
+        while excess > 0:
+            rows = self.db.execute("SELECT row, snapshot, size FROM events ORDER BY ts_ns, row LIMIT 256").fetchall()
+            doomed = []
+            for row in rows:
+                if excess <= 0:
+                    break
+                doomed.append(row)
+                excess -= int(row[2])
+            if not doomed:
+                break
+            self._forget(doomed)
+            removed += len(doomed)
+        if removed:
+            self.db.execute("PRAGMA incremental_vacuum")  # the freed pages back to the disk
+        return removed
+
+    def _forget(self, doomed: list[tuple[int, str | None, int]]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM events WHERE row = ?", [(row,) for row, _, _ in doomed])
+        for _, snapshot, _ in doomed:
+            if snapshot is not None:
+                path = self.snapshots / snapshot
+                with contextlib.suppress(FileNotFoundError):
+                    self._snapshot_bytes -= path.stat().st_size
+                    path.unlink()
 
     @staticmethod
     def _answer(body: str, snapshot: str | None) -> dict[str, Any]:

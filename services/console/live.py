@@ -18,6 +18,7 @@ import numpy.typing as npt
 from common.config import CameraConfig
 from common.config.rules import LineRule, ZoneRule
 from common.errors import ShmError, StaleFrameError
+from common.privacy import apply_privacy_masks
 from common.shm import FrameReaders
 from contracts import CameraStatus, Detections, FrameRef, Health, Scene
 
@@ -101,15 +102,17 @@ class Live:
                 pixels = self._read(ref)
             if pixels is None:
                 return None
-        image = _to_bgr(pixels, ref.pixel_format)
+        # masked at full size, before scaling: no pixel of the area is blended into its border
+        image = apply_privacy_masks(pixels, config.privacy_masks if config is not None else ())
         if image.shape[1] > MAX_WIDTH:
             scale = MAX_WIDTH / image.shape[1]
             size = (MAX_WIDTH, round(image.shape[0] * scale))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
         if overlay:
-            if config is not None:
-                draw_geometry(image, config, view.scene)
+            labels = draw_geometry(image, config, view.scene) if config is not None else []
             draw_boxes(image, boxes)
+            for text, at, colour in labels:  # last: a line's counts are never hidden under track labels
+                _label(image, text, at, colour)
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return None
@@ -140,28 +143,23 @@ class Live:
         return view.frame, []
 
     def _read(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+        """A BGR copy of the frame (JPEGs are encoded from BGR), whatever the camera's pixel_format."""
         try:
-            return self.readers.copy(ref)
+            return self.readers.copy(ref, "bgr")
         except (StaleFrameError, ShmError):
             return None  # overwritten already, or the ring is gone (ingest restarting)
-
-
-def _to_bgr(pixels: npt.NDArray[np.uint8], pixel_format: str) -> npt.NDArray[np.uint8]:
-    if pixel_format == "rgb24":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)  # type: ignore[return-value]
-    if pixel_format == "gray8":
-        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)  # type: ignore[return-value]
-    if pixel_format == "nv12":
-        return cv2.cvtColor(pixels, cv2.COLOR_YUV2BGR_NV12)  # type: ignore[return-value]
-    return np.ascontiguousarray(pixels)
 
 
 def _px(point: tuple[float, float], width: int, height: int) -> tuple[int, int]:
     return round(point[0] * width), round(point[1] * height)
 
 
-def draw_geometry(image: npt.NDArray[np.uint8], camera: CameraConfig, scene: Scene | None) -> None:
-    """Zones (filled lightly) with their occupancy, lines with an arrow to their in-side and counts."""
+def draw_geometry(
+    image: npt.NDArray[np.uint8], camera: CameraConfig, scene: Scene | None
+) -> list[tuple[str, tuple[int, int], tuple[int, int, int]]]:
+    """Zones (filled lightly) and lines with an arrow to their in-side; returns their labels (occupancy,
+    counts) as ``(text, at, colour)`` for the caller to draw on top of everything else."""
+    labels: list[tuple[str, tuple[int, int], tuple[int, int, int]]] = []
     height, width = image.shape[:2]
     shade = image.copy()
     for rule in camera.rules.values():
@@ -175,7 +173,7 @@ def draw_geometry(image: npt.NDArray[np.uint8], camera: CameraConfig, scene: Sce
             cv2.polylines(image, [points], True, ZONE_COLOUR, 2, cv2.LINE_AA)
             occupancy = (scene.zones.get(name, {}) if scene else {}) or {}
             text = f"{name}: {sum(occupancy.values())}"
-            _label(image, text, tuple(points[0]), ZONE_COLOUR)
+            labels.append((text, (int(points[0][0]), int(points[0][1])), ZONE_COLOUR))
         elif isinstance(rule, LineRule):
             a, b = (_px(p, width, height) for p in rule.line)
             cv2.line(image, a, b, LINE_COLOUR, 3, cv2.LINE_AA)
@@ -189,7 +187,8 @@ def draw_geometry(image: npt.NDArray[np.uint8], camera: CameraConfig, scene: Sce
             counts = scene.lines.get(name, {}) if scene else {}
             total_in = sum(c.in_ for c in counts.values())
             total_out = sum(c.out for c in counts.values())
-            _label(image, f"{name}: in {total_in} / out {total_out}", a, LINE_COLOUR)
+            labels.append((f"{name}: in {total_in} / out {total_out}", a, LINE_COLOUR))
+    return labels
 
 
 def draw_boxes(image: npt.NDArray[np.uint8], boxes: list[tuple[tuple[float, float, float, float], str]]) -> None:

@@ -65,6 +65,7 @@ class ConsoleService(Service):
             console.admin_password.get_secret_value(),
             [token.get_secret_value() for token in console.api_tokens],
             session_s=console.session_hours * 3600,
+            trusted_proxies=console.trusted_proxies,
         )
         self.site_file = SiteFile(Path(self.config.source))
         self.live = Live(FrameReaders(self.config.site.shm_dir))

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import html
 import json
+import logging
 import time
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from common._compat import wait_at_most
 from common.audit import audit_path
 from common.config.rules import LineRule, ZoneRule
-from services.console import metrics
+from common.urls import redact_url
+from services.console import metrics, rule_policy
 from services.console.auth import COOKIE
 from services.console.history import EventQuery
-from services.console.site_file import RulesRejected, SiteFileError
+from services.console.site_file import RulesRejected, SiteFileError, rule_changes
 
 if TYPE_CHECKING:
     from services.console.service import ConsoleService
@@ -27,29 +31,50 @@ __all__ = ["build_app"]
 
 STATIC = Path(__file__).parent / "static"
 OPENAPI = Path(__file__).parent / "openapi.yaml"
+FAVICON = STATIC / "favicon.svg"
 MJPEG_BOUNDARY = "edgesight-frame"
 # Everything from this console only; no inline script or style, no framing by other sites.
 CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 MAX_LIVE_FPS = 15.0
+MAX_NS = (1 << 63) - 1  # the largest time (and row id) SQLite stores
 HEALTH_STALE_S = 3.0  # health intervals without a heartbeat before a service shows as missing
 CONSOLE: web.AppKey[ConsoleService] = web.AppKey("console")
 PAGES = {
     "/": "index.html",
     "/login": "login.html",
     "/events": "events.html",
+    "/events/{id}": "events.html",  # an event's own URL: the timeline, opened at that event
     "/audit": "audit.html",
     "/cameras/{name}": "camera.html",
     "/cameras/{name}/editor": "editor.html",
 }
 
 
+class _BadRequestsQuietly(logging.Filter):
+    """aiohttp logs a request it cannot parse (a 200 KB header, a broken request line) with a traceback
+    at error level; it already answered 400. One warning line without the traceback is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "bad HTTP request refused", ()
+            record.exc_info, record.exc_text = None, None
+            record.__dict__["error"] = f"{type(error).__name__}: {error.code}"
+        return True
+
+
 def build_app(console: ConsoleService) -> web.Application:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequestsQuietly) for f in server_log.filters):
+        server_log.addFilter(_BadRequestsQuietly())
     app = web.Application(middlewares=[_count, console.auth.middleware, _security_headers], client_max_size=1 << 20)
     app[CONSOLE] = console
     for path, page in PAGES.items():
         app.router.add_get(path, _page(page))
     app.router.add_static("/static/", STATIC, append_version=True)
     routes = [
+        ("GET", "/favicon.ico", favicon),
         ("POST", "/api/login", login),
         ("POST", "/api/logout", logout),
         ("GET", "/api/session", session),
@@ -99,12 +124,50 @@ async def _security_headers(request: web.Request, handler: Any) -> web.StreamRes
 
 def _page(name: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
+        console = request.app[CONSOLE]
         camera = request.match_info.get("name")
-        if camera is not None and camera not in request.app[CONSOLE].config.cameras:
-            raise web.HTTPNotFound(text=f"no camera {camera!r}")
+        if camera is not None and camera not in console.config.cameras:
+            return _not_found_page(f"No camera named {camera[:64]!r}", "It is not in this site's file.")
+        event_id = request.match_info.get("id")
+        if event_id is not None and await asyncio.to_thread(console.history.get, event_id) is None:
+            return _not_found_page("No such event", "It was pruned, or the console never saw it.")
         return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
 
     return handler
+
+
+def _not_found_page(title: str, detail: str) -> web.Response:
+    """A page's 404 for a person in a browser: a real page with a way back (the API answers JSON)."""
+    page = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Not found · EdgeSight</title>
+<link rel="icon" href="/favicon.ico" type="image/svg+xml">
+<link rel="stylesheet" href="/static/app.css">
+</head>
+<body>
+<main class="notfound">
+<h1>{html.escape(title)}</h1>
+<p class="muted">{html.escape(detail)}</p>
+<p><a id="home" href="/">Back to the overview</a> · <a href="/events">Events</a></p>
+</main>
+</body>
+</html>
+"""
+    return web.Response(status=404, text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(
+        FAVICON, headers={"Content-Type": "image/svg+xml", "Cache-Control": "public, max-age=86400"}
+    )
+
+
+def _client(request: web.Request) -> str:
+    """The client's address (through trusted proxies: see auth.client_address)."""
+    return str(request.get("client") or request.remote or "?")
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -114,32 +177,36 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 def _camera(request: web.Request) -> str:
     name = request.match_info["name"]
     if name not in request.app[CONSOLE].config.cameras:
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no camera {name!r}"}), content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no camera {name[:64]!r}"}), content_type="application/json")
     return name
 
 
 # -- session ------------------------------------------------------------------------------------
 async def login(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
-    client = request.remote or "?"
-    wait = console.auth.limiter.retry_after(client)
+    client = _client(request)
+    limiter = console.auth.limiter
+    wait = limiter.retry_after(client)
     if wait > 0:
         metrics.LOGINS.labels("limited").inc()
         return web.json_response(
-            {"error": "too many failed logins; try again later"},
+            {"error": f"too many failed logins from {client}; try again in {int(wait) + 1} s"},
             status=429,
             headers={"Retry-After": str(int(wait) + 1)},
         )
     try:
         body = await request.json() if request.content_type == "application/json" else dict(await request.post())
         password = str(body.get("password", ""))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return _error(400, 'send {"password": "..."} as JSON')
     if not console.auth.check_password(password):
-        console.auth.limiter.failed(client)
+        limiter.failed(client)
         metrics.LOGINS.labels("failed").inc()
         await console.audit("console.login_failed", "admin", actor=f"console:?@{client}", address=client)
+        if limiter.flooded():
+            await asyncio.sleep(1.0)  # a site-wide flood is answered slowly; the right password never is
         return _error(401, "wrong password")
+    limiter.succeeded(client)
     metrics.LOGINS.labels("ok").inc()
     await console.audit("console.login", "admin", actor=f"console:admin@{client}", address=client)
     opened = console.auth.open_session()
@@ -160,7 +227,7 @@ async def logout(request: web.Request) -> web.Response:
     session_ = request.get("session")
     if session_ is not None:
         request.app[CONSOLE].auth.close_session(session_.token)
-        client = request.remote or "?"
+        client = _client(request)
         await request.app[CONSOLE].audit("console.logout", "admin", actor=f"console:admin@{client}", address=client)
     response = web.json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
@@ -180,17 +247,17 @@ async def session(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
+    # text/yaml and inline: a browser shows it (application/yaml was saved as a download); clients don't care
+    headers = {"Content-Type": "text/yaml; charset=utf-8", "Content-Disposition": 'inline; filename="openapi.yaml"'}
+    return web.FileResponse(OPENAPI, headers=headers)
 
 
 # -- cameras ------------------------------------------------------------------------------------
 def _public_url(url: str) -> str:
-    """Where a camera is, without credentials or query (a token may hide there)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme and parts.hostname:
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
-    return Path(parts.path or url).name
+    """Where a camera is, without its secrets; a file by its name only."""
+    if "://" in url and not url.startswith("file:"):
+        return redact_url(url)
+    return Path(urllib.parse.urlsplit(url).path or url).name
 
 
 def _iso(ns: int | None) -> str | None:
@@ -331,18 +398,24 @@ def _time_ns(text: str | None, name: str) -> int | None:
     """Nanoseconds since the epoch, or an ISO 8601 time (a naive one is UTC)."""
     if not text:
         return None
+    problem = web.HTTPBadRequest(
+        text=json.dumps({"error": f"{name}: not an ISO 8601 time or nanoseconds since 1970: {text[:40]!r}"}),
+        content_type="application/json",
+    )
     if text.isdigit():
+        if len(text) > 19 or int(text) > MAX_NS:  # SQLite integers are 64-bit
+            raise problem
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"{name}: not an ISO 8601 time or nanoseconds: {text[:40]!r}"}),
-            content_type="application/json",
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return int(when.timestamp() * 1e9)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        ns = int(when.timestamp() * 1e9)
+    except (ValueError, OverflowError):
+        raise problem from None
+    if not 0 <= ns <= MAX_NS:
+        raise problem
+    return ns
 
 
 async def events(request: web.Request) -> web.Response:
@@ -354,6 +427,8 @@ async def events(request: web.Request) -> web.Response:
         if query.get("before"):
             ts_ns, row = query["before"].split(":")
             before = (int(ts_ns), int(row))
+            if not all(0 <= part <= MAX_NS for part in before):
+                raise ValueError("out of range")
     except ValueError:
         return _error(400, "limit must be a number; before a cursor from a previous answer's next")
     found, cursor = await asyncio.to_thread(
@@ -414,18 +489,31 @@ def _geometry(console: ConsoleService, camera: str) -> dict[str, Any]:
 
 
 async def put_rules(request: web.Request) -> web.Response:
+    """Replaces one camera's rules. What may change is in rule_policy; refusals are audited too."""
     console = request.app[CONSOLE]
     name = _camera(request)
+    actor = f"console:{'admin' if request['auth'] == 'session' else 'api-token'}@{_client(request)}"
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return _error(400, 'send {"rules": {...}} as JSON')
     rules = body.get("rules") if isinstance(body, dict) else None
     if not isinstance(rules, dict):
         return _error(400, 'send {"rules": {<name>: {<settings>}, ...}}')
-    before = console.config.cameras[name].rules if name in console.config.cameras else {}
+    hosts = console.config.console.webhook_hosts if console.config.console else []
+
+    def policy(on_disk: dict[str, Any], wanted: dict[str, Any]) -> None:
+        rule_policy.check_rules(name, on_disk, wanted, hosts)
+
     try:
-        config = await asyncio.to_thread(console.site_file.replace_rules, name, rules)
+        rule_policy.check_shape(name, rules)
+        saved = await asyncio.to_thread(console.site_file.replace_rules, name, rules, policy)
+    except rule_policy.RulesRefused as exc:
+        metrics.RULE_SAVES.labels("refused").inc()
+        await console.audit(
+            "config.save_refused", f"cameras.{name}.rules", actor=actor, key=exc.key, reason=exc.message
+        )
+        return _error(403, f"{exc.key}: {exc.message}", key=exc.key)
     except RulesRejected as exc:
         metrics.RULE_SAVES.labels("rejected").inc()
         return web.json_response(
@@ -437,19 +525,20 @@ async def put_rules(request: web.Request) -> web.Response:
     except KeyError:
         return _error(404, f"camera {name!r} is not in the site file itself")
     metrics.RULE_SAVES.labels("saved").inc()
-    after = config.cameras[name].rules
     await console.audit(
         "config.save",
         f"cameras.{name}.rules",
-        actor=f"console:{'admin' if request['auth'] == 'session' else 'api-token'}@{request.remote or '?'}",
+        actor=actor,
         file=console.config.source,
-        added=",".join(sorted(set(after) - set(before))),
-        removed=",".join(sorted(set(before) - set(after))),
-        changed=",".join(sorted(r for r in set(after) & set(before) if after[r] != before[r])),
+        added=",".join(sorted(set(saved.after) - set(saved.before))),
+        removed=",".join(sorted(set(saved.before) - set(saved.after))),
+        changed=",".join(sorted(r for r in set(saved.after) & set(saved.before) if saved.after[r] != saved.before[r])),
+        unshared_from=",".join(saved.unshared_from) or None,
+        changes=rule_changes(name, saved.before, saved.after),
     )
-    await console.rules_saved(config, name)
-    saved = await asyncio.to_thread(console.site_file.rules, name)
-    return web.json_response({"camera": name, "rules": saved, "geometry": _geometry(console, name), "reloaded": True})
+    await console.rules_saved(saved.config, name)
+    written = await asyncio.to_thread(console.site_file.rules, name)
+    return web.json_response({"camera": name, "rules": written, "geometry": _geometry(console, name), "reloaded": True})
 
 
 # -- audit trail --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from common.config import ModelConfig
 from common.models import Backend, open_backend
+from common.shm import ChannelOrder
 from common.trust import TrustPolicy
 from services.inference.manifest import ModelError, ModelSpec, load_model_spec
 from services.inference.processing import Letterbox, Placement, decode_outputs, nms_per_class, to_source
@@ -81,16 +82,20 @@ class Detector:
     def max_batch(self) -> int:
         return self.backend.max_batch
 
-    def detect(self, frames: Sequence[npt.NDArray[np.uint8]]) -> tuple[list[FrameDetections], list[Timing]]:
-        """Detections per frame (BGR HxWx3), run in batches of at most the model's batch size."""
+    def detect(
+        self, frames: Sequence[npt.NDArray[np.uint8]], orders: Sequence[ChannelOrder] | None = None
+    ) -> tuple[list[FrameDetections], list[Timing]]:
+        """Detections per frame (HxWx3, BGR unless ``orders`` says each frame's channel order), run in
+        batches of at most the model's batch size."""
         results: list[FrameDetections] = []
         timings: list[Timing] = []
         step = max(1, self.backend.max_batch)
+        every: Sequence[ChannelOrder] = orders if orders is not None else ["bgr"] * len(frames)
         for start in range(0, len(frames), step):
             chunk = frames[start : start + step]
             t0 = time.perf_counter_ns()
             tensor = self.letterbox.batch(step if self.backend.static_batch else len(chunk))
-            placements = [self.letterbox.place(frame, tensor[i]) for i, frame in enumerate(chunk)]
+            placements = [self.letterbox.place(frame, tensor[i], every[start + i]) for i, frame in enumerate(chunk)]
             t1 = time.perf_counter_ns()
             outputs = self.backend.run(tensor)  # a static batch's unused rows hold older frames: ignored
             t2 = time.perf_counter_ns()

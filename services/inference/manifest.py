@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.assets import find_asset
 from common.errors import EdgeSightError, ModelError
-from common.models import ModelFile
+from common.models import ModelFile, refuse_external_data
 from common.trust import MANIFEST, PACKAGE_SUFFIX, Package, TrustPolicy
 from contracts.messages import LABEL_PATTERN
 from services.inference.labels import TABLES
@@ -30,6 +30,7 @@ __all__ = [
     "ModelSpec",
     "load_model_spec",
     "onnx_metadata",
+    "package_spec",
     "read_manifest",
     "suggest_manifest",
 ]
@@ -99,6 +100,8 @@ Shapes = list[tuple[str, list[int | str]]]  # (tensor name, shape with names for
 def onnx_metadata(path: Path, content: bytes | None = None) -> tuple[Shapes, Shapes, dict[str, str]]:
     import onnxruntime
 
+    if content is not None:
+        refuse_external_data(content, str(path))
     try:
         model = content if content is not None else str(path)
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -233,7 +236,7 @@ def load_model_spec(
     except EdgeSightError as exc:
         raise ModelError(str(exc)) from None
     if path.suffix == PACKAGE_SUFFIX:
-        return _package_spec(trust.open(path), path)
+        return package_spec(trust.open(path), path)
     trust.check_plain(path, allow_unsigned=allow_unsigned, what=what)
     if path.suffix in (".yaml", ".yml", ".json"):
         manifest = read_manifest(path)
@@ -251,8 +254,9 @@ def load_model_spec(
     return ModelSpec(manifest, model_path, _labels(manifest, path.parent, metadata, classes), str(path))
 
 
-def _package_spec(package: Package, path: Path) -> ModelSpec:
-    """A package's manifest checked against its own model bytes, as for files on disk."""
+def package_spec(package: Package, path: Path) -> ModelSpec:
+    """A package's manifest checked against its own model bytes, as for files on disk: what the
+    inference service loads, and what ``models install`` checks before a package becomes current."""
     manifest = read_manifest(path / MANIFEST, package.manifest)
     if (manifest.name, manifest.version) != (package.name, package.version):
         raise ModelError(
@@ -272,6 +276,9 @@ def _package_spec(package: Package, path: Path) -> ModelSpec:
 
 
 def _check_input(manifest: ModelManifest, inputs: Shapes, path: Path) -> None:
+    if not inputs or len(inputs[0][1]) != 4:
+        found = f"{inputs[0][0]} {inputs[0][1]}" if inputs else "none"
+        raise ModelError(f"{path}: a detector takes one image input [batch, channels, height, width] (found: {found})")
     shape = inputs[0][1]
     static = isinstance(shape[2], int) and isinstance(shape[3], int)
     if manifest.input_size is not None and static and (shape[3], shape[2]) != tuple(manifest.input_size):

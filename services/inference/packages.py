@@ -2,9 +2,10 @@
 
 A site's integrator makes a signing key once (``keygen``), packages each model version with it
 (``package``: the manifest, the model, its labels, signed; optionally encrypted for one device),
-and the appliance installs it (``install``: checked against ``site.trusted_keys``, kept beside the
-previous versions, made current atomically — a running inference service reloads it). The format
-is described in :mod:`common.trust.package`.
+and the appliance installs it (``install``: checked against ``site.trusted_keys`` and loaded as the
+inference service loads it, refused if older than the current version unless ``--allow-downgrade``,
+kept beside the previous versions, made current atomically — a running inference service reloads
+it). Refusals are audited. The format is described in :mod:`common.trust.package`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from common.trust import (
     MANIFEST,
     PACKAGE_SUFFIX,
     ModelStore,
+    Package,
+    Refused,
     TrustPolicy,
     build_package,
     generate_key_pair,
@@ -36,7 +39,14 @@ from common.trust import (
     site_trust,
 )
 from services.inference.labels import TABLES
-from services.inference.manifest import ModelError, ModelManifest, load_model_spec, read_manifest, suggest_manifest
+from services.inference.manifest import (
+    ModelError,
+    ModelManifest,
+    load_model_spec,
+    package_spec,
+    read_manifest,
+    suggest_manifest,
+)
 
 __all__ = ["add_commands", "run_command"]
 
@@ -54,18 +64,21 @@ def add_commands(models: argparse._SubParsersAction) -> None:  # type: ignore[ty
     package.add_argument("--version", help="override the manifest's version")
     package.add_argument("--encrypt-for", type=Path, metavar="DEVICE.pub", help="encrypt for this device key")
     verify = models.add_parser("verify", help="check a package: exit 0 and what it holds, or 1 and why")
-    verify.add_argument("package", type=Path)
+    verify.add_argument("package", type=Path, help="the package (.espkg)")
     verify.add_argument("--trusted", type=Path, action="append", default=[], help="a trusted .pub (repeatable)")
     verify.add_argument("--config", help="take the trusted keys (and device key) from this site file")
     verify.add_argument("--device-key", type=Path, help="also decrypt with this device key")
     install = models.add_parser("install", help="check a package and make it current in state_dir/models")
-    install.add_argument("package", type=Path)
+    install.add_argument("package", type=Path, help="the package (.espkg)")
     install.add_argument("--config", required=True, help="the site file (trusted keys, state_dir)")
+    install.add_argument(
+        "--allow-downgrade", action="store_true", help="install a version older than the current one (audited)"
+    )
     listing = models.add_parser("list", help="installed models, their versions and signers")
-    listing.add_argument("--config", required=True)
+    listing.add_argument("--config", required=True, help="the site file (state_dir)")
     rollback = models.add_parser("rollback", help="make the version installed before the current one current")
-    rollback.add_argument("name")
-    rollback.add_argument("--config", required=True)
+    rollback.add_argument("name", help="the model's name")
+    rollback.add_argument("--config", required=True, help="the site file (trusted keys, state_dir)")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -83,25 +96,9 @@ def run_command(args: argparse.Namespace) -> int:
     store = ModelStore(Path(config.site.state_dir) / "models")
     audit = AuditTrail(config.site.state_dir, config.site.name, f"cli:{getpass.getuser()}")
     if command == "install":
-        policy = site_trust(config)
-        if not policy.enforcing:
-            raise PackageError(
-                f"{config.where('site', 'trusted_keys')}: empty; set the keys packages must be signed by"
-            )
-        done = store.install(args.package, policy)
-        audit.record(
-            "model.install",
-            done.name,
-            version=done.version,
-            previous=done.previous,
-            signer=done.signer,
-            sha256=done.sha256,
-        )
-        print(f"installed {done.name} {done.version} (signer {done.signer}; previous: {done.previous or 'none'})")
-        print(f"use it as models.<name>.path: {done.name}{PACKAGE_SUFFIX}")
-        return 0
+        return install(args, config, store, audit)
     if command == "rollback":
-        done = store.rollback(args.name)
+        done = store.rollback(args.name, site_trust(config), check=loads)
         audit.record("model.rollback", done.name, version=done.version, previous=done.previous, sha256=done.sha256)
         print(f"{done.name}: {done.previous} -> {done.version}")
         return 0
@@ -112,6 +109,44 @@ def run_command(args: argparse.Namespace) -> int:
         versions = ", ".join(("*" if e["version"] == row["current"] else "") + e["version"] for e in row["installed"])
         current = next(e for e in row["installed"] if e["version"] == row["current"])
         print(f"{row['name']:<20} {versions:<24} signer {current['signer']}  installed {current['installed']}")
+    return 0
+
+
+def loads(package: Package, path: Path) -> None:
+    """What the inference service checks when it loads a package: its manifest is its signed index's
+    name and version, and its model loads and fits the manifest."""
+    package_spec(package, path)
+
+
+def install(args: argparse.Namespace, config: SiteConfig, store: ModelStore, audit: AuditTrail) -> int:
+    policy = site_trust(config)
+    if not policy.enforcing:
+        raise PackageError(f"{config.where('site', 'trusted_keys')}: empty; set the keys packages must be signed by")
+    try:
+        done = store.install(args.package, policy, check=loads, allow_downgrade=args.allow_downgrade)
+    except PackageError as exc:  # a refusal is a security event: someone tried to install this
+        opened = isinstance(exc, Refused)  # else its name is not known: the file is named instead
+        audit.record(
+            "model.install_refused",
+            exc.name if isinstance(exc, Refused) else args.package.name,
+            version=exc.version if isinstance(exc, Refused) else None,
+            file=None if opened else str(args.package),
+            error=str(exc),
+        )
+        raise
+    audit.record(
+        "model.install",
+        done.name,
+        version=done.version,
+        previous=done.previous,
+        signer=done.signer,
+        sha256=done.sha256,
+        downgrade=True if done.downgrade else None,  # only on a downgrade: the other records stay as they were
+    )
+    if done.downgrade:
+        print(f"downgraded {done.name} from {done.previous} to {done.version} (--allow-downgrade; audited)")
+    print(f"installed {done.name} {done.version} (signer {done.signer}; previous: {done.previous or 'none'})")
+    print(f"use it as models.<name>.path: {done.name}{PACKAGE_SUFFIX}")
     return 0
 
 

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from common.shm import ChannelOrder
 from services.inference.manifest import YOLOX_STRIDES, ModelManifest
 
 __all__ = ["Letterbox", "Placement", "decode_outputs", "nms_per_class"]
@@ -33,7 +34,7 @@ class Letterbox:
     def __init__(self, manifest: ModelManifest, width: int, height: int) -> None:
         self.width, self.height = width, height
         self.center = manifest.letterbox == "center"
-        self.swap = manifest.color == "rgb"  # frames arrive BGR
+        self.color = manifest.color  # the model's channel order; each frame says its own
         self.pad = manifest.pad_value
         scale = np.float32(manifest.scale)
         std = np.asarray(manifest.std, np.float32)
@@ -50,8 +51,9 @@ class Letterbox:
             tensor = self._batches[size] = np.empty((size, 3, self.height, self.width), np.float32)
         return tensor
 
-    def place(self, frame: npt.NDArray[np.uint8], out: FloatArray) -> Placement:
-        """Letterboxes one HxWx3 BGR frame into ``out`` ([3, H, W])."""
+    def place(self, frame: npt.NDArray[np.uint8], out: FloatArray, order: ChannelOrder = "bgr") -> Placement:
+        """Letterboxes one HxWx3 frame, whose channels are in ``order``, into ``out`` ([3, H, W]) in the
+        model's order: swapped here, on the small canvas, rather than on the whole frame."""
         height, width = frame.shape[:2]
         scale = min(self.width / width, self.height / height)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
@@ -66,7 +68,7 @@ class Letterbox:
         else:
             canvas.fill(self.pad)
             region[...] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        channels = canvas[..., ::-1] if self.swap else canvas
+        channels = canvas[..., ::-1] if order != self.color else canvas
         chw = channels.transpose(2, 0, 1)
         if self._plain and self._multiplier[0, 0, 0] == 1:
             np.copyto(out, chw, casting="unsafe")  # pixels as they are (YOLOX): a cast, no multiply

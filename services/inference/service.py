@@ -22,10 +22,11 @@ from common._compat import TaskGroup, wait_at_most
 from common.bus import Subscriber
 from common.config import INFERENCE_SHARD_VARIABLE, ModelConfig, SiteConfig
 from common.errors import ConfigError, EdgeSightError, ShmError, StaleFrameError
+from common.privacy import apply_privacy_masks
 from common.service import Service, ServiceState
-from common.shm import FrameReaders, FrameRingReader
+from common.shm import ChannelOrder, FrameReaders, FrameRingReader, colour_view
 from common.shm.ring import FrameView
-from common.trust import model_search_path, site_trust
+from common.trust import TrustPolicy, TrustWatch, load_installed, model_search_path, site_trust
 from contracts import Control, Detections, FrameRef, InferenceTiming, topic
 from services.inference import metrics
 from services.inference.detector import Detector
@@ -60,6 +61,7 @@ class ModelWorker:
         self.last_run: dict[str, float] = {}
         self.wakeup = asyncio.Event()
         self.retired: list[Detector] = []  # replaced by a reload; closed once no batch can use them
+        self.refused: Path | None = None  # the current package refused at start (serving an older one): watched
         self.full = asyncio.Event()  # a whole batch is pending: no reason to wait longer
         for reason in metrics.SKIP_REASONS:
             metrics.SKIPPED.labels(name, reason)  # at 0 from the start: a share of skipped frames is computable
@@ -135,11 +137,38 @@ class ModelWorker:
         old = self.detector
         metrics.MODEL_INFO.labels(self.name, old.version, old.backend.name, old.backend.provider).set(0)
         self.detector = fresh
+        self.refused = None  # the configured model loaded: off the fallback
         metrics.RELOADS.labels(self.name, "ok").inc()
         log.info("model reloaded", extra={"model": self.name, "reason": reason, "from": old.version})
         self._describe()
         self.retired.append(old)
         await self.service.audit_model(self.name, fresh, previous=old.version, reason=reason)
+
+    async def recheck(self, trust: TrustPolicy) -> None:
+        """After the site's keys changed: is what serves still trusted? The loaded model keeps serving
+        (the next load is checked against the new keys and refused); the refusal is logged and audited."""
+        spec = self.detector.spec
+        if spec.package is not None:
+            if spec.package.signer in trust.trusted:
+                return
+            error = (
+                f"{spec.source}: signed by key {spec.package.signer}, which is no longer a trusted key "
+                f"(trusted: {', '.join(sorted(trust.trusted)) or 'none'})"
+            )
+        else:
+            try:
+                trust.check_plain(
+                    spec.model_path, allow_unsigned=self.config.allow_unsigned, what=f"models.{self.name}"
+                )
+                return
+            except EdgeSightError as exc:
+                error = str(exc)
+        version = self.detector.version
+        log.error(
+            "the loaded model is no longer trusted; it serves until the next load, which refuses it",
+            extra={"model": self.name, "version": version, "error": error},
+        )
+        await self.service.audit("model.untrusted", self.name, version=version, error=error, kept=version)
 
 
 class InferenceService(Service):
@@ -156,13 +185,41 @@ class InferenceService(Service):
         self.inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
         self._inference_ms_lock = threading.Lock()  # written on worker threads, read on the loop
         self._unreadable: dict[str, str] = {}  # segment -> the error last logged for it
-        self.trust = site_trust(self.config)
+        self.trust = TrustWatch(self.config)  # site.trusted_keys, read again when it changes
 
-    def load(self, name: str) -> Detector:
-        """Model ``name`` of the site file, under the site's trust policy (blocking: run it on a thread)."""
-        return Detector.from_config(
-            self.config.models[name], model_search_path(self.config.site), trust=self.trust, what=f"models.{name}"
-        )
+    def load(self, name: str, path: str | None = None) -> Detector:
+        """Model ``name`` of the site file (or its package at ``path``), under the site's trust policy as
+        it is now (blocking: run it on a thread)."""
+        config = self.config.models[name]
+        if path is not None:
+            config = config.model_copy(update={"path": path})
+        search = model_search_path(self.config.site)
+        return Detector.from_config(config, search, trust=self.trust.policy, what=f"models.{name}")
+
+    async def start_model(self, name: str) -> ModelWorker:
+        """Loads model ``name``; if its current installed package is refused (a key taken out of the site,
+        a package changed on disk), the newest installed version that verifies serves instead of none:
+        a service that cannot start would only be restarted to fail again."""
+        reference = self.config.models[name].path
+        site = self.config.site
+        detector, fallback = await asyncio.to_thread(load_installed, reference, site, lambda p: self.load(name, p))
+        worker = ModelWorker(name, self.config.models[name], detector, self)
+        if fallback is not None:
+            worker.refused = fallback.refused
+            log.error(
+                "the current package is refused; started on an older installed version that verifies",
+                extra={
+                    "model": name,
+                    "version": fallback.version,
+                    "refused": str(fallback.refused),
+                    "error": fallback.error,
+                },
+            )
+            await self.audit(
+                "model.fallback", name, version=fallback.version, refused=fallback.refused.name, error=fallback.error
+            )
+        await self.audit_model(name, detector)
+        return worker
 
     @classmethod
     def check(cls, config: SiteConfig) -> list[str]:
@@ -224,11 +281,14 @@ class InferenceService(Service):
         assignment = self.assignment()
         used = sorted({model for models in assignment.values() for model in models})
         if not used:
-            log.warning("no models to run for this replica's cameras", extra={"shard": "/".join(map(str, self.shard))})
+            shard = "/".join(map(str, self.shard))
+            enabled = [name for name, camera in self.config.cameras.items() if camera.enabled]
+            if len(enabled) > self.shard[0]:  # cameras, but no model for them: a site file to fix
+                log.warning("no models to run for this replica's cameras", extra={"shard": shard})
+            else:  # more replicas than cameras: expected, this one waits
+                log.info("no cameras for this replica (more replicas than cameras)", extra={"shard": shard})
         for name in used:  # load (and check) every model before serving: errors now, not at the first frame
-            detector = await asyncio.to_thread(self.load, name)
-            self.workers[name] = ModelWorker(name, self.config.models[name], detector, self)
-            await self.audit_model(name, detector)
+            self.workers[name] = await self.start_model(name)
         for camera, models in assignment.items():
             self.routes[camera] = [self.workers[m] for m in models]
         topics = [topic("frames", camera) for camera in self.routes]
@@ -269,8 +329,8 @@ class InferenceService(Service):
         if not views:
             return []
         started = time.perf_counter()
-        frames: list[npt.NDArray[np.uint8]] = [view.array for view in views]
-        results, timings = detector.detect(frames)
+        inputs = [self._model_input(view) for view in views]
+        results, timings = detector.detect([frame for frame, _ in inputs], [order for _, order in inputs])
         metrics.PIPELINE_SECONDS.labels(model).observe(time.perf_counter() - started)
         backend = detector.backend
         for timing in timings:
@@ -311,6 +371,16 @@ class InferenceService(Service):
             )
         return messages
 
+    def _model_input(self, view: FrameView) -> tuple[npt.NDArray[np.uint8], ChannelOrder]:
+        """The frame as the model may see it, and its channel order: the ring's pixels in place, unless
+        the camera has privacy masks with ``inference: true``, applied to a copy (the ring is every reader's)."""
+        frame, order = colour_view(view.array, view.ref.pixel_format)
+        camera = self.config.cameras.get(view.ref.camera)
+        masks = [mask for mask in camera.privacy_masks if mask.inference] if camera is not None else []
+        if masks:
+            frame = apply_privacy_masks(frame.copy() if frame is view.array else frame, masks)
+        return frame, order
+
     def _reader(self, model: str, segment: str) -> FrameRingReader:
         """Readers per model: each model's batches run on their own thread, and a reader (which may
         remap after a writer restart) is used by one thread at a time."""
@@ -324,20 +394,34 @@ class InferenceService(Service):
         await self.publisher.publish("detections", detections.frame.camera, detections)
         self.frames_done += 1
 
+    async def _refresh_trust(self) -> None:
+        """Reads site.trusted_keys again if it changed, and says which loaded model it no longer trusts."""
+        if await asyncio.to_thread(self.trust.refresh):
+            await self.audit(
+                "model.trust_changed", "site.trusted_keys", trusted=" ".join(sorted(self.trust.policy.trusted))
+            )
+            for worker in self.workers.values():
+                await worker.recheck(self.trust.policy)
+                if worker.refused is not None:  # on a fallback: the current package may verify under the new keys
+                    await worker.reload("site.trusted_keys changed")
+
     async def _watch_models(self) -> None:
-        """Reloads a model whose manifest or weights file changed on disk."""
+        """Reloads a model whose manifest or weights file changed on disk; follows site.trusted_keys."""
 
         def stamps() -> dict[str, tuple[float, ...]]:
             result = {}
             for name, worker in self.workers.items():
                 spec = worker.detector.spec
                 files = {Path(spec.source), spec.model_path}
-                result[name] = tuple(_mtime(path) for path in sorted(files))
+                refused = (worker.refused,) if worker.refused is not None else ()
+                # on a fallback, the refused link too: an install or rollback repoints it (lstat sees that)
+                result[name] = (*(_mtime(p) for p in sorted(files)), *(_mtime(p, link=True) for p in refused))
             return result
 
         seen = stamps()
         while True:
             await asyncio.sleep(RELOAD_POLL_S)
+            await self._refresh_trust()
             now = stamps()
             for name, stamp in now.items():
                 if stamp != seen.get(name):
@@ -347,6 +431,7 @@ class InferenceService(Service):
     async def on_control(self, command: Control) -> None:
         """``reload`` (``args.model`` names one model, else all) loads again and swaps without stopping."""
         if command.command == "reload":
+            await self._refresh_trust()  # a reload right after a key change is checked against the new keys
             wanted = command.args.get("model")
             for name, worker in self.workers.items():
                 if wanted in (None, name):
@@ -367,9 +452,9 @@ class InferenceService(Service):
         }
 
 
-def _mtime(path: Path) -> float:
-    """0.0 for a file that is absent, or replaced between listing and stat."""
+def _mtime(path: Path, *, link: bool = False) -> float:
+    """0.0 for a file that is absent, or replaced between listing and stat; ``link``: the link's own."""
     try:
-        return path.stat().st_mtime
+        return (path.lstat() if link else path.stat()).st_mtime
     except OSError:
         return 0.0

@@ -23,6 +23,7 @@ import yaml
 
 from common.config import ModelConfig
 from common.errors import EdgeSightError
+from common.urls import redact
 from services.inference import packages
 from services.inference.detector import Detector, FrameDetections
 from services.inference.manifest import onnx_metadata, suggest_manifest
@@ -113,21 +114,32 @@ def detect(model: str, source: str, frames: int | None, out: Path | None, annota
     return 0 if count else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgesight", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("detect", help="run a model on a file or stream, print detections as JSON lines")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgesight", description="Check a model before deploying it.")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these; each has its own --help"
+    )
+    what = "run a model on a file or stream, print detections as JSON lines (boxes 0-1)"
+    run = commands.add_parser("detect", help=what, description=what)
     run.add_argument("--model", required=True, help="a manifest (.yaml) or an .onnx file (asset search path)")
     run.add_argument("--source", required=True, help="a video file or a stream URL")
     run.add_argument("--frames", type=int, help="stop after this many frames")
     run.add_argument("--out", type=Path, help="write the JSON lines here instead of standard output")
     run.add_argument("--annotate", type=Path, help="also write the video with boxes drawn (mp4)")
-    models = commands.add_parser("models", help="model tools")
-    model_commands = models.add_subparsers(dest="models_command", required=True)
-    look = model_commands.add_parser("inspect", help="print inputs, outputs, metadata and a suggested manifest")
-    look.add_argument("file", type=Path)
+    what = "inspect a model; keygen, package, verify, install, list, rollback signed packages"
+    models = commands.add_parser("models", help=what, description=what)
+    model_commands = models.add_subparsers(
+        dest="models_command", required=True, metavar="COMMAND", help="one of these; each has its own --help"
+    )
+    what = "print a model's inputs, outputs, metadata and a suggested manifest"
+    look = model_commands.add_parser("inspect", help=what, description=what)
+    look.add_argument("file", type=Path, help="the model (.onnx)")
     packages.add_commands(model_commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "detect":
             return detect(args.model, args.source, args.frames, args.out, args.annotate)
@@ -143,11 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _without_credentials(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` (as written and percent-decoded) replaced by ``***``."""
-    password = urllib.parse.urlsplit(url).password
-    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
-        text = text.replace(str(secret), "***")
-    return text
+    """``text`` with ``url``'s password (as written and percent-decoded) and every URL's secrets hidden."""
+    return redact(text, [urllib.parse.urlsplit(url).password])
 
 
 if __name__ == "__main__":

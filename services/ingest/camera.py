@@ -290,6 +290,7 @@ class CameraWorker:
             loop=config.loop,
             realtime=config.realtime,
             abort=abort,
+            camera=self.name,
         ) as session:
             self.info = info = session.open()
             if info.fallback and not self._fallback_logged:

@@ -133,20 +133,28 @@ def discover(timeout_s: float, username: str | None, password: str | None) -> in
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgesight cameras", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    probe_parser = commands.add_parser("probe", help="open a camera, print codec, size and rate, decode a few frames")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgesight cameras", description="Find and check cameras.")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these; each has its own --help"
+    )
+    what = "open a camera, print codec, size and rate, decode a few frames"
+    probe_parser = commands.add_parser("probe", help=what, description=what)
     probe_parser.add_argument("url", help="rtsp://, http(s)://, a file or /dev/videoN")
     probe_parser.add_argument("--frames", type=int, default=25, help="frames to decode (default 25)")
     probe_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the source")
     probe_parser.add_argument("--transport", choices=("tcp", "udp"), default="tcp", help="RTSP transport")
     probe_parser.add_argument("--decoder", help="FFmpeg decoder to try first, e.g. h264_v4l2m2m")
-    find = commands.add_parser("discover", help="find ONVIF cameras on the LAN, print a config block")
+    what = "find ONVIF cameras on the LAN (WS-Discovery), print a cameras: block for a site file"
+    find = commands.add_parser("discover", help=what, description=what)
     find.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for answers")
     find.add_argument("--username", help="with credentials, read each camera's RTSP URIs over ONVIF")
     find.add_argument("--password", help="the ONVIF password (or set it in $ONVIF_PASSWORD)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "probe":
             return probe(args.url, args.frames, args.timeout, args.transport, args.decoder)

@@ -63,8 +63,10 @@ class DecodeSession:
         loop: bool = False,
         realtime: bool = False,
         abort: threading.Event | None = None,
+        camera: str = "-",
     ) -> None:
         self.source = source
+        self.camera = camera  # for log lines
         self.timeout_s = timeout_s
         self.requested_decoder = decoder
         self.loop = loop and not source.is_live
@@ -74,8 +76,23 @@ class DecodeSession:
         self._container: Any = None
         self._stream: Any = None
         self._codec: Any = None
+        self._seekable = True  # until FFmpeg refuses a seek(0) of a looping file
 
     def open(self) -> StreamInfo:
+        self._open_container()
+        self._codec, fallback = self._open_decoder()
+        context = self._stream.codec_context
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return StreamInfo(
+            codec=context.name,
+            decoder=self._codec.name,
+            width=context.width,
+            height=context.height,
+            rate=float(rate) if rate else None,
+            fallback=fallback,
+        )
+
+    def _open_container(self) -> None:
         try:
             # Reads get a second more than the watchdog's stall timeout: it notices first and says so.
             arguments = self.source.open_arguments(self.timeout_s, self.timeout_s + 1)
@@ -91,17 +108,6 @@ class DecodeSession:
             self.close()
             raise SourceError(f"{self.source} has no video stream")
         self._stream = self._container.streams.video[0]
-        self._codec, fallback = self._open_decoder()
-        context = self._stream.codec_context
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        return StreamInfo(
-            codec=context.name,
-            decoder=self._codec.name,
-            width=context.width,
-            height=context.height,
-            rate=float(rate) if rate else None,
-            fallback=fallback,
-        )
 
     def _open_decoder(self) -> tuple[Any, str | None]:
         software = self._stream.codec_context
@@ -117,13 +123,19 @@ class DecodeSession:
                 return codec, None
             except (av.error.FFmpegError, ValueError) as exc:
                 failures.append(f"{name}: {exc}")
-        software.thread_type = "AUTO"  # frame + slice threads: what a bare `ffmpeg -i` does
-        return software, "; ".join(failures) or None
+        return self._software(), "; ".join(failures) or None
+
+    def _software(self) -> Any:
+        """The stream's own decoder, with frame + slice threads: what a bare `ffmpeg -i` does."""
+        self._stream.codec_context.thread_type = "AUTO"
+        return self._stream.codec_context
 
     def frames(self) -> Iterator[tuple[Any, float]]:
         """``(frame, decode seconds)`` until the source ends (files without ``loop``) or ``abort``."""
         anchor: tuple[float, float] | None = None  # (stream time, monotonic) for realtime pacing
+        rewound_by = ""  # how this pass started: "" (opened), "seek" or "reopen"
         while True:
+            yielded = False
             for packet in self._demux():
                 if self.abort.is_set():
                     return
@@ -144,11 +156,42 @@ class DecodeSession:
                         anchor = self._pace(frame.time, anchor)
                     yield frame, spent
                     spent = 0.0
+                    yielded = True
             if not self.loop or self.abort.is_set():
                 return
-            self._container.seek(0)
-            self._codec.flush_buffers()
+            if not yielded and rewound_by == "seek":
+                self._cannot_seek("nothing to read after seeking to the start")
+            elif not yielded and rewound_by == "reopen":
+                raise SourceError(f"{self.source} has no decodable frame to loop over")
+            rewound_by = self._rewind()
             anchor = None
+
+    def _rewind(self) -> str:
+        """Back to the file's start: a seek, or reopening it where FFmpeg cannot seek (a raw H.264/H.265
+        stream, some streamed layouts): the decoder keeps going, so no backoff and no reconnect."""
+        if self._seekable:
+            try:
+                self._container.seek(0)
+                self._codec.flush_buffers()
+                return "seek"
+            except av.error.FFmpegError as exc:
+                self._cannot_seek(describe(exc))
+        software = self._stream.codec_context
+        self.close()
+        self._open_container()
+        if self._codec is software:  # it belonged to the closed container's stream
+            self._codec = self._software()
+        else:  # a hardware decoder of our own: keep it open
+            self._codec.flush_buffers()
+        return "reopen"
+
+    def _cannot_seek(self, reason: str) -> None:
+        # once per session, not once per loop: the file will refuse every later seek the same way
+        self._seekable = False
+        log.info(
+            "cannot seek in the file: looping by reopening it",
+            extra={"camera": self.camera, "source": str(self.source), "error": reason},
+        )
 
     def _demux(self) -> Iterator[Any]:
         try:

@@ -16,11 +16,11 @@ from typing import Any, Literal
 from common.assets import find_asset
 from common.config import CameraConfig
 from common.errors import AssetError
+from common.urls import redact
 
 __all__ = ["Source", "SourceKind", "hardware_decoders"]
 
 SourceKind = Literal["rtsp", "http", "file", "v4l2"]
-_REDACTED = "***"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +82,8 @@ class Source:
         return self.kind != "file"
 
     def redact(self, text: str) -> str:
-        """``text`` with every credential of this source replaced by ``***``."""
-        for secret in self.secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
+        """``text`` with every credential of this source (and any URL's password and tokens) as ``***``."""
+        return redact(text, self.secrets)
 
     def __str__(self) -> str:
         return self.redact(self.url)

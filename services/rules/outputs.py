@@ -17,10 +17,12 @@ import numpy.typing as npt
 from common.config import CameraConfig
 from common.config.rules import Action, CommandAction, GpioAction, WebhookAction
 from common.events import event_dict
+from common.files import private_sqlite
+from common.privacy import apply_privacy_masks
 from contracts import Event, Snapshot
 from services.rules.engine import CountStore
 
-__all__ = ["SqliteCountStore", "apply_privacy_masks", "event_json", "make_snapshot", "run_action"]
+__all__ = ["SqliteCountStore", "event_json", "make_snapshot", "run_action"]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,7 @@ class SqliteCountStore(CountStore):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
+        self.db = sqlite3.connect(private_sqlite(path))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS counts (camera TEXT, rule TEXT, label TEXT, key TEXT, value INTEGER,"
@@ -53,24 +54,10 @@ class SqliteCountStore(CountStore):
         self.db.close()
 
 
-def apply_privacy_masks(frame: npt.NDArray[np.uint8], camera: CameraConfig) -> npt.NDArray[np.uint8]:
-    """Fills (black) or blurs every privacy polygon of the camera, in place."""
-    height, width = frame.shape[:2]
-    for mask in camera.privacy_masks:
-        points = np.round(np.asarray(mask.polygon, np.float64) * [width, height]).astype(np.int32)
-        if mask.mode == "fill":
-            cv2.fillPoly(frame, [points], (0, 0, 0))
-        else:
-            stencil = np.zeros((height, width), np.uint8)
-            cv2.fillPoly(stencil, [points], 255)
-            blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=max(width, height) / 50)
-            frame[stencil > 0] = blurred[stencil > 0]
-    return frame
-
-
 def make_snapshot(frame: npt.NDArray[np.uint8], camera: CameraConfig, event: Event, quality: int) -> Snapshot:
-    """Masks first (nothing unmasked leaves), then the object's box and label, then a JPEG."""
-    picture = apply_privacy_masks(np.ascontiguousarray(frame), camera)
+    """From a BGR copy of the frame: masks first (nothing unmasked leaves), then the object's box and
+    label, then a JPEG."""
+    picture = apply_privacy_masks(np.ascontiguousarray(frame), camera.privacy_masks)
     height, width = picture.shape[:2]
     if event.object is not None:
         x1, y1, x2, y2 = (int(v * s) for v, s in zip(event.object.box, (width, height, width, height), strict=True))

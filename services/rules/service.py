@@ -22,6 +22,7 @@ from common._compat import TaskGroup
 from common.bus import EventSender, Subscriber
 from common.config import CameraConfig, SiteConfig, load_config
 from common.errors import EdgeSightError, ShmError, StaleFrameError
+from common.files import private_dir, private_open
 from common.service import Service, ServiceState
 from common.shm import FrameReaders
 from contracts import (
@@ -102,8 +103,8 @@ class RulesService(Service):
 
     async def main(self) -> None:
         topics = [topic("detections", name) for name in self.cameras]
-        if self.jsonl is not None:
-            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        if self.jsonl is not None:  # a folder the operator named may be shared on purpose: left as it is
+            private_dir(self.jsonl.parent, tighten=not Path(self.config.events.jsonl or "").is_absolute())
         bus = self.config.bus
         try:
             async with (
@@ -264,7 +265,7 @@ class RulesService(Service):
         if self.publisher is not None:  # a copy for local consumers (the console); the uplink's is the outbox's
             await self.publisher.publish("events", camera.name, event)
         if self.jsonl is not None:
-            with self.jsonl.open("ab") as out:
+            with private_open(self.jsonl) as out:
                 out.write(event_json(event) + b"\n")
         for action in rule.actions:
             if len(self._actions) >= MAX_RUNNING_ACTIONS:
@@ -281,7 +282,7 @@ class RulesService(Service):
         assert event.frame is not None
         ref = event.frame
         try:
-            pixels = self._readers.copy(ref)
+            pixels = self._readers.copy(ref, "bgr")  # whatever the camera's pixel_format: JPEGs are BGR
         except (StaleFrameError, ShmError):
             metrics.SNAPSHOTS_MISSED.labels(camera.name).inc()
             return event

@@ -35,6 +35,8 @@ MAX_READ = 1 << 20  # bytes read per round: a long backlog is spooled in several
 def audit_event(record: Mapping[str, Any]) -> Event:
     """The event for one audit record; ValueError for a record that does not fit the contract."""
     attributes = {"actor": record.get("actor"), "target": record.get("target"), **(record.get("detail") or {})}
+    if record.get("changes"):  # the whole diff stays in the file; upstream gets what one Text holds
+        attributes["changes"] = json.dumps(record["changes"], separators=(",", ":"))[:1024]
     document = {
         "type": "event",
         "id": record.get("id"),

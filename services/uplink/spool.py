@@ -6,7 +6,9 @@ leaves only when every sink it was meant for has confirmed it. Each sink has its
 deliveries, so a sink that is down holds back nobody else. An event a sink can never take (its far
 side refuses it, or it no longer decodes) moves to ``dead_letters``, so that it blocks nothing.
 Snapshots are stored apart from the event body, so that on overflow dead letters go first, then
-snapshots, then the oldest events. Whatever is dropped is counted.
+snapshots, then the oldest events. Room is made before a batch is stored, so the files on disk (the
+``-wal`` file included, see ``common.files.bound_wal``) stay within ``max_bytes``. Whatever is
+dropped is counted, and logged once a minute with the counts.
 
 Every method may run on a worker thread (a ``synchronous=FULL`` commit waits for the disk, which the
 event loop must not): one lock serialises them on the one connection.
@@ -26,6 +28,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from common.files import bound_wal, private_sqlite, truncate_wal
+from common.logging import DropTally
 from contracts import ContractError, Event, decode, encode
 from services.uplink import metrics
 
@@ -84,15 +88,16 @@ class Spooled:
 
 class Spool:
     def __init__(self, path: Path, *, max_bytes: int, fsync: str = "batch") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
         self.lock = threading.RLock()
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(private_sqlite(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'never' else 'FULL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self.budget = max(max_bytes - bound_wal(self.db, max_bytes), max_bytes // 2)  # for the events themselves
         self.db.executescript(_SCHEMA)
+        self.drops = DropTally(log, "spool full: dropped to make room", ("events", "snapshots"), max_bytes=max_bytes)
 
     @_locked
     def add(
@@ -112,20 +117,25 @@ class Spool:
             if position is not None:
                 self.db.execute("INSERT OR REPLACE INTO cursors (name, inode, offset) VALUES (?, ?, ?)", position)
             for event in events:
+                if self.db.execute("SELECT 1 FROM events WHERE id = ?", (event.id,)).fetchone():
+                    continue  # a resend from rules: stored already
                 snapshot = event.snapshot.data if event.snapshot is not None else None
                 body = encode(event if snapshot is None else _with_image(event, b""))
+                # room first, event by event: pages freed in this transaction are reused by the next insert,
+                # so the file never grows past the quota, even for a batch bigger than it
+                self._make_room(len(body) + len(snapshot or b""))
                 cursor = self.db.execute(
-                    "INSERT OR IGNORE INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
                     (event.id, body, snapshot, now),
                 )
-                if cursor.rowcount == 0:
-                    continue
                 added += 1
                 seq = cursor.lastrowid
                 self.db.executemany(
                     "INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(sink, seq) for sink in sinks_for[event.id]]
                 )
-        self._enforce_limit()
+            self._make_room(0)  # the estimate was short (page overhead)
+        truncate_wal(self.db, self.path, self.max_bytes)
+        self.drops.flush()
         return added
 
     @_locked
@@ -205,7 +215,9 @@ class Spool:
 
     @_locked
     def depth(self) -> tuple[int, float]:
-        """(events spooled, age in seconds of the oldest)."""
+        """(events spooled, age in seconds of the oldest); called every second, so drops not yet logged
+        are logged here once their minute is up."""
+        self.drops.flush()
         count, oldest = self.db.execute("SELECT COUNT(*), MIN(created) FROM events").fetchone()
         return int(count), (time.time() - oldest) if oldest else 0.0
 
@@ -215,24 +227,26 @@ class Spool:
         freelist = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - freelist) * page_size)
 
-    def _enforce_limit(self) -> None:
-        while self.size() > self.max_bytes:
+    def _make_room(self, incoming: int) -> None:
+        """Inside the caller's transaction: drops dead letters, then snapshots, then the oldest events
+        until ``incoming`` more bytes fit the budget (freed pages are reused by the next insert)."""
+        while self.size() + incoming > self.budget:
             buried = self.db.execute("SELECT rowid FROM dead_letters ORDER BY created LIMIT 1").fetchone()
             if buried is not None:
-                with self._transaction():
-                    self.db.execute("DELETE FROM dead_letters WHERE rowid = ?", buried)
+                self.db.execute("DELETE FROM dead_letters WHERE rowid = ?", buried)
                 continue
             row = self.db.execute("SELECT seq FROM events WHERE snapshot IS NOT NULL ORDER BY seq LIMIT 1").fetchone()
-            with self._transaction():
-                if row is not None:
-                    self.db.execute("UPDATE events SET snapshot = NULL WHERE seq = ?", row)
-                    metrics.DROPPED.labels("spool", "snapshot").inc()
-                    continue
-                oldest = self.db.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
-                if oldest is None:
-                    return
-                self.db.execute("DELETE FROM events WHERE seq = ?", oldest)
-                metrics.DROPPED.labels("spool", "event").inc()
+            if row is not None:
+                self.db.execute("UPDATE events SET snapshot = NULL WHERE seq = ?", row)
+                metrics.DROPPED.labels("spool", "snapshot").inc()
+                self.drops.add("snapshots")
+                continue
+            oldest = self.db.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
+            if oldest is None:
+                return
+            self.db.execute("DELETE FROM events WHERE seq = ?", oldest)
+            metrics.DROPPED.labels("spool", "event").inc()
+            self.drops.add("events")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)

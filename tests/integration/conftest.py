@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from common.config import load_config
 from tests.conftest import free_port, write_site
 from tests.media import repeat_clip
-from tests.support import http_get, tool, wait_for
+from tests.support import deadline, http_get, scaled, tool, wait_for, wait_until
 
 
 @pytest.fixture
@@ -106,6 +107,9 @@ class Services:
 
     def start(self, name: str, *, env: dict[str, str] | None = None) -> str:
         """Starts ``name`` and waits until ready; returns its metrics base URL."""
+        running = self.processes.get(name)
+        # a second one would orphan the first (nothing would stop it) and take over its sockets
+        assert running is None or running.poll() is not None, f"{name} is running already"
         log = self.site.parent / f"{name}.log"
         self.logs[name] = log
         self.processes[name] = subprocess.Popen(
@@ -116,8 +120,8 @@ class Services:
         )
         base = self.base(name)
         process = self.processes[name]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        end = deadline(60)
+        while time.monotonic() < end:
             if process.poll() is not None:
                 raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)[-2000:]}")
             try:
@@ -126,7 +130,7 @@ class Services:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"{name} did not become ready within 20 s")
+        raise AssertionError(f"{name} did not become ready within {scaled(60):g} s")
 
     def base(self, name: str) -> str:
         return f"http://127.0.0.1:{self.config.metrics.port(name)}"
@@ -171,14 +175,17 @@ class Mosquitto:
         self.config.write_text(
             # run as whoever runs the tests (as root it would drop to `mosquitto`, who cannot read tmp_path)
             f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n{extra}"
+            f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n"
+            # the defaults, and subscriptions: a test waits for its subscriber's (see wait_subscribed)
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n"
+            f"{extra}"
         )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mosquitto:
         self.process = subprocess.Popen(["mosquitto", "-c", str(self.config)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        end = deadline(30)
+        while time.monotonic() < end:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
@@ -186,10 +193,17 @@ class Mosquitto:
                 time.sleep(0.05)
         raise AssertionError(f"mosquitto did not listen on {self.port}: {(self.folder / 'mosquitto.log').read_text()}")
 
+    def wait_subscribed(self, topic: str, client: str = r"\S+") -> None:
+        """Waits until ``client`` (any client by default) has subscribed to ``topic``: a message published
+        before is not delivered (and a fixed sleep was too short on a loaded machine)."""
+        line = re.compile(rf"^\d+: {client} \d {re.escape(topic)}$", re.M)
+        log = self.folder / "mosquitto.log"
+        wait_until(lambda: log.exists() and line.search(log.read_text()), 60, f"a subscription to {topic}")
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=scaled(30))
 
 
 @pytest.fixture
@@ -226,7 +240,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
         )
         started.append((process, log))
         url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/-/ready", seconds=30)
+        wait_for(f"{url}/-/ready", seconds=60)
         return url
 
     yield start

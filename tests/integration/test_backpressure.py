@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Services
-from tests.support import http_get
+from tests.support import deadline, http_get
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +55,20 @@ def test_a_recording_goes_at_inference_pace_and_every_frame_is_answered(
     site = recording_site(shared_dir, services, loop=False)
     for name in ("broker", "inference", "ingest"):  # consumers first: the first frames are heard
         site.start(name)
-    started, deadline = time.monotonic(), time.monotonic() + 120
+    started, end = time.monotonic(), deadline(120)
     while camera_state(site) != "stopped":  # the whole file has been read
-        assert time.monotonic() < deadline, f"the recording never finished:\n{site.log('ingest')[-2000:]}"
+        assert time.monotonic() < end, f"the recording never finished:\n{site.log('ingest')[-2000:]}"
         time.sleep(0.3)
     took = time.monotonic() - started
-    time.sleep(1.0)  # the last frames' Detections
     published = metric(site, "ingest", "edgesight_camera_frames_total", 'camera="archive"')
-    answered = metric(site, "inference", "edgesight_inference_frames_total", 'model="people"')
+
+    def answered_now() -> float:
+        return metric(site, "inference", "edgesight_inference_frames_total", 'model="people"')
+
+    end = deadline(30)  # for the last frames' Detections (a fixed second was short on a loaded machine)
+    while answered_now() < 0.95 * published and time.monotonic() < end:
+        time.sleep(0.2)
+    answered = answered_now()
     behind = metric(site, "inference", "edgesight_inference_frames_skipped_total", 'model="people",reason="behind"')
     waited = metric(site, "ingest", "edgesight_camera_consumer_wait_seconds_total", 'camera="archive"')
     timeouts = metric(site, "ingest", "edgesight_camera_consumer_timeouts_total", 'camera="archive"')

@@ -23,7 +23,7 @@ from common.config.bus import CurveConfig
 from common.errors import BusError, ConfigError
 from contracts import Health, topic
 from tests.conftest import free_port, write_site
-from tests.support import http_get, wait_for
+from tests.support import curve_bus, deadline, http_get, wait_for, wait_until
 
 
 def curve_site(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
@@ -33,24 +33,8 @@ def curve_site(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     security.generate_bus_keys(tmp_path / "stranger", ["rules"])  # a key pair nobody listed
     site = write_site(tmp_path)
     data = yaml.safe_load(site.read_text())
-    front, back, events = free_port(), free_port(), free_port()
-    curve = {
-        "server_key": str(keys / "server.key"),
-        "server_secret_key": str(keys / "server.key_secret"),
-        "client_key": str(keys / "{service}.key_secret"),
-        "authorized_keys": str(keys / "clients"),
-    }
-    data["bus"] = {
-        "publish": f"pub+connect:tcp://127.0.0.1:{front}",
-        "subscribe": [f"sub+connect:tcp://127.0.0.1:{back}"],
-        "broker": {"frontend": f"xsub+bind:tcp://127.0.0.1:{front}", "backend": f"xpub+bind:tcp://127.0.0.1:{back}"},
-        "events": {
-            "send": f"dealer+connect:tcp://127.0.0.1:{events}",
-            "receive": f"router+bind:tcp://127.0.0.1:{events}",
-        },
-        "health_interval_s": 0.5,
-        "curve": curve,
-    }
+    data["bus"] = curve_bus(keys, (free_port(), free_port(), free_port()))
+    curve = data["bus"]["curve"]
     site.write_text(yaml.safe_dump(data, sort_keys=False))
     return site, curve
 
@@ -98,19 +82,38 @@ def test_an_unknown_key_hears_nothing_while_a_known_one_does(curve_broker: tuple
                         heard[name] += 1
 
                 tasks = [asyncio.create_task(count(n, s)) for n, s in zip(heard, subscribers, strict=True)]
-                for _ in range(40):  # 4 s: long enough for every handshake to have been tried several times
+                end = deadline(60)
+                while not heard["rules"]:  # the known key's Curve handshake is through (slow on a loaded machine)
+                    assert time.monotonic() < end, "the known key heard nothing"
+                    await publisher.publish("health", "ingest", health)
+                    await asyncio.sleep(0.1)
+                before = heard["rules"]
+                for _ in range(40):  # 4 s more: long enough for every handshake to have been tried several times
                     await publisher.publish("health", "ingest", health)
                     await asyncio.sleep(0.1)
                 for task in tasks:
                     task.cancel()
-        return heard
+        return {**heard, "rules": heard["rules"] - before}  # what it heard in those 4 s
 
     heard = asyncio.run(run())
     assert heard["rules"] >= 20
     assert heard["stranger"] == 0 and heard["plain"] == 0
-    _, metrics = http_get(f"{base}/metrics")
-    denied = [line for line in metrics.splitlines() if line.startswith('edgesight_bus_denied_total{service="broker"}')]
-    assert denied and float(denied[0].split()[-1]) >= 1, metrics[-2000:]
+    metrics = ""
+
+    def denied() -> bool:  # counted by the broker's authenticator thread: polled, not read once
+        nonlocal metrics
+        _, metrics = http_get(f"{base}/metrics")
+        found = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith('edgesight_bus_denied_total{reason="key",service="broker"}')
+        ]
+        return bool(found) and float(found[0].split()[-1]) >= 1
+
+    try:
+        wait_until(denied, 30, "the stranger's key denied")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{metrics[-2000:]}") from None
 
 
 def test_binding_tcp_needs_the_server_secret(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from common.bus import Publisher
 from contracts import Event, Snapshot, TrackedObject
 from tests.integration.conftest import Services
+from tests.support import bus_handshake, deadline
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +130,7 @@ def test_nothing_without_credentials_and_no_change_without_csrf(
     assert "HttpOnly" in client.set_cookie and "SameSite=Strict" in client.set_cookie
     status, cameras = client.json("GET", "/api/cameras")
     assert status == 200 and [c["name"] for c in cameras] == ["lobby", "dock"]
-    assert cameras[0]["source"] == "rtsp://10.9.9.9:554/stream"
+    assert cameras[0]["source"] == "rtsp://admin:***@10.9.9.9:554/stream?token=***"
 
     # camera credentials reach no answer
     for path in ("/api/cameras", "/api/cameras/lobby/rules", "/api/cameras/dock/rules", "/api/services"):
@@ -225,14 +226,14 @@ def test_events_newest_first_filtered_paged_with_snapshots(
 
     async def publish() -> None:
         async with Publisher(site.config.bus.publish, "rules", hwm=1000) as publisher:
-            await asyncio.sleep(0.5)  # the console's subscription reaches the broker
+            await bus_handshake(publisher=publisher, bus=site.config.bus)  # our connection reaches the broker
             for event in reversed(published):  # arrival order is not time order
                 await publisher.publish("events", event.camera, event)
             await publisher.publish("events", "lobby", published[3])  # a duplicate (a resend)
 
     asyncio.run(publish())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    end = deadline(30)
+    while time.monotonic() < end:
         status, answer = client.json("GET", "/api/events?limit=100", **bearer)
         if status == 200 and len(answer["events"]) == 12:
             break

@@ -4,9 +4,11 @@ watch it count without rules restarting. Screenshots of every page are kept unde
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +22,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from common.bus import Publisher
+from contracts import Event, Snapshot, TrackedObject
 from tests.conftest import free_port
 from tests.integration.conftest import Services
-from tests.support import hall_camera
+from tests.media import frame_at
+from tests.support import bus_handshake, deadline, hall_camera
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +185,143 @@ def test_console_in_a_browser(
     wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-action="config.save"]'), 20, "the save in the audit trail")
     assert browser.find_elements(By.CSS_SELECTOR, 'tr[data-action="console.login"]')
     screenshot("9-audit")
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_console_details_in_a_browser(
+    tmp_path: Path, shared_dir: Path, services: Callable[[dict[str, Any]], Services], browser: WebDriver
+) -> None:
+    """What a new user noticed (issue #25, 12): a favicon, a real page for an unknown camera, the API
+    description shown rather than downloaded, an event's own URL, no empty box for a missing snapshot."""
+    import cv2
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    def screenshot(name: str) -> None:
+        browser.save_screenshot(str(shots / f"{name}.png"))
+        print(f"screenshot: {shots / name}.png")
+
+    def wait(condition: Callable[[WebDriver], Any], seconds: float, what: str) -> Any:
+        try:
+            return WebDriverWait(browser, seconds, poll_frequency=0.25).until(condition)
+        except WebDriverException:
+            screenshot(f"timeout-{what.replace(' ', '-')}")
+            raise AssertionError(f"waited {seconds} s for {what}") from None
+
+    (tmp_path / "password").write_text(PASSWORD)
+    port = free_port()
+    site = services(
+        {
+            "cameras": {"hall": hall_camera()},
+            "console": {"port": port, "admin_password": f"${{file:{tmp_path / 'password'}}}", "api_tokens": [TOKEN]},
+        }
+    )
+    site.start("broker")
+    site.start("console")
+    base = f"http://127.0.0.1:{port}"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+    # two events: a line crossing with a snapshot, a zone entry without one
+    ok, jpeg = cv2.imencode(".jpg", frame_at(shared_dir / "media" / "people.mp4", 0))
+    assert ok
+    person = TrackedObject(track_id=7, label="person", score=0.9, box=(0.4, 0.3, 0.5, 0.7))
+    now = time.time_ns()
+    crossing = Event(
+        id="evt-with",
+        event_type="line_cross",
+        site="test",
+        camera="hall",
+        rule="middle",
+        ts_ns=now - 2 * 10**9,
+        object=person,
+        attributes={"direction": "in"},
+        snapshot=Snapshot(width=854, height=480, data=jpeg.tobytes()),
+    )
+    entry = Event(
+        id="evt-without", event_type="zone_enter", site="test", camera="hall", rule="centre", ts_ns=now, object=person
+    )
+
+    async def publish() -> None:
+        """Until the console has both: the publisher closes with linger 0, so what it has not sent yet is
+        dropped at close; a resend is harmless (the history keeps an event id once)."""
+        async with Publisher(site.config.bus.publish, "rules", hwm=100) as publisher:
+            await bus_handshake(publisher=publisher, bus=site.config.bus)
+            end = deadline(60)
+            while True:
+                for event in (crossing, entry):
+                    await publisher.publish("events", event.camera, event)
+                for _ in range(10):
+                    await asyncio.sleep(0.2)
+                    if len((await asyncio.to_thread(api, port, "/api/events"))["events"]) >= 2:
+                        return
+                assert time.monotonic() < end, "the console did not keep the two events"
+
+    asyncio.run(publish())
+
+    # a favicon, without logging in (browsers ask before any page)
+    status, headers, body = fetch(base + "/favicon.ico")
+    assert status == 200 and headers["Content-Type"] == "image/svg+xml" and body.startswith(b"<svg"), headers
+    # the API description is shown by a browser, not saved as a download
+    status, headers, body = fetch(base + "/api/openapi.yaml", bearer)
+    assert status == 200 and headers["Content-Type"].startswith("text/yaml"), headers
+    assert headers["Content-Disposition"].startswith("inline") and body.startswith(b"openapi: 3")
+    # an unknown camera's page is a page, with a way home; the JSON API still answers JSON
+    status, headers, body = fetch(base + "/cameras/nosuch", bearer)
+    assert status == 404 and headers["Content-Type"].startswith("text/html"), headers
+    assert b'<a id="home" href="/">' in body and b"No camera named &#x27;nosuch&#x27;" in body
+    status, headers, body = fetch(base + "/api/cameras/nosuch/rules", bearer)
+    assert status == 404 and headers["Content-Type"].startswith("application/json")
+    status, headers, _ = fetch(base + "/events/no-such-event", bearer)
+    assert status == 404 and headers["Content-Type"].startswith("text/html")
+
+    # log in through an event's own URL: it comes back to that event, opened
+    browser.get(base + "/events/evt-with")
+    wait(lambda d: d.current_url.startswith(base + "/login"), 10, "the login page")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "submit").click()
+    detail = wait(lambda d: d.find_element(By.CSS_SELECTOR, "#detail[open]"), 15, "the event opened")
+    assert "id evt-with" in detail.text and "line_cross · hall · middle" in detail.text
+    assert browser.current_url == base + "/events/evt-with"
+    assert browser.find_element(By.ID, "permalink").get_attribute("href") == base + "/events/evt-with"
+    icon = browser.find_element(By.CSS_SELECTOR, 'link[rel="icon"]')
+    assert icon.get_attribute("href") == base + "/favicon.ico"
+    screenshot("1-event-permalink")
+    browser.find_element(By.ID, "close").click()
+    wait(lambda d: d.current_url == base + "/events", 5, "the timeline's URL after closing")
+
+    # the timeline: a thumbnail where there is a snapshot, words (no image, no grey box) where there is none
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-id="evt-without"]'), 10, "the rows")
+    assert browser.find_elements(By.CSS_SELECTOR, 'tr[data-id="evt-with"] img.thumb')
+    without = browser.find_element(By.CSS_SELECTOR, 'tr[data-id="evt-without"]')
+    assert without.find_elements(By.TAG_NAME, "img") == []
+    assert "no snapshot" in without.text
+    link = without.find_element(By.CSS_SELECTOR, "a.permalink")
+    assert link.get_attribute("href") == base + "/events/evt-without"
+    screenshot("2-events")
+    without.click()  # a click opens it in place, under its own URL
+    wait(lambda d: "id evt-without" in d.find_element(By.ID, "detail").text, 5, "the zone entry's detail")
+    assert browser.current_url == base + "/events/evt-without"
+    assert "No snapshot" in browser.find_element(By.ID, "detail").text
+    browser.back()  # Back closes it again
+    wait(lambda d: not d.find_element(By.ID, "detail").get_attribute("open"), 5, "the detail closed by Back")
+
+    # the API description in the browser: shown as text
+    browser.get(base + "/api/openapi.yaml")
+    wait(lambda d: "openapi: 3" in d.find_element(By.TAG_NAME, "body").text, 10, "the YAML shown")
+    screenshot("3-openapi")
+
+    # an unknown camera: a page saying so, a link home that works
+    browser.get(base + "/cameras/nosuch")
+    assert "No camera named 'nosuch'" in browser.find_element(By.TAG_NAME, "h1").text
+    screenshot("4-unknown-camera")
+    browser.find_element(By.ID, "home").click()
+    wait(lambda d: d.current_url == base + "/", 10, "the overview")

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks._tracking import PEOPLE_LINES, count_crossings, people_frames
 from tests.integration.conftest import Services
-from tests.support import http_get
+from tests.support import deadline, http_get, scaled
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,14 @@ def test_line_counts_at_8_fps_match_a_full_rate_run(
     )
     for name in ("broker", "inference", "rules", "ingest"):  # consumers first: no frame goes unheard
         site.start(name)
-    deadline = time.monotonic() + 60
+    end = deadline(60)
     while camera_state(site) != "stopped":  # the file has been played once, at its own pace
-        assert time.monotonic() < deadline, f"ingest never finished the clip:\n{site.log('ingest')[-2000:]}"
+        assert time.monotonic() < end, f"ingest never finished the clip:\n{site.log('ingest')[-2000:]}"
         time.sleep(0.5)
     events_file = Path(site.config.site.state_dir) / "events.jsonl"
     counted: list[dict[str, Any]] = []
     settled_at = time.monotonic()
-    while time.monotonic() - settled_at < 3:  # the last frames' detections and events drain
+    while time.monotonic() - settled_at < scaled(3):  # the last frames' detections and events drain
         now = [json.loads(line) for line in events_file.read_text().splitlines()] if events_file.exists() else []
         if len(now) != len(counted):
             counted, settled_at = now, time.monotonic()

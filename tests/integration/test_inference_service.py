@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from common.trust import ModelStore, TrustPolicy, build_package, generate_key_pa
 from contracts import Control, Detections, topic
 from tests.integration.conftest import Services
 from tests.media import dynamic_batch_copy, frame_at
-from tests.support import http_get
+from tests.support import bus_handshake, control_handshake, deadline, http_get, scaled
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,9 @@ async def feed_and_collect(
             Subscriber(config.bus.subscribe, "test", [topic("detections")], hwm=1000) as subscriber,
             Publisher(config.bus.publish, "test") as publisher,
         ):
-            await asyncio.sleep(0.5)  # subscriptions reach the broker
+            # subscriptions reach the broker: what came meanwhile (a previous round's answers) is kept
+            early = await bus_handshake(publisher=publisher, subscriber=subscriber)
+            received.extend(r.message for r in early if isinstance(r.message, Detections))
 
             async def collect() -> None:
                 async for message in subscriber:
@@ -76,7 +79,7 @@ async def feed_and_collect(
                 await asyncio.sleep(0.4)
                 if until(received):
                     break
-            for _ in range(100):  # up to 10 s for the last results
+            for _ in range(round(scaled(300))):  # up to 30 s for the last results
                 if until(received):
                     break
                 await asyncio.sleep(0.1)
@@ -153,14 +156,14 @@ def test_new_model_version_is_swapped_in_without_a_restart(
 
     async def control_reload() -> None:
         async with Publisher(site.config.bus.publish, "test") as publisher:
-            await asyncio.sleep(0.5)
+            await control_handshake(publisher, "inference", site.base("inference"))
             await publisher.publish(
                 "control", "inference", Control(id="r1", command="reload", args={"model": "people"})
             )
 
     asyncio.run(control_reload())
-    deadline = time.monotonic() + 20
-    while site.log("inference").count('msg="model reloaded"') < 2 and time.monotonic() < deadline:
+    end = deadline(60)
+    while site.log("inference").count('msg="model reloaded"') < 2 and time.monotonic() < end:
         time.sleep(0.1)
     log = site.log("inference")
     assert log.count('msg="model reloaded"') == 2, log
@@ -196,14 +199,25 @@ def test_forged_frame_refs_are_rejected_and_health_stays_true(
     os.mkfifo(shm_dir / "edgesight.test.fifo")
     (shm_dir / "edgesight.test.plain").write_bytes(b"\0" * 100)
 
+    def rejected_so_far() -> float:
+        _, metrics = http_get(f"{base}/metrics")
+        found = re.search(
+            r'^edgesight_inference_frames_skipped_total\{model="people",reason="rejected"\} (\S+)$', metrics, re.M
+        )
+        return float(found.group(1)) if found else 0.0
+
     async def forge() -> None:
         async with Publisher(site.config.bus.publish, "test") as publisher:
-            await asyncio.sleep(0.5)
+            await bus_handshake(publisher=publisher, bus=site.config.bus)
             for seq in range(5):
                 for segment in ("edgesight.test.fifo", "edgesight.test.plain", "edgesight.test.absent"):
                     ref = frame_ref("gate", seq, segment=segment, width=64, height=48, stride=192)
+                    before = await asyncio.to_thread(rejected_so_far)
                     await publisher.publish("frames", "gate", ref)
-                    await asyncio.sleep(0.2)  # one at a time: a newer ref would replace a waiting one
+                    end = deadline(30)  # one at a time: a newer ref would replace a waiting one
+                    while await asyncio.to_thread(rejected_so_far) == before:
+                        assert time.monotonic() < end, f"{segment} not rejected"
+                        await asyncio.sleep(0.05)
 
     asyncio.run(forge())
     frame = frame_at(shared_dir / "media" / "people.mp4", 60)
@@ -263,8 +277,8 @@ def test_installed_packages_are_swapped_in_and_a_tampered_one_is_refused_while_s
     tampered = bytearray(current.read_bytes())
     tampered[len(tampered) // 2] ^= 1
     current.write_bytes(bytes(tampered))  # changed on disk behind the store's back
-    deadline = time.monotonic() + 20
-    while 'msg="model reload failed' not in site.log("inference") and time.monotonic() < deadline:
+    end = deadline(60)
+    while 'msg="model reload failed' not in site.log("inference") and time.monotonic() < end:
         time.sleep(0.2)
     assert "the loaded version stays" in site.log("inference"), site.log("inference")
     assert any(d.model_version == "1" for d in serving("1"))  # still serving what it had loaded

@@ -69,11 +69,9 @@ def test_inspect_suggests_a_manifest_that_loads(shared_dir: Path, tmp_path: Path
 
 def test_detect_never_prints_the_camera_password(python_env: dict[str, str]) -> None:
     """The RTSP URL of a camera that does not answer used to come back in the error with its password."""
-    import socket
+    from tests.conftest import free_port
 
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # nobody listens there: a port released from bind(0) could be anyone's next one
     url = f"rtsp://admin:pa%24%24word-77@127.0.0.1:{port}/stream"
     result = edgesight("detect", "--model", "yolox_nano.onnx", "--source", url, "--frames", "1", env=python_env)
     assert result.returncode == 1

@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import Mosquitto, Services
 from tests.integration.test_uplink import Subscriber, wait_for_ids
-from tests.support import http_get
+from tests.support import deadline, http_get, scaled
 
 pytestmark = pytest.mark.slow
 ServicesFactory = Callable[[dict[str, Any]], Services]
@@ -41,18 +41,18 @@ def decided(site: Services) -> list[str]:
 
 
 def wait_for_decisions(site: Services, count: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
+    end = deadline(seconds)
     while len(decided(site)) < count:
-        assert time.monotonic() < deadline, f"rules decided only {len(decided(site))} events:\n{site.log('rules')}"
+        assert time.monotonic() < end, f"rules decided only {len(decided(site))} events:\n{site.log('rules')}"
         time.sleep(0.2)
 
 
-def settled(site: Services, quiet_s: float = 1.5, seconds: float = 30) -> list[str]:
+def settled(site: Services, quiet_s: float = 1.5, seconds: float = 60) -> list[str]:
     """The decided ids once no new one has come for ``quiet_s`` (the last frames have drained)."""
     ids, changed = decided(site), time.monotonic()
-    deadline = changed + seconds
-    while time.monotonic() - changed < quiet_s:
-        assert time.monotonic() < deadline, "rules kept deciding"
+    end = deadline(seconds)
+    while time.monotonic() - changed < scaled(quiet_s):
+        assert time.monotonic() < end, "rules kept deciding"
         time.sleep(0.2)
         now = decided(site)
         if len(now) != len(ids):
@@ -121,7 +121,7 @@ def test_events_decided_while_the_uplink_is_down_survive_sigkill_of_rules_then_u
         subscriber.stop()
     assert set(before_kill) <= set(received)
     assert len(set(received)) == len(set(expected))
-    deadline = time.monotonic() + 10
+    end = deadline(30)
     while queued(site) != 0:  # every ack came back and emptied the outbox
-        assert time.monotonic() < deadline, queued(site)
+        assert time.monotonic() < end, queued(site)
         time.sleep(0.2)

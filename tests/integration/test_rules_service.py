@@ -19,6 +19,7 @@ from common.bus import EventReceiver, Publisher, Subscriber
 from common.shm import FrameRingWriter, frame_bytes
 from contracts import Control, Detections, Event, Scene, topic
 from tests.integration.conftest import Services
+from tests.support import bus_handshake, control_handshake, scaled
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ async def walk_across(
     config = site.config
     received: list[Event] = []
     async with Publisher(config.bus.publish, "test") as publisher:
-        await asyncio.sleep(0.5)
+        await bus_handshake(publisher=publisher, bus=config.bus)  # our connection reaches the broker
         for step in range(12):
             y = 0.3 + step * 0.05
             frame = np.full((HEIGHT, WIDTH, 3), 200, np.uint8)  # bright everywhere: the mask must darken it
@@ -59,7 +60,7 @@ async def walk_across(
         later = ring.write(np.zeros((HEIGHT, WIDTH, 3), np.uint8), monotonic_ns=(start_ms + 3000) * 1_000_000)
         empty = Detections.from_arrays(later, "people", boxes=np.zeros((0, 4)), class_ids=[], scores=[])
         await publisher.publish("detections", "dock", empty)  # the person has gone: the visit ends
-        async with timeout(10):
+        async with timeout(scaled(30)):
             while len(received) < expected:
                 delivery = await events.receive()
                 received.append(delivery.event)
@@ -142,18 +143,20 @@ def test_reload_applies_new_rules_and_keeps_counts(
                 Subscriber(config.bus.subscribe, "test", [topic("events", "dock"), topic("scene", "dock")]) as local,
                 Publisher(config.bus.publish, "test-control") as control,
             ):
+                # our subscription and rules' control subscription reach the broker
+                await bus_handshake(publisher=control, subscriber=local)
+                await control_handshake(control, "rules", site.base("rules"))
                 await walk_across(site, ring, events, 0)
                 door2 = "      door2: {type: line, line: [[0.0, 0.55], [1.0, 0.55]], min_frames: 2}\n"
                 site.site.write_text(site.site.read_text().replace("      door:", door2 + "      door:", 1))
-                await asyncio.sleep(0.3)  # the control subscription of a publisher just connected
                 await control.publish("control", "rules", Control(id="reload-1", command="reload", target="rules"))
-                async with timeout(10):
+                async with timeout(scaled(30)):
                     while "rules reloaded" not in site.log("rules"):  # noqa: ASYNC110 - a log file, not an event
                         await asyncio.sleep(0.1)
                 second = await walk_across(site, ring, events, 60_000, expected=4)
                 scenes: list[Scene] = []
                 published: set[str] = set()
-                async with timeout(5):
+                async with timeout(scaled(30)):
                     while not {e.id for e in second} <= published or not any("door2" in s.lines for s in scenes):
                         message = (await local.receive()).message
                         if isinstance(message, Scene):

@@ -16,7 +16,7 @@ from common.bus import Endpoint, EventReceiver, EventSender, Publisher, Subscrib
 from common.errors import BusError
 from common.metrics import BUS_REJECTED, BUS_SKIPPED, EVENTS_RESENT
 from contracts import Event, FrameRef, Health, encode, topic
-from tests.support import frame_ref
+from tests.support import bus_handshake, frame_ref, scaled
 
 
 def frame(camera: str, seq: int) -> FrameRef:
@@ -107,7 +107,7 @@ def test_restarted_subscriber_receives_again(tmp_path: Path) -> None:
             for _ in range(2):  # the same consumer, stopped and started again mid-stream
                 async with (
                     Subscriber(f"sub+connect:{address}", "test", [topic("frames", "cam1")]) as subscriber,
-                    timeout(5),
+                    timeout(scaled(30)),
                 ):
                     runs.append([(await subscriber.receive()).message.seq for _ in range(10)])  # type: ignore[attr-defined]
                 await asyncio.sleep(0.1)
@@ -131,7 +131,7 @@ def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Pat
         rogue = context.socket(zmq.PUB)
         rogue.bind(address)
         async with Subscriber(f"sub+connect:{address}", "victim", [b""], hwm=1000) as subscriber:
-            await asyncio.sleep(0.3)  # let the subscription reach the rogue peer
+            await bus_handshake(publisher=rogue, subscriber=subscriber)  # the subscription reaches the rogue peer
             good = encode(frame("cam1", 0))
             for seq in range(20):
                 await rogue.send_multipart([topic("frames", "cam1"), b"\xc1\xc1garbage"])
@@ -141,7 +141,7 @@ def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Pat
                 await rogue.send_multipart([topic("frames", "cam1"), msgpack.packb({"type": "frame_ref", "v": 1})])
                 await rogue.send_multipart([topic("frames", "cam1"), encode(frame("cam1", seq))])
             seqs = []
-            async with timeout(5):
+            async with timeout(scaled(30)):
                 while len(seqs) < 20:
                     seqs.append((await subscriber.receive()).message.seq)  # type: ignore[attr-defined]
             rogue.close()
@@ -162,14 +162,17 @@ def test_newest_wins_and_skips_are_counted(tmp_path: Path) -> None:
         async with (
             Publisher(f"pub+bind:{address}", "test", hwm=1000) as publisher,
             Subscriber(f"sub+connect:{address}", "slow", [topic("frames")], hwm=1000) as subscriber,
+            Subscriber(f"sub+connect:{address}", "witness", [topic("frames")], hwm=1000) as witness,
         ):
-            await asyncio.sleep(0.3)
+            await bus_handshake(publisher=publisher, subscriber=subscriber)
+            await bus_handshake(publisher=publisher, subscriber=witness)
             for seq in range(30):
                 for camera in ("a", "b"):
                     await publisher.publish("frames", camera, frame(camera, seq))
             await publisher.publish("frames", "a", frame("a", 40))  # seq 30..39 never sent: a gap of 10
-            await asyncio.sleep(0.3)  # the consumer was busy; everything is queued now
-            async with timeout(5):
+            # the consumer was busy; everything is queued now: the witness beside it has had it all
+            assert len(await bus_handshake(publisher=publisher, subscriber=witness)) == 61
+            async with timeout(scaled(30)):
                 newest = await subscriber.receive_newest()
             return {r.key: r.message.seq for r in newest}  # type: ignore[attr-defined]
 
@@ -187,7 +190,7 @@ def test_events_wait_for_a_receiver_and_are_acknowledged(tmp_path: Path) -> None
                 await sender.send(event(i))
             assert sender.unacked == 50
             received: set[str] = set()
-            async with EventReceiver(f"router+bind:{address}", "uplink") as receiver, timeout(10):
+            async with EventReceiver(f"router+bind:{address}", "uplink") as receiver, timeout(scaled(30)):
                 while len(received) < 50:
                     delivery = await receiver.receive()
                     received.add(delivery.event.id)
@@ -206,13 +209,13 @@ def test_unacknowledged_events_are_resent_with_the_same_id(tmp_path: Path) -> No
 
     async def scenario() -> list[str]:
         async with EventSender(f"dealer+connect:{address}", "rules-resend", ack_timeout_s=0.3) as sender:
-            async with EventReceiver(f"router+bind:{address}", "uplink") as crashing, timeout(5):
+            async with EventReceiver(f"router+bind:{address}", "uplink") as crashing, timeout(scaled(30)):
                 for i in range(5):
                     await sender.send(event(i))
                 for _ in range(5):
                     await crashing.receive()  # ... and dies before acknowledging
             seen: list[str] = []
-            async with EventReceiver(f"router+bind:{address}", "uplink") as receiver, timeout(10):
+            async with EventReceiver(f"router+bind:{address}", "uplink") as receiver, timeout(scaled(30)):
                 while len(set(seen)) < 5:
                     delivery = await receiver.receive()
                     seen.append(delivery.event.id)
@@ -235,7 +238,7 @@ def test_window_applies_backpressure(tmp_path: Path) -> None:
             blocked = asyncio.create_task(sender.send(event(3)))
             await asyncio.sleep(0.2)
             waited = not blocked.done()
-            async with EventReceiver(f"router+bind:{address}", "uplink") as receiver, timeout(5):
+            async with EventReceiver(f"router+bind:{address}", "uplink") as receiver, timeout(scaled(30)):
                 for _ in range(4):
                     await receiver.ack([await receiver.receive()])
                 await blocked
@@ -253,12 +256,12 @@ def test_subscriber_keeps_unknown_streams_out(tmp_path: Path) -> None:
             Publisher(f"pub+bind:{address}", "t") as publisher,
             Subscriber(f"sub+connect:{address}", "t", [topic("health")]) as subscriber,
         ):
-            await asyncio.sleep(0.3)
+            await bus_handshake(publisher=publisher, subscriber=subscriber)
             await publisher.publish("frames", "c", frame("c", 0))
             await publisher.publish(
                 "health", "ingest", Health(service="ingest", instance="i", state="ready", ts_ns=0, uptime_s=0)
             )
-            async with timeout(5):
+            async with timeout(scaled(30)):
                 return (await subscriber.receive()).stream
 
     assert asyncio.run(scenario()) == "health"

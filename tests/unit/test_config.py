@@ -184,3 +184,56 @@ def test_config_check_loads_models_and_finds_media(tmp_path: Path) -> None:
     result = subprocess.run([*cli, "config", "check", str(broken)], capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "cameras.dock-1.rules.bay.classes[0]: no model of this camera has the class 'unicorn'" in result.stderr
+
+
+RULE_TYPES = "zone, line, dwell, crowd, ppe, presence"
+
+
+def test_config_check_says_a_misspelt_rule_type_in_plain_words(tmp_path: Path) -> None:
+    """It said `Unable to extract tag using discriminator 'type'`."""
+    cli = [sys.executable, "-m", "common.cli.main"]
+    text = EXAMPLE.read_text().replace("        type: line\n", "        tpye: line\n", 1)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "tpye: line" in row)
+    broken = tmp_path / "site.yaml"
+    broken.write_text(text)
+    result = subprocess.run([*cli, "config", "check", str(broken)], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert (
+        f"{broken}:{line}: cameras.dock-1.rules.door.tpye: unknown key (did you mean 'type'?); "
+        f"a rule needs a type: one of {RULE_TYPES}"
+    ) in result.stderr, result.stderr
+    assert "discriminator" not in result.stderr and "Unable to extract" not in result.stderr
+
+
+def test_rule_and_action_types_in_plain_words() -> None:
+    def problems(old: str, new: str, environ: dict[str, str] | None = None) -> tuple[int, list[str]]:
+        text = EXAMPLE.read_text()
+        line = text[: text.index(old)].count("\n") + 1  # of the first line changed
+        return line, _problems(text.replace(old, new, 1), {"DOCK1_PASSWORD": "x", **(environ or {})})
+
+    line, found = problems("        type: line\n", "        type: tpye\n")
+    assert found == [f"site.yaml:{line}: cameras.dock-1.rules.door.type: rule type 'tpye' is not one of: {RULE_TYPES}"]
+    line, found = problems("      door:\n        type: line\n", "      door:\n        kind: line\n")
+    assert found == [f"site.yaml:{line}: cameras.dock-1.rules.door: a rule needs a type: one of {RULE_TYPES}"]
+    line, found = problems("        type: line\n", "        type: ${RULE_TYPE}\n", {"RULE_TYPE": "hunter2"})
+    assert found == [f"site.yaml:{line}: cameras.dock-1.rules.door.type: rule type is not one of: {RULE_TYPES}"]
+    line, found = problems("{type: webhook,", "{type: webhok,")
+    assert found == [
+        f"site.yaml:{line}: cameras.dock-1.rules.loitering.actions[0].type: "
+        "action type 'webhok' is not one of: webhook, gpio, command"
+    ]
+    line, found = problems("{type: webhook,", "{")
+    assert found == [
+        f"site.yaml:{line}: cameras.dock-1.rules.loitering.actions[0]: "
+        "an action needs a type: one of webhook, gpio, command"
+    ]
+
+
+def test_a_bad_name_is_explained_without_a_regex() -> None:
+    """The console's editor showed `String should match pattern '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$'`."""
+    text = EXAMPLE.read_text().replace("      door:\n", "      .door:\n", 1)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if ".door:" in row)
+    assert _problems(text, {"DOCK1_PASSWORD": "x"}) == [
+        f"site.yaml:{line}: cameras.dock-1.rules..door[key]: "
+        "a name may use letters, digits, '_', '.', '-' (at most 64, not starting with '.' or '-')"
+    ]

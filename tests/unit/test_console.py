@@ -74,15 +74,14 @@ def test_retention_prunes_old_events_and_their_snapshots(history: EventHistory) 
     assert [p.name for p in snapshots.iterdir()] == ["evt-3.jpg"]
 
 
-def test_size_limit_prunes_the_oldest_first(tmp_path: Path) -> None:
+def test_size_limit_drops_the_oldest_first_as_events_arrive(tmp_path: Path) -> None:
     history = EventHistory(tmp_path / "console", retention_days=365, max_mb=1)
-    big = Snapshot(width=4, height=4, data=bytes(300_000))
-    for number in range(6):  # 6 x 300 kB: past 1 MiB
+    big = Snapshot(width=4, height=4, data=bytes(250_000))
+    for number in range(6):  # 6 x 250 kB: past 1 MiB, with no prune in between
         history.add([Event(**{**_fields(event(number, age_s=60 - number)), "snapshot": big})])
-    removed = history.prune(now_ns=NOW)
-    assert removed == 3
     assert [e["id"] for e in history.query(EventQuery())[0]] == ["evt-5", "evt-4", "evt-3"]
     assert sorted(p.name for p in history.snapshots.iterdir()) == ["evt-3.jpg", "evt-4.jpg", "evt-5.jpg"]
+    assert history.prune(now_ns=NOW) == 0  # nothing left for the minute's prune
 
 
 def _fields(e: Event) -> dict[str, object]:
@@ -139,7 +138,7 @@ def test_saving_changes_only_what_changed(site: Path) -> None:
     rules["exit"] = {"type": "line", "line": [[0.5, 0.0], [0.5, 1.0]], "classes": ["person", "forklift"]}
     del rules["desk"]["polygon"][2]
     rules["desk"]["polygon"] += [[0.4, 0.4], [0.2, 0.4]]
-    config = editor.replace_rules("lobby", rules)
+    config = editor.replace_rules("lobby", rules).config
 
     text = site.read_text()
     for kept in ("# The site's own comment at the top", "# a trailing comment", "# the door everybody uses"):
@@ -180,17 +179,26 @@ def test_a_rule_that_does_not_validate_changes_nothing(site: Path) -> None:
     assert site.read_bytes() == before
 
 
-def test_login_limiter_per_client_and_overall() -> None:
-    limiter = LoginLimiter(per_client=3, overall=5, window_s=60)
+def test_login_limiter_slows_an_address_and_never_others() -> None:
+    limiter = LoginLimiter(per_client=3, overall=5, window_s=600, first_wait_s=30, max_wait_s=300)
     for _ in range(3):
         assert limiter.retry_after("10.0.0.1", now=100) == 0
         limiter.failed("10.0.0.1", now=100)
-    assert limiter.retry_after("10.0.0.1", now=101) == pytest.approx(59)
-    assert limiter.retry_after("10.0.0.2", now=101) == 0  # another address may still try...
-    limiter.failed("10.0.0.2", now=101)
-    limiter.failed("10.0.0.3", now=101)
-    assert limiter.retry_after("10.0.0.4", now=102) > 0  # ...until the overall limit
-    assert limiter.retry_after("10.0.0.1", now=161) == 0  # the window passes
+    assert limiter.retry_after("10.0.0.1", now=101) == pytest.approx(29)
+    limiter.failed("10.0.0.1", now=131)  # it waited, and failed again: the wait doubles
+    assert limiter.retry_after("10.0.0.1", now=131) == pytest.approx(60)
+    for _ in range(10):
+        limiter.failed("10.0.0.1", now=200)
+    assert limiter.retry_after("10.0.0.1", now=200) == pytest.approx(300)  # at most max_wait_s
+    for address in ("10.0.0.2", "10.0.0.3", "10.0.0.5"):
+        limiter.failed(address, now=201)
+    assert limiter.flooded(now=202)  # more than `overall` a minute, site-wide...
+    assert limiter.retry_after("10.0.0.4", now=202) == 0  # ...still never holds up another address
+    assert not limiter.flooded(now=262)
+    assert limiter.retry_after("10.0.0.1", now=801) == 0  # the window passes
+    limiter.failed("10.0.0.6", now=900)
+    limiter.succeeded("10.0.0.6")
+    assert limiter.retry_after("10.0.0.6", now=900) == 0
 
 
 def test_openapi_file_is_valid_and_documents_every_api_route() -> None:
@@ -212,3 +220,33 @@ def test_openapi_file_is_valid_and_documents_every_api_route() -> None:
     }
     documented = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert served == documented
+
+
+def test_a_lines_counts_are_drawn_over_the_track_labels() -> None:
+    """A line's count label sat under the tracks' labels drawn after it; it is drawn last now."""
+    import types
+
+    import cv2
+    import numpy as np
+
+    from common.config import CameraConfig
+    from contracts import LineCounts, Scene
+    from services.console.live import LINE_COLOUR, TRACK_COLOUR, Live
+    from tests.support import frame_ref
+
+    camera = CameraConfig.model_validate(
+        {"url": "people.mp4", "rules": {"door": {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]]}}}
+    )
+    ref = frame_ref("hall", width=640, height=360, stride=640 * 3, monotonic_ns=10**9)
+    live = Live(types.SimpleNamespace(copy=lambda ref, order=None: np.zeros((360, 640, 3), np.uint8)))  # type: ignore[arg-type]
+    live.on_message(ref)
+    # a track whose label lands exactly where the line's label is (the line's start, the left edge)
+    track = TrackedObject(track_id=1, label="person", score=0.9, box=(0.0, 0.5, 0.2, 0.9))
+    counts = {"door": {"person": LineCounts(in_=3, out=1)}}
+    live.on_message(Scene(camera="hall", model="m", frame=ref, tracks=[track], lines=counts))
+    picture = live.picture("hall", camera, overlay=True)
+    assert picture is not None
+    image = cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR)
+    pixel = image[176, 1].astype(int)  # inside both label boxes, left of the text
+    assert np.abs(pixel - LINE_COLOUR).max() < 40, pixel
+    assert np.abs(pixel - TRACK_COLOUR).max() > 60, pixel

@@ -170,3 +170,45 @@ def test_consumer_gate_gives_up_on_a_frame_nobody_answers() -> None:
     started = time.monotonic()
     assert gate.wait(abort) == 0
     assert time.monotonic() - started < 0.1
+
+
+def test_a_looping_file_that_cannot_seek_is_reopened(
+    shared_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.ingest.decode import DecodeSession
+    from tests.media import elementary_stream, encode_clip
+
+    caplog.set_level("INFO", logger="services.ingest.decode")
+    raw = tmp_path / "clip.h264"  # FFmpeg refuses seek(0) on a raw H.264 stream
+    elementary_stream(shared_dir / "media" / "people.mp4", raw, frames=10)
+    with DecodeSession(Source(str(raw), "file"), timeout_s=5, loop=True, camera="raw") as session:
+        session.open()
+        frames = session.frames()
+        decoded = [next(frames)[0] for _ in range(35)]  # three and a half passes
+        frames.close()
+    assert all((frame.width, frame.height) == (854, 480) for frame in decoded)
+    reopened = [r for r in caplog.records if r.getMessage() == "cannot seek in the file: looping by reopening it"]
+    assert len(reopened) == 1 and getattr(reopened[0], "camera", "") == "raw"  # once, not once a loop
+
+    caplog.clear()  # an MP4 still loops by seeking
+    mp4 = tmp_path / "clip.mp4"
+    encode_clip(shared_dir / "media" / "people.mp4", mp4, "libx264", frames=10)
+    with DecodeSession(Source(str(mp4), "file"), timeout_s=5, loop=True) as session:
+        session.open()
+        frames = session.frames()
+        assert len([next(frames) for _ in range(25)]) == 25
+        frames.close()
+    assert not [r for r in caplog.records if r.name == "services.ingest.decode"]
+
+
+def test_a_looping_file_without_frames_fails_instead_of_spinning(shared_dir: Path, tmp_path: Path) -> None:
+    from services.ingest.decode import DecodeSession, SourceError
+    from tests.media import elementary_stream
+
+    raw = tmp_path / "clip.h264"
+    elementary_stream(shared_dir / "media" / "people.mp4", raw, frames=10)
+    with DecodeSession(Source(str(raw), "file"), timeout_s=5, loop=True) as session:
+        session.open()
+        session._demux = lambda: iter(())  # type: ignore[method-assign]  # every pass ends at once
+        with pytest.raises(SourceError, match="no decodable frame"):
+            next(session.frames())

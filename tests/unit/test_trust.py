@@ -11,23 +11,32 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from common.errors import PackageError
+from common.config import SiteSection, load_config
+from common.errors import ModelError, PackageError
 from common.trust import (
     Member,
     ModelStore,
+    Package,
+    Refused,
     TrustPolicy,
+    TrustWatch,
     build_package,
     generate_key_pair,
     key_id,
+    load_installed,
     load_signing_key,
     load_trusted_keys,
+    open_model,
     open_package,
     seal,
+    version_key,
 )
 from services.inference.manifest import load_model_spec
+from tests.conftest import write_site
 
 MANIFEST = b"name: people\nversion: '1'\nfile: model.onnx\ndecoder: yolox\nlabels: labels.txt\n"
 MEMBERS = {"manifest.yaml": MANIFEST, "model.onnx": b"weights " * 64, "labels.txt": b"person\n"}
@@ -236,3 +245,158 @@ def test_inference_loads_a_package_and_refuses_plain_files_when_keys_are_set(
         load_model_spec(model, (), policy, allow_unsigned=True, what="models.people")
     assert "unsigned" in caplog.text
     assert load_model_spec(model, ()).name == "yolox_nano"  # no trusted keys: plain files as before
+
+
+def sealed(signer: Ed25519PrivateKey, name: str, version: str) -> bytes:
+    """Signed under any name and version, as ``seal`` allows (``build_package`` refuses what is unsafe)."""
+    return seal(archive([regular(m) for m in sorted(MEMBERS)], MEMBERS), listing(MEMBERS), name, version, signer)
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [("../../escape", "1"), ("/etc/escape", "1"), (".hidden", "1"), ("a/b", "1"), ("ok\n", "1"), ("", "1"),
+     ("x" * 65, "1"), ("people", "../1"), ("people", "1/2"), ("people", ".."), ("people", "")],
+)  # fmt: skip
+def test_a_name_or_version_that_is_not_a_plain_token_is_refused_when_made_and_opened(
+    signer: Ed25519PrivateKey, trusted: dict, name: str, version: str
+) -> None:
+    with pytest.raises(PackageError, match="is not 1-64 letters"):
+        build_package(MEMBERS, name=name, version=version, signing_key=signer)
+    assert "is not 1-64 letters" in refusal(sealed(signer, name, version), trusted)
+
+
+def test_versions_compare_number_by_number() -> None:
+    ordered = ["1", "1.2", "1.9", "1.10", "2", "10", "10.0.1"]
+    assert sorted(ordered, key=version_key) == ordered
+    assert version_key("1.0+cuda") > version_key("1.0")
+
+
+def versions(store: ModelStore) -> tuple[list[str], str]:
+    row = store.list()[0]
+    return [e["version"] for e in row["installed"]], row["current"]
+
+
+def write(tmp_path: Path, signer: Ed25519PrivateKey, version: str, members: dict[str, bytes] | None = None) -> Path:
+    path = tmp_path / f"people-{version}-{key_id(signer.public_key())}.espkg"
+    path.write_bytes(build_package(members or MEMBERS, name="people", version=version, signing_key=signer))
+    return path
+
+
+def test_the_store_refuses_a_downgrade_unless_allowed(tmp_path: Path, signer: Ed25519PrivateKey, trusted: dict) -> None:
+    policy = TrustPolicy(trusted)  # type: ignore[arg-type]
+    store = ModelStore(tmp_path / "models")
+    for version in ("2", "10"):
+        assert not store.install(write(tmp_path, signer, version), policy).downgrade
+    with pytest.raises(Refused, match="people 2 is older than the current version 10") as caught:
+        store.install(write(tmp_path, signer, "2"), policy)
+    assert (caught.value.name, caught.value.version) == ("people", "2")
+    with pytest.raises(Refused, match="older than the current version 10"):
+        store.install(write(tmp_path, signer, "9"), policy)
+    assert versions(store) == (["2", "10"], "10") and not (tmp_path / "models" / "people" / "9.espkg").exists()
+    done = store.install(write(tmp_path, signer, "9"), policy, allow_downgrade=True)
+    assert (done.version, done.previous, done.downgrade) == ("9", "10", True)
+    assert versions(store) == (["2", "10", "9"], "9")
+
+
+def test_the_store_refuses_what_the_check_refuses_before_anything_changes(
+    tmp_path: Path, signer: Ed25519PrivateKey, trusted: dict
+) -> None:
+    policy = TrustPolicy(trusted)  # type: ignore[arg-type]
+    store = ModelStore(tmp_path / "models")
+    store.install(write(tmp_path, signer, "1"), policy)
+
+    def check(package: Package, path: Path) -> None:
+        raise ModelError(f"{path}: the manifest says people 7, the signed index people {package.version}")
+
+    with pytest.raises(Refused, match="the manifest says people 7"):
+        store.install(write(tmp_path, signer, "2"), policy, check=check)
+    assert versions(store) == (["1"], "1")
+    assert sorted(p.name for p in (tmp_path / "models" / "people").iterdir()) == ["1.espkg", "history.json"]
+    assert os.readlink(tmp_path / "models" / "people.espkg") == "people/1.espkg"
+
+
+def test_pruning_keeps_the_version_in_use_and_the_newest_that_verifies(tmp_path: Path) -> None:
+    kept, dropped = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    both = TrustPolicy({key_id(k.public_key()): k.public_key() for k in (kept, dropped)})
+    store = ModelStore(tmp_path / "models")
+    for version in ("1", "2", "3"):
+        store.install(write(tmp_path, kept, version), both)
+    store.rollback("people")
+    store.rollback("people")  # 1 is current: services run it until they reload
+    store.install(write(tmp_path, kept, "4"), both)
+    assert versions(store) == (["1", "3", "4"], "4")  # 2 went, not 1 (the oldest, but in use)
+
+    store = ModelStore(tmp_path / "other")
+    store.install(write(tmp_path, kept, "2"), both)
+    store.install(write(tmp_path, kept, "1"), both, allow_downgrade=True)
+    store.install(write(tmp_path, dropped, "3"), both)
+    only_kept = TrustPolicy({key_id(kept.public_key()): kept.public_key()})  # the other key left the site
+    store.install(write(tmp_path, kept, "5"), only_kept)
+    # 4 kept: 5 (current), 3 (in use until reloads) and 2 (the newest other that verifies), so 1 goes
+    assert versions(store) == (["2", "3", "5"], "5")
+
+
+def test_rollback_refuses_a_version_the_site_no_longer_trusts(tmp_path: Path) -> None:
+    kept, dropped = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    both = TrustPolicy({key_id(k.public_key()): k.public_key() for k in (kept, dropped)})
+    store = ModelStore(tmp_path / "models")
+    store.install(write(tmp_path, dropped, "1"), both)
+    store.install(write(tmp_path, kept, "2"), both)
+    only_kept = TrustPolicy({key_id(kept.public_key()): kept.public_key()})
+    with pytest.raises(PackageError, match=r"people 1 is refused; nothing changed: .*not a trusted key"):
+        store.rollback("people", only_kept)
+    assert versions(store) == (["1", "2"], "2")
+    with pytest.raises(PackageError, match=r"package name '\.\./x'"):
+        store.rollback("../x", only_kept)
+
+
+def test_a_refused_current_package_falls_back_to_the_newest_installed_version_that_verifies(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    dropped = Ed25519PrivateKey.generate()
+    both = TrustPolicy({key_id(k.public_key()): k.public_key() for k in (signer, dropped)})
+    store = ModelStore(tmp_path / "state" / "models")
+    for version, key in (("1", signer), ("2", signer), ("3", dropped)):
+        store.install(write(tmp_path, key, version), both)
+    site = SiteSection(name="s", state_dir=tmp_path / "state")
+    only = TrustPolicy({key_id(signer.public_key()): signer.public_key()})
+
+    def load(reference: str) -> tuple[str, str | None]:
+        file, signer_id = open_model(reference, site, only, allow_unsigned=False, what="apps.a.models.m")
+        return open_package(file.path.parent, only.trusted).version, signer_id
+
+    (version, signer_id), fallback = load_installed("people.espkg", site, load)
+    assert (version, signer_id) == ("2", key_id(signer.public_key())) and fallback is not None
+    assert (fallback.version, fallback.refused.name) == ("2", "people.espkg")
+    assert key_id(dropped.public_key()) in fallback.error and "not a trusted key" in fallback.error
+    assert load_installed(str(tmp_path / "state" / "models" / "people" / "2.espkg"), site, load)[1] is None
+
+    stranger = Ed25519PrivateKey.generate().public_key()
+    nothing = TrustPolicy({key_id(stranger): stranger})
+    with pytest.raises(PackageError, match=r"people\.espkg: signed by key"):  # the first refusal, when none loads
+        load_installed("people.espkg", site, lambda r: open_model(r, site, nothing, allow_unsigned=False, what="m"))
+    plain = tmp_path / "plain.espkg"
+    plain.write_bytes(write(tmp_path, dropped, "5").read_bytes())  # not in the store: no fallback
+    with pytest.raises(PackageError, match="not a trusted key"):
+        load_installed(str(plain), site, load)
+
+
+def test_the_trust_watch_follows_the_site_file_and_the_key_files(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    keys = tmp_path / "keys"
+    _, kept = generate_key_pair(keys, "kept")
+    _, dropped = generate_key_pair(keys, "dropped")
+    site = write_site(tmp_path, {"site": {"trusted_keys": [str(kept), str(dropped)]}})
+    watch = TrustWatch(load_config(site))
+    ids = set(load_trusted_keys([kept, dropped]))
+    assert set(watch.policy.trusted) == ids and not watch.refresh()
+    data = yaml.safe_load(site.read_text())
+    data["site"]["trusted_keys"] = [str(kept)]
+    site.write_text(yaml.safe_dump(data))
+    assert watch.refresh() and set(watch.policy.trusted) == set(load_trusted_keys([kept]))
+    assert not watch.refresh()  # nothing changed since
+    kept.unlink()  # its file gone: no key is trusted, and enforcement stays on
+    assert watch.refresh() and watch.policy.trusted == {} and watch.policy.enforcing
+    with pytest.raises(PackageError, match="not a signed package"):
+        watch.policy.check_plain(tmp_path / "m.onnx", allow_unsigned=False, what="models.m")
+    site.write_text("site: [not, a, mapping\n")
+    assert not watch.refresh() and watch.policy.trusted == {}  # a broken site file changes nothing

@@ -6,19 +6,24 @@ its app's name and site file in the environment. The module then does what the P
 * ``node`` (subclassed without calling ``super().__init__()``, or made by ``panoramasdk.node()``)
   gets ``inputs`` and ``outputs`` in ``__new__``;
 * ``inputs.video_in.get(timeout=None)`` returns one ``media`` per camera of the app, each holding
-  the app's own BGR copy of the newest frame from shared memory (``is_cached`` when the camera had
-  no new frame since the last get); frames the app was too slow for are skipped and counted;
+  the app's own BGR copy of the newest frame from shared memory, the camera's privacy masks applied
+  (``is_cached`` when the camera had no new frame since the last get); frames the app was too slow
+  for are skipped and counted;
 * ``inputs.<port>.get()`` returns a parameter's typed value;
 * ``outputs.video_out.put(streams)`` draws each media's labels and rectangles on its image and
   hands the JPEG to the apps service (what the HDMI port was);
 * ``call(inputs, node_name)`` or ``call(node_name, inputs)`` runs a model node on EdgeSight's
-  backends and returns its raw outputs as a tuple of numpy arrays.
+  backends and returns its raw outputs as a tuple of numpy arrays. A model loads at its node's first
+  call, checked against ``site.trusted_keys`` as the site file says then (followed while the app
+  runs: a key taken out is reported for the models it signed, which run on until the app restarts);
+  an installed package refused at load gives way to the newest installed version that verifies.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,13 +34,16 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from common.audit import AuditTrail
 from common.bus import security
 from common.bus.endpoint import Endpoint
 from common.config import AppConfig, SiteConfig, load_config
 from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.models import Backend, open_backend
+from common.privacy import apply_privacy_masks
 from common.shm import FrameReaders
-from common.trust import model_file, site_trust
+from common.trust import TrustWatch, load_installed, open_model
+from common.urls import redact_url
 from contracts import ContractError, FrameRef, decode, parse_topic, topic
 
 __all__ = ["media", "node", "port"]
@@ -44,6 +52,7 @@ APP_VARIABLE = "EDGESIGHT_APP"
 SITE_VARIABLE = "EDGESIGHT_SITE"
 CHANNEL_VARIABLE = "EDGESIGHT_APPS_CHANNEL"
 STATS_INTERVAL_S = 1.0
+TRUST_POLL_S = 1.0  # how often a call looks at the site file and key files (a few stat calls)
 LABEL_COLOR = (255, 255, 255)
 RECT_COLOR = (0, 200, 0)
 
@@ -160,6 +169,10 @@ class _Runtime:
         self._last: dict[str, media] = {}
         self._readers = FrameReaders(self.config.site.shm_dir)
         self._models: dict[str, Backend] = {}
+        self._signers: dict[str, str | None] = {}  # model node -> its package's signer (None: a plain file)
+        self._trust: TrustWatch | None = None
+        self._trust_polled = 0.0
+        self._audit = AuditTrail(self.config.site.state_dir, self.config.site.name, f"apps:{self.app_name}")
         self.frames = 0
         self.skipped = 0
         self.last_get = time.monotonic()
@@ -231,20 +244,18 @@ class _Runtime:
         return streams
 
     def _copy(self, ref: FrameRef) -> npt.NDArray[np.uint8] | None:
+        """The app's own BGR copy, privacy masks applied: an app (and so its video_out) never holds the area."""
         try:
-            pixels = self._readers.copy(ref)
+            pixels = self._readers.copy(ref, "bgr")
         except (StaleFrameError, ShmError):
             self.skipped += 1
             return None
-        conversions = {"rgb24": cv2.COLOR_RGB2BGR, "gray8": cv2.COLOR_GRAY2BGR, "nv12": cv2.COLOR_YUV2BGR_NV12}
-        if ref.pixel_format in conversions:
-            converted: npt.NDArray[np.uint8] = cv2.cvtColor(pixels, conversions[ref.pixel_format]).astype(np.uint8)
-            return converted
-        return pixels
+        camera = self.config.cameras.get(ref.camera)
+        return apply_privacy_masks(pixels, camera.privacy_masks if camera is not None else ())
 
     def _uri(self, camera: str) -> str:
-        url = self.config.cameras[camera].url
-        return url.split("@", 1)[-1] if "://" in url else url  # never the credentials
+        """The camera's URL as Panorama's ``stream_uri``: never its password or query tokens."""
+        return redact_url(self.config.cameras[camera].url)
 
     # -- frames out --------------------------------------------------------------------------
     def put(self, port_name: str, streams: Sequence[media]) -> None:
@@ -276,6 +287,7 @@ class _Runtime:
 
     # -- models ------------------------------------------------------------------------------
     def call(self, name: str, feeds: Mapping[str, Any]) -> tuple[npt.NDArray[Any], ...]:
+        trust = self._trusted()
         backend = self._models.get(name)
         if backend is None:
             model = self.app.models.get(name)
@@ -283,13 +295,61 @@ class _Runtime:
                 raise EdgeSightError(
                     f"model node {name!r} is not in apps.{self.app_name}.models ({sorted(self.app.models)})"
                 )
-            policy = site_trust(self.config)
             what = f"apps.{self.app_name}.models.{name}"
-            file = model_file(model.path, self.config.site, policy, allow_unsigned=model.allow_unsigned, what=what)
-            backend = open_backend(file, model.backend, model.providers)
-            self._models[name] = backend
+            site = self.config.site
+
+            def load(reference: str) -> tuple[Backend, str | None]:
+                file, signer = open_model(reference, site, trust.policy, allow_unsigned=model.allow_unsigned, what=what)
+                return open_backend(file, model.backend, model.providers), signer
+
+            (backend, signer), fallback = load_installed(model.path, site, load)
+            if fallback is not None:
+                _say(f"{what}: the current package is refused; running version {fallback.version}: {fallback.error}")
+                self._record(
+                    "model.fallback",
+                    what,
+                    version=fallback.version,
+                    refused=fallback.refused.name,
+                    error=fallback.error,
+                )
+            self._models[name], self._signers[name] = backend, signer
         arrays = {key: np.asarray(value) for key, value in feeds.items()}
         return tuple(backend.run_named(arrays))
+
+    def _trusted(self) -> TrustWatch:
+        """The site's keys as the site file says now; a model whose signer was taken out is reported."""
+        now = time.monotonic()
+        if self._trust is None:
+            self._trust = TrustWatch(self.config)
+            self._trust.refresh(force=True)  # the site file as it is now, not as it was when the app started
+            self._trust_polled = now
+        elif now - self._trust_polled >= TRUST_POLL_S:
+            self._trust_polled = now
+            if not self._trust.refresh():
+                return self._trust
+            policy = self._trust.policy
+            for node, signer in self._signers.items():
+                what = f"apps.{self.app_name}.models.{node}"
+                if signer is None and policy.enforcing and not self.app.models[node].allow_unsigned:
+                    error = f"{what}: a plain model file, and site.trusted_keys is now set"
+                elif signer is not None and signer not in policy.trusted:
+                    error = f"{what}: signed by key {signer}, which is no longer a trusted key"
+                else:
+                    continue
+                _say(f"{error}; it runs until the app restarts, when it is refused")
+                self._record("model.untrusted", what, error=error)
+        return self._trust
+
+    def _record(self, action: str, target: str, **detail: Any) -> None:
+        try:
+            self._audit.record(action, target, **detail)
+        except OSError as exc:  # an audit trail that cannot be written is reported, never the app's end
+            _say(f"cannot append to the audit trail {self._audit.path}: {exc}")
+
+
+def _say(message: str) -> None:
+    """To the app's output, which the apps service logs."""
+    print(f"panoramasdk: {message}", file=sys.stderr, flush=True)
 
 
 def _typed(kind: str, value: bool | int | float | str) -> Any:

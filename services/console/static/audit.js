@@ -14,10 +14,15 @@ main.append(el("h1", {}, "Audit trail"),
   empty);
 
 function details(record) {
-  return Object.entries(record.detail || {})
+  const summary = Object.entries(record.detail || {})
     .filter(([, value]) => value !== "")
     .map(([key, value]) => `${key}: ${key === "sha256" ? String(value).slice(0, 12) : value}`)
     .join(" · ");
+  if (!record.changes || !record.changes.length) return summary;
+  // a rule save's key-level diff: old → new (secrets masked by the server)
+  const shown = (value) => (value === null || value === undefined ? "—" : JSON.stringify(value));
+  return el("div", {}, summary, el("ul", { class: "changes" },
+    record.changes.map((c) => el("li", {}, `${c.key}: ${shown(c.old)} → ${shown(c.new)}`))));
 }
 
 async function load() {

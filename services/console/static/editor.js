@@ -220,7 +220,20 @@ function select(shape) {
     side.addEventListener("change", () => { shape.in_side = side.value; render(); });
     properties.append(field("In-side (the arrow)", side));
   }
+  const actions = (raw[shape.original] || {}).actions || [];
+  if (actions.length) {
+    // What runs or sends is set in the site file only (the server refuses changes): shown, not editable.
+    properties.append(el("div", { class: "muted", id: "rule-actions" }, "Actions (set in the site file, read-only):",
+      el("ul", {}, actions.map((a) => el("li", {}, describeAction(a))))));
+  }
   properties.append(el("button", { class: "danger", id: "rule-delete", onclick: () => { shapes = shapes.filter((s) => s !== shape); select(null); } }, "Delete"));
+}
+
+function describeAction(action) {
+  if (action.type === "webhook") return `webhook → ${String(action.url).split("?")[0]}`;
+  if (action.type === "gpio") return `gpio line ${action.line} on ${action.chip || "/dev/gpiochip0"}`;
+  if (action.type === "command") return `command ${(action.argv || [])[0] || ""}`;
+  return String(action.type);
 }
 
 function renderList() {

@@ -1,6 +1,7 @@
 // The event timeline: newest first, filtered by camera, rule, type and time, paged; a detail view
-// with the snapshot and the object's box before (dashed) and after (solid).
-import { el, fromNs, getJSON, start } from "/static/common.js";
+// with the snapshot and the object's box before (dashed) and after (solid). Each event has its own
+// URL, /events/<id>: the timeline opened at that event.
+import { api, el, fromNs, getJSON, start } from "/static/common.js";
 
 const main = document.getElementById("main");
 const params = new URLSearchParams(location.search);
@@ -44,11 +45,19 @@ function describe(e) {
   return parts.join(" · ");
 }
 
+const eventPath = (id) => `/events/${encodeURIComponent(id)}`;
+const listPath = () => `/events${location.search}`;
+
 function row(e) {
-  const thumb = e.snapshot_url ? el("img", { class: "thumb", src: e.snapshot_url, alt: "snapshot", loading: "lazy" }) : el("div", { class: "nothumb" });
+  // no snapshot: say so in words, not with an empty box that looks like a picture still loading
+  const thumb = e.snapshot_url ? el("img", { class: "thumb", src: e.snapshot_url, alt: "snapshot", loading: "lazy" }) : el("span", { class: "nothumb" }, "no snapshot");
   const object = e.object ? `${e.object.label} #${e.object.track_id}` : "—";
+  // a real link, so the event's URL can be copied or opened in a new tab; a plain click opens it here
+  const link = el("a", { href: eventPath(e.id), class: "permalink",
+    onclick: (event) => { if (!event.ctrlKey && !event.metaKey && !event.shiftKey && event.button === 0) event.preventDefault(); else event.stopPropagation(); } },
+  fromNs(e.ts_ns));
   return el("tr", { "data-id": e.id, "data-type": e.event_type, onclick: () => show(e) },
-    el("td", {}, thumb), el("td", {}, fromNs(e.ts_ns)), el("td", {}, e.camera), el("td", {}, e.rule),
+    el("td", {}, thumb), el("td", {}, link), el("td", {}, e.camera), el("td", {}, e.rule),
     el("td", {}, e.event_type), el("td", {}, object), el("td", { class: "muted" }, describe(e)));
 }
 
@@ -74,7 +83,7 @@ function box(b, dashed) {
   return rect;
 }
 
-function show(e) {
+function show(e, push = true) {
   const svgNS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNS, "svg");
   svg.setAttribute("viewBox", "0 0 1 1");
@@ -91,13 +100,36 @@ function show(e) {
   delete copy.snapshot_url;
   dialog.replaceChildren(
     el("h1", {}, `${e.event_type} · ${e.camera} · ${e.rule}`),
-    el("p", { class: "muted" }, `${fromNs(e.ts_ns)} · ${describe(e)} · id ${e.id}`),
+    el("p", { class: "muted" }, `${fromNs(e.ts_ns)} · ${describe(e)} · id ${e.id} · `,
+      el("a", { href: eventPath(e.id), id: "permalink" }, "link to this event")),
     figure,
     el("div", { class: "two" }, side("Before (dashed)", e.before), side("After (solid)", e.object)),
     el("h2", {}, "As on the bus"), el("pre", {}, JSON.stringify(copy, null, 2)),
     el("form", { method: "dialog" }, el("button", { id: "close" }, "Close")));
+  if (push && location.pathname !== eventPath(e.id)) history.pushState({ event: e.id }, "", `${eventPath(e.id)}${location.search}`);
+  if (!dialog.open) dialog.showModal();
+}
+
+async function openFromUrl() {
+  const match = location.pathname.match(/^\/events\/(.+)$/);
+  if (!match) {
+    if (dialog.open) dialog.close();
+    return;
+  }
+  const response = await api(`/api/events/${match[1]}`);
+  if (response.ok) {
+    show(await response.json(), false);
+    return;
+  }
+  dialog.replaceChildren(el("h1", {}, "No such event"),
+    el("p", { class: "muted" }, "It was pruned, or the console never saw it."),
+    el("form", { method: "dialog" }, el("button", { id: "close" }, "Close")));
   dialog.showModal();
 }
+
+// closing the detail goes back to the timeline's own URL; Back and Forward open and close it
+dialog.addEventListener("close", () => { if (location.pathname !== "/events") history.pushState(null, "", listPath()); });
+addEventListener("popstate", openFromUrl);
 
 async function fillFacets() {
   const facets = await getJSON("/api/events/facets");
@@ -123,4 +155,5 @@ more.addEventListener("click", () => load(true));
 await start("/events");
 await fillFacets();
 await load(false);
+await openFromUrl();
 setInterval(() => { if (!dialog.open && !form.elements.until.value && body.children.length <= 25) load(false); }, 3000);

@@ -4,8 +4,12 @@ const message = document.getElementById("message");
 
 function nextPage() {
   const next = new URLSearchParams(location.search).get("next") || "/";
-  // only a path on this console: never "//elsewhere" or "https://elsewhere"
-  return next.startsWith("/") && !next.startsWith("//") ? next : "/";
+  // Only a path on this console. Browsers read "/\host" and "/<tab>/host" as "//host" (another
+  // site), so backslashes, whitespace and control characters are refused outright, and what is left
+  // must still resolve to this very origin.
+  if (!/^\/(?![\/\\])[^\\\s\u0000-\u001f\u007f]*$/.test(next)) return "/";
+  const target = new URL(next, location.origin);
+  return target.origin === location.origin ? target.pathname + target.search + target.hash : "/";
 }
 
 form.addEventListener("submit", async (event) => {

@@ -1,0 +1,82 @@
+"""The one table ``python -m benchmarks`` ends with: per benchmark the figure that says whether it did its
+job — mostly ``ratio``, ours over a baseline measured in the same run — against the goal written beside
+its figures in the docs (README's *Benchmarks*); none where no goal is written.
+
+    >>> print(table({"uplink_throughput": {"ratio": 0.81}}))
+    benchmark          ratio  goal    met  what the ratio compares
+    uplink_throughput   0.81  >= 0.5  yes  uplink / bare aiomqtt loop, events/s
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+__all__ = ["GOALS", "Goal", "table"]
+
+Figures = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Goal:
+    benchmark: str
+    compares: str
+    figure: str | Callable[[Figures], float] = "ratio"
+    at_least: float | None = None
+    at_most: float | None = None  # neither: README sets no goal for it
+
+    def value(self, figures: Figures) -> float | None:
+        try:
+            return figures[self.figure] if isinstance(self.figure, str) else self.figure(figures)
+        except (KeyError, ValueError):
+            return None
+
+    def goal(self) -> str:
+        if self.at_least is not None:
+            return f">= {self.at_least:g}"
+        return f"<= {self.at_most:g}" if self.at_most is not None else "-"
+
+    def met(self, value: float) -> str:
+        if self.at_least is None and self.at_most is None:
+            return "-"
+        if math.isnan(value):  # a failed run, or a baseline of 0
+            return "no"
+        if self.at_least is not None:
+            return "yes" if value >= self.at_least else "no"
+        if self.at_most is not None:
+            return "yes" if value <= self.at_most else "no"
+        return "-"
+
+
+def _worst_growth(figures: Figures) -> float:
+    return max(value for name, value in figures.items() if name.endswith("_growth_mb_per_h"))
+
+
+GOALS = (
+    Goal("pipeline", "split services (tuned) / one loop, frames/s, 2 streams", at_least=1.3),
+    Goal("frame_hop", "shared memory / frame bytes through ZeroMQ, frames/s", at_least=3),
+    Goal("ingest_decode", "ingest service / bare PyAV, frames/s, worst stream count", at_least=0.9),
+    Goal("inference_throughput", "inference service / bare session.run, frames/s, worst batch", at_least=0.85),
+    Goal("uplink_throughput", "uplink / bare aiomqtt loop, events/s", at_least=0.5),
+    Goal("tracking", "cars counted at 5 fps / true crossings (synthetic highway)", "highway_ours_5fps_count_share"),
+    Goal("model_package", "load time of the plain .onnx / of a signed package"),
+    Goal("soak", "RSS growth, MB/h, worst service (not a ratio)", _worst_growth, at_most=5),
+)
+
+
+def table(results: Mapping[str, Figures], failed: Collection[str] = ()) -> str:
+    """One row per benchmark that ran (or failed), in ``GOALS``' order."""
+    rows = [("benchmark", "ratio", "goal", "met", "what the ratio compares")]
+    for goal in GOALS:
+        if goal.benchmark in failed:
+            rows.append((goal.benchmark, "failed", goal.goal(), goal.met(math.nan), goal.compares))
+        elif goal.benchmark in results:
+            value = goal.value(results[goal.benchmark])
+            shown = "-" if value is None else f"{value:.2f}"
+            rows.append((goal.benchmark, shown, goal.goal(), "-" if value is None else goal.met(value), goal.compares))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return "\n".join(
+        f"{name:<{widths[0]}}  {ratio:>{widths[1]}}  {goal:<{widths[2]}}  {met:<{widths[3]}}  {what}".rstrip()
+        for name, ratio, goal, met, what in rows
+    )

@@ -1,0 +1,137 @@
+"""What the console may change in a camera's rules, and what it may not.
+
+A console login or an API token is not root on the appliance. Through the editor and
+``PUT /api/cameras/<name>/rules`` a client may change geometry, names, classes, thresholds, the
+in-side, schedules and cooldowns. It may not add or change what executes or sends:
+
+- ``command`` and ``gpio`` actions stay as the site file on disk has them (an identical action of one
+  of the camera's rules on disk may be kept, also under a renamed rule);
+- a webhook is kept as written on disk, or points at a host the site file allows in
+  ``console.webhook_hosts`` (with no credentials in its URL);
+- ``${...}`` placeholders are text from the network, never expanded: a value holding one is refused
+  unless the same rule key on disk already holds exactly that value (an unchanged round trip).
+
+Refusals raise :class:`RulesRefused` (HTTP 403, audited); shapes and sizes a request cannot have raise
+:class:`~services.console.site_file.RulesRejected` (HTTP 422) before the site file is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from common.config import MAX_RULES_PER_CAMERA
+from services.console.site_file import RulesRejected
+
+__all__ = ["MAX_DEPTH", "RulesRefused", "check_rules"]
+
+MAX_DEPTH = 8  # rules -> rule -> actions -> action -> ... : a rule is never deeper than this
+_PROTECTED = ("command", "gpio")
+
+
+class RulesRefused(Exception):
+    """The request asks for something the console may not do; ``key`` names where."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+def check_shape(camera: str, rules: Any) -> None:
+    """Depth and count, checked before anything else looks at the request."""
+    if _depth(rules) > MAX_DEPTH:
+        raise RulesRejected([_problem(camera, "", f"nested deeper than a rule can be ({MAX_DEPTH} levels)")])
+    if isinstance(rules, dict) and len(rules) > MAX_RULES_PER_CAMERA:
+        message = f"{len(rules)} rules; a camera may have at most {MAX_RULES_PER_CAMERA}"
+        raise RulesRejected([_problem(camera, "", message)])
+
+
+def check_rules(camera: str, on_disk: dict[str, Any], wanted: dict[str, Any], webhook_hosts: list[str]) -> None:
+    """Raises RulesRefused when ``wanted`` adds or changes anything the console may not (see the module)."""
+    written = {(path, value) for rule in on_disk.values() for path, value in _strings(rule, ())}
+    disk_actions = [
+        _canonical(action)
+        for rule in on_disk.values()
+        if isinstance(rule, dict)
+        for action in (rule.get("actions") or [])
+        if isinstance(rule.get("actions"), list)
+    ]
+    for name, rule in wanted.items():
+        key = f"cameras.{camera}.rules.{name}"
+        if "${" in str(name):
+            raise RulesRefused(key, "placeholders (${...}) are not accepted from the network")
+        for path, value in _strings(rule, ()):
+            if "${" in value and (path, value) not in written:
+                where = ".".join(map(str, (key, *path)))
+                raise RulesRefused(
+                    where, "placeholders (${...}) are not accepted from the network; put them in the site file itself"
+                )
+        actions = rule.get("actions") if isinstance(rule, dict) else None
+        for index, action in enumerate(actions if isinstance(actions, list) else []):
+            if not isinstance(action, dict) or _canonical(action) in disk_actions:
+                continue  # unchanged (or not an action at all: validation says so)
+            where = f"{key}.actions[{index}]"
+            kind = action.get("type")
+            if kind in _PROTECTED:
+                raise RulesRefused(where, f"a {kind} action can only be added or changed in the site file itself")
+            if kind == "webhook":
+                _check_webhook(where, action.get("url"), webhook_hosts)
+
+
+def _check_webhook(where: str, url: Any, webhook_hosts: list[str]) -> None:
+    if not isinstance(url, str):
+        return  # validation says what is wrong
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "").lower()
+        netloc_host = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        raise RulesRefused(f"{where}.url", "not a URL the console can send to") from None
+    if parts.username is not None or parts.password is not None:
+        raise RulesRefused(f"{where}.url", "a webhook added in the console may not carry credentials")
+    if host and (host in webhook_hosts or netloc_host in webhook_hosts):
+        return
+    allowed = ", ".join(webhook_hosts) if webhook_hosts else "none (console.webhook_hosts is empty)"
+    raise RulesRefused(
+        f"{where}.url", f"webhooks from the console may only go to the site's console.webhook_hosts: {allowed}"
+    )
+
+
+def _canonical(action: Any) -> str:
+    return json.dumps(action, sort_keys=True)
+
+
+def _strings(value: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Every string (keys too) under ``value`` with its path; lists by index."""
+    stack = [(path, value)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            yield path, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield (*path, "<key>"), str(key)
+                stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return deepest
+
+
+def _problem(camera: str, rule: str, message: str) -> dict[str, Any]:
+    return {"key": f"cameras.{camera}.rules" + (f".{rule}" if rule else ""), "line": None, "message": message}
