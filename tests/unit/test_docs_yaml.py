@@ -43,3 +43,18 @@ def test_the_walkthrough_site_checks_as_shipped_once_the_password_is_exported() 
     assert "my-site.yaml:" in str(refused.value) and "console.admin_password" in str(refused.value)
     readme = (REPO / "README.md").read_text()
     assert "## Your own site in 10 minutes" in readme and "examples/my-site.yaml" in readme
+
+
+def test_the_readmes_example_error_is_what_config_check_says() -> None:
+    """The README shows `config check` on examples/site.yaml with dock-1's fps broken (as the demo does)."""
+    import pytest
+
+    from common.config import parse_config
+    from common.errors import ConfigError
+
+    broken = (REPO / "examples" / "site.yaml").read_text().replace("    fps: 5 ", "    fps: -5 ", 1)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(broken, "site.yaml", environ={})
+    said = str(refused.value).splitlines()[0].strip()
+    assert said.startswith("site.yaml:") and "cameras.dock-1.fps" in said
+    assert said in (REPO / "README.md").read_text()
