@@ -7,16 +7,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 STEP = REPO / "scripts" / "put_on_path.sh"
 TARGET = REPO / ".venv" / "bin" / "edgesight"
 
-pytestmark = pytest.mark.skipif(not TARGET.exists(), reason="no .venv/bin/edgesight: scripts/bootstrap.sh makes it")
-
 
 def put_on_path(bin_dir: Path) -> subprocess.CompletedProcess[str]:
+    assert TARGET.exists(), "no .venv/bin/edgesight: run scripts/bootstrap.sh (make test does)"
     environment = {**os.environ, "EDGESIGHT_BIN_DIR": str(bin_dir), "PATH": f"{bin_dir}:/usr/bin:/bin"}
     return subprocess.run(["bash", str(STEP)], env=environment, capture_output=True, text=True, check=False)
 
