@@ -9,6 +9,7 @@ import socket
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,16 @@ def write_site(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
     path.write_text(text)
     (tmp_path / "shm").mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The services start under the usual login umask (0022): whatever they make private, they make so."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 @pytest.fixture

@@ -52,13 +52,7 @@ def check_shape(camera: str, rules: Any) -> None:
 def check_rules(camera: str, on_disk: dict[str, Any], wanted: dict[str, Any], webhook_hosts: list[str]) -> None:
     """Raises RulesRefused when ``wanted`` adds or changes anything the console may not (see the module)."""
     written = {(path, value) for rule in on_disk.values() for path, value in _strings(rule, ())}
-    disk_actions = [
-        _canonical(action)
-        for rule in on_disk.values()
-        if isinstance(rule, dict)
-        for action in (rule.get("actions") or [])
-        if isinstance(rule.get("actions"), list)
-    ]
+    disk_actions = {_canonical(action) for rule in on_disk.values() for action in _actions(rule)}
     for name, rule in wanted.items():
         key = f"cameras.{camera}.rules.{name}"
         if "${" in str(name):
@@ -69,8 +63,7 @@ def check_rules(camera: str, on_disk: dict[str, Any], wanted: dict[str, Any], we
                 raise RulesRefused(
                     where, "placeholders (${...}) are not accepted from the network; put them in the site file itself"
                 )
-        actions = rule.get("actions") if isinstance(rule, dict) else None
-        for index, action in enumerate(actions if isinstance(actions, list) else []):
+        for index, action in enumerate(_actions(rule)):
             if not isinstance(action, dict) or _canonical(action) in disk_actions:
                 continue  # unchanged (or not an action at all: validation says so)
             where = f"{key}.actions[{index}]"
@@ -98,6 +91,12 @@ def _check_webhook(where: str, url: Any, webhook_hosts: list[str]) -> None:
     raise RulesRefused(
         f"{where}.url", f"webhooks from the console may only go to the site's console.webhook_hosts: {allowed}"
     )
+
+
+def _actions(rule: Any) -> list[Any]:
+    """A rule's ``actions`` list, or none where the rule or the list has another shape (validation says so)."""
+    actions = rule.get("actions") if isinstance(rule, dict) else None
+    return actions if isinstance(actions, list) else []
 
 
 def _canonical(action: Any) -> str:

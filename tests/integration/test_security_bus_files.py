@@ -10,7 +10,7 @@ import re
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,6 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
 KEYS = ["broker", "rules", "uplink", "apps", "console", "run", "cli"]
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The services start under the usual login umask (0022): whatever they make private, they make so."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def metric(base: str, name: str, **labels: str) -> float:
