@@ -13,6 +13,7 @@ BENCHMARKS = {
     "uplink_throughput": "benchmarks.uplink_throughput",
     "tracking": "benchmarks.tracking",
     "model_package": "benchmarks.model_package",
+    "app_channel": "benchmarks.app_channel",
     "soak": "benchmarks.soak",
 }
 # Run only when named (minutes long): ``python -m benchmarks soak --minutes 20``.

@@ -61,6 +61,7 @@ GOALS = (
     Goal("uplink_throughput", "uplink / bare aiomqtt loop, events/s", at_least=0.5),
     Goal("tracking", "cars counted at 5 fps / true crossings (synthetic highway)", "highway_ours_5fps_count_share"),
     Goal("model_package", "load time of the plain .onnx / of a signed package"),
+    Goal("app_channel", "1080p frames/s to a sandboxed app over its channel / read from shm by the app", at_least=0.1),
     Goal("soak", "RSS growth, MB/h, worst service (not a ratio)", _worst_growth, at_most=5),
 )
 

@@ -23,7 +23,7 @@ def get_logger(name: str) -> logging.Logger:
 
 
 class RateLimitFilter(logging.Filter):
-    """Lets one record per (logger, message, camera) through every ``interval_s`` at WARNING and up.
+    """Lets one record per (logger, message, camera, app) through every ``interval_s`` at WARNING and up.
 
     The next record let through carries ``suppressed=N`` so nothing disappears silently.
     """
@@ -31,12 +31,12 @@ class RateLimitFilter(logging.Filter):
     def __init__(self, interval_s: float = 10.0) -> None:
         super().__init__()
         self.interval_s = interval_s
-        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._last: dict[tuple[str, str, str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, str(record.msg), str(getattr(record, "camera", "")))
+        key = (record.name, str(record.msg), str(getattr(record, "camera", "")), str(getattr(record, "app", "")))
         now = time.monotonic()
         last, suppressed = self._last.get(key, (-1e18, 0))
         if now - last < self.interval_s:

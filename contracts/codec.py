@@ -10,6 +10,8 @@ from contracts.errors import ContractError
 from contracts.messages import (
     SUPPORTED_VERSIONS,
     Ack,
+    AppStatus,
+    AppVideo,
     CameraStatus,
     Control,
     Detections,
@@ -23,10 +25,10 @@ from contracts.messages import (
 __all__ = ["MESSAGE_TYPES", "decode", "encode"]
 
 MessageT = TypeVar("MessageT", bound=Message)
-AnyMessage = FrameRef | Detections | Event | Health | CameraStatus | Scene | Control | Ack
+AnyMessage = FrameRef | Detections | Event | Health | CameraStatus | Scene | Control | Ack | AppStatus | AppVideo
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (FrameRef, Detections, Event, Health, CameraStatus, Scene, Control, Ack)
+    for cls in (FrameRef, Detections, Event, Health, CameraStatus, Scene, Control, Ack, AppStatus, AppVideo)
 }
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
+    "AppStatus",
+    "AppVideo",
     "CameraState",
     "CameraStatus",
     "Control",
@@ -64,6 +66,7 @@ MAX_LABELS = 4096  # entries of Detections.labels
 MAX_MAP_ENTRIES = 256  # counts, attributes, counters, detail, args
 MAX_ACK_IDS = 10_000
 MAX_SNAPSHOT_BYTES = 16 << 20
+MAX_APP_PICTURE_BYTES = 8 << 20  # one JPEG of an app's video_out
 MAX_DIMENSION = 16384  # frame width or height in pixels
 # Normalised xyxy: 0..1 of the source frame's width and height.
 Box = tuple[Unit, Unit, Unit, Unit]
@@ -282,3 +285,36 @@ class Ack(Message, tag="ack", kw_only=True, frozen=True):
 
     ids: Annotated[list[Id], msgspec.Meta(max_length=MAX_ACK_IDS)]
     receiver: Text = ""
+
+
+AppState = Literal["starting", "running", "restarting", "hung", "failed", "stopped"]
+AppRestartReason = Literal["exited", "hung", "memory", "disk", "sandbox"]
+
+
+class AppStatus(Message, tag="app_status", kw_only=True, frozen=True):
+    """A Panorama application's state as the apps service runs it, on ``apps/<app>/``: sent on every
+    change and every few seconds. ``error`` says why an app is ``failed`` or restarted last."""
+
+    app: Name
+    instance: Name
+    state: AppState
+    ts_ns: NonNegative
+    cameras: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = []
+    frames: NonNegative = 0  # frames the app took (video_in.get) since this process started
+    skipped: NonNegative = 0  # frames the app was too slow for
+    restarts: NonNegative = 0
+    last_restart: AppRestartReason | None = None
+    error: Text = ""
+    memory_mb: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0  # resident memory of the app's processes
+    sandbox: Text = ""  # e.g. "uid 23417, network own, cgroup limits"
+
+
+class AppVideo(Message, tag="app_video", kw_only=True, frozen=True):
+    """One picture of an application's ``video_out`` for one camera (what Panorama's HDMI port showed),
+    on ``apps/<app>/``: labels and rectangles drawn, the camera's privacy masks applied. For local
+    consumers (the console); newest wins, never acknowledged."""
+
+    app: Name
+    camera: Name
+    ts_ns: NonNegative
+    jpeg: Annotated[bytes, msgspec.Meta(max_length=MAX_APP_PICTURE_BYTES)]

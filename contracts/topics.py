@@ -11,8 +11,10 @@ from typing import Literal
 
 __all__ = ["KEY_PATTERN", "Stream", "parse_topic", "topic"]
 
-Stream = Literal["frames", "detections", "cameras", "scene", "health", "control", "events", "acks"]
-STREAMS: frozenset[str] = frozenset({"frames", "detections", "cameras", "scene", "health", "control", "events", "acks"})
+Stream = Literal["frames", "detections", "cameras", "scene", "health", "control", "events", "acks", "apps"]
+STREAMS: frozenset[str] = frozenset(
+    {"frames", "detections", "cameras", "scene", "health", "control", "events", "acks", "apps"}
+)
 # Camera and service names; also used in shm segment names and metric labels.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$|^\*$")
 

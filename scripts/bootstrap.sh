@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine (as root) or refreshes an existing checkout; safe to run again.
-#   - the Debian packages in scripts/apt-packages.txt (only the missing ones; apt-get update once)
+#   - the Debian packages in scripts/apt-packages.txt (only the missing ones; apt-get update once);
+#     /dev/net/tun usable by every uid, as Debian has it (a Panorama app's own network)
 #   - .venv with this project installed editable, with the test extra
 #   - `edgesight` on the PATH (scripts/put_on_path.sh)
 # Re-installs Python packages only when pyproject.toml, setup.py or the C helper changed.
@@ -20,6 +21,12 @@ if ((${#missing[@]})); then
   [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# pasta gives a Panorama app its own network through /dev/net/tun, opened as the app's own uid:
+# Debian's udev makes it 0666; a minimal VM or container may have left it 0600
+if [[ -c /dev/net/tun && $(stat -c %a /dev/net/tun) != 666 && $(id -u) -eq 0 ]]; then
+  echo "bootstrap: chmod 0666 /dev/net/tun (Debian's default; Panorama apps' own network)"
+  chmod 0666 /dev/net/tun
 fi
 
 python=${PYTHON:-python3}

@@ -10,7 +10,8 @@
 #      The uplink spools every event and publishes it to a local Mosquitto (a stand-in for AWS
 #      IoT Core), where a subscriber counts them;
 #   5. imports an AWS Panorama application (examples/panorama/people_counter) with
-#      `edgesight panorama import` and runs it unchanged on the lobby camera; saves its HDMI output;
+#      `edgesight panorama import` and runs it unchanged, in its own sandbox (its own uid, namespaces,
+#      limits, network), on the lobby camera; saves its HDMI output from the bus;
 #   6. trust: signs YOLOX-Nano into a package encrypted for this device, verifies it, shows a tampered
 #      copy and another signer's package refused, installs it and checks a site that runs only signed models;
 #   7. the benchmarks, --quick, as one table of ratios against their goals;
@@ -103,20 +104,39 @@ $edgesight panorama import examples/panorama/people_counter \
   --param detection_threshold=0.3 --base "$site" --out "$panorama_site"
 $edgesight run "$panorama_site" --services broker,ingest,apps --for 15 --status-interval 5 &
 run_pid=$!
-sleep 12
+# the app's HDMI output and state travel on the bus (apps/<app>/), for the console to serve behind its login
 .venv/bin/python - "$panorama_site" "$run_dir/panorama_output.jpg" <<'PY'
-import json, sys, urllib.request
+import asyncio, sys, time
+from common.bus import Subscriber
 from common.config import load_config
-base = f"http://127.0.0.1:{load_config(sys.argv[1]).metrics.port('apps')}/apps"
-try:
-    with urllib.request.urlopen(f"{base}/people_counter/video/camera_node.jpg", timeout=5) as answer:
-        open(sys.argv[2], "wb").write(answer.read())
-    print("-- the app's HDMI output (boxes and count drawn):", sys.argv[2], f"(live: {base}/people_counter/video/camera_node.mjpg)")
-except OSError as exc:
-    print("-- no output frame yet:", exc)
-with urllib.request.urlopen(base, timeout=5) as answer:
-    app = json.load(answer)["people_counter"]
-print("-- app:", app["state"], app["frames"], "frames,", app["restarts"], "restarts; its log:", app["log"])
+from contracts import AppStatus, AppVideo, topic
+from services.apps.sandbox import processes_of
+
+config = load_config(sys.argv[1])
+seen = {}
+
+async def watch() -> None:
+    async with Subscriber(config.bus.subscribe, "demo", [topic("apps", "people_counter")]) as apps:
+        end = time.monotonic() + 13
+        while time.monotonic() < end:
+            try:
+                message = (await asyncio.wait_for(apps.receive(), 1.0)).message
+            except asyncio.TimeoutError:
+                continue
+            seen[type(message).__name__] = message
+            if isinstance(message, AppStatus) and message.frames and "uid" not in seen:
+                seen["uid"] = sorted(processes_of(config.apps["people_counter"].user_id("people_counter")))
+
+asyncio.run(watch())
+status, video = seen.get("AppStatus"), seen.get("AppVideo")
+if video is not None:
+    open(sys.argv[2], "wb").write(video.jpeg)
+    print("-- the app's HDMI output (boxes and count drawn):", sys.argv[2], "(live in the console: /apps)")
+else:
+    print("-- no output frame yet")
+if status is not None:
+    print(f"-- app: {status.state}, {status.frames} frames, {status.restarts} restarts, {status.memory_mb} MB;",
+          f"sandbox: {status.sandbox} (bubblewrap; processes of its uid on this host: {seen.get('uid', [])})")
 PY
 wait "$run_pid"
 echo "-- what the app logged to /opt/aws/panorama/logs/app.log:"

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROL_SENDERS",
     "DEFAULT_CLIENTS",
+    "STREAM_SENDERS",
     "ControlGuard",
     "check_curve",
     "configure_curve",
@@ -81,6 +82,8 @@ CONTROL_SENDERS: Mapping[str, Mapping[str, frozenset[str]] | None] = {
     "cli": None,
     "console": {"rules": frozenset({"reload"})},  # the rule editor's save
 }
+# Streams one service alone speaks for: the console serves what arrives there as that service's word
+STREAM_SENDERS: Mapping[bytes, frozenset[str]] = {b"apps/": frozenset({"apps", "run", "cli"})}
 
 
 def generate_bus_keys(out: Path, clients: list[str]) -> list[Path]:
@@ -267,7 +270,8 @@ class ControlGuard:
     """The broker's check of every message on ``control/``: its sender is the key the frontend's
     connection authenticated with; a key in ``CONTROL_SENDERS`` may send what it lists there, any
     other nothing. A refusal is dropped, counted (``reason="control"``) and logged once a minute per
-    key. A message with no key (an ipc frontend: the file system guards it) passes."""
+    key. Likewise a stream of ``STREAM_SENDERS`` (``apps/``: only the apps service; ``reason="stream"``).
+    A message with no key (an ipc frontend: the file system guards it) passes."""
 
     def __init__(self, keys: _Keys) -> None:
         self.keys = keys
@@ -275,13 +279,18 @@ class ControlGuard:
 
     def allows(self, frames: Sequence[zmq.Frame]) -> bool:
         head = frames[0].bytes
-        if not head.startswith(b"control/"):
+        stream = next((prefix for prefix in STREAM_SENDERS if head.startswith(prefix)), None)
+        if stream is None and not head.startswith(b"control/"):
             return True
         try:
             user = frames[0].get("User-Id")
         except zmq.ZMQError:  # no User-Id: not a Curve connection
             return True
         sender = self.keys.names.get(str(user).encode(), str(user))
+        if stream is not None:
+            if sender in STREAM_SENDERS[stream]:
+                return True
+            return self._refuse(sender, "stream", stream.decode().rstrip("/"), "-")
         rights = CONTROL_SENDERS.get(sender, {})
         if rights is None:
             return True
@@ -294,12 +303,15 @@ class ControlGuard:
             pass
         if command in rights.get(target, ()):
             return True
-        BUS_DENIED.labels(service=self.keys.service, reason="control").inc()
+        return self._refuse(sender, "control", target, command)
+
+    def _refuse(self, sender: str, reason: str, target: str, command: str) -> bool:
+        BUS_DENIED.labels(service=self.keys.service, reason=reason).inc()
         now = time.monotonic()
         if now - self.logged.get(sender, -3600.0) > 60 and len(self.logged) < 1024:
             self.logged[sender] = now
             log.warning(
-                "bus control refused: its sender may not send it",
+                f"bus {reason} refused: its sender may not send it",
                 extra={"sender": sender, "command": command, "target": target},
             )
         return False

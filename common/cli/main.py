@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("cameras", "check a camera's stream (probe URL), find ONVIF cameras on the LAN (discover)"),
         ("detect", "run a model on a file or stream, detections as JSON lines"),
         ("models", "inspect a model; keygen, package, verify, install, list, rollback signed packages"),
-        ("panorama", "import an AWS Panorama application project as a site file"),
+        ("panorama", "import an AWS Panorama application project as a site file; build its apps' own environments"),
     ):
         _command(commands, command, help_text, add_help=False)  # handed over before parsing, --help included
 

@@ -1,6 +1,6 @@
 """The site file: ``load_config(path)`` -> :class:`SiteConfig`, errors as file:line: key: message."""
 
-from common.config.apps import AppConfig, AppModel, AppParameter
+from common.config.apps import AppConfig, AppLimits, AppModel, AppParameter, AppPort
 from common.config.bus import BusConfig
 from common.config.cameras import (
     DEFAULT_INGEST_GROUP,
@@ -25,8 +25,10 @@ __all__ = [
     "MAX_RULES_PER_CAMERA",
     "MAX_VERTICES_PER_SITE",
     "AppConfig",
+    "AppLimits",
     "AppModel",
     "AppParameter",
+    "AppPort",
     "BusConfig",
     "CameraConfig",
     "CameraDefaults",

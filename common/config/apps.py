@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -9,8 +10,10 @@ from pydantic import Field, model_validator
 
 from common.config._types import Name, Section
 
-__all__ = ["AppConfig", "AppModel", "AppParameter"]
+__all__ = ["AppConfig", "AppLimits", "AppModel", "AppParameter", "AppPort"]
 
+FIRST_APP_UID = 20000  # app uids: 20000-59999, above any login user and below nobody (65534)
+APP_UIDS = 40000
 ParameterType = Literal["float32", "int32", "string", "boolean"]
 
 
@@ -48,6 +51,29 @@ class AppParameter(Section):
         return self
 
 
+class AppLimits(Section):
+    """What one app may take; an app over ``memory_mb`` or ``disk_mb`` is killed and restarted
+    (``why="memory"``, ``"disk"``)."""
+
+    memory_mb: int = Field(1024, ge=32, le=1 << 20, description="Resident memory of all the app's processes.")
+    processes: int = Field(64, ge=4, le=32768, description="Processes and threads the app may run at once.")
+    open_files: int = Field(1024, ge=64, le=1 << 20, description="Open files per process.")
+    disk_mb: int = Field(
+        1024, ge=1, le=1 << 24, description="What its logs and storage may hold on disk (checked every 10 s)."
+    )
+    cpu_share: float = Field(
+        1.0, gt=0, le=100, description="CPU weight against the other apps and services (1.0: an equal share)."
+    )
+
+
+class AppPort(Section):
+    """A port of the host forwarded to the app (Panorama's ``networkRoutingRules``/``inboundPorts``)."""
+
+    host_port: int = Field(..., ge=1, le=65535, description="The port on the appliance's address.")
+    app_port: int = Field(..., ge=1, le=65535, description="The port the app listens on in its namespace.")
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
 class AppConfig(Section):
     """One Panorama application: its code package, the cameras on its ``video_in``, its model nodes
     and its parameters. ``/panorama`` is ``code``; logs and storage live under ``state_dir/apps/<name>``."""
@@ -64,3 +90,37 @@ class AppConfig(Section):
         60.0, gt=0, le=3600, description="An app that has not asked for frames this long is restarted."
     )
     enabled: bool = True
+    # -- the sandbox (bubblewrap): see "Panorama applications" in the README
+    uid: int | None = Field(
+        None, ge=1000, le=2**31 - 2, description="The app's own user id (default: one derived from its name)."
+    )
+    network: Literal["own", "none", "host"] = Field(
+        "own",
+        description="own: its own namespace with outbound access and `ports` forwarded; none: loopback only; "
+        "host: the appliance's network",
+    )
+    ports: list[AppPort] = Field(default_factory=list, description="Host ports forwarded into the app's network.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="The app's environment beyond Panorama's own variables (nothing inherited)."
+    )
+    limits: AppLimits = Field(default_factory=AppLimits)
+    # -- its own packages
+    requirements: list[str] = Field(
+        default_factory=list,
+        description="pip requirement lines (from its Dockerfile and requirements.txt): the app gets its own "
+        "virtual environment, built by `edgesight panorama env`",
+    )
+    python: str | None = Field(None, description="The Python its environment is built on (default: EdgeSight's).")
+
+    def user_id(self, name: str) -> int:
+        """The app's own uid: ``uid``, else one derived from its name (stable across restarts and edits)."""
+        return self.uid if self.uid is not None else FIRST_APP_UID + zlib.crc32(name.encode()) % APP_UIDS
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> AppConfig:
+        if self.ports and self.network != "own":
+            raise ValueError(f"ports are forwarded into the app's own network; network is {self.network!r}")
+        seen = [(port.host_port, port.protocol) for port in self.ports]
+        if len(seen) != len(set(seen)):
+            raise ValueError("two ports forward the same host port")
+        return self

@@ -127,6 +127,27 @@ class SiteConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _apps_apart(self) -> SiteConfig:
+        """Each app its own uid and its own host ports: a shared uid would share files and limits."""
+        owners: dict[int, str] = {}
+        ports: dict[tuple[int, str], str] = {
+            (self.metrics.port(service), "tcp"): f"metrics.ports.{service}" for service in DEFAULT_PORTS
+        }
+        if self.console is not None:
+            ports[self.console.port, "tcp"] = "console.port"
+        for name, app in self.apps.items():
+            uid = app.user_id(name)
+            if uid in owners:
+                raise ValueError(f"apps {owners[uid]!r} and {name!r} have the same uid {uid}; give one apps.{name}.uid")
+            owners[uid] = name
+            for port in app.ports:
+                key = (port.host_port, port.protocol)
+                if key in ports:
+                    raise ValueError(f"apps.{name}.ports: host port {port.host_port} is taken already, by {ports[key]}")
+                ports[key] = f"apps.{name}"
+        return self
+
+    @model_validator(mode="after")
     def _camera_models_exist(self) -> SiteConfig:
         for name, camera in self.cameras.items():
             unknown = sorted(set(camera.models) - set(self.models))

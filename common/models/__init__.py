@@ -12,13 +12,22 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from common.errors import ModelError
 
-__all__ = ["Backend", "ModelFile", "OnnxRuntimeBackend", "open_backend", "refuse_external_data"]
+__all__ = [
+    "Backend",
+    "ModelFile",
+    "OnnxRuntimeBackend",
+    "TensorSpec",
+    "conform",
+    "open_backend",
+    "refuse_external_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,51 @@ class ModelFile:
         return cls(path, name, hashlib.sha256(path.read_bytes()).hexdigest(), input_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model: ``shape`` holds None for a dimension the model leaves open."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str  # a numpy dtype name: float32, uint8, ...
+
+
+ONNX_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def conform(array: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[Any]:
+    """``array`` as ``spec`` takes it, as SageMaker Neo's runtime did for Panorama apps: cast to the
+    input's type, and reshaped when its rank differs but its element count fits (``[3, 640, 640]``
+    for ``[1, 3, 640, 640]``). Anything else is a ModelError that says what the input takes."""
+    fits = len(array.shape) == len(spec.shape) and all(
+        want is None or want == got for want, got in zip(spec.shape, array.shape, strict=False)
+    )
+    known = int(np.prod([d for d in spec.shape if d is not None], dtype=np.int64))
+    open_dims = sum(1 for d in spec.shape if d is None)
+    if not fits and open_dims == 0 and array.size == known:
+        array, fits = array.reshape([int(d) for d in spec.shape if d is not None]), True
+    elif not fits and open_dims == 1 and known and array.size % known == 0:
+        array, fits = array.reshape([-1 if d is None else int(d) for d in spec.shape]), True
+    if fits:  # the shape first: a feed that cannot fit is refused before a copy of it is made
+        return array if array.dtype == np.dtype(spec.dtype) else array.astype(spec.dtype)
+    wanted = "x".join("?" if d is None else str(d) for d in spec.shape)
+    raise ModelError(
+        f"input {spec.name!r} takes [{wanted}] {spec.dtype}; got {list(array.shape)} ({array.size} values) "
+        "that cannot be reshaped to it"
+    )
+
+
 class Backend(abc.ABC):
     """Runs one model on a batch ``[B, 3, H, W]`` float32 and returns its raw outputs."""
 
@@ -58,6 +112,8 @@ class Backend(abc.ABC):
     input_height: int
 
     input_names: list[str]
+    inputs: list[TensorSpec]  # every input and output, as the model declares them
+    outputs: list[TensorSpec]
 
     @abc.abstractmethod
     def run(self, batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]: ...
@@ -143,6 +199,15 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = model_input.name
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.inputs, self.outputs = (
+            [
+                TensorSpec(
+                    t.name, tuple(d if isinstance(d, int) else None for d in t.shape), ONNX_TYPES.get(t.type, "float32")
+                )
+                for t in tensors
+            ]
+            for tensors in (self.session.get_inputs(), self.session.get_outputs())
+        )
         shape: list[object] = list(model_input.shape)
         batch = shape[0] if shape else None
         height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)  # an image [B, C, H, W]
@@ -162,12 +227,9 @@ class OnnxRuntimeBackend(Backend):
         unknown = sorted(set(feeds) - set(self.input_names))
         if unknown:
             raise ModelError(f"{unknown} are not inputs of this model (it has {self.input_names})")
-        types = {i.name: i.type for i in self.session.get_inputs()}
-        cast = {  # a caller's float64 (numpy's default) for a float32 input: what it meant
-            name: array.astype(np.float32) if types[name] == "tensor(float)" and array.dtype != np.float32 else array
-            for name, array in feeds.items()
-        }
-        return [np.asarray(o) for o in self.session.run(self.output_names, cast)]
+        specs = {spec.name: spec for spec in self.inputs}
+        conformed = {name: conform(np.asarray(array), specs[name]) for name, array in feeds.items()}
+        return [np.asarray(o) for o in self.session.run(self.output_names, conformed)]
 
 
 def open_backend(

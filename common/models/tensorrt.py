@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import ModelError
-from common.models import Backend, ModelFile
+from common.models import Backend, ModelFile, TensorSpec
 
 __all__ = ["TensorRTBackend", "engine_cache_key", "profile_shapes"]
 
@@ -136,6 +136,17 @@ class TensorRTBackend(Backend):
         _, _, largest = profile_shapes(shape, max_batch, spec.input_size)
         self.max_batch, _, self.input_height, self.input_width = largest
         self.static_batch = isinstance(shape[0], int) and shape[0] > 0
+        self.inputs, self.outputs = (
+            [
+                TensorSpec(
+                    name,
+                    tuple(int(d) if d >= 0 else None for d in self.engine.get_tensor_shape(name)),
+                    np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))).name,
+                )
+                for name in group
+            ]
+            for group in (self.input_names, self.output_names)
+        )
         self._buffers: dict[int, dict[str, tuple[npt.NDArray[Any], int, int]]] = {}
 
     def _build(self, spec: ModelFile, max_batch: int, fp16: bool) -> bytes:

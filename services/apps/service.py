@@ -1,43 +1,70 @@
-"""The apps service: AWS Panorama applications as child processes, their video_out on HTTP.
+"""The apps service: AWS Panorama applications, each in its own sandbox, served over a channel.
 
-Each app runs in its own process (``services.apps.host`` -> the app's entry point), so one app's
-crash or hang never stops another: a process that exits is restarted with backoff and its last
-words (the app's traceback) are logged; one that has not asked for a frame for ``hang_timeout_s`` is
-killed and restarted. Each app process reports on a PUSH socket to this service: its output frames
-(JPEG) and, every second, what it took and skipped. Served on the service's port::
+Each app runs as its own unprivileged uid in a bubblewrap sandbox (``sandbox.py``) and sees no bus,
+shared memory, site file or model file. What it needs comes through its channel, a Unix socket this
+service serves (``sdk/_edgesight_channel.py``): its cameras' newest frames (privacy masks applied),
+its model nodes run here (each package verified here, never in the app), its ``video_out`` drawn
+here and published on the bus (``apps/<app>/``: ``AppStatus``, ``AppVideo``) for the console, which
+serves it behind its login. This service's own HTTP port serves only /metrics, /healthz, /readyz.
 
-    GET /apps                               {"<app>": {"state", "frames", "skipped", "restarts", "video", "log"}}
-    GET /apps/<app>/video/<camera>.jpg      the newest output frame (labels and rectangles drawn)
-    GET /apps/<app>/video/<camera>.mjpg     the output as MJPEG (what Panorama's HDMI port showed)
+An app that exits is restarted with backoff and its last words logged; one that has not asked for a
+frame for ``hang_timeout_s`` is killed (``why="hung"``), one over its memory limit too
+(``why="memory"``). What an app prints or logs is relayed cut and rate-limited (``output.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
+import itertools
 import logging
-import re
+import math
+import os
+import pwd
+import shutil
+import signal
+import socket
 import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zmq
-import zmq.asyncio
+import cv2
+import numpy as np
+import numpy.typing as npt
 
 from common._compat import TaskGroup
+from common.bus import Subscriber
 from common.config import AppConfig, SiteConfig
-from common.errors import ConfigError, EdgeSightError
+from common.errors import ConfigError, EdgeSightError, ShmError, StaleFrameError
 from common.models import open_backend
-from common.process import die_with_parent, stop
+from common.privacy import apply_privacy_masks
+from common.process import stop
 from common.service import Service, ServiceState
+from common.shm import FrameReaders
 from common.trust import model_file, site_trust
+from common.urls import redact_url
+from contracts import AppStatus, AppVideo, FrameRef, topic
+from contracts.messages import MAX_APP_PICTURE_BYTES
 from services.apps import metrics
-from services.apps.paths import LOGS, app_dirs
+from services.apps.environments import environment_problems, environment_python
+from services.apps.models import AppModels
+from services.apps.output import LAST_WORDS, LineGate, follow_log_files, relay_lines
+from services.apps.paths import LOGS, PANORAMA, STORAGE, app_dirs
+from services.apps.sandbox import (
+    CHANNEL_DIR,
+    SANDBOX_FAILED,
+    SDK_DIR,
+    SPEC_VARIABLE,
+    Bind,
+    Cgroup,
+    SandboxSpec,
+    disk_bytes,
+    processes_of,
+    resident_bytes,
+)
+from services.apps.sdk._edgesight_channel import ChannelError, header_length, pack, unpack_header
 
 __all__ = ["AppsService"]
 
@@ -47,26 +74,64 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 5.0
-LAST_WORDS = 40  # lines of an app's output kept to explain its exit
-MJPEG_BOUNDARY = "edgesight-frame"
-_VIDEO = re.compile(r"^/apps/(?P<app>[^/]+)/video/(?P<camera>[^/]+)\.(?P<kind>jpg|mjpg)$")
+STATUS_EVERY_S = 2.0
+STALE_AFTER_S = 3.0  # a camera silent this long gives its last frame marked stale
+DISK_EVERY = 10  # seconds between looks at an app's logs and storage on disk
+MAX_CONNECTIONS = 8  # per app: one per thread of the app that talks to the SDK
+SEND_BUFFER = 32 << 20  # a 4K BGR frame in one send
+BIG_MESSAGE = 1 << 20  # messages larger than this are read one at a time per app
+MAX_MODEL_INPUTS = 32
+MAX_LABELS, MAX_RECTS = 256, 1024
+MAX_SIDE = 4096  # pixels of a video_out picture's side: 4K, what an HDMI port showed at most
+DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"})
+SDK = Path(__file__).resolve().parent / "sdk"
+LAUNCHER = Path(__file__).resolve().parent / "sandbox.py"
+LABEL_COLOR = (255, 255, 255)
+RECT_COLOR = (0, 200, 0)
+JPEG_QUALITY = 80
+OUTPUT_WIDTH = 1920
+
+
+class RequestError(Exception):
+    """A request the app got wrong: answered with its message, the channel stays open."""
+
+
+@dataclass
+class _Last:
+    pixels: npt.NDArray[np.uint8]
+    capture_ns: int
 
 
 @dataclass
 class _App:
     name: str
     config: AppConfig
+    uid: int
+    models: AppModels
     state: str = "starting"
+    error: str = ""
     process: asyncio.subprocess.Process | None = None
+    cgroup: Cgroup | None = None
     restarts: int = 0
+    last_restart: str | None = None
+    killed_for: str | None = None  # hung | memory: why this service killed the running process
+    started: float = 0.0
     frames: int = 0
     skipped: int = 0
-    busy_s: float = 0.0
-    pid: int = 0
-    stats_at: float = 0.0
+    asked: bool = False  # the running process has asked for frames at least once
+    waiting: bool = False  # inside get(): blocked on the cameras, not on the app
+    last_get: float = 0.0
+    # camera -> the FrameRef last handed over, compared by identity: a restarted ingest counts seq from 0 again
+    taken: dict[str, FrameRef] = field(default_factory=dict)
+    last: dict[str, _Last] = field(default_factory=dict)
+    connections: int = 0
+    big_read: asyncio.Lock = field(default_factory=asyncio.Lock)
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    oom_kills: int = 0
+    rendering: bool = False  # a video_out picture is being drawn: the next put is dropped, not queued
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LAST_WORDS))
-    video: dict[str, bytes] = field(default_factory=dict)  # camera -> newest JPEG
-    video_seq: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class AppsService(Service):
@@ -75,21 +140,32 @@ class AppsService(Service):
     name = "apps"
 
     def setup(self) -> None:
-        self.apps = {name: _App(name, app) for name, app in self.config.apps.items() if app.enabled}
         state_dir = Path(self.config.site.state_dir).resolve()
-        self.channel_path = state_dir / "apps" / f"channel-{self.instance}.sock"
-        self.new_frame = threading.Condition()  # HTTP threads wait on it for MJPEG
-        self.stopping = threading.Event()
+        self.apps_dir = state_dir / "apps"
+        self.apps = {
+            name: _App(name, app, app.user_id(name), AppModels(self.config, name, app, self.audit_trail))
+            for name, app in self.config.apps.items()
+            if app.enabled
+        }
+        self.readers = FrameReaders(self.config.site.shm_dir)
+        self.newest: dict[str, FrameRef] = {}
+        self.arrived_at: dict[str, float] = {}
+        self.arrived = asyncio.Condition()
         self.site_file = str(Path(self.config.source).resolve())
 
     @classmethod
     def check(cls, config: SiteConfig) -> list[str]:
-        """Each app's code folder and entry point exist, and its model files load."""
+        """Each app's code, entry point, environment and model files, and the sandbox's tools."""
         problems = []
         try:
             policy = site_trust(config)
         except ConfigError as exc:
             return exc.problems
+        if config.apps:
+            for tool, package in (("bwrap", "bubblewrap"), ("pasta", "passt")):
+                needed = tool == "bwrap" or any(app.network == "own" for app in config.apps.values())
+                if needed and shutil.which(tool) is None:
+                    problems.append(f"{config.where('apps')}: {tool} is not installed (apt install {package})")
         for name, app in config.apps.items():
             inside = not app.entry.startswith("/") or app.entry.startswith("/panorama/")
             entry = app.code / app.entry.removeprefix("/panorama/")
@@ -97,6 +173,16 @@ class AppsService(Service):
                 problems.append(f"{config.where('apps', name, 'code')}: {app.code} is not a folder")
             elif inside and not entry.is_file():
                 problems.append(f"{config.where('apps', name, 'entry')}: {entry} does not exist")
+            elif (unreadable := _unreadable(app.code)) is not None:
+                problems.append(f"{config.where('apps', name, 'code')}: {unreadable}")
+            problems += environment_problems(config, name, app)
+            owner = _host_user(app.user_id(name))
+            if owner is not None:
+                problems.append(
+                    f"{config.where('apps', name, 'uid')}: uid {app.user_id(name)} is the host user {owner!r}'s; "
+                    f"an app needs a uid of its own (its processes are killed and its folders chowned): "
+                    f"set apps.{name}.uid"
+                )
             for node, model in app.models.items():
                 try:
                     what = f"apps.{name}.models.{node}"
@@ -106,214 +192,462 @@ class AppsService(Service):
                     problems.append(f"{config.where('apps', name, 'models', node, 'path')}: {exc}")
         return problems
 
-    def log_path(self, app: str) -> Path:
-        return app_dirs(Path(self.config.site.state_dir).resolve(), app)[LOGS]
-
     async def main(self) -> None:
-        self.channel_path.parent.mkdir(parents=True, exist_ok=True)
-        self.channel_path.unlink(missing_ok=True)
-        channel = zmq.asyncio.Context.instance().socket(zmq.PULL)
-        channel.setsockopt(zmq.LINGER, 0)
-        channel.bind(f"ipc://{self.channel_path}")
+        self.apps_dir.mkdir(parents=True, exist_ok=True)
+        bus = self.config.bus
+        topics = [
+            topic("frames", camera) for camera in sorted({c for a in self.apps.values() for c in a.config.cameras})
+        ]
+        servers = []
         try:
-            self.set_state(ServiceState.READY)
-            async with TaskGroup() as group:
-                group.create_task(self._receive(channel), name="channel")
-                group.create_task(self._follow_logs(), name="app-logs")
-                for app in self.apps.values():
-                    group.create_task(self._keep_running(app), name=f"app-{app.name}")
-                    group.create_task(self._watch_hang(app), name=f"hang-{app.name}")
-        finally:
-            self.stopping.set()
-            with self.new_frame:
-                self.new_frame.notify_all()
             for app in self.apps.values():
-                await stop(app.process, STOP_GRACE_S)
-            channel.close(linger=0)
-            self.channel_path.unlink(missing_ok=True)
+                servers.append(await self._open_channel(app))
+            async with Subscriber(bus.subscribe, self.name, topics, hwm=100) as frames:
+                self.set_state(ServiceState.READY)
+                async with TaskGroup() as group:
+                    group.create_task(self._receive(frames), name="frames")
+                    for app in self.apps.values():
+                        gate = LineGate(app.name, app.output)
+                        group.create_task(self._keep_running(app, gate), name=f"app-{app.name}")
+                        group.create_task(self._watch(app), name=f"watch-{app.name}")
+                        group.create_task(self._report(app), name=f"status-{app.name}")
+                        logs = app_dirs(self.apps_dir.parent, app.name)[LOGS]
+                        group.create_task(follow_log_files(logs, gate), name=f"logs-{app.name}")
+        finally:
+            for server in servers:
+                server.close()
+            for app in self.apps.values():
+                await self._kill(app)
+                app.state = "stopped"
+                app.models.close()
+            self.readers.close()
 
-    async def _keep_running(self, app: _App) -> None:
+    # -- each app's process ------------------------------------------------------------------
+    def _spec(self, app: _App) -> SandboxSpec:
+        base = self.apps_dir / app.name
+        dirs = app_dirs(self.apps_dir.parent, app.name)
+        python = environment_python(self.apps_dir.parent, app.name, app.config) or Path(sys.executable)
+        binds = [
+            Bind(str(app.config.code.resolve()), str(PANORAMA)),
+            Bind(str(dirs[LOGS]), str(LOGS), writable=True),
+            Bind(str(dirs[STORAGE]), str(STORAGE), writable=True),
+            Bind(str(base / "channel"), CHANNEL_DIR),
+            Bind(str(SDK), SDK_DIR),
+        ]
+        # the Pythons it runs on, at their own paths (a venv names its base by absolute path)
+        prefixes = {Path(sys.prefix), Path(sys.base_prefix)}
+        if python != Path(sys.executable):
+            venv = python.parent.parent
+            prefixes.add(venv)
+            home = _venv_home(venv)
+            if home is not None:
+                prefixes.add(home)
+        for prefix in sorted(prefixes):
+            if prefix != Path("/usr") and not prefix.is_relative_to("/usr"):
+                binds.append(Bind(str(prefix), str(prefix)))
+        interpreter = str(python) if app.config.interpreter == "python3" else "/bin/bash"
+        entry = app.config.entry if app.config.entry.startswith("/") else str(PANORAMA / app.config.entry)
+        env = {
+            "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": SDK_DIR,
+            "PYTHONUNBUFFERED": "1",
+            "AppGraph_Uid": app.name,
+            **app.config.env,
+        }
+        limits = app.config.limits
+        return SandboxSpec(
+            app=app.name,
+            uid=app.uid,
+            binds=binds,
+            argv=[interpreter, entry],
+            env=env,
+            network=app.config.network,
+            ports=[(p.host_port, p.app_port, p.protocol) for p in app.config.ports],
+            processes=limits.processes,
+            open_files=limits.open_files,
+            memory_bytes=0 if app.cgroup is not None else limits.memory_mb << 20,
+            cgroup_procs=app.cgroup.procs_files() if app.cgroup is not None else [],
+        )
+
+    def _prepare(self, app: _App) -> None:
+        """The app's folders, owned by its uid where it writes; its cgroup."""
+        base = self.apps_dir / app.name
+        base.mkdir(parents=True, exist_ok=True)
+        for folder in app_dirs(self.apps_dir.parent, app.name).values():
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chown(folder, app.uid, app.uid)
+            folder.chmod(0o700)
+        limits = app.config.limits
+        if app.cgroup is None:
+            name = f"{self.config.site.name}.{app.name}"
+            app.cgroup = Cgroup.create(name, limits.memory_mb << 20, limits.processes, limits.cpu_share)
+            if app.cgroup is None:
+                log.warning("no cgroup for the app: rlimits and the service's memory watch", extra={"app": app.name})
+        app.oom_kills = app.cgroup.oom_kills() if app.cgroup is not None else 0
+
+    async def _keep_running(self, app: _App, gate: LineGate) -> None:
+        owner = _host_user(app.uid)
+        if owner is not None:  # never kill a person's processes or chown to them
+            app.state, app.error = "failed", f"uid {app.uid} is the host user {owner!r}'s: set apps.{app.name}.uid"
+            app.changed.set()
+            log.error("app not started", extra={"app": app.name, "error": app.error})
+            await asyncio.Event().wait()
         backoff = FIRST_BACKOFF_S
         while True:
             app.output.clear()
-            app.state = "starting"
-            app.stats_at, app.busy_s = 0.0, 0.0  # the hang watch starts with the new process's first report
+            app.state, app.error, app.killed_for = "starting", "", None
+            app.asked, app.frames, app.skipped, app.taken = False, 0, 0, {}
+            unreadable = _unreadable(app.config.code)
+            if unreadable:  # the same thing every time: said once, looked at again every 30 s
+                app.state, app.error = "failed", f"apps.{app.name}.code: {unreadable}"
+                app.changed.set()
+                log.error("app not started", extra={"app": app.name, "error": app.error})
+                await asyncio.sleep(MAX_BACKOFF_S)
+                continue
+            self._prepare(app)
+            spec = self._spec(app)
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "PYTHONSAFEPATH": "1",
+                SPEC_VARIABLE: spec.to_json(),
+            }
             app.process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "services.apps.host",
-                "--config",
-                self.site_file,
-                "--app",
-                app.name,
-                "--channel",
-                f"ipc://{self.channel_path}",
+                str(LAUNCHER),  # by path, not -m: it needs nothing of EdgeSight's packages
+                stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                limit=1 << 20,
-                preexec_fn=die_with_parent(),  # no app outlives this service
+                cwd="/",
+                env=env,
+                start_new_session=True,
             )
-            started = time.monotonic()
+            app.started = time.monotonic()
             metrics.RUNNING.labels(app.name).set(1)
-            log.info("app started", extra={"app": app.name, "pid": app.process.pid})
-            await self._relay_output(app)
+            app.changed.set()
+            log.info(
+                "app started",
+                extra={"app": app.name, "pid": app.process.pid, "uid": app.uid, "network": app.config.network},
+            )
+            assert app.process.stdout is not None
+            await relay_lines(app.process.stdout, gate)
             code = await app.process.wait()
+            await self._kill(app)  # whatever of it is left
             metrics.RUNNING.labels(app.name).set(0)
-            if time.monotonic() - started > STABLE_AFTER_S:
+            if time.monotonic() - app.started > STABLE_AFTER_S:
                 backoff = FIRST_BACKOFF_S
-            why = "hung" if app.state == "hung" else "exited"
-            app.state = "restarting"
+            if app.cgroup is not None and app.cgroup.oom_kills() > app.oom_kills:
+                app.killed_for = "memory"
+            why = app.killed_for or ("sandbox" if code == SANDBOX_FAILED else "exited")
+            app.state = "failed" if why == "sandbox" else "restarting"
+            app.last_restart = why
+            app.error = {
+                "memory": f"over its memory limit of {app.config.limits.memory_mb} MB; killed",
+                "hung": f"asked for no frame for {app.config.hang_timeout_s} s; killed",
+                "disk": f"its logs and storage hold {app.disk_bytes >> 20} MB, over its disk limit of "
+                f"{app.config.limits.disk_mb} MB; killed (free {self.apps_dir / app.name})",
+            }.get(why, app.output[-1][:1000] if app.output else f"exited with code {code}")
             app.restarts += 1
             metrics.RESTARTS.labels(app.name, why).inc()
+            app.changed.set()
             log.error(
-                "app exited; restarting",
-                extra={"app": app.name, "code": code, "backoff_s": backoff, "output": "\n".join(app.output)},
+                "app stopped; restarting",
+                extra={
+                    "app": app.name,
+                    "code": code,
+                    "why": why,
+                    "backoff_s": backoff,
+                    "output": "\n".join(app.output),
+                },
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    async def _relay_output(self, app: _App) -> None:
-        """The app's stdout/stderr (print, tracebacks) into this service's log, and kept for its exit."""
-        assert app.process is not None and app.process.stdout is not None
-        async for raw in app.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                app.output.append(line)
-                log.info("app output", extra={"app": app.name, "line": line[:2000]})
+    async def _kill(self, app: _App) -> None:
+        """The app's sandbox and every process of its uid (nothing of it survives a restart)."""
+        await stop(app.process, STOP_GRACE_S)
+        for pid in processes_of(app.uid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
-    async def _watch_hang(self, app: _App) -> None:
-        """Kills an app whose process runs but has not asked for frames in ``hang_timeout_s``."""
-        while True:
+    async def _watch(self, app: _App) -> None:
+        """Kills an app that has stopped asking for frames, or whose memory or disk is over its limit."""
+        limit = app.config.limits.memory_mb << 20
+        disk_limit = app.config.limits.disk_mb << 20
+        folders = list(app_dirs(self.apps_dir.parent, app.name).values())
+        for tick in itertools.count():
             await asyncio.sleep(1.0)
             process = app.process
-            if process is None or process.returncode is not None or not app.stats_at:
+            if process is None or process.returncode is not None:
                 continue
-            silent = time.monotonic() - app.stats_at  # a frozen process stops reporting at all
-            if app.busy_s + silent > app.config.hang_timeout_s:
-                log.error(
-                    "app hung; killing it",
-                    extra={
-                        "app": app.name,
-                        "busy_s": round(app.busy_s + silent, 1),
-                        "limit_s": app.config.hang_timeout_s,
-                    },
-                )
-                app.state = "hung"  # counted as such when _keep_running sees the exit
-                app.stats_at = 0.0
-                process.kill()
-
-    async def _receive(self, channel: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await channel.recv_multipart()
-            kind, name = frames[0], frames[1].decode(errors="replace") if len(frames) > 1 else ""
-            app = self.apps.get(name)
-            if app is None:
-                continue
-            if kind == b"video" and len(frames) == 4:
-                camera = frames[2].decode(errors="replace")
-                if camera in app.config.cameras:
-                    with self.new_frame:
-                        app.video[camera] = frames[3]
-                        app.video_seq += 1
-                        self.new_frame.notify_all()
-            elif kind == b"stats" and len(frames) == 3:
-                try:
-                    stats = json.loads(frames[2])
-                except ValueError:
+            if tick % DISK_EVERY == 0:
+                app.disk_bytes = await asyncio.to_thread(disk_bytes, folders)
+                if app.disk_bytes > disk_limit:
+                    log.error(
+                        "app over its disk limit; killing it", extra={"app": app.name, "limit_mb": disk_limit >> 20}
+                    )
+                    app.killed_for = "disk"
+                    await self._kill(app)
                     continue
-                app.frames, app.skipped = int(stats.get("frames", 0)), int(stats.get("skipped", 0))
-                app.busy_s, app.pid, app.stats_at = (
-                    float(stats.get("busy_s", 0.0)),
-                    int(stats.get("pid", 0)),
-                    time.monotonic(),
-                )
-                if app.state not in ("hung",):
-                    app.state = "running"
-                metrics.FRAMES.labels(app.name).set(app.frames)
-                metrics.SKIPPED.labels(app.name).set(app.skipped)
-
-    async def _follow_logs(self) -> None:
-        """What each app writes under /opt/aws/panorama/logs also reaches this service's log."""
-        offsets: dict[Path, int] = {}
-        while True:
-            for app in self.apps.values():
-                folder = self.log_path(app.name)
-                for path in sorted(folder.glob("*.log")) if folder.is_dir() else []:
-                    size = path.stat().st_size
-                    offset = offsets.get(path, 0)
-                    if size < offset:
-                        offset = 0  # rotated
-                    if size > offset:
-                        with path.open("rb") as file:
-                            file.seek(offset)
-                            chunk = file.read(size - offset)
-                        complete = chunk.rfind(b"\n") + 1
-                        for line in chunk[:complete].decode(errors="replace").splitlines():
-                            if line.strip():
-                                log.info("app log", extra={"app": app.name, "file": path.name, "line": line[:2000]})
-                        offsets[path] = offset + complete
-            await asyncio.sleep(0.5)
-
-    # -- HTTP (on the HTTP endpoint's threads) ----------------------------------------------------
-    def http_route(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes] | None:
-        path = environ.get("PATH_INFO", "")
-        if path in ("/apps", "/apps/"):
-            body = json.dumps(self.describe(), indent=2).encode()
-            start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
-        match = _VIDEO.match(path)
-        if match is None:
-            return None
-        app = self.apps.get(match["app"])
-        camera = match["camera"]
-        if app is None or camera not in app.config.cameras:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"no such app or camera\n"]
-        if match["kind"] == "jpg":
-            picture = app.video.get(camera)
-            if picture is None:
-                start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
-                return [b"no frame from this app yet\n"]
-            start_response("200 OK", [("Content-Type", "image/jpeg"), ("Cache-Control", "no-store")])
-            return [picture]
-        start_response(
-            "200 OK",
-            [("Content-Type", f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}"), ("Cache-Control", "no-store")],
-        )
-        return self._mjpeg(app, camera)
-
-    def _mjpeg(self, app: _App, camera: str) -> Iterator[bytes]:
-        seen = -1
-
-        def changed() -> bool:
-            return app.video_seq != seen or self.stopping.is_set()
-
-        while not self.stopping.is_set():
-            with self.new_frame:
-                self.new_frame.wait_for(changed, timeout=5.0)
-                seen, picture = app.video_seq, app.video.get(camera)
-            if picture is None or self.stopping.is_set():
+            pids = await asyncio.to_thread(processes_of, app.uid)
+            app.memory_bytes = await asyncio.to_thread(resident_bytes, pids)
+            metrics.MEMORY.labels(app.name).set(app.memory_bytes)
+            oom = app.cgroup is not None and app.cgroup.oom_kills() > app.oom_kills
+            if app.memory_bytes > limit or oom:
+                log.error("app over its memory limit; killing it", extra={"app": app.name, "limit_mb": limit >> 20})
+                app.killed_for = "memory"
+                await self._kill(app)
                 continue
-            yield (
-                f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(picture)}\r\n\r\n".encode()
-                + picture
-                + b"\r\n"
+            if app.asked and not app.waiting and time.monotonic() - app.last_get > app.config.hang_timeout_s:
+                log.error("app hung; killing it", extra={"app": app.name, "limit_s": app.config.hang_timeout_s})
+                app.killed_for = "hung"
+                app.state = "hung"
+                await self._kill(app)
+
+    async def _report(self, app: _App) -> None:
+        """``AppStatus`` on ``apps/<app>/``: on every change and every few seconds."""
+        while True:
+            try:
+                await asyncio.wait_for(app.changed.wait(), STATUS_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+            app.changed.clear()
+            metrics.FRAMES.labels(app.name).set(app.frames)
+            metrics.SKIPPED.labels(app.name).set(app.skipped)
+            if self.publisher is not None:
+                await self.publisher.publish("apps", app.name, self.status(app))
+
+    def status(self, app: _App) -> AppStatus:
+        cgroup = "cgroup limits" if app.cgroup is not None else "rlimits + memory watch"
+        return AppStatus(
+            app=app.name,
+            instance=self.instance,
+            state=app.state,  # type: ignore[arg-type]
+            ts_ns=time.time_ns(),
+            cameras=list(app.config.cameras),
+            frames=app.frames,
+            skipped=app.skipped,
+            restarts=app.restarts,
+            last_restart=app.last_restart,  # type: ignore[arg-type]
+            error=app.error[:1000],
+            memory_mb=round(app.memory_bytes / (1 << 20), 1),
+            sandbox=f"uid {app.uid}, network {app.config.network}, {cgroup}",
+        )
+
+    # -- frames from the bus -----------------------------------------------------------------
+    async def _receive(self, frames: Subscriber) -> None:
+        async for received in frames:
+            ref = received.message
+            if not isinstance(ref, FrameRef) or ref.camera != received.key:
+                continue
+            previous = self.newest.get(ref.camera)
+            for app in self.apps.values():
+                if (
+                    app.asked
+                    and previous is not None
+                    and ref.camera in app.config.cameras
+                    and app.taken.get(ref.camera) is not previous
+                ):
+                    app.skipped += 1  # newest wins: the app was busy with an older frame
+            async with self.arrived:
+                self.newest[ref.camera] = ref
+                self.arrived_at[ref.camera] = time.monotonic()
+                self.arrived.notify_all()
+
+    # -- each app's channel ------------------------------------------------------------------
+    async def _open_channel(self, app: _App) -> asyncio.AbstractServer:
+        folder = self.apps_dir / app.name / "channel"
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o711)  # the app's uid may reach the socket in it, not list or change it
+        path = folder / "channel.sock"
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(lambda r, w: self._serve(app, r, w), path=str(path))
+        os.chown(path, app.uid, app.uid)
+        path.chmod(0o600)
+        return server
+
+    async def _serve(self, app: _App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if app.connections >= MAX_CONNECTIONS:
+            metrics.CHANNEL_REFUSED.labels(app.name).inc()
+            writer.close()
+            return
+        app.connections += 1
+        widen_send_buffer(writer)
+        try:
+            while True:
+                length = header_length(await reader.readexactly(4))
+                header, sizes = unpack_header(await reader.readexactly(length))
+                if sum(sizes) <= BIG_MESSAGE:
+                    await self._request(app, header, [await reader.readexactly(size) for size in sizes], writer)
+                    continue
+                async with app.big_read:  # one large request per app in memory, read to answered
+                    await self._request(app, header, [await reader.readexactly(size) for size in sizes], writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the app's thread or process ended
+        except asyncio.CancelledError:
+            # the service stops: asyncio's stream callback would log this handler's cancellation as an
+            # error ("Exception in callback"), so it ends here, quietly, like a closed connection
+            return
+        except ChannelError as exc:
+            metrics.CHANNEL_REFUSED.labels(app.name).inc()
+            log.warning(
+                "app broke its channel's protocol; connection closed", extra={"app": app.name, "error": str(exc)}
             )
+        finally:
+            app.connections -= 1
+            writer.close()
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            name: {
-                "state": app.state,
-                "pid": app.pid,
-                "frames": app.frames,
-                "skipped": app.skipped,
-                "restarts": app.restarts,
-                "video": [f"/apps/{name}/video/{camera}.mjpg" for camera in app.config.cameras],
-                "log": str(self.log_path(name) / "app.log"),
-            }
-            for name, app in self.apps.items()
-        }
+    async def _request(
+        self, app: _App, header: dict[str, Any], buffers: list[bytes], writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            answer, out = await self._answer(app, header, buffers)
+        except RequestError as exc:
+            metrics.CHANNEL_REFUSED.labels(app.name).inc()
+            answer, out = {"error": "request", "message": str(exc)[:1000]}, []
+        writer.writelines(pack(answer, out))
+        await writer.drain()
 
+    async def _answer(
+        self, app: _App, header: dict[str, Any], buffers: list[bytes]
+    ) -> tuple[dict[str, Any], list[Any]]:
+        op = header.get("op")
+        if op == "hello":
+            parameters = {port: _typed(p.type, p.value) for port, p in app.config.parameters.items()}
+            return {
+                "app": app.name,
+                "cameras": list(app.config.cameras),
+                "video_in": app.config.video_in,
+                "video_out": app.config.video_out,
+                "parameters": parameters,
+                "models": sorted(app.config.models),
+            }, []
+        if op == "get":
+            return await self._get(app, header.get("timeout"))
+        if op == "put":
+            await self._put(app, header, buffers)
+            return {}, []
+        if op in ("call", "model_info"):
+            model = header.get("model")
+            if not isinstance(model, str) or model not in app.config.models:
+                return {
+                    "error": "model",
+                    "message": f"model node {str(model)[:64]!r} is not in apps.{app.name}.models "
+                    f"({sorted(app.config.models)})",
+                }, []
+            try:
+                if op == "model_info":
+                    return await asyncio.to_thread(app.models.info, model), []
+                feeds = _feeds(header.get("inputs"), buffers)
+                outputs = await asyncio.to_thread(app.models.run, model, feeds)
+            except EdgeSightError as exc:
+                return {"error": "model", "message": str(exc)[:2000]}, []
+            except Exception as exc:  # the runtime's own errors (ONNX Runtime's types): the app's to handle
+                return {"error": "model", "message": f"{type(exc).__name__}: {str(exc)[:2000]}"}, []
+            metrics.MODEL_CALLS.labels(app.name, model).inc()
+            return {"outputs": [{"dtype": o.dtype.name, "shape": list(o.shape)} for o in outputs]}, outputs
+        raise RequestError(f"unknown op {str(op)[:32]!r}")
+
+    # -- video_in.get ------------------------------------------------------------------------
+    def _fresh(self, app: _App, camera: str) -> bool:
+        ref = self.newest.get(camera)
+        return ref is not None and app.taken.get(camera) is not ref
+
+    def _ready(self, app: _App) -> bool:
+        """Every camera has a first frame, and one of them a new one."""
+        cameras = app.config.cameras
+        return all(c in app.last or c in self.newest for c in cameras) and any(self._fresh(app, c) for c in cameras)
+
+    async def _get(self, app: _App, timeout: Any) -> tuple[dict[str, Any], list[Any]]:
+        if timeout is not None and (not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout < 0):
+            raise RequestError(f"timeout must be a number of seconds or None, got {str(timeout)[:32]}")
+        end = None if timeout is None else time.monotonic() + float(timeout)
+        app.asked, app.waiting = True, True
+        if app.state == "starting":
+            app.state = "running"
+            app.changed.set()
+        try:
+            while True:
+                remaining = None if end is None else max(0.0, end - time.monotonic())
+                try:
+                    async with self.arrived:
+                        await asyncio.wait_for(self.arrived.wait_for(lambda: self._ready(app)), remaining)
+                except asyncio.TimeoutError:
+                    return {
+                        "error": "timeout",
+                        "message": f"no new frame from {app.config.cameras} within {timeout} s",
+                    }, []
+                fresh = {c: self.newest[c] for c in app.config.cameras if self._fresh(app, c)}
+                for camera, ref in fresh.items():
+                    app.taken[camera] = ref
+                pictures = await asyncio.to_thread(self._copy_all, list(fresh.values()))
+                new = set()
+                for ref, pixels in zip(fresh.values(), pictures, strict=True):
+                    if pixels is None:
+                        app.skipped += 1  # overwritten before it was read
+                    else:
+                        app.last[ref.camera] = _Last(pixels, ref.capture_ns)
+                        new.add(ref.camera)
+                if new and all(c in app.last for c in app.config.cameras):
+                    break
+        finally:
+            app.waiting = False
+            app.last_get = time.monotonic()
+        streams, buffers = [], []
+        now = time.monotonic()
+        for camera in app.config.cameras:
+            last = app.last[camera]
+            pixels = last.pixels if camera in new else last.pixels.copy()  # the app may write on what it got
+            app.frames += camera in new
+            streams.append(
+                {
+                    "camera": camera,
+                    "uri": redact_url(self.config.cameras[camera].url),
+                    "capture_ns": last.capture_ns,
+                    "cached": camera not in new,
+                    "stale": now - self.arrived_at.get(camera, 0.0) > STALE_AFTER_S,
+                    "shape": list(pixels.shape),
+                }
+            )
+            buffers.append(pixels)
+        return {"streams": streams}, buffers
+
+    def _copy_all(self, refs: list[FrameRef]) -> list[npt.NDArray[np.uint8] | None]:
+        """Each frame's BGR copy, privacy masks applied: an app never holds a masked area."""
+        pictures: list[npt.NDArray[np.uint8] | None] = []
+        for ref in refs:
+            try:
+                pixels = self.readers.copy(ref, "bgr")
+            except (StaleFrameError, ShmError):
+                pictures.append(None)
+                continue
+            pictures.append(apply_privacy_masks(pixels, self.config.cameras[ref.camera].privacy_masks))
+        return pictures
+
+    # -- video_out.put -----------------------------------------------------------------------
+    async def _put(self, app: _App, header: dict[str, Any], buffers: list[bytes]) -> None:
+        streams = header.get("streams")
+        if not isinstance(streams, list) or len(streams) != len(buffers) or len(streams) > len(app.config.cameras):
+            raise RequestError("put: one stream per buffer, at most one per camera")
+        if app.rendering:
+            return  # newest wins: an app that puts faster than its pictures are drawn costs no more CPU here
+        pictures = [_output_picture(app, stream, buffer) for stream, buffer in zip(streams, buffers, strict=True)]
+        app.rendering = True
+        try:
+            for stream, picture in zip(streams, pictures, strict=True):
+                masks = self.config.cameras[stream["camera"]].privacy_masks
+                labels, rects = stream.get("labels", []), stream.get("rects", [])
+                jpeg = await asyncio.to_thread(_render, picture, labels, rects, masks)
+                if jpeg is not None and self.publisher is not None:
+                    video = AppVideo(app=app.name, camera=stream["camera"], ts_ns=time.time_ns(), jpeg=jpeg)
+                    await self.publisher.publish("apps", app.name, video)
+        finally:
+            app.rendering = False
+
+    # -- health ------------------------------------------------------------------------------
     def health_counters(self) -> dict[str, float]:
         return {
             "apps": len(self.apps),
@@ -323,3 +657,135 @@ class AppsService(Service):
 
     def health_detail(self) -> dict[str, str]:
         return {name: app.state for name, app in self.apps.items()}
+
+
+def widen_send_buffer(writer: asyncio.StreamWriter) -> None:
+    """A frame in one ``send``: past the socket's buffer asyncio keeps the rest in a bytearray it trims
+    from the front after each partial send, so a 6 MB frame through a 200 KB buffer costs 30 copies
+    of what is left (measured: 34 frames/s instead of hundreds; benchmarks/app_channel.py)."""
+    sock = writer.get_extra_info("socket")
+    for option in (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF):  # FORCE: as root, past wmem_max
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+            return
+        except OSError:
+            continue
+
+
+def _unreadable(code: Path) -> str | None:
+    """Why the app's own uid cannot read its code folder (the sandbox shows it as it is), if it cannot."""
+    try:
+        mode = code.stat().st_mode
+    except OSError as exc:
+        return f"{code}: {exc.strerror}"
+    if not mode & 0o005:
+        return f"{code} is not readable by the app's own uid (mode {mode & 0o777:o}); chmod -R o+rX it"
+    return None
+
+
+def _host_user(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _venv_home(env: Path) -> Path | None:
+    """The prefix of the Python a virtual environment was made from (``home`` in pyvenv.cfg)."""
+    try:
+        for line in (env / "pyvenv.cfg").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                return Path(value.strip()).parent
+    except OSError:
+        pass
+    return None
+
+
+def _typed(kind: str, value: bool | int | float | str) -> Any:
+    if kind == "float32":
+        return float(np.float32(value))
+    if kind == "int32":
+        return int(value)
+    if kind == "boolean":
+        return bool(value)
+    return str(value)
+
+
+def _shape(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > 8 or not all(type(d) is int and 0 <= d <= 1 << 24 for d in value):
+        raise RequestError(f"{what}: shape must be a list of at most 8 sizes")
+    return value
+
+
+def _feeds(inputs: Any, buffers: list[bytes]) -> dict[str, npt.NDArray[Any]]:
+    if not isinstance(inputs, list) or len(inputs) != len(buffers) or len(inputs) > MAX_MODEL_INPUTS:
+        raise RequestError("call: one input description per buffer")
+    feeds = {}
+    for described, buffer in zip(inputs, buffers, strict=True):
+        if not isinstance(described, dict) or not isinstance(described.get("name"), str):
+            raise RequestError("call: each input needs a name")
+        dtype = described.get("dtype")
+        if dtype not in DTYPES:
+            raise RequestError(f"call: dtype {str(dtype)[:16]!r} (one of {sorted(DTYPES)})")
+        shape = _shape(described.get("shape"), f"input {described['name'][:64]!r}")
+        if math.prod(shape) * np.dtype(dtype).itemsize != len(buffer):
+            raise RequestError(f"call: input {described['name'][:64]!r}: {len(buffer)} bytes for {shape} {dtype}")
+        feeds[described["name"]] = np.frombuffer(buffer, dtype).reshape(shape)
+    return feeds
+
+
+def _output_picture(app: _App, stream: Any, buffer: bytes) -> npt.NDArray[np.uint8]:
+    if not isinstance(stream, dict) or stream.get("camera") not in app.config.cameras:
+        raise RequestError(f"put: camera must be one of {app.config.cameras}")
+    shape = _shape(stream.get("shape"), "put")
+    if len(shape) != 3 or shape[2] != 3 or not 0 < shape[0] <= MAX_SIDE or not 0 < shape[1] <= MAX_SIDE:
+        raise RequestError(f"put: an image is HxWx3 BGR, got {shape}")
+    if math.prod(shape) != len(buffer):
+        raise RequestError(f"put: {len(buffer)} bytes for an image of {shape}")
+    labels, rects = stream.get("labels", []), stream.get("rects", [])
+    if (
+        not isinstance(labels, list)
+        or len(labels) > MAX_LABELS
+        or not isinstance(rects, list)
+        or len(rects) > MAX_RECTS
+    ):
+        raise RequestError(f"put: at most {MAX_LABELS} labels and {MAX_RECTS} rectangles")
+    picture: npt.NDArray[np.uint8] = np.frombuffer(buffer, np.uint8).reshape(shape).copy()
+    return picture
+
+
+def _render(picture: npt.NDArray[np.uint8], labels: list[Any], rects: list[Any], masks: Any) -> bytes | None:
+    """The app's picture with its labels and rectangles drawn, the camera's masks applied again
+    (an app may have scaled or moved what it was given), as a JPEG."""
+    height, width = picture.shape[:2]
+    thickness = max(1, round(min(width, height) / 240))
+    for rect in rects:
+        try:
+            x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in rect)
+        except (TypeError, ValueError):
+            continue
+        cv2.rectangle(
+            picture,
+            (round(x1 * width), round(y1 * height)),
+            (round(x2 * width), round(y2 * height)),
+            RECT_COLOR,
+            thickness,
+        )
+    for label in labels:
+        try:
+            text, x, y = str(label[0])[:256], min(1.0, max(0.0, float(label[1]))), min(1.0, max(0.0, float(label[2])))
+        except (TypeError, ValueError, IndexError):
+            continue
+        origin = (round(x * width), max(12, round(y * height)))  # white on a dark outline: readable anywhere
+        scale = 0.5 * thickness
+        cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, LABEL_COLOR, thickness, cv2.LINE_AA)
+    apply_privacy_masks(picture, masks)
+    if width > OUTPUT_WIDTH:  # for a screen, not a recorder: the bus carries it to the console
+        size = (OUTPUT_WIDTH, round(height * OUTPUT_WIDTH / width))
+        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
+    ok, encoded = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return encoded.tobytes() if ok and len(encoded) <= MAX_APP_PICTURE_BYTES else None

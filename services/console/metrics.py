@@ -12,3 +12,9 @@ EVENTS_KEPT = Gauge("edgesight_console_events", "Events in the console's history
 LOGINS = Counter("edgesight_console_logins_total", "Console login attempts.", ["result"])
 RULE_SAVES = Counter("edgesight_console_rule_saves_total", "Rule edits saved from the console.", ["result"])
 REQUESTS = Counter("edgesight_console_requests_total", "Console HTTP requests answered.", ["status"])
+APP_MESSAGES_IGNORED = Counter(
+    "edgesight_console_app_messages_ignored_total",
+    "Messages of the apps stream not kept: unknown_app, unknown_camera (not in the site file's apps:), "
+    "wrong_topic (another app's name), not_jpeg.",
+    ["reason"],
+)

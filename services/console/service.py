@@ -1,8 +1,9 @@
 """The console service: a web server on ``console.port`` and the bus streams it shows.
 
 It listens to every camera's frames, detections, states and scenes (newest wins), every service's
-health, and the events rules publishes for local consumers, which it keeps in its own history. It
-changes one thing: a camera's rules in the site file, after which it asks rules to ``reload``.
+health, the apps service's status and video of each Panorama app (newest wins; only apps and
+cameras the site file lists), and the events rules publishes for local consumers, which it keeps in
+its own history. It changes one thing: a camera's rules in the site file, after which it asks rules to ``reload``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from common.service import Service, ServiceState
 from common.shm import FrameReaders
 from contracts import Control, Event, topic
 from services.console import metrics
+from services.console.apps import Apps, video_key
 from services.console.auth import Auth
 from services.console.history import EventHistory
 from services.console.live import Live
+from services.console.mjpeg import Changes
 from services.console.site_file import SiteFile
 from services.console.web import build_app
 
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_S = 60.0
 EVENT_BATCH = 200
+APP_HWM = 64  # app pictures are up to 8 MiB each: a console that falls behind skips, it does not hoard
 
 
 class ConsoleService(Service):
@@ -74,15 +78,10 @@ class ConsoleService(Service):
             retention_days=console.retention_days,
             max_mb=console.max_mb,
         )
-        self.changed: dict[str, asyncio.Event] = {}  # camera -> set when its picture may have changed
-        self.closing = False  # live views end when it is set, so that a stop does not wait for them
+        self.apps = Apps()
+        # live views wait on these: a camera's by its name, an app's video by apps.video_key
+        self.changes = Changes()
         self.started_ns = time.time_ns()
-
-    def camera_changed(self, camera: str) -> asyncio.Event:
-        event = self.changed.get(camera)
-        if event is None:
-            event = self.changed[camera] = asyncio.Event()
-        return event
 
     async def main(self) -> None:
         runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False, shutdown_timeout=2.0)
@@ -100,15 +99,16 @@ class ConsoleService(Service):
             live_streams = [topic(stream) for stream in ("frames", "detections", "cameras", "scene", "health")]
             async with (
                 Subscriber(bus.subscribe, self.name, live_streams, hwm=1000) as live,
+                Subscriber(bus.subscribe, self.name, [topic("apps")], hwm=APP_HWM) as apps,
                 Subscriber(bus.subscribe, self.name, [topic("events")], hwm=10_000) as events,
             ):
                 self.set_state(ServiceState.READY)
                 log.info("console serving", extra={"url": f"http://{self.settings.host}:{self.settings.port}/"})
-                await asyncio.gather(self._follow(live), self._keep_events(events), self._prune())
+                await asyncio.gather(
+                    self._follow(live), self._follow_apps(apps), self._keep_events(events), self._prune()
+                )
         finally:
-            self.closing = True
-            for waiting in self.changed.values():
-                waiting.set()
+            self.changes.close()
             await runner.cleanup()
             self.history.close()
 
@@ -116,9 +116,13 @@ class ConsoleService(Service):
         async for received in live:
             camera = self.live.on_message(received.message)
             if camera is not None:
-                waiting = self.camera_changed(camera)
-                waiting.set()
-                waiting.clear()  # those waiting wake up; the next wait waits for the next change
+                self.changes.notify(camera)
+
+    async def _follow_apps(self, apps: Subscriber) -> None:
+        async for received in apps:
+            changed = self.apps.on_message(received.key, received.message, self.config.apps)
+            if changed is not None:
+                self.changes.notify(video_key(*changed))
 
     async def _keep_events(self, events: Subscriber) -> None:
         while True:
@@ -154,4 +158,8 @@ class ConsoleService(Service):
         log.info("rules saved", extra={"camera": camera})
 
     def health_counters(self) -> dict[str, float]:
-        return {"sessions": len(self.auth.sessions), "cameras": len(self.live.cameras)}
+        return {
+            "sessions": len(self.auth.sessions),
+            "cameras": len(self.live.cameras),
+            "apps": len(self.apps.statuses),
+        }

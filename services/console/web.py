@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from common._compat import wait_at_most
 from common.audit import audit_path
 from common.config.rules import LineRule, ZoneRule
 from common.urls import redact_url
-from services.console import metrics, rule_policy
+from services.console import apps_web, metrics, mjpeg, rule_policy
 from services.console.auth import COOKIE
+from services.console.context import CONSOLE, MAX_LIVE_FPS, iso
 from services.console.history import EventQuery
 from services.console.site_file import RulesRejected, SiteFileError, rule_changes
 
@@ -32,19 +32,17 @@ __all__ = ["build_app"]
 STATIC = Path(__file__).parent / "static"
 OPENAPI = Path(__file__).parent / "openapi.yaml"
 FAVICON = STATIC / "favicon.svg"
-MJPEG_BOUNDARY = "edgesight-frame"
 # Everything from this console only; no inline script or style, no framing by other sites.
 CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
-MAX_LIVE_FPS = 15.0
 MAX_NS = (1 << 63) - 1  # the largest time (and row id) SQLite stores
 HEALTH_STALE_S = 3.0  # health intervals without a heartbeat before a service shows as missing
-CONSOLE: web.AppKey[ConsoleService] = web.AppKey("console")
 PAGES = {
     "/": "index.html",
     "/login": "login.html",
     "/events": "events.html",
     "/events/{id}": "events.html",  # an event's own URL: the timeline, opened at that event
     "/audit": "audit.html",
+    "/apps": "apps.html",
     "/cameras/{name}": "camera.html",
     "/cameras/{name}/editor": "editor.html",
 }
@@ -91,6 +89,7 @@ def build_app(console: ConsoleService) -> web.Application:
         ("GET", "/api/events/{id}", event),
         ("GET", "/api/events/{id}/snapshot.jpg", snapshot),
         ("GET", "/api/audit", audit),
+        *apps_web.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
@@ -260,10 +259,6 @@ def _public_url(url: str) -> str:
     return Path(urllib.parse.urlsplit(url).path or url).name
 
 
-def _iso(ns: int | None) -> str | None:
-    return None if not ns else dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).isoformat()
-
-
 async def cameras(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
     answer = []
@@ -282,7 +277,7 @@ async def cameras(request: web.Request) -> web.Response:
                 "state": state if config.enabled else "disabled",
                 "fps": round(status.fps, 2) if status else 0.0,
                 "error": status.error if status else "",
-                "since": _iso(status.since_ns) if status else None,
+                "since": iso(status.since_ns) if status else None,
                 "reconnects": status.reconnects if status else 0,
                 "width": status.width if status else 0,
                 "height": status.height if status else 0,
@@ -316,33 +311,23 @@ async def live_mjpg(request: web.Request) -> web.StreamResponse:
     """MJPEG with tracks, lines and zones drawn, at most the camera's fps (and MAX_LIVE_FPS)."""
     console = request.app[CONSOLE]
     name = _camera(request)
-    config = console.config.cameras[name]
-    interval = 1.0 / min(MAX_LIVE_FPS, config.fps)
-    response = web.StreamResponse(
-        headers={"Content-Type": f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}", "Cache-Control": "no-store"}
-    )
-    await response.prepare(request)
-    sent = None
-    while not console.closing:
-        started = time.monotonic()
-        view = console.live.cameras.get(name)
-        version = view.version if view else None
-        if version is None or version == sent:
-            await wait_at_most(console.camera_changed(name).wait(), 5.0)
-            continue
-        picture = await asyncio.to_thread(console.live.picture, name, console.config.cameras[name], overlay=True)
-        sent = version
-        if picture is not None:
-            try:
-                await response.write(
-                    f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(picture)}\r\n\r\n".encode()
-                    + picture
-                    + b"\r\n"
-                )
-            except (ConnectionResetError, ConnectionError):
-                break
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
-    return response
+    fps = min(MAX_LIVE_FPS, console.config.cameras[name].fps)
+    return await mjpeg.stream(request, _CameraFeed(console, name), console.changes, name, fps)
+
+
+class _CameraFeed:
+    """A camera's live view: its newest frame, tracks, lines and zones drawn (by the rules in force)."""
+
+    def __init__(self, console: ConsoleService, camera: str) -> None:
+        self.console, self.camera = console, camera
+
+    def version(self) -> int | None:
+        view = self.console.live.cameras.get(self.camera)
+        return view.version if view else None
+
+    async def picture(self) -> bytes | None:
+        config = self.console.config.cameras.get(self.camera)
+        return await asyncio.to_thread(self.console.live.picture, self.camera, config, overlay=True)
 
 
 async def counts(request: web.Request) -> web.Response:
@@ -358,7 +343,7 @@ async def counts(request: web.Request) -> web.Response:
                 for rule, by_label in (scene.lines.items() if scene else [])
             },
             "zones": dict(scene.zones) if scene else {},
-            "updated": _iso(scene.frame.capture_ns) if scene else None,
+            "updated": iso(scene.frame.capture_ns) if scene else None,
         }
     return web.json_response(answer)
 

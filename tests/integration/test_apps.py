@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,13 +20,15 @@ import numpy as np
 import pytest
 import yaml
 
-from common.bus import Publisher
+from common.bus import Publisher, Subscriber
 from common.shm import FrameRingWriter, frame_bytes
 from common.trust import build_package, generate_key_pair, load_signing_key
+from contracts import AppStatus, AppVideo, topic
+from services.apps.sandbox import processes_of
 from tests.conftest import write_site
 from tests.integration.conftest import Services
 from tests.media import frame_at
-from tests.support import deadline, http_get
+from tests.support import deadline
 
 pytestmark = pytest.mark.slow
 
@@ -172,11 +175,64 @@ while True:
 """
 
 
+class BusWatch:
+    """What the apps service publishes on ``apps/`` (AppStatus, AppVideo), newest per key, gathered by
+    a thread of its own while the test feeds frames or waits."""
+
+    def __init__(self, site: Services) -> None:
+        self.site = site
+        self.status: dict[str, AppStatus] = {}
+        self.video: dict[tuple[str, str], AppVideo] = {}
+        self.first_status: dict[str, AppStatus] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._gather()), daemon=True)
+
+    def __enter__(self) -> BusWatch:
+        self._thread.start()
+        assert self._ready.wait(10), "the watch did not subscribe"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _gather(self) -> None:
+        async with Subscriber(self.site.config.bus.subscribe, "test", [topic("apps")], hwm=1000) as apps:
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    received = await asyncio.wait_for(apps.receive(), 0.2)
+                except asyncio.TimeoutError:
+                    continue
+                message = received.message
+                if isinstance(message, AppStatus):
+                    self.first_status.setdefault(message.app, message)
+                    self.status[message.app] = message
+                elif isinstance(message, AppVideo):
+                    self.video[message.app, message.camera] = message
+
+    def state(self, app: str) -> AppStatus:
+        end = deadline(30)
+        while app not in self.status:
+            assert time.monotonic() < end, f"no AppStatus for {app}: {self.site.log('apps')[-3000:]}"
+            time.sleep(0.1)
+        return self.status[app]
+
+    def picture(self, app: str, camera: str) -> np.ndarray | None:
+        video = self.video.get((app, camera))
+        return None if video is None else cv2.imdecode(np.frombuffer(video.jpeg, np.uint8), cv2.IMREAD_COLOR)
+
+
 def write_app(folder: Path, source: str, models: tuple[str, ...] = ()) -> Path:
+    """The app's code package; readable by the app's own uid (the sandbox checks nothing else)."""
     folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
     (folder / "app.py").write_text(textwrap.dedent(source))
     (folder / "classes.json").write_text(json.dumps(["person", "bicycle"]))
     (folder / "models.json").write_text(json.dumps(list(models)))
+    for file in folder.iterdir():
+        file.chmod(0o644)
     return folder
 
 
@@ -258,57 +314,63 @@ def test_a_panorama_app_counts_people_and_shows_its_output(
     trust = {"site": {"trusted_keys": [str(tmp_path / "keys" / "signing.pub")]}}
     site = services(app_site(tmp_path, shared_dir, apps) | trust)
     site.start("broker")
-    base = site.start("apps")
-    state = Path(site.config.site.state_dir) / "apps"
-    log_file = state / "people" / "logs" / "app.log"
+    with BusWatch(site) as watch:
+        site.start("apps")
+        state = Path(site.config.site.state_dir) / "apps"
+        log_file = state / "people" / "logs" / "app.log"
 
-    def counted() -> list[dict[str, Any]]:
-        if not log_file.exists():
-            return []
-        lines = log_file.read_text().splitlines()
-        return [json.loads(line.split("count ", 1)[1]) for line in lines if line.startswith("INFO count ")]
+        def counted() -> list[dict[str, Any]]:
+            if not log_file.exists():
+                return []
+            lines = log_file.read_text().splitlines()
+            return [json.loads(line.split("count ", 1)[1]) for line in lines if line.startswith("INFO count ")]
 
-    def ready() -> bool:
-        cameras = {record["camera"] for record in counted()}
-        return cameras == {"hall", "door"} and status_of(f"{base}/apps/greeter/video/door.jpg") == 200
+        def ready() -> bool:
+            cameras = {record["camera"] for record in counted()}
+            people, greeter = watch.status.get("people"), watch.status.get("greeter")
+            return (
+                cameras == {"hall", "door"}
+                and ("greeter", "door") in watch.video
+                and ("people", "hall") in watch.video
+                and people is not None
+                and people.frames >= 2
+                and greeter is not None
+                and greeter.frames >= 1
+            )
 
-    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
-    asyncio.run(feed(site, frame, ["hall", "door"], 60, ready))
-    records = counted()
-    assert records, site.log("apps")
-    hall = [r for r in records if r["camera"] == "hall"]
-    assert hall and max(r["persons"] for r in hall) >= 15, hall
-    assert hall[0]["shape"] == [1, 3549, 85] and hall[0]["outputs"] == 1  # raw outputs, batch dimension kept
-    assert hall[0]["size"] == [854, 480] and hall[0]["time_stamp"][0] > 1_700_000_000
-    assert hall[0]["uri"] == "rtsp://viewer:***@192.0.2.1/hall?token=***"  # neither password nor token
-    log_text = log_file.read_text()
-    assert "started: threshold=0.30000001192092896 (float) person=person" in log_text  # a float32, typed
-    assert (state / "people" / "storage" / "counts.jsonl").read_text().count("\n") == len(records)
-    end = deadline(30)
-    while 'msg="app log" app=people' not in site.log("apps"):  # the app's log also reaches the service log
-        assert time.monotonic() < end, site.log("apps")
-        time.sleep(0.2)
+        frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+        asyncio.run(feed(site, frame, ["hall", "door"], 60, ready))
+        records = counted()
+        assert records, site.log("apps")
+        hall = [r for r in records if r["camera"] == "hall"]
+        assert hall and max(r["persons"] for r in hall) >= 15, hall
+        assert hall[0]["shape"] == [1, 3549, 85] and hall[0]["outputs"] == 1  # raw outputs, batch dimension kept
+        assert hall[0]["size"] == [854, 480] and hall[0]["time_stamp"][0] > 1_700_000_000
+        assert hall[0]["uri"] == "rtsp://viewer:***@192.0.2.1/hall?token=***"  # neither password nor token
+        log_text = log_file.read_text()
+        assert "started: threshold=0.30000001192092896 (float) person=person" in log_text  # a float32, typed
+        assert (state / "people" / "storage" / "counts.jsonl").read_text().count("\n") == len(records)
+        end = deadline(30)
+        while 'msg="app log" app=people' not in site.log("apps"):  # the app's log also reaches the service log
+            assert time.monotonic() < end, site.log("apps")
+            time.sleep(0.2)
 
-    with urllib.request.urlopen(f"{base}/apps/people/video/hall.jpg", timeout=5) as response:
-        assert response.headers["Content-Type"] == "image/jpeg"
-        picture = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_COLOR)
-    assert picture is not None and picture.shape == (480, 854, 3)
-    cv2.imwrite(str(tmp_path / "hall.jpg"), picture)
-    print(f"output frame: {tmp_path / 'hall.jpg'}")
-    green = (picture[:, :, 1] > 150) & (picture[:, :, 0] < 80) & (picture[:, :, 2] < 80)
-    assert green.sum() > 2000, "the rectangles are drawn on the output"
-    end = deadline(30)
-    while (described := json.loads(http_get(f"{base}/apps")[1]))["people"]["frames"] < 2 or described["greeter"][
-        "frames"
-    ] < 1:  # stats come each second
-        assert time.monotonic() < end, described
-        time.sleep(0.2)
-    assert described["people"]["state"] == "running"
-    assert described["people"]["video"] == ["/apps/people/video/hall.mjpg", "/apps/people/video/door.mjpg"]
-    assert described["greeter"]["frames"] >= 1
-    shapes = state / "greeter" / "storage" / "shapes.json"
-    assert json.loads(shapes.read_text()) == [[1, 3549, 85]]  # call(name, inputs): a float64 feed, any key
-    assert "running an unsigned model file" in site.log("apps")  # allow_unsigned: warned, by the app's model
+        picture = watch.picture("people", "hall")  # what the console serves (behind its login)
+        assert picture is not None and picture.shape == (480, 854, 3)
+        cv2.imwrite(str(tmp_path / "hall.jpg"), picture)
+        print(f"output frame: {tmp_path / 'hall.jpg'}")
+        green = (picture[:, :, 1] > 150) & (picture[:, :, 0] < 80) & (picture[:, :, 2] < 80)
+        assert green.sum() > 2000, "the rectangles are drawn on the output"
+        people = watch.state("people")
+        assert people.state == "running" and people.cameras == ["hall", "door"] and people.restarts == 0
+        assert people.sandbox.startswith("uid ") and "network own" in people.sandbox
+        shapes = state / "greeter" / "storage" / "shapes.json"
+        assert json.loads(shapes.read_text()) == [[1, 3549, 85]]  # call(name, inputs): a float64 feed, any key
+    assert "running an unsigned model file" in site.log("apps")  # allow_unsigned: warned, by the service
+    # the service's own port serves its metrics and health, never the apps' video (the console does, behind its login)
+    for path in ("/apps", "/apps/people/video/hall.jpg", "/apps/people/video/hall.mjpg"):
+        with urllib.request.urlopen(f"{site.base('apps')}{path}", timeout=5) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain") and b"\xff\xd8" not in answer.read(4096)
 
 
 def test_a_crashing_and_a_hanging_app_are_restarted_and_the_others_run_on(
@@ -322,40 +384,39 @@ def test_a_crashing_and_a_hanging_app_are_restarted_and_the_others_run_on(
     }
     site = services(app_site(tmp_path, shared_dir, apps))
     site.start("broker")
-    base = site.start("apps")
+    with BusWatch(site) as watch:
+        site.start("apps")
 
-    def described() -> dict[str, Any]:
-        return dict(json.loads(http_get(f"{base}/apps")[1]))
+        def done() -> bool:
+            now = watch.status
+            return (
+                {"crasher", "hanger", "steady"} <= set(now)
+                and now["crasher"].restarts >= 2
+                and now["hanger"].restarts >= 1
+                and now["steady"].frames >= 20
+            )
 
-    first_pid: list[int] = []
-
-    def done() -> bool:
-        now = described()
-        if now["steady"]["pid"] and not first_pid:
-            first_pid.append(now["steady"]["pid"])
-        return now["crasher"]["restarts"] >= 2 and now["hanger"]["restarts"] >= 1 and now["steady"]["frames"] >= 20
-
-    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
-    asyncio.run(feed(site, frame, ["hall", "door"], 60, done))
-    now = described()
-    assert now["crasher"]["restarts"] >= 2 and now["hanger"]["restarts"] >= 1, now
-    assert now["steady"]["restarts"] == 0 and now["steady"]["pid"] == first_pid[0], now  # never disturbed
-    assert now["steady"]["frames"] >= 20
+        frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+        asyncio.run(feed(site, frame, ["hall", "door"], 60, done))
+        now = dict(watch.status)
+        assert now["crasher"].restarts >= 2 and now["hanger"].restarts >= 1, now
+        assert now["crasher"].last_restart == "exited" and "RuntimeError: the app's own bug" in now["crasher"].error
+        assert now["hanger"].last_restart == "hung", now["hanger"]
+        assert now["steady"].restarts == 0 and now["steady"].state == "running", now  # never disturbed
+        assert now["steady"].frames >= 20
+        assert watch.state("waiter").restarts == 0  # waiting for frames is not hanging
     log = site.log("apps")
-    assert 'msg="app exited; restarting" app=crasher' in log
+    assert 'msg="app stopped; restarting" app=crasher' in log
     assert "RuntimeError: the app's own bug" in log  # the app's traceback, in the log
     assert 'msg="app hung; killing it" app=hanger' in log
     waited = Path(site.config.site.state_dir) / "apps" / "waiter" / "storage" / "waited.json"
     assert json.loads(waited.read_text()) == {"error": "TimeoutError", "uid": "waiter"}
-    assert now["waiter"]["restarts"] == 0  # waiting for frames is not hanging
-    with urllib.request.urlopen(f"{base}/apps/steady/video/door.mjpg", timeout=5) as stream:
-        assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
-        head = stream.read(200)
-    assert head.startswith(b"--edgesight-frame\r\nContent-Type: image/jpeg\r\n")
+    uid = site.config.apps["steady"].user_id("steady")
+    assert processes_of(uid), "the steady app runs as its own uid"
     site.processes["apps"].kill()  # the apps die with their service: no orphan keeps running
     site.processes["apps"].wait()
     end = deadline(30)
-    while Path(f"/proc/{now['steady']['pid']}").exists():
+    while processes_of(uid):
         assert time.monotonic() < end, "an app outlived its service"
         time.sleep(0.1)
 

@@ -124,31 +124,33 @@ async def drive(
                         detections.append(message)
 
             tasks = [asyncio.create_task(acknowledge()), asyncio.create_task(collect())]
-            end = deadline(seconds)
-            step = 0
-            while time.monotonic() < end and not done(events, detections):
-                for camera, ring in rings.items():
-                    frame, pixel_format = frames[camera]
-                    ref = ring.write(frame, pixel_format=pixel_format)
-                    await publisher.publish("frames", camera, ref)
-                    if camera == walker:
-                        y = 0.3 + (step % 12) * 0.05
-                        walking = Detections.from_arrays(
-                            ref,
-                            WALKER_MODEL,
-                            boxes=[[0.45, y - 0.2, 0.55, y]],
-                            class_ids=[0],
-                            scores=[0.9],
-                            labels={0: "person"},
-                        )
-                        await publisher.publish("detections", camera, walking)
-                step += 1
-                await asyncio.sleep(0.15)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            try:  # the tasks end with the loop, however it ends (a failed check in done() too)
+                end = deadline(seconds)
+                step = 0
+                while time.monotonic() < end and not done(events, detections):
+                    for camera, ring in rings.items():
+                        frame, pixel_format = frames[camera]
+                        ref = ring.write(frame, pixel_format=pixel_format)
+                        await publisher.publish("frames", camera, ref)
+                        if camera == walker:
+                            y = 0.3 + (step % 12) * 0.05
+                            walking = Detections.from_arrays(
+                                ref,
+                                WALKER_MODEL,
+                                boxes=[[0.45, y - 0.2, 0.55, y]],
+                                class_ids=[0],
+                                scores=[0.9],
+                                labels={0: "person"},
+                            )
+                            await publisher.publish("detections", camera, walking)
+                    step += 1
+                    await asyncio.sleep(0.15)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
     finally:
         for ring in rings.values():
             ring.close()
@@ -209,8 +211,9 @@ class Pictures:
     def __init__(self, site: Services, cameras: list[str]) -> None:
         assert site.config.console is not None
         self.site = site
-        self.console = f"http://127.0.0.1:{site.config.console.port}/api/cameras"
-        self.apps = site.base("apps")
+        console = f"http://127.0.0.1:{site.config.console.port}"
+        self.console = f"{console}/api/cameras"
+        self.apps = f"{console}/api/apps"  # the app's video_out: the console serves it, behind its login
         self.cameras = cameras
         self.got: dict[str, np.ndarray] = {}  # type: ignore[type-arg]
 
@@ -229,7 +232,7 @@ class Pictures:
             ready = f"console {camera}" in self.got
             return decoded(first_mjpeg_frame(f"{self.console}/{camera}/live.mjpg")) if ready else None
         if kind == "video_out":
-            return decoded(get(f"{self.apps}/apps/viewer/video/{camera}.jpg"))
+            return decoded(get(f"{self.apps}/viewer/video/{camera}.jpg"))
         return app_frame(self.site, camera)
 
 

@@ -21,7 +21,7 @@ import yaml
 from common._compat import timeout
 from common.bus import EventSender, Publisher, Subscriber, security
 from common.shm import FrameRingWriter, frame_bytes
-from contracts import Control, Detections, Event, Snapshot, TrackedObject, topic
+from contracts import AppStatus, AppVideo, Control, Detections, Event, Snapshot, TrackedObject, topic
 from tests.conftest import free_port, write_site
 from tests.integration.conftest import Services
 from tests.support import bus_handshake, curve_bus, deadline, http_get, wait_until
@@ -158,6 +158,39 @@ def offenders(root: Path) -> list[str]:
                 found.append(f"{path.relative_to(root.parent)} {oct(mode)}")
         dirs.sort()
     return sorted(set(found))
+
+
+def test_only_the_apps_service_speaks_on_the_apps_stream(tmp_path: Path, python_env: dict[str, str]) -> None:
+    """The console serves what arrives on ``apps/`` as the apps service's word (an app's video): another
+    service's key (rules, a compromised uplink) cannot put a picture or a state there."""
+    site = curve_services(tmp_path, python_env)
+    broker = site.start("broker")
+    config = site.config
+    forged = AppVideo(app="viewer", camera="dock", ts_ns=1, jpeg=b"\xff\xd8\xff forged")
+    real = AppStatus(app="viewer", instance="apps-1", state="running", ts_ns=1)
+    heard: list[object] = []
+
+    async def run() -> None:
+        security.configure_curve(config.bus.curve, "cli")  # a socket takes the keys in force when it opens
+        async with Subscriber(config.bus.subscribe, "cli", [topic("apps")]) as subscriber:
+            for key, message in (("rules", forged), ("apps", real)):
+                security.configure_curve(config.bus.curve, key)
+                async with Publisher(config.bus.publish_endpoint(key), key) as publisher:
+                    end = time.monotonic() + 4
+                    while time.monotonic() < end and not any(isinstance(m, AppStatus) for m in heard):
+                        await publisher.publish("apps", "viewer", message)
+                        try:
+                            async with timeout(0.2):
+                                heard.append((await subscriber.receive()).message)
+                        except TimeoutError:
+                            pass
+            security.configure_curve(None, "test")
+
+    asyncio.run(run())
+    assert real in heard, "the apps service's own key is heard"
+    assert forged not in heard
+    assert metric(broker, "edgesight_bus_denied_total", service="broker", reason="stream") >= 1
+    assert "bus stream refused" in site.log("broker") and "rules" in site.log("broker")
 
 
 def test_state_files_are_private(

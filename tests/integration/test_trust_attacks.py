@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from common.trust import Member, build_package, generate_key_pair, key_id, load_signing_key, seal
 from tests.conftest import write_site
 from tests.integration.conftest import Services
-from tests.integration.test_apps import COMPOSED_APP, feed, write_app
+from tests.integration.test_apps import COMPOSED_APP, BusWatch, feed, write_app
 from tests.media import frame_at
 from tests.support import http_get
 
@@ -289,19 +289,21 @@ def test_an_app_loads_its_model_under_the_keys_of_now_and_falls_back_to_a_versio
         installed = edgesight("models", "install", str(package), "--config", str(site.site), env=python_env)
         assert installed.returncode == 0, installed.stderr
     site.start("broker")
-    base = site.start("apps")
-    wait_until(lambda: json.loads(http_get(f"{base}/apps")[1])["greeter"]["pid"] != 0, 60, "the app's runtime")
+    with BusWatch(site) as watch:
+        site.start("apps")
+        watch.state("greeter")  # the app runs
 
-    set_trusted(site.site, [kept_public])  # after the app read its site file, before its first model call
-    shapes = Path(site.config.site.state_dir) / "apps" / "greeter" / "storage" / "shapes.json"
-    frame = frame_at(shared_dir / "media" / "people.mp4", 60)
-    asyncio.run(feed(site, frame, ["door"], 60, shapes.exists))
+        set_trusted(site.site, [kept_public])  # after the service read its site file, before the first model call
+        shapes = Path(site.config.site.state_dir) / "apps" / "greeter" / "storage" / "shapes.json"
+        frame = frame_at(shared_dir / "media" / "people.mp4", 60)
+        asyncio.run(feed(site, frame, ["door"], 60, shapes.exists))
+        restarts = watch.state("greeter").restarts
     assert shapes.exists(), site.log("apps")  # the app runs its model: version 1, not the refused 2
     fallback = [r for r in audit(site) if r["action"] == "model.fallback"]
     assert [(r["target"], r["detail"]["version"]) for r in fallback] == [("apps.greeter.models.model_node", "1")]
     assert key_id(load_signing_key(removed_private).public_key()) in fallback[0]["detail"]["error"]
     assert "the current package is refused; running version 1" in site.log("apps")
-    assert json.loads(http_get(f"{base}/apps")[1])["greeter"]["restarts"] == 0
+    assert restarts == 0
 
 
 @pytest.mark.timeout(300)

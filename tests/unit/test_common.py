@@ -25,8 +25,10 @@ def test_repeated_errors_are_rate_limited_and_the_rest_counted(capsys: pytest.Ca
     for _ in range(100):
         log.warning("bus message rejected", extra={"camera": "c1"})
     log.warning("bus message rejected", extra={"camera": "c2"})  # another camera is another stream
+    for app in ("flood", "flood", "quiet"):  # one app's trouble never hides another's
+        log.warning("app stopped; restarting", extra={"app": app})
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 4
     limiter = next(f for f in logging.getLogger().handlers[0].filters if isinstance(f, eslogging.RateLimitFilter))
     limiter.interval_s = 0
     log.warning("bus message rejected", extra={"camera": "c1"})
