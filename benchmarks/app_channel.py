@@ -24,8 +24,8 @@ WIDTH, HEIGHT = 1920, 1080
 
 
 def _serve(path: str, frame: np.ndarray, ready: threading.Event, stop: threading.Event) -> None:
+    from services.apps.channel_requests import widen_send_buffer
     from services.apps.sdk._edgesight_channel import header_length, pack, unpack_header
-    from services.apps.service import widen_send_buffer
 
     output = np.zeros((1, 3549, 85), np.float32)
 

@@ -1,4 +1,4 @@
-"""AWS Panorama applications, run unchanged: one process per app, frames from shared memory."""
+"""AWS Panorama applications, run unchanged: each in its own sandbox, served by this service's channel."""
 
 from services.apps.service import AppsService
 

@@ -23,14 +23,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -46,8 +44,15 @@ from common.shm import FrameReaders
 from common.trust import model_file, site_trust
 from common.urls import redact_url
 from contracts import AppStatus, AppVideo, FrameRef, topic
-from contracts.messages import MAX_APP_PICTURE_BYTES
 from services.apps import metrics
+from services.apps.channel_requests import (
+    RequestError,
+    model_feeds,
+    output_picture,
+    render_output,
+    typed_parameter,
+    widen_send_buffer,
+)
 from services.apps.environments import environment_problems, environment_python
 from services.apps.models import AppModels
 from services.apps.output import LAST_WORDS, LineGate, follow_log_files, relay_lines
@@ -78,22 +83,9 @@ STATUS_EVERY_S = 2.0
 STALE_AFTER_S = 3.0  # a camera silent this long gives its last frame marked stale
 DISK_EVERY = 10  # seconds between looks at an app's logs and storage on disk
 MAX_CONNECTIONS = 8  # per app: one per thread of the app that talks to the SDK
-SEND_BUFFER = 32 << 20  # a 4K BGR frame in one send
 BIG_MESSAGE = 1 << 20  # messages larger than this are read one at a time per app
-MAX_MODEL_INPUTS = 32
-MAX_LABELS, MAX_RECTS = 256, 1024
-MAX_SIDE = 4096  # pixels of a video_out picture's side: 4K, what an HDMI port showed at most
-DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"})
 SDK = Path(__file__).resolve().parent / "sdk"
 LAUNCHER = Path(__file__).resolve().parent / "sandbox.py"
-LABEL_COLOR = (255, 255, 255)
-RECT_COLOR = (0, 200, 0)
-JPEG_QUALITY = 80
-OUTPUT_WIDTH = 1920
-
-
-class RequestError(Exception):
-    """A request the app got wrong: answered with its message, the channel stays open."""
 
 
 @dataclass
@@ -151,7 +143,6 @@ class AppsService(Service):
         self.newest: dict[str, FrameRef] = {}
         self.arrived_at: dict[str, float] = {}
         self.arrived = asyncio.Condition()
-        self.site_file = str(Path(self.config.source).resolve())
 
     @classmethod
     def check(cls, config: SiteConfig) -> list[str]:
@@ -297,7 +288,7 @@ class AppsService(Service):
         backoff = FIRST_BACKOFF_S
         while True:
             app.output.clear()
-            app.state, app.error, app.killed_for = "starting", "", None
+            app.state, app.killed_for = "starting", None  # error: why it last stopped, until it stops again
             app.asked, app.frames, app.skipped, app.taken = False, 0, 0, {}
             unreadable = _unreadable(app.config.code)
             if unreadable:  # the same thing every time: said once, looked at again every 30 s
@@ -516,7 +507,7 @@ class AppsService(Service):
     ) -> tuple[dict[str, Any], list[Any]]:
         op = header.get("op")
         if op == "hello":
-            parameters = {port: _typed(p.type, p.value) for port, p in app.config.parameters.items()}
+            parameters = {port: typed_parameter(p.type, p.value) for port, p in app.config.parameters.items()}
             return {
                 "app": app.name,
                 "cameras": list(app.config.cameras),
@@ -541,7 +532,7 @@ class AppsService(Service):
             try:
                 if op == "model_info":
                     return await asyncio.to_thread(app.models.info, model), []
-                feeds = _feeds(header.get("inputs"), buffers)
+                feeds = model_feeds(header.get("inputs"), buffers)
                 outputs = await asyncio.to_thread(app.models.run, model, feeds)
             except EdgeSightError as exc:
                 return {"error": "model", "message": str(exc)[:2000]}, []
@@ -634,13 +625,15 @@ class AppsService(Service):
             raise RequestError("put: one stream per buffer, at most one per camera")
         if app.rendering:
             return  # newest wins: an app that puts faster than its pictures are drawn costs no more CPU here
-        pictures = [_output_picture(app, stream, buffer) for stream, buffer in zip(streams, buffers, strict=True)]
+        pictures = [
+            output_picture(app.config.cameras, stream, buffer) for stream, buffer in zip(streams, buffers, strict=True)
+        ]
         app.rendering = True
         try:
             for stream, picture in zip(streams, pictures, strict=True):
                 masks = self.config.cameras[stream["camera"]].privacy_masks
                 labels, rects = stream.get("labels", []), stream.get("rects", [])
-                jpeg = await asyncio.to_thread(_render, picture, labels, rects, masks)
+                jpeg = await asyncio.to_thread(render_output, picture, labels, rects, masks)
                 if jpeg is not None and self.publisher is not None:
                     video = AppVideo(app=app.name, camera=stream["camera"], ts_ns=time.time_ns(), jpeg=jpeg)
                     await self.publisher.publish("apps", app.name, video)
@@ -657,21 +650,6 @@ class AppsService(Service):
 
     def health_detail(self) -> dict[str, str]:
         return {name: app.state for name, app in self.apps.items()}
-
-
-def widen_send_buffer(writer: asyncio.StreamWriter) -> None:
-    """A frame in one ``send``: past the socket's buffer asyncio keeps the rest in a bytearray it trims
-    from the front after each partial send, so a 6 MB frame through a 200 KB buffer costs 30 copies
-    of what is left (measured: 34 frames/s instead of hundreds; benchmarks/app_channel.py)."""
-    sock = writer.get_extra_info("socket")
-    for option in (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF):  # FORCE: as root, past wmem_max
-        if option is None:
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
-            return
-        except OSError:
-            continue
 
 
 def _unreadable(code: Path) -> str | None:
@@ -702,90 +680,3 @@ def _venv_home(env: Path) -> Path | None:
     except OSError:
         pass
     return None
-
-
-def _typed(kind: str, value: bool | int | float | str) -> Any:
-    if kind == "float32":
-        return float(np.float32(value))
-    if kind == "int32":
-        return int(value)
-    if kind == "boolean":
-        return bool(value)
-    return str(value)
-
-
-def _shape(value: Any, what: str) -> list[int]:
-    if not isinstance(value, list) or len(value) > 8 or not all(type(d) is int and 0 <= d <= 1 << 24 for d in value):
-        raise RequestError(f"{what}: shape must be a list of at most 8 sizes")
-    return value
-
-
-def _feeds(inputs: Any, buffers: list[bytes]) -> dict[str, npt.NDArray[Any]]:
-    if not isinstance(inputs, list) or len(inputs) != len(buffers) or len(inputs) > MAX_MODEL_INPUTS:
-        raise RequestError("call: one input description per buffer")
-    feeds = {}
-    for described, buffer in zip(inputs, buffers, strict=True):
-        if not isinstance(described, dict) or not isinstance(described.get("name"), str):
-            raise RequestError("call: each input needs a name")
-        dtype = described.get("dtype")
-        if dtype not in DTYPES:
-            raise RequestError(f"call: dtype {str(dtype)[:16]!r} (one of {sorted(DTYPES)})")
-        shape = _shape(described.get("shape"), f"input {described['name'][:64]!r}")
-        if math.prod(shape) * np.dtype(dtype).itemsize != len(buffer):
-            raise RequestError(f"call: input {described['name'][:64]!r}: {len(buffer)} bytes for {shape} {dtype}")
-        feeds[described["name"]] = np.frombuffer(buffer, dtype).reshape(shape)
-    return feeds
-
-
-def _output_picture(app: _App, stream: Any, buffer: bytes) -> npt.NDArray[np.uint8]:
-    if not isinstance(stream, dict) or stream.get("camera") not in app.config.cameras:
-        raise RequestError(f"put: camera must be one of {app.config.cameras}")
-    shape = _shape(stream.get("shape"), "put")
-    if len(shape) != 3 or shape[2] != 3 or not 0 < shape[0] <= MAX_SIDE or not 0 < shape[1] <= MAX_SIDE:
-        raise RequestError(f"put: an image is HxWx3 BGR, got {shape}")
-    if math.prod(shape) != len(buffer):
-        raise RequestError(f"put: {len(buffer)} bytes for an image of {shape}")
-    labels, rects = stream.get("labels", []), stream.get("rects", [])
-    if (
-        not isinstance(labels, list)
-        or len(labels) > MAX_LABELS
-        or not isinstance(rects, list)
-        or len(rects) > MAX_RECTS
-    ):
-        raise RequestError(f"put: at most {MAX_LABELS} labels and {MAX_RECTS} rectangles")
-    picture: npt.NDArray[np.uint8] = np.frombuffer(buffer, np.uint8).reshape(shape).copy()
-    return picture
-
-
-def _render(picture: npt.NDArray[np.uint8], labels: list[Any], rects: list[Any], masks: Any) -> bytes | None:
-    """The app's picture with its labels and rectangles drawn, the camera's masks applied again
-    (an app may have scaled or moved what it was given), as a JPEG."""
-    height, width = picture.shape[:2]
-    thickness = max(1, round(min(width, height) / 240))
-    for rect in rects:
-        try:
-            x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in rect)
-        except (TypeError, ValueError):
-            continue
-        cv2.rectangle(
-            picture,
-            (round(x1 * width), round(y1 * height)),
-            (round(x2 * width), round(y2 * height)),
-            RECT_COLOR,
-            thickness,
-        )
-    for label in labels:
-        try:
-            text, x, y = str(label[0])[:256], min(1.0, max(0.0, float(label[1]))), min(1.0, max(0.0, float(label[2])))
-        except (TypeError, ValueError, IndexError):
-            continue
-        origin = (round(x * width), max(12, round(y * height)))  # white on a dark outline: readable anywhere
-        scale = 0.5 * thickness
-        cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, LABEL_COLOR, thickness, cv2.LINE_AA)
-    apply_privacy_masks(picture, masks)
-    if width > OUTPUT_WIDTH:  # for a screen, not a recorder: the bus carries it to the console
-        size = (OUTPUT_WIDTH, round(height * OUTPUT_WIDTH / width))
-        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
-    ok, encoded = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    return encoded.tobytes() if ok and len(encoded) <= MAX_APP_PICTURE_BYTES else None

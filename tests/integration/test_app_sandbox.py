@@ -586,7 +586,7 @@ with open("/opt/aws/panorama/storage/fill.bin", "wb") as out:  # 40 MB of real b
     for _ in range(40):
         out.write(os.urandom(1 << 20))
 try:
-    os.mkdir("/opt/aws/panorama/storage/nested")
+    os.makedirs("/opt/aws/panorama/storage/nested", exist_ok=True)
     open("/opt/aws/panorama/storage/nested/more.bin", "wb").write(os.urandom(1 << 20))
     open("/escape.txt", "w").write("the sandbox's own root")  # read-only
 except OSError as exc:
@@ -609,9 +609,9 @@ def test_an_app_over_its_disk_limit_is_killed_and_says_so(
     with BusWatch(site) as watch:
         site.start("apps")
 
-        def killed() -> bool:
-            filler = watch.status.get("filler")
-            return filler is not None and filler.last_restart == "disk"
+        def killed() -> bool:  # the filler may be killed before the steady app has had a frame: both
+            filler, steady = watch.status.get("filler"), watch.status.get("steady")
+            return filler is not None and filler.last_restart == "disk" and steady is not None and steady.frames >= 5
 
         frame = frame_at(shared_dir / "media" / "people.mp4", 60)
         asyncio.run(feed(site, frame, ["hall", "door"], 60, killed))
