@@ -182,7 +182,8 @@ class Cgroup:
         folder = parent / name
         folder.mkdir(exist_ok=True)
         (folder / "memory.max").write_text(str(memory_bytes))
-        (folder / "memory.swap.max").write_text("0") if (folder / "memory.swap.max").exists() else None
+        if (folder / "memory.swap.max").exists():  # no swapping past the limit
+            (folder / "memory.swap.max").write_text("0")
         (folder / "pids.max").write_text(str(processes))
         (folder / "cpu.weight").write_text(str(max(1, min(10000, round(100 * cpu_share)))))
         return cls({"": folder})
