@@ -37,9 +37,11 @@ from typing import Any
 
 import yaml
 
+from common.registry import metrics_ports
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "demo.yaml"
-METRICS = ("run", "broker", "ingest", "inference", "rules", "uplink", "apps", "console")
+METRICS = tuple(metrics_ports())  # every process that serves /metrics (common/registry.py): each its own port
 PORT_VARIABLES = ("EDGESIGHT_DEMO_RTSP_PORT", "EDGESIGHT_DEMO_MQTT_PORT", "EDGESIGHT_DEMO_CONSOLE_PORT")
 HOLD_S_WITHOUT_TERMINAL = 30.0
 HOLDING = ".holding"  # made in the run folder by the demo once it holds the console up: its steps are done

@@ -33,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common.errors import BusError, ConfigError
 from common.metrics import BUS_DENIED
+from common.registry import PEERS, SERVICES, curve_clients, operators
 from contracts import ContractError, Control, decode, parse_topic
 
 if TYPE_CHECKING:
@@ -72,18 +73,22 @@ _keys: _Keys | None = None
 _authenticators: dict[int, ThreadAuthenticator] = {}
 
 
-DEFAULT_CLIENTS = ("broker", "ingest", "inference", "rules", "uplink", "apps", "console", "run", "cli")
+# The key pairs `edgesight bus keygen` makes by default: every service's, then run's and cli's (common/registry.py)
+DEFAULT_CLIENTS: tuple[str, ...] = curve_clients()
 
-# Who may send Control on a Curve bus, by key name: None for any command to any service, else
-# {target service: commands}. Every other key's Control is dropped by the broker, counted and logged:
-# a service's key (an app's host, a camera decoder) taken over must not stop or pause the others.
+# Who may send Control on a Curve bus, by key name: None for any command to any service (the operators:
+# run, cli), else {target service: commands} (a service's may_control: the console's rule editor's save).
+# Every other key's Control is dropped by the broker, counted and logged: a service's key (an app's host,
+# a camera decoder) taken over must not stop or pause the others.
 CONTROL_SENDERS: Mapping[str, Mapping[str, frozenset[str]] | None] = {
-    "run": None,
-    "cli": None,
-    "console": {"rules": frozenset({"reload"})},  # the rule editor's save
+    **{peer.name: None for peer in PEERS if peer.operator},
+    **{service.name: service.may_control for service in SERVICES if service.may_control},
 }
-# Streams one service alone speaks for: the console serves what arrives there as that service's word
-STREAM_SENDERS: Mapping[bytes, frozenset[str]] = {b"apps/": frozenset({"apps", "run", "cli"})}
+# Streams one service alone speaks for (its own_streams; apps/), and the operators: the console serves
+# what arrives there as that service's word
+STREAM_SENDERS: Mapping[bytes, frozenset[str]] = {
+    prefix: frozenset({service.name, *operators()}) for service in SERVICES for prefix in service.own_streams
+}
 
 
 def generate_bus_keys(out: Path, clients: list[str]) -> list[Path]:

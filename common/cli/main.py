@@ -20,6 +20,7 @@ from common.bus import Subscriber, security
 from common.cli.supervisor import Supervisor, child_environment, installed_services
 from common.config import SiteConfig, load_config
 from common.errors import EdgeSightError, StartupError
+from common.registry import BY_NAME, PEERS, SERVICES
 from contracts import PROTOCOL_VERSION, NDArray, topic
 from contracts.topics import STREAMS
 
@@ -50,18 +51,26 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 # Services whose part of the site file can be checked deeper than its schema (files exist, models load).
-DEEP_CHECKS = ("ingest", "inference", "apps", "console")
+DEEP_CHECKS = tuple(service.name for service in SERVICES if service.deep_check)
+
+
+def _section(config: SiteConfig, service: str) -> object:
+    """The site file's section a service needs (common/registry.py: needs_section), or True if it needs none."""
+    section = BY_NAME[service].needs_section
+    return True if section is None else getattr(config, section)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return EXIT_CONFIG
-    problems: list[str] = security.check_curve(config, [*installed_services(), "run", "cli"])
-    checked = [s for s in DEEP_CHECKS if s in installed_services() and (s != "console" or config.console is not None)]
+    peers = [peer.name for peer in PEERS if peer.curve_client]
+    problems: list[str] = security.check_curve(config, [*installed_services(), *peers])
+    # a service checked unless its section is absent (None): an empty apps: is checked
+    checked = [s for s in DEEP_CHECKS if s in installed_services() and _section(config, s) is not None]
     for service in checked:  # handed over: never imported here
         result = subprocess.run(
-            [sys.executable, "-m", f"services.{service}", "--config", args.file, "--check"],
+            [sys.executable, "-m", BY_NAME[service].module, "--config", args.file, "--check"],
             env=child_environment(),
             capture_output=True,
             text=True,
@@ -96,11 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     available = installed_services()
     wanted: list[str] = args.services.split(",") if args.services else list(config.run.services or available)
     if not args.services and not config.run.services:  # optional services run where the site file has their section
-        wanted = [
-            name
-            for name in wanted
-            if not (name == "apps" and not config.apps) and not (name == "console" and config.console is None)
-        ]
+        wanted = [name for name in wanted if _section(config, name)]
     missing = sorted(set(wanted) - set(available))
     if missing:
         print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)

@@ -30,12 +30,13 @@ from common.config.metrics import DEFAULT_PORTS
 from common.errors import StartupError
 from common.metrics import SUPERVISOR_RESTARTS, HttpEndpoint
 from common.process import die_with_parent, stop
+from common.registry import BY_NAME, SERVICE_NAMES
 from contracts import Health, topic
 
 __all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
 
 log = logging.getLogger(__name__)
-KNOWN_SERVICES = ("broker", "ingest", "inference", "rules", "uplink", "apps", "console")
+KNOWN_SERVICES: tuple[str, ...] = SERVICE_NAMES  # in the order `run` starts them (common/registry.py)
 STABLE_AFTER_S = 60.0
 
 
@@ -44,8 +45,8 @@ def installed_services() -> list[str]:
     return [
         name
         for name in KNOWN_SERVICES
-        if importlib.util.find_spec(f"services.{name}") is not None
-        and importlib.util.find_spec(f"services.{name}.__main__") is not None
+        if importlib.util.find_spec(BY_NAME[name].module) is not None
+        and importlib.util.find_spec(f"{BY_NAME[name].module}.__main__") is not None
     ]
 
 
@@ -154,7 +155,7 @@ class Supervisor:
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                f"services.{child.service}",
+                BY_NAME[child.service].module,
                 *arguments,
                 env=environment,
                 stderr=asyncio.subprocess.PIPE,

@@ -7,19 +7,12 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from common.config._types import Section
+from common.registry import metrics_ports
 
 __all__ = ["DEFAULT_PORTS", "LoggingConfig", "MetricsConfig"]
 
-DEFAULT_PORTS = {
-    "run": 9400,
-    "broker": 9401,
-    "ingest": 9402,
-    "inference": 9403,
-    "rules": 9404,
-    "uplink": 9405,
-    "apps": 9406,
-    "console": 9407,
-}
+# run's, then every service's (common/registry.py)
+DEFAULT_PORTS: dict[str, int] = metrics_ports()
 
 
 class MetricsConfig(Section):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -16,10 +15,9 @@ from common.config.metrics import DEFAULT_PORTS, LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
 from common.config.rules import EventsConfig, TrackerConfig
 from common.config.uplink import UplinkConfig
+from common.registry import ServiceName
 
-__all__ = ["RunConfig", "SiteConfig", "SiteSection"]
-
-ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink", "apps", "console"]
+__all__ = ["RunConfig", "ServiceName", "SiteConfig", "SiteSection"]
 
 
 class SiteSection(Section):

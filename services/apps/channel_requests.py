@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from common.draw import Colour, draw_box, draw_label, in_pixels
 from common.privacy import apply_privacy_masks
 from contracts.messages import MAX_APP_PICTURE_BYTES
 
@@ -33,8 +34,9 @@ MAX_MODEL_INPUTS = 32
 MAX_LABELS, MAX_RECTS = 256, 1024
 MAX_SIDE = 4096  # pixels of a video_out picture's side: 4K, what an HDMI port showed at most
 DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"})
-LABEL_COLOR = (255, 255, 255)
-RECT_COLOR = (0, 200, 0)
+LABEL_COLOR: Colour = (255, 255, 255)  # BGR: white text on black, readable anywhere
+LABEL_BACKGROUND: Colour = (0, 0, 0)
+RECT_COLOR: Colour = (0, 200, 0)
 JPEG_QUALITY = 80
 OUTPUT_WIDTH = 1920
 
@@ -118,25 +120,20 @@ def render_output(picture: npt.NDArray[np.uint8], labels: list[Any], rects: list
     thickness = max(1, round(min(width, height) / 240))
     for rect in rects:
         try:
-            x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in rect)
+            box = in_pixels((min(1.0, max(0.0, float(v))) for v in rect), width, height)
         except (TypeError, ValueError):
             continue
-        cv2.rectangle(
-            picture,
-            (round(x1 * width), round(y1 * height)),
-            (round(x2 * width), round(y2 * height)),
-            RECT_COLOR,
-            thickness,
-        )
+        if len(box) == 4:
+            draw_box(picture, box, RECT_COLOR, thickness=thickness)
     for label in labels:
         try:
             text, x, y = str(label[0])[:256], min(1.0, max(0.0, float(label[1]))), min(1.0, max(0.0, float(label[2])))
         except (TypeError, ValueError, IndexError):
             continue
-        origin = (round(x * width), max(12, round(y * height)))  # white on a dark outline: readable anywhere
-        scale = 0.5 * thickness
-        cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, LABEL_COLOR, thickness, cv2.LINE_AA)
+        at = in_pixels((x, y), width, height)  # the label's bottom-left corner
+        draw_label(
+            picture, text, at, LABEL_BACKGROUND, text_colour=LABEL_COLOR, scale=0.5 * thickness, thickness=thickness
+        )
     apply_privacy_masks(picture, masks)
     if width > OUTPUT_WIDTH:  # for a screen, not a recorder: the bus carries it to the console
         size = (OUTPUT_WIDTH, round(height * OUTPUT_WIDTH / width))

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from common.config import CameraConfig
 from common.config.rules import LineRule, ZoneRule
+from common.draw import BLACK, Colour, draw_box, draw_label, draw_line, draw_zones, in_pixels
 from common.errors import ShmError, StaleFrameError
 from common.privacy import apply_privacy_masks
 from common.shm import FrameReaders
@@ -27,9 +28,10 @@ __all__ = ["CameraView", "Live"]
 FRESH_NS = 2 * 10**9  # tracks or detections older than this are not drawn on a newer frame
 MAX_WIDTH = 1280  # pictures are scaled down to this: a console, not a recorder
 JPEG_QUALITY = 80
-ZONE_COLOUR = (60, 180, 255)  # BGR
-LINE_COLOUR = (255, 200, 0)
-TRACK_COLOUR = (80, 220, 80)
+ZONE_COLOUR: Colour = (60, 180, 255)  # BGR
+LINE_COLOUR: Colour = (255, 200, 0)
+TRACK_COLOUR: Colour = (80, 220, 80)
+LABEL_SCALE = 0.5  # labels: black text on the colour of what they name
 
 
 @dataclasses.dataclass
@@ -109,10 +111,13 @@ class Live:
             size = (MAX_WIDTH, round(image.shape[0] * scale))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
         if overlay:
+            height, width = image.shape[:2]
             labels = draw_geometry(image, config, view.scene) if config is not None else []
-            draw_boxes(image, boxes)
+            for box, text in boxes:
+                corners = in_pixels(box, width, height)
+                draw_box(image, corners, TRACK_COLOUR, thickness=2, label=text, text_colour=BLACK, scale=LABEL_SCALE)
             for text, at, colour in labels:  # last: a line's counts are never hidden under track labels
-                _label(image, text, at, colour)
+                draw_label(image, text, at, colour, text_colour=BLACK, scale=LABEL_SCALE)
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return None
@@ -150,58 +155,28 @@ class Live:
             return None  # overwritten already, or the ring is gone (ingest restarting)
 
 
-def _px(point: tuple[float, float], width: int, height: int) -> tuple[int, int]:
-    return round(point[0] * width), round(point[1] * height)
-
-
 def draw_geometry(
     image: npt.NDArray[np.uint8], camera: CameraConfig, scene: Scene | None
-) -> list[tuple[str, tuple[int, int], tuple[int, int, int]]]:
+) -> list[tuple[str, tuple[float, ...], Colour]]:
     """Zones (filled lightly) and lines with an arrow to their in-side; returns their labels (occupancy,
     counts) as ``(text, at, colour)`` for the caller to draw on top of everything else."""
-    labels: list[tuple[str, tuple[int, int], tuple[int, int, int]]] = []
+    labels: list[tuple[str, tuple[float, ...], Colour]] = []
     height, width = image.shape[:2]
-    shade = image.copy()
-    for rule in camera.rules.values():
-        if isinstance(rule, ZoneRule):
-            points = np.array([_px(p, width, height) for p in rule.polygon], np.int32)
-            cv2.fillPoly(shade, [points], ZONE_COLOUR)
-    cv2.addWeighted(shade, 0.25, image, 0.75, 0, dst=image)
+    zones = {
+        name: [in_pixels(point, width, height) for point in rule.polygon]
+        for name, rule in camera.rules.items()
+        if isinstance(rule, ZoneRule)
+    }
+    draw_zones(image, list(zones.values()), ZONE_COLOUR, alpha=0.25, thickness=2)
     for name, rule in camera.rules.items():
         if isinstance(rule, ZoneRule):
-            points = np.array([_px(p, width, height) for p in rule.polygon], np.int32)
-            cv2.polylines(image, [points], True, ZONE_COLOUR, 2, cv2.LINE_AA)
             occupancy = (scene.zones.get(name, {}) if scene else {}) or {}
-            text = f"{name}: {sum(occupancy.values())}"
-            labels.append((text, (int(points[0][0]), int(points[0][1])), ZONE_COLOUR))
+            labels.append((f"{name}: {sum(occupancy.values())}", zones[name][0], ZONE_COLOUR))
         elif isinstance(rule, LineRule):
-            a, b = (_px(p, width, height) for p in rule.line)
-            cv2.line(image, a, b, LINE_COLOUR, 3, cv2.LINE_AA)
-            middle = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
-            dx, dy = b[0] - a[0], b[1] - a[1]
-            length = max(1.0, float(np.hypot(dx, dy)))
-            # the in-side: right of a->b in image coordinates (y down) is (-dy, dx)
-            sign = 1 if rule.in_side == "right" else -1
-            tip = (round(middle[0] - sign * dy / length * 40), round(middle[1] + sign * dx / length * 40))
-            cv2.arrowedLine(image, middle, tip, LINE_COLOUR, 2, cv2.LINE_AA, tipLength=0.35)
+            a, b = (in_pixels(point, width, height) for point in rule.line)
+            draw_line(image, a, b, LINE_COLOUR, thickness=3, in_side=rule.in_side, arrow_length=40, arrow_thickness=2)
             counts = scene.lines.get(name, {}) if scene else {}
             total_in = sum(c.in_ for c in counts.values())
             total_out = sum(c.out for c in counts.values())
             labels.append((f"{name}: in {total_in} / out {total_out}", a, LINE_COLOUR))
     return labels
-
-
-def draw_boxes(image: npt.NDArray[np.uint8], boxes: list[tuple[tuple[float, float, float, float], str]]) -> None:
-    height, width = image.shape[:2]
-    for box, text in boxes:
-        x1, y1 = _px((box[0], box[1]), width, height)
-        x2, y2 = _px((box[2], box[3]), width, height)
-        cv2.rectangle(image, (x1, y1), (x2, y2), TRACK_COLOUR, 2)
-        _label(image, text, (x1, y1), TRACK_COLOUR)
-
-
-def _label(image: npt.NDArray[np.uint8], text: str, at: tuple[int, int], colour: tuple[int, int, int]) -> None:
-    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-    x, y = int(at[0]), max(int(at[1]), h + 4)
-    cv2.rectangle(image, (x, y - h - 4), (x + w + 4, y), colour, -1)
-    cv2.putText(image, text, (x + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import av
-import cv2
 import numpy as np
 import yaml
 
 from common.config import ModelConfig
+from common.draw import Colour, draw_box, in_pixels
 from common.errors import EdgeSightError
 from common.urls import redact
 from services.inference import packages
@@ -29,6 +29,8 @@ from services.inference.detector import Detector, FrameDetections
 from services.inference.manifest import onnx_metadata, suggest_manifest
 
 __all__ = ["detect", "inspect", "main"]
+
+ANNOTATE_COLOUR: Colour = (0, 220, 0)  # BGR: boxes and labels (black text on the green) of --annotate
 
 
 def inspect(path: Path) -> int:
@@ -54,9 +56,8 @@ def _draw(frame: np.ndarray, result: FrameDetections, labels: list[str]) -> np.n
     height, width = frame.shape[:2]
     canvas = np.ascontiguousarray(frame)
     for box, class_id, score in zip(result.boxes, result.class_ids, result.scores, strict=True):
-        x1, y1, x2, y2 = (int(v) for v in box * [width, height, width, height])
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 220, 0), 2)
-        cv2.putText(canvas, f"{labels[class_id]} {score:.2f}", (x1, max(12, y1 - 4)), 0, 0.45, (0, 220, 0), 1)
+        corners = in_pixels(box, width, height)
+        draw_box(canvas, corners, ANNOTATE_COLOUR, thickness=2, label=f"{labels[class_id]} {score:.2f}", scale=0.45)
     return canvas
 
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from common.config import CameraConfig
 from common.config.rules import Action, CommandAction, GpioAction, WebhookAction
+from common.draw import Colour, draw_box, in_pixels
 from common.events import event_dict
 from common.files import private_sqlite
 from common.privacy import apply_privacy_masks
@@ -25,6 +26,8 @@ from services.rules.engine import CountStore
 __all__ = ["SqliteCountStore", "event_json", "make_snapshot", "run_action"]
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_COLOUR: Colour = (0, 0, 255)  # BGR: the event's object, boxed and labelled in red
 
 
 class SqliteCountStore(CountStore):
@@ -60,10 +63,9 @@ def make_snapshot(frame: npt.NDArray[np.uint8], camera: CameraConfig, event: Eve
     picture = apply_privacy_masks(np.ascontiguousarray(frame), camera.privacy_masks)
     height, width = picture.shape[:2]
     if event.object is not None:
-        x1, y1, x2, y2 = (int(v * s) for v, s in zip(event.object.box, (width, height, width, height), strict=True))
-        cv2.rectangle(picture, (x1, y1), (x2, y2), (0, 0, 255), 2)
         text = f"{event.object.label} #{event.object.track_id} {event.event_type}"
-        cv2.putText(picture, text, (x1, max(14, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
+        box = in_pixels(event.object.box, width, height)
+        draw_box(picture, box, SNAPSHOT_COLOUR, thickness=2, label=text, scale=0.5)  # white text on the red
     ok, encoded = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
