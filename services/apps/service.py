@@ -560,6 +560,7 @@ class AppsService(Service):
         if app.state == "starting":
             app.state = "running"
             app.changed.set()
+        new: set[str] = set()  # cameras whose frame this get hands over for the first time
         try:
             while True:
                 remaining = None if end is None else max(0.0, end - time.monotonic())
@@ -575,7 +576,6 @@ class AppsService(Service):
                 for camera, ref in fresh.items():
                     app.taken[camera] = ref
                 pictures = await asyncio.to_thread(self._copy_all, list(fresh.values()))
-                new = set()
                 for ref, pixels in zip(fresh.values(), pictures, strict=True):
                     if pixels is None:
                         app.skipped += 1  # overwritten before it was read
