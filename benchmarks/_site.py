@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from common.config import SiteConfig, load_config
+from common.registry import metrics_ports
 
 
 def write_site(folder: Path, name: str, extra: dict[str, Any]) -> tuple[Path, SiteConfig]:
@@ -32,9 +33,7 @@ def write_site(folder: Path, name: str, extra: dict[str, Any]) -> tuple[Path, Si
         },
         "metrics": {
             "host": "127.0.0.1",
-            "ports": {
-                name: 0 for name in ("run", "broker", "ingest", "inference", "rules", "uplink", "apps", "console")
-            },
+            "ports": dict.fromkeys(metrics_ports(), 0),
         },
         "logging": {"level": "warning"},
         **extra,

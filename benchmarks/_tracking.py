@@ -19,7 +19,9 @@ import numpy.typing as npt
 import yaml
 
 from common.config import TrackerConfig, parse_config
-from services.rules.engine import CameraRules, CountStore, Moment, Observed
+from services.rules.counts import CountStore
+from services.rules.engine import CameraRules
+from services.rules.moment import Moment, Observed
 from services.rules.tracker import ByteTracker, Track
 
 FloatArray = npt.NDArray[np.float64]

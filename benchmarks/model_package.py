@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.assets import find_asset
 from common.models import open_backend
+from common.models.loading import load_model_spec
 from common.trust import TrustPolicy, build_package, key_id, open_package
-from services.inference.manifest import load_model_spec
 
 TITLE = "model load: a signed / encrypted package vs the plain .onnx file, and the package check alone"
 

@@ -213,7 +213,9 @@ class _Source:
 def monolith(streams: int, seconds: float, folder: Path, *, realtime: bool = False) -> dict[str, float]:
     from common.config import ModelConfig
     from services.inference.detector import Detector
-    from services.rules.engine import CameraRules, CountStore, Moment, Observed
+    from services.rules.counts import CountStore
+    from services.rules.engine import CameraRules
+    from services.rules.moment import Moment, Observed
     from services.rules.tracker import ByteTracker
 
     _, config = _site(folder, streams, realtime=realtime)

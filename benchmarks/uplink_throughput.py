@@ -19,8 +19,8 @@ import aiomqtt
 
 from benchmarks._site import start, write_site
 from common.bus import EventSender
+from common.events import event_dict
 from contracts import Event, TrackedObject
-from services.uplink.sinks import event_document
 
 TITLE = "events through the spool (fsync on) to Mosquitto QoS 1 vs a bare aiomqtt publish loop"
 
@@ -67,7 +67,7 @@ async def _bare(port: int, events: list[Event]) -> float:
     ready, done = asyncio.Event(), asyncio.Event()
     listener = asyncio.create_task(_until_received(port, topic, len(events), ready, done))
     await ready.wait()
-    payloads = [json.dumps(event_document(e)) for e in events]
+    payloads = [json.dumps(event_dict(e, upstream=True)) for e in events]
     started = time.perf_counter()
     async with aiomqtt.Client("127.0.0.1", port, identifier="bench-bare") as client:
         for payload in payloads:

@@ -5,25 +5,43 @@ changes (console edits included) and console logins are recorded here by whoever
 service, the CLI, the console — each as one JSON line written with a single ``write`` under an
 exclusive lock and fsynced. The uplink follows the file and sends every record upstream as an
 ``audit`` event (``services/uplink/audit.py``), so a record is never lost to an uplink that is
-down, and a writer never waits for one. Records hold names, versions, digests and key ids: never a
-secret (a password, a token, a camera URL's credentials).
+down, and a writer never waits for one; the console shows its newest records. Both read it here
+(``read_audit``, ``read_audit_tail``): whole lines only, so a line being written is read next time,
+and a line that is no record is reported, never fatal. Records hold names, versions, digests and key
+ids: never a secret (a password, a token, a camera URL's credentials).
 
-    >>> # AuditTrail(state_dir, "plant-7", "cli:root").record("model.install", "people", version="2")
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as state_dir:
+    ...     _ = AuditTrail(state_dir, "plant-7", "cli:root").record("model.install", "people", version="2")
+    ...     chunk = read_audit(audit_path(state_dir), AuditPosition(), max_bytes=1 << 20)
+    >>> [(line.record["action"], line.record["detail"]) for line in chunk.lines() if line.record]
+    [('model.install', {'version': '2'})]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from common.files import private_dir, private_fd
 
-__all__ = ["AUDIT_FILE", "AuditTrail", "audit_path"]
+__all__ = [
+    "AUDIT_FILE",
+    "AuditChunk",
+    "AuditLine",
+    "AuditPosition",
+    "AuditTrail",
+    "audit_path",
+    "read_audit",
+    "read_audit_tail",
+]
 
 AUDIT_FILE = "audit.jsonl"
 MAX_VALUE = 1024  # a detail value is cut to this (the bus contract's Text)
@@ -95,3 +113,86 @@ def _bounded(value: Any) -> Any:
         return value
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return text[:MAX_VALUE] if isinstance(value, str) else (value if len(text) <= MAX_VALUE else text[:MAX_VALUE])
+
+
+# -- reading -----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class AuditPosition:
+    """Where a follower of the trail stands: the file by its inode (so that a file replaced by hand is
+    noticed) and the offset after the last whole line it read. ``AuditPosition()``: nothing read yet."""
+
+    inode: int = 0
+    offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditLine:
+    """One whole line of the trail: its record, or (``record`` None) why it is not one."""
+
+    record: dict[str, Any] | None
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditChunk:
+    """The whole lines of one read of the trail, and where the next read starts."""
+
+    raw: list[bytes]
+    position: AuditPosition
+    restarted: bool = False  # the file was replaced or cut since the position given: read from its start
+
+    def lines(self, *, newest_first: bool = False) -> Iterator[AuditLine]:
+        """Each line parsed, as it is asked for: a reader that stops early parses no more."""
+        for line in reversed(self.raw) if newest_first else self.raw:
+            yield _parse(line)
+
+
+def read_audit(path: Path, since: AuditPosition, max_bytes: int) -> AuditChunk | None:
+    """The whole lines appended after ``since`` (from at most ``max_bytes`` read); None without a file.
+
+    A file with another inode, or shorter than ``since.offset``, was replaced or truncated by hand: it
+    is read from its start again (``restarted``, unless nothing was read before)."""
+    try:
+        with path.open("rb") as file:
+            info = os.fstat(file.fileno())
+            restart = info.st_ino != since.inode or info.st_size < since.offset
+            offset = 0 if restart else since.offset
+            file.seek(offset)
+            chunk = file.read(max_bytes)
+    except FileNotFoundError:
+        return None
+    raw, used = _whole_lines(chunk)
+    return AuditChunk(raw, AuditPosition(info.st_ino, offset + used), restarted=restart and since.inode != 0)
+
+
+def read_audit_tail(path: Path, max_bytes: int) -> AuditChunk | None:
+    """The whole lines in the last ``max_bytes`` of the trail (the newest records); None without a file.
+    Where the file is longer, the first line (which may be cut) is left out."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            file.seek(start)
+            inode = os.fstat(file.fileno()).st_ino
+            chunk = file.read()
+    except FileNotFoundError:
+        return None
+    raw, used = _whole_lines(chunk)
+    return AuditChunk(raw[1:] if start > 0 else raw, AuditPosition(inode, start + used))
+
+
+def _whole_lines(chunk: bytes) -> tuple[list[bytes], int]:
+    """The complete lines of ``chunk`` and the bytes they take: a record still being written (no
+    newline yet) is left for the next read."""
+    end = chunk.rfind(b"\n") + 1
+    return chunk[:end].splitlines(), end
+
+
+def _parse(line: bytes) -> AuditLine:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:  # json's errors, and bytes that are not UTF-8, are ValueErrors
+        return AuditLine(None, str(exc))
+    if not isinstance(record, dict):
+        return AuditLine(None, f"expected a JSON object, got {type(record).__name__}")
+    return AuditLine(record)

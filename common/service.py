@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class ServiceState(str, enum.Enum):
+    """Where a service is in its life, by name; its value is what its Health says on the wire
+    (``contracts.ServiceState``, the source of truth: a test keeps every value here one of those)."""
+
     STARTING = "starting"
     READY = "ready"
-    DEGRADED = "degraded"
     STOPPING = "stopping"
 
 

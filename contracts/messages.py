@@ -273,7 +273,6 @@ class Control(Message, tag="control", kw_only=True, frozen=True):
 
     id: Id
     command: ControlCommand
-    target: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN + "|^[*]$")] = "*"
     instance: Name | None = None
     camera: Name | None = None
     ts_ns: NonNegative = 0

@@ -9,14 +9,16 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from contracts.messages import NAME_PATTERN
+
 __all__ = ["KEY_PATTERN", "Stream", "parse_topic", "topic"]
 
 Stream = Literal["frames", "detections", "cameras", "scene", "health", "control", "events", "acks", "apps"]
 STREAMS: frozenset[str] = frozenset(
     {"frames", "detections", "cameras", "scene", "health", "control", "events", "acks", "apps"}
 )
-# Camera and service names; also used in shm segment names and metric labels.
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$|^\*$")
+# A key is a name (camera, service: also used in shm segment names and metric labels) or ``*`` for all.
+KEY_PATTERN = re.compile(NAME_PATTERN + r"|^\*$")
 
 
 def topic(stream: Stream, key: str = "") -> bytes:

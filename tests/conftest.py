@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from common.assets import asset_search_path
+from common.registry import metrics_ports
 from tests.support import SLOWDOWN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,9 +101,7 @@ def free_port() -> int:
 def write_site(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
     """A site file whose bus, shm and state live under ``tmp_path``, with free metrics ports;
     ``extra`` adds sections (e.g. ``{"cameras": {...}}``); its ``site`` keys go into ``site:``."""
-    ports = {
-        name: free_port() for name in ("run", "broker", "ingest", "inference", "rules", "uplink", "apps", "console")
-    }
+    ports = {name: free_port() for name in metrics_ports()}
     run = tmp_path / "run"
     extra = dict(extra or {})
     site = {

@@ -107,7 +107,7 @@ async def bus_handshake(
             while True:
                 if not heard:  # one probe each round until one comes back; then only the rest are awaited
                     sent += 1
-                    probe = Control(id=f"{key}-{sent}", command="resume", target=key, instance=key)
+                    probe = Control(id=f"{key}-{sent}", command="resume", instance=key)
                     if isinstance(publisher, Publisher):
                         await publisher.publish("control", key, probe)
                     else:
@@ -117,7 +117,7 @@ async def bus_handshake(
                 if receiving.done():
                     received = receiving.result()
                     message = received.message
-                    if isinstance(message, Control) and message.target == key:
+                    if isinstance(message, Control) and message.instance == key:
                         heard = True
                         if message.id == f"{key}-{sent}":  # the last one sent: nothing of ours is in flight
                             return others
@@ -163,7 +163,7 @@ async def control_handshake(publisher: Publisher, service: str, base: str, secon
     """Returns once ``service`` (its metrics at ``base``) hears Control messages from ``publisher``. The probe is
     a Control for an instance that does not exist: the service counts it, then ignores it."""
     instance = f"probe-{secrets.token_hex(6)}"
-    probe = Control(id=instance, command="resume", target=service, instance=instance)
+    probe = Control(id=instance, command="resume", instance=instance)
     await publish_until_counted(publisher, "control", service, probe, base, service, seconds)
 
 

@@ -31,6 +31,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from common.bus.endpoint import Endpoint
 from common.errors import BusError, ConfigError
 from common.metrics import BUS_DENIED
 from common.registry import PEERS, SERVICES, curve_clients, operators
@@ -159,8 +160,6 @@ def check_curve(config: SiteConfig, services: list[str]) -> list[str]:
             problems.extend(f"{config.where('bus', 'curve', key)}: {p.split(': ', 1)[1]}" for p in exc.problems)
 
     attempt("server_key", curve.server_key, secret=False)
-    from common.bus.endpoint import Endpoint  # it imports this module
-
     bus = config.bus
     specs = [bus.publish, *bus.subscribe, bus.broker.frontend, bus.broker.backend, bus.events.send, bus.events.receive]
     endpoints = [Endpoint.parse(spec.replace("{service}", "x")) for spec in specs]

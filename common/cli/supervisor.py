@@ -1,10 +1,10 @@
 """``edgesight run``: the embedded supervisor of the service processes.
 
 Starts each service as ``python -m services.<name> --config FILE``, restarts one that exits
-(exponential backoff, reset once it has run for a minute; counted) or whose ``/healthz`` has failed
-for ``run.liveness_timeout_s`` (a stalled event loop), forwards SIGTERM/SIGINT as a clean stop
-(SIGKILL after ``stop_grace_s``), and with ``--for`` stops by itself (exit 1 if a service never
-became ready). Children get SIGTERM from the kernel when the supervisor dies, however it dies, so no
+(exponential backoff, reset once it has run for a minute: ``common/backoff.py``; counted) or whose
+``/healthz`` has failed for ``run.liveness_timeout_s`` (a stalled event loop), forwards SIGTERM/SIGINT
+as a clean stop (SIGKILL after ``stop_grace_s``), and with ``--for`` stops by itself (exit 1 if a
+service never became ready). Children get SIGTERM from the kernel when the supervisor dies, however it dies, so no
 orphan holds a port against the next ``run``. Compose and k3s are the other supervisors; nothing in
 a service knows which one runs it.
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common._compat import TaskGroup, wait_at_most
+from common.backoff import RestartBackoff
 from common.bus import Subscriber, security
 from common.config import DEFAULT_INGEST_GROUP, INFERENCE_SHARD_VARIABLE, INGEST_GROUP_VARIABLE, SiteConfig
 from common.config.metrics import DEFAULT_PORTS
@@ -37,7 +38,6 @@ __all__ = ["KNOWN_SERVICES", "Supervisor", "installed_services"]
 
 log = logging.getLogger(__name__)
 KNOWN_SERVICES: tuple[str, ...] = SERVICE_NAMES  # in the order `run` starts them (common/registry.py)
-STABLE_AFTER_S = 60.0
 
 
 def installed_services() -> list[str]:
@@ -142,7 +142,7 @@ class Supervisor:
         return 0
 
     async def _keep_running(self, child: _Child) -> None:
-        backoff = self.config.run.restart_backoff_s
+        backoff = RestartBackoff(self.config.run.restart_backoff_s, self.config.run.max_restart_backoff_s)
         SUPERVISOR_RESTARTS.labels(service=child.name)  # at 0 from the start: increase() and alerts find it
         while not self._stopping.is_set():
             arguments = ["--config", str(self.config_path), "--instance", self._instance(child)]
@@ -172,17 +172,15 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             ran_for = time.monotonic() - child.started
-            if ran_for > STABLE_AFTER_S:
-                backoff = self.config.run.restart_backoff_s
+            wait = backoff.next(ran_for)
             child.restarts += 1
-            child.backoff_s = backoff
+            child.backoff_s = wait
             SUPERVISOR_RESTARTS.labels(service=child.name).inc()
             log.warning(
                 "service exited; restarting",
-                extra={"child": child.name, "code": code, "ran_s": round(ran_for, 1), "backoff_s": backoff},
+                extra={"child": child.name, "code": code, "ran_s": round(ran_for, 1), "backoff_s": wait},
             )
-            await wait_at_most(self._stopping.wait(), backoff)
-            backoff = min(backoff * 2, self.config.run.max_restart_backoff_s)
+            await wait_at_most(self._stopping.wait(), wait)
 
     async def _relay_stderr(self, child: _Child) -> str:
         """Passes the child's log lines on to ours, keeping its last error line for the status table;

@@ -171,3 +171,10 @@ class EventsConfig(Section):
 
     jsonl: str | None = Field(None, description="Also append every event here as a JSON line (relative: state_dir).")
     jpeg_quality: int = Field(85, ge=10, le=100)
+    outbox_max_mb: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Room of the rules outbox on disk (events the uplink has not acknowledged); "
+        "unset: the same as uplink.spool.max_mb.",
+    )

@@ -47,9 +47,9 @@ class RunConfig(Section):
         1,
         ge=1,
         le=64,
-        description="Inference processes `edgesight run` starts; they split the cameras between them "
-        "(EDGESIGHT_INFERENCE_SHARD). On a CPU-only box, one per core with the models' threads: 1 runs "
-        "several frames at once where one process would run one frame on every core.",
+        description="Inference processes; they split the cameras between them. `edgesight run` starts them, "
+        "compose and k3s are held to this count by tests/deploy. On a CPU-only box, one per core with the "
+        "models' threads: 1 runs several frames at once where one process would run one frame on every core.",
     )
     restart_backoff_s: float = Field(1.0, gt=0, le=60, description="First wait before restarting a dead service.")
     max_restart_backoff_s: float = Field(30.0, gt=0, le=3600)

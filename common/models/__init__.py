@@ -2,22 +2,18 @@
 
 Shared by the services that run models (inference, apps): a backend knows a model file and runs
 raw tensors through it; what the tensors mean (letterbox, decoding) is the caller's business.
+The model format lives here too, in its own modules: the manifest (:mod:`common.models.manifest`),
+its label tables (:mod:`common.models.labels`), and a model found and opened under the site's
+trust (:mod:`common.models.loading`).
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-import hashlib
-import logging
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Sequence
 
 from common.errors import ModelError
+from common.models.backend import Backend, ModelFile, TensorSpec, conform, refuse_external_data
+from common.models.onnx_runtime import OnnxRuntimeBackend
 
 __all__ = [
     "Backend",
@@ -28,208 +24,6 @@ __all__ = [
     "open_backend",
     "refuse_external_data",
 ]
-
-log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFile:
-    """What a backend needs to know of a model: its file, a name for logs, a digest for caches and,
-    where the model's input is dynamic, the (width, height) to run it at."""
-
-    path: Path
-    name: str
-    digest: str = ""
-    input_size: tuple[int, int] | None = None
-    content: bytes | None = dataclasses.field(default=None, repr=False)  # from a package: never written to disk
-
-    def read(self) -> bytes:
-        if self.content is not None:
-            refuse_external_data(self.content, self.name)
-            return self.content
-        return self.path.read_bytes()
-
-    @classmethod
-    def at(cls, path: Path, name: str, input_size: tuple[int, int] | None = None) -> ModelFile:
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
-        return cls(path, name, hashlib.sha256(path.read_bytes()).hexdigest(), input_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a model: ``shape`` holds None for a dimension the model leaves open."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str  # a numpy dtype name: float32, uint8, ...
-
-
-ONNX_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(int16)": "int16",
-    "tensor(uint16)": "uint16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(bool)": "bool",
-}
-
-
-def conform(array: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[Any]:
-    """``array`` as ``spec`` takes it, as SageMaker Neo's runtime did for Panorama apps: cast to the
-    input's type, and reshaped when its rank differs but its element count fits (``[3, 640, 640]``
-    for ``[1, 3, 640, 640]``). Anything else is a ModelError that says what the input takes."""
-    fits = len(array.shape) == len(spec.shape) and all(
-        want is None or want == got for want, got in zip(spec.shape, array.shape, strict=False)
-    )
-    known = int(np.prod([d for d in spec.shape if d is not None], dtype=np.int64))
-    open_dims = sum(1 for d in spec.shape if d is None)
-    if not fits and open_dims == 0 and array.size == known:
-        array, fits = array.reshape([int(d) for d in spec.shape if d is not None]), True
-    elif not fits and open_dims == 1 and known and array.size % known == 0:
-        array, fits = array.reshape([-1 if d is None else int(d) for d in spec.shape]), True
-    if fits:  # the shape first: a feed that cannot fit is refused before a copy of it is made
-        return array if array.dtype == np.dtype(spec.dtype) else array.astype(spec.dtype)
-    wanted = "x".join("?" if d is None else str(d) for d in spec.shape)
-    raise ModelError(
-        f"input {spec.name!r} takes [{wanted}] {spec.dtype}; got {list(array.shape)} ({array.size} values) "
-        "that cannot be reshaped to it"
-    )
-
-
-class Backend(abc.ABC):
-    """Runs one model on a batch ``[B, 3, H, W]`` float32 and returns its raw outputs."""
-
-    name: str  # onnxruntime | tensorrt
-    provider: str  # what really runs it: CPUExecutionProvider, CUDAExecutionProvider, TensorRT, …
-    max_batch: int  # frames per run at most; a model with a static batch of 1 runs frame by frame
-    static_batch: bool  # the model takes exactly max_batch frames (padded when fewer are ready)
-    input_width: int
-    input_height: int
-
-    input_names: list[str]
-    inputs: list[TensorSpec]  # every input and output, as the model declares them
-    outputs: list[TensorSpec]
-
-    @abc.abstractmethod
-    def run(self, batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]: ...
-
-    def run_named(self, feeds: Mapping[str, npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
-        """Every output for inputs given by name (a one-input model takes its one feed whatever its key)."""
-        if len(feeds) == 1 and len(self.input_names) == 1:
-            return self.run(next(iter(feeds.values())))  # type: ignore[arg-type]
-        raise ModelError(f"{type(self).__name__} runs one-input models; got inputs {sorted(feeds)}")
-
-    def close(self) -> None:  # noqa: B027 - most backends have nothing to release
-        pass
-
-
-def refuse_external_data(content: bytes, name: str) -> None:
-    """A model from a package must be whole: ONNX lets a tensor's data live in another file (``location``
-    relative to the working directory, ``../`` included), which the signature does not cover — a signed
-    model could read ``/run/secrets`` into its outputs. Every tensor of the graph, its subgraphs and
-    functions is checked before a runtime sees the bytes."""
-    import onnx
-
-    try:
-        model = onnx.ModelProto.FromString(bytes(content))  # parsed only: nothing external is loaded
-    except Exception as exc:  # protobuf's DecodeError and its relatives
-        raise ModelError(f"{name}: not an ONNX model: {type(exc).__name__}") from None
-    graphs = [model.graph]
-    nodes = [node for function in model.functions for node in function.node]  # functions hold nodes, no initializers
-    tensors = []
-    while graphs or nodes:
-        if graphs:
-            graph = graphs.pop()
-            tensors += list(graph.initializer)
-            tensors += [t for sparse in graph.sparse_initializer for t in (sparse.values, sparse.indices)]
-            nodes += list(graph.node)
-            continue
-        for attribute in nodes.pop().attribute:
-            tensors += [attribute.t, *attribute.tensors]
-            tensors += [
-                t
-                for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors)
-                for t in (sparse.values, sparse.indices)
-            ]
-            graphs += [attribute.g, *attribute.graphs]
-    external = [
-        t.name or "(unnamed)" for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
-    ]
-    if external:
-        raise ModelError(
-            f"{name}: tensor {external[0]!r} keeps its data in an external file; a packaged model must hold all "
-            "its weights itself (re-export without external data)"
-        )
-
-
-class OnnxRuntimeBackend(Backend):
-    name = "onnxruntime"
-
-    def __init__(self, spec: ModelFile, providers: Sequence[str], threads: int = 0, max_batch: int = 1) -> None:
-        import onnxruntime
-
-        available = onnxruntime.get_available_providers()
-        usable = [p for p in providers if p in available]
-        missing = [p for p in providers if p not in available]
-        if not usable:
-            usable = ["CPUExecutionProvider"]
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        # Idle pool threads sleep instead of spinning: on an edge box the decoder, the tracker and the
-        # bus share these cores, and spinning threads take their time (measured: benchmarks/pipeline.py).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            model = spec.read() if spec.content is not None else str(spec.path)
-            self.session = onnxruntime.InferenceSession(model, options, providers=usable)
-        except Exception as exc:  # ONNX Runtime's own exception types
-            raise ModelError(f"{spec.path}: ONNX Runtime cannot load it: {exc}") from None
-        self.provider = self.session.get_providers()[0]
-        if providers and self.provider != providers[0]:
-            # Frigate users' top complaint: a silent fall back to the CPU. Say it once, loudly.
-            log.warning(
-                "execution provider unavailable, running on another",
-                extra={"model": spec.name, "wanted": providers[0], "provider": self.provider, "missing": missing},
-            )
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.inputs, self.outputs = (
-            [
-                TensorSpec(
-                    t.name, tuple(d if isinstance(d, int) else None for d in t.shape), ONNX_TYPES.get(t.type, "float32")
-                )
-                for t in tensors
-            ]
-            for tensors in (self.session.get_inputs(), self.session.get_outputs())
-        )
-        shape: list[object] = list(model_input.shape)
-        batch = shape[0] if shape else None
-        height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)  # an image [B, C, H, W]
-        size = spec.input_size
-        self.input_width = int(width) if isinstance(width, int) else int(size[0]) if size else 0
-        self.input_height = int(height) if isinstance(height, int) else int(size[1]) if size else 0
-        self.static_batch = isinstance(batch, int)
-        self.max_batch = int(batch) if isinstance(batch, int) else max_batch
-
-    def run(self, batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
-        outputs = self.session.run(self.output_names, {self.input_name: batch})
-        return [np.asarray(o) for o in outputs]
-
-    def run_named(self, feeds: Mapping[str, npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
-        if len(feeds) == 1 and len(self.input_names) == 1:
-            feeds = {self.input_name: next(iter(feeds.values()))}
-        unknown = sorted(set(feeds) - set(self.input_names))
-        if unknown:
-            raise ModelError(f"{unknown} are not inputs of this model (it has {self.input_names})")
-        specs = {spec.name: spec for spec in self.inputs}
-        conformed = {name: conform(np.asarray(array), specs[name]) for name, array in feeds.items()}
-        return [np.asarray(o) for o in self.session.run(self.output_names, conformed)]
 
 
 def open_backend(

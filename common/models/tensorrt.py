@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import ModelError
-from common.models import Backend, ModelFile, TensorSpec
+from common.models.backend import Backend, ModelFile, TensorSpec
 
 __all__ = ["TensorRTBackend", "engine_cache_key", "profile_shapes"]
 

@@ -13,9 +13,7 @@ from common.trust.policy import (
     PACKAGE_SUFFIX,
     TrustPolicy,
     TrustWatch,
-    model_file,
     model_search_path,
-    open_model,
     site_trust,
 )
 from common.trust.store import Fallback, Installed, ModelStore, Refused, load_installed, version_key
@@ -40,9 +38,7 @@ __all__ = [
     "load_installed",
     "load_signing_key",
     "load_trusted_keys",
-    "model_file",
     "model_search_path",
-    "open_model",
     "open_package",
     "seal",
     "site_trust",

@@ -9,10 +9,10 @@ Layout — every byte is covered by the signature, directly or through a digest:
 
 The index names the package (``name``, ``version`` from its manifest), the signer's key id, the
 archive's size and sha256, and every member's name, size and sha256 as stored. A package holds
-``manifest.yaml`` (an inference model manifest), the model file(s) and labels. With a device key,
+``manifest.yaml`` (a model manifest, :mod:`common.models.manifest`), the model file(s) and labels. With a device key,
 every member but the manifest is stored encrypted (AES-256-GCM, the member name as associated
 data) under a random data key, which is wrapped for the device's x25519 key (ephemeral ECDH +
-HKDF-SHA256 + AES-256-GCM) in the index.
+HKDF-SHA256 + AES-256-GCM) in the index (:mod:`common.trust.encryption`).
 
 Opening checks, in this order, each failure a :class:`PackageError` that says which: the magic;
 the signer among the trusted keys; the signature; the name and version (they name files in the
@@ -31,7 +31,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 import zlib
@@ -39,15 +38,13 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.errors import PackageError
-from common.trust.keys import key_id, raw_public
+from common.trust.encryption import decrypt_members, encrypt_members
+from common.trust.keys import key_id
 from contracts.messages import NAME_PATTERN
 
 __all__ = ["MANIFEST", "Member", "Package", "build_package", "check_identity", "check_name", "open_package", "seal"]
@@ -55,12 +52,10 @@ __all__ = ["MANIFEST", "Member", "Package", "build_package", "check_identity", "
 MAGIC = b"ESPKG 1\n"
 FORMAT = "edgesight-model-package/1"
 MANIFEST = "manifest.yaml"
-SCHEME = "x25519-hkdf-sha256-aes256gcm"
 MAX_INDEX_BYTES = 1 << 20
 MAX_MEMBERS = 256
 DEFAULT_MAX_BYTES = 1 << 30
 _SIGNATURE_LINE = re.compile(rb"[0-9a-f]{128}\n")
-_WRAP_INFO = b"edgesight espkg 1 data key"
 _NAME = re.compile(NAME_PATTERN)  # the camera and model names of the bus contracts
 # a version names a file too; semver's build metadata ("1.2.0+cuda12") is allowed besides
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
@@ -142,21 +137,8 @@ def build_package(
         _check_name(member)
     encryption: dict[str, str] | None = None
     stored = dict(members)
-    if encrypt_for is not None:
-        data_key = AESGCM.generate_key(256)
-        ephemeral = X25519PrivateKey.generate()
-        wrapping = _wrapping_key(ephemeral.exchange(encrypt_for), ephemeral.public_key(), encrypt_for)
-        nonce = os.urandom(12)
-        encryption = {
-            "scheme": SCHEME,
-            "recipient": key_id(encrypt_for),
-            "ephemeral": raw_public(ephemeral.public_key()).hex(),
-            "wrapped_key": (nonce + AESGCM(wrapping).encrypt(nonce, data_key, _WRAP_INFO)).hex(),
-        }
-        for member, data in members.items():
-            if member != MANIFEST:  # the manifest stays readable: `models verify` shows what a package holds
-                nonce = os.urandom(12)
-                stored[member] = nonce + AESGCM(data_key).encrypt(nonce, data, member.encode())
+    if encrypt_for is not None:  # the manifest stays readable: `models verify` shows what a package holds
+        stored, encryption = encrypt_members(members, encrypt_for, readable=MANIFEST)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for member in sorted(stored):
@@ -208,7 +190,27 @@ def open_package(
     ``require_decryption=False`` checks an encrypted package without the device key (``models verify``):
     its encrypted members are then left out of ``members``."""
     label = label or (str(source) if isinstance(source, Path) else "package")
-    data = _read(source, label, max_bytes)
+    index, archive = _signed_index(_read(source, label, max_bytes), trusted, label)
+    listed = {m["name"]: m for m in index["members"]}
+    members = _checked_members(archive, index["archive"], listed, label, max_bytes)
+    encryption = index["encryption"]
+    if encryption is not None:
+        members = decrypt_members(members, listed, encryption, device_key, label, require_decryption)
+    return Package(
+        source=label,
+        name=index["name"],
+        version=index["version"],
+        signer=index["signer"],
+        created=index["created"],
+        encrypted_for=encryption["recipient"] if encryption else None,
+        members=members,
+        index=index,
+    )
+
+
+def _signed_index(data: bytes, trusted: Mapping[str, Ed25519PublicKey], label: str) -> tuple[dict[str, Any], bytes]:
+    """The index, once its signer is trusted, its signature holds and its name and version are safe;
+    and the archive after it (not yet checked)."""
     if not data.startswith(MAGIC):
         raise PackageError(f"{label}: not an EdgeSight model package (no {MAGIC[:-1].decode()!r} header)")
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_INDEX_BYTES)
@@ -234,12 +236,20 @@ def open_package(
             f"{label}: bad signature: the index was changed after signing, or key {signer} did not sign it"
         ) from None
     check_identity(index["name"], index["version"], label)  # a trusted key may still sign a careless name
-    archive = data[end + 130 :]
-    listed = {m["name"]: m for m in index["members"]}
+    return index, data[end + 130 :]
+
+
+def _checked_members(
+    archive: bytes,
+    expected: Mapping[str, Any],
+    listed: Mapping[str, Mapping[str, Any]],
+    label: str,
+    max_bytes: int,
+) -> dict[str, bytes]:
+    """The archive's members (as stored: encrypted ones still encrypted), each as the index lists it."""
     declared = sum(m["size"] for m in listed.values())
     if declared > max_bytes:
         raise PackageError(f"{label}: its members add up to {declared} bytes, over the limit of {max_bytes}")
-    expected = index["archive"]
     if len(archive) != expected["size"] or hashlib.sha256(archive).hexdigest() != expected["sha256"]:
         changed = f"{label}: the archive was changed after signing"
         try:  # read only to say what changed; refused either way
@@ -251,19 +261,7 @@ def open_package(
     _compare(members, listed, label)
     if MANIFEST not in members:
         raise PackageError(f"{label}: no {MANIFEST} in the package")
-    encryption = index["encryption"]
-    if encryption is not None:
-        members = _decrypt(members, listed, encryption, device_key, label, require_decryption)
-    return Package(
-        source=label,
-        name=index["name"],
-        version=index["version"],
-        signer=signer,
-        created=index["created"],
-        encrypted_for=encryption["recipient"] if encryption else None,
-        members=members,
-        index=index,
-    )
+    return members
 
 
 def _read(source: Path | bytes, label: str, max_bytes: int) -> bytes:
@@ -374,43 +372,3 @@ def _compare(members: Mapping[str, bytes], listed: Mapping[str, Mapping[str, Any
     missing = sorted(set(listed) - set(members))
     if missing:
         raise PackageError(f"{label}: indexed member {missing[0]!r} is missing from the archive")
-
-
-def _wrapping_key(shared: bytes, ephemeral: X25519PublicKey, recipient: X25519PublicKey) -> bytes:
-    salt = raw_public(ephemeral) + raw_public(recipient)
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_WRAP_INFO).derive(shared)
-
-
-def _decrypt(
-    members: dict[str, bytes],
-    listed: Mapping[str, Mapping[str, Any]],
-    encryption: Mapping[str, Any],
-    device_key: X25519PrivateKey | None,
-    label: str,
-    required: bool,
-) -> dict[str, bytes]:
-    recipient = encryption.get("recipient")
-    if encryption.get("scheme") != SCHEME:
-        raise PackageError(f"{label}: unknown encryption scheme {encryption.get('scheme')!r}")
-    if device_key is None:
-        if required:
-            raise PackageError(f"{label}: encrypted for device key {recipient}; set site.device_key to that key's file")
-        return {name: data for name, data in members.items() if not listed[name]["encrypted"]}
-    mine = key_id(device_key.public_key())
-    if mine != recipient:
-        raise PackageError(f"{label}: encrypted for device key {recipient}, not for this device's key {mine}")
-    try:
-        ephemeral = X25519PublicKey.from_public_bytes(bytes.fromhex(encryption["ephemeral"]))
-        wrapped = bytes.fromhex(encryption["wrapped_key"])
-        wrapping = _wrapping_key(device_key.exchange(ephemeral), ephemeral, device_key.public_key())
-        data_key = AESGCM(wrapping).decrypt(wrapped[:12], wrapped[12:], _WRAP_INFO)
-    except (InvalidTag, ValueError, KeyError, TypeError):
-        raise PackageError(f"{label}: its data key does not unwrap with this device's key {mine}") from None
-    plain = dict(members)
-    for name, data in members.items():
-        if listed[name]["encrypted"]:
-            try:
-                plain[name] = AESGCM(data_key).decrypt(data[:12], data[12:], name.encode())
-            except InvalidTag:
-                raise PackageError(f"{label}: member {name!r} does not decrypt") from None
-    return plain

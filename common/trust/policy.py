@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from common.assets import find_asset
 from common.config.loader import load_config
 from common.errors import ConfigError, EdgeSightError, PackageError
-from common.models import ModelFile
 from common.trust.keys import key_files, key_id, load_device_key, load_trusted_keys
 from common.trust.package import Package, open_package
 
@@ -28,9 +24,7 @@ __all__ = [
     "PACKAGE_SUFFIX",
     "TrustPolicy",
     "TrustWatch",
-    "model_file",
     "model_search_path",
-    "open_model",
     "site_trust",
 ]
 
@@ -168,26 +162,3 @@ def _reread(site: SiteSection, previous: TrustPolicy) -> TrustPolicy:
             log.error("the device key does not load; the previous one stays", extra={"error": str(exc)})
             device_key = previous.device_key
     return TrustPolicy(trusted, device_key, site.max_package_mb << 20, required=bool(site.trusted_keys))
-
-
-def open_model(
-    reference: str, site: SiteSection, policy: TrustPolicy, *, allow_unsigned: bool, what: str
-) -> tuple[ModelFile, str | None]:
-    """The model file an app's model node names — a plain file (where the policy allows it), or the
-    file a package's manifest names, handed over in memory — and the package's signer (None: plain)."""
-    path = find_asset(reference, model_search_path(site))
-    if path.suffix != PACKAGE_SUFFIX:
-        policy.check_plain(path, allow_unsigned=allow_unsigned, what=what)
-        return ModelFile.at(path, what), None
-    package = policy.open(path)
-    manifest = yaml.safe_load(package.manifest)
-    member = manifest.get("file") if isinstance(manifest, dict) else None
-    if not isinstance(member, str) or member not in package.members:
-        raise PackageError(f"{path}: its manifest names no model file of the package")
-    content = package.members[member]
-    return ModelFile(path / member, what, hashlib.sha256(content).hexdigest(), None, content), package.signer
-
-
-def model_file(reference: str, site: SiteSection, policy: TrustPolicy, *, allow_unsigned: bool, what: str) -> ModelFile:
-    """:func:`open_model` without the signer."""
-    return open_model(reference, site, policy, allow_unsigned=allow_unsigned, what=what)[0]

@@ -21,7 +21,8 @@ from common.audit import AuditTrail
 from common.config import AppConfig, SiteConfig
 from common.errors import EdgeSightError
 from common.models import Backend, TensorSpec, open_backend
-from common.trust import TrustWatch, load_installed, open_model
+from common.models.loading import open_model
+from common.trust import TrustWatch, load_installed
 
 __all__ = ["AppModels"]
 

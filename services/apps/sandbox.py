@@ -15,11 +15,12 @@ uses). The kernel does the isolating; these two only ask it to, and are small an
   (v1 or v2), else rlimits and the service's own watch of the app's memory;
 * an environment of Panorama's variables and ``apps.<app>.env`` only.
 
-``python -m services.apps.sandbox`` is the launcher the apps service starts, as root, for each app
-process: it joins the app's cgroup, sets its rlimits, bind-mounts the app's sources into a private
-staging tmpfs (so that the app's uid needs no right on the folders they live in), drops to the app's
-uid and ``exec``s ``[pasta -- sh -c <low ports>] bwrap ... -- <interpreter> <entry>``. Exit code 78 means the sandbox
-could not be made (the reason is its last line of output).
+This file is the launcher the apps service starts (``launch.py``), as root, by path (``python
+sandbox.py``, never ``-m``: it imports nothing of EdgeSight's packages), for each app process: it
+joins the app's cgroup, sets its rlimits, bind-mounts the app's sources into a private staging tmpfs
+(so that the app's uid needs no right on the folders they live in), drops to the app's uid and
+``exec``s ``[pasta -- sh -c <low ports>] bwrap ... -- <interpreter> <entry>``. Exit code 78 means the
+sandbox could not be made (the reason is its last line of output).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import threading
 import zmq
 from prometheus_client import Gauge
 
-from common.bus import Endpoint, security
+from common.bus import Endpoint, open_socket, security
 from common.service import Service, ServiceState
 
 __all__ = ["BrokerService"]
@@ -35,8 +35,8 @@ class BrokerService(Service):
     async def main(self) -> None:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         endpoints = self.config.bus.broker
-        frontend = Endpoint.parse(endpoints.frontend).open(context)
-        backend = Endpoint.parse(endpoints.backend).open(context)
+        frontend = open_socket(Endpoint.parse(endpoints.frontend), context)
+        backend = open_socket(Endpoint.parse(endpoints.backend), context)
         control_address = f"inproc://broker-control-{id(self)}"
         control = context.socket(zmq.PAIR)
         control.bind(control_address)

@@ -26,6 +26,7 @@ from contracts import Control, Event, topic
 from services.console import metrics
 from services.console.apps import Apps, video_key
 from services.console.auth import Auth
+from services.console.context import ConsoleContext
 from services.console.history import EventHistory
 from services.console.live import Live
 from services.console.mjpeg import Changes
@@ -71,7 +72,6 @@ class ConsoleService(Service):
             session_s=console.session_hours * 3600,
             trusted_proxies=console.trusted_proxies,
         )
-        self.site_file = SiteFile(Path(self.config.source))
         self.live = Live(FrameReaders(self.config.site.shm_dir))
         self.history = EventHistory(
             Path(self.config.site.state_dir) / "console",
@@ -81,10 +81,21 @@ class ConsoleService(Service):
         self.apps = Apps()
         # live views wait on these: a camera's by its name, an app's video by apps.video_key
         self.changes = Changes()
-        self.started_ns = time.time_ns()
+        # what the HTTP handlers may use (see services/console/context.py): never the service itself
+        self.context = ConsoleContext(
+            config=self.config,
+            auth=self.auth,
+            site_file=SiteFile(Path(self.config.source)),
+            live=self.live,
+            history=self.history,
+            apps=self.apps,
+            changes=self.changes,
+            audit=self.audit,
+            rules_saved=self.rules_saved,
+        )
 
     async def main(self) -> None:
-        runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        runner = web.AppRunner(build_app(self.context), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.settings.host, self.settings.port)
@@ -149,11 +160,9 @@ class ConsoleService(Service):
     async def rules_saved(self, config: SiteConfig, camera: str) -> None:
         """The site file has new rules for ``camera``: show them, and have rules apply them."""
         config.source = self.config.source
-        self.config = config
+        self.config = self.context.config = config
         if self.publisher is not None:
-            command = Control(
-                id=str(uuid.uuid4()), command="reload", target="rules", camera=camera, ts_ns=time.time_ns()
-            )
+            command = Control(id=str(uuid.uuid4()), command="reload", camera=camera, ts_ns=time.time_ns())
             await self.publisher.publish("control", "rules", command)
         log.info("rules saved", extra={"camera": camera})
 

@@ -11,10 +11,11 @@ import numpy as np
 import numpy.typing as npt
 
 from common.config import ModelConfig
+from common.errors import ModelError
 from common.models import Backend, open_backend
+from common.models.loading import ModelSpec, load_model_spec
 from common.shm import ChannelOrder
 from common.trust import TrustPolicy
-from services.inference.manifest import ModelError, ModelSpec, load_model_spec
 from services.inference.processing import Letterbox, Placement, decode_outputs, nms_per_class, to_source
 
 __all__ = ["Detector", "FrameDetections", "Timing"]

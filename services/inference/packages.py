@@ -20,7 +20,10 @@ import yaml
 
 from common.audit import AuditTrail
 from common.config import SiteConfig, load_config
-from common.errors import PackageError
+from common.errors import ModelError, PackageError
+from common.models.labels import TABLES
+from common.models.loading import load_model_spec, package_spec
+from common.models.manifest import ModelManifest, read_manifest, suggest_manifest
 from common.trust import (
     MANIFEST,
     PACKAGE_SUFFIX,
@@ -37,15 +40,6 @@ from common.trust import (
     load_trusted_keys,
     open_package,
     site_trust,
-)
-from services.inference.labels import TABLES
-from services.inference.manifest import (
-    ModelError,
-    ModelManifest,
-    load_model_spec,
-    package_spec,
-    read_manifest,
-    suggest_manifest,
 )
 
 __all__ = ["add_commands", "run_command"]

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from common.models.manifest import YOLOX_STRIDES, ModelManifest
 from common.shm import ChannelOrder
-from services.inference.manifest import YOLOX_STRIDES, ModelManifest
 
 __all__ = ["Letterbox", "Placement", "decode_outputs", "nms_per_class"]
 

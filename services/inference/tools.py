@@ -23,10 +23,10 @@ import yaml
 from common.config import ModelConfig
 from common.draw import Colour, draw_box, in_pixels
 from common.errors import EdgeSightError
+from common.models.manifest import onnx_metadata, suggest_manifest
 from common.urls import redact
 from services.inference import packages
 from services.inference.detector import Detector, FrameDetections
-from services.inference.manifest import onnx_metadata, suggest_manifest
 
 __all__ = ["detect", "inspect", "main"]
 

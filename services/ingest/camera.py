@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
 import threading
@@ -23,19 +24,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import cv2
-import numpy as np
-import numpy.typing as npt
-
 from common.config import CameraConfig
 from common.shm import FrameRingWriter
 from contracts import CameraState, CameraStatus, FrameRef, Message
 from services.ingest import metrics
 from services.ingest.decode import DecodeSession, SourceError, StallError, StreamInfo
-from services.ingest.gates import ConsumerGate, FrameRateGate, MotionDetector
+from services.ingest.gates import ConsumerGate, SourceRateGate
+from services.ingest.motion import MotionDetector, luma_width, small_luma
+from services.ingest.pixels import output_size, write_pixels
 from services.ingest.source import Source
 
-__all__ = ["CameraWorker", "output_size"]
+__all__ = ["CameraWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -44,52 +43,37 @@ FPS_WINDOW_S = 5.0
 STATES: tuple[CameraState, ...] = ("connecting", "streaming", "stalled", "backoff", "stopped")
 
 
-def output_size(width: int, height: int, max_width: int | None, slot_width: int, slot_height: int) -> tuple[int, int]:
-    """The frame size written to shared memory: at most ``max_width`` wide and fitting the ring's
-    slots, aspect ratio kept, even numbers (what scalers and encoders downstream prefer)."""
-    scale = min(1.0, slot_width / width, slot_height / height)
-    if max_width:
-        scale = min(scale, max_width / width)
-    if scale >= 1.0:
-        return width, height
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    """A source size's frames as written to the ring, and the grey image their motion is scored on."""
+
+    width: int
+    height: int
+    motion_width: int
+    motion_height: int
+
+    @classmethod
+    def of(cls, config: CameraConfig, width: int, height: int, rows: int | None = None) -> _Sizes:
+        """For a ``width`` x ``height`` source; ``rows``: the motion image's, kept from the first size when
+        the camera changes resolution."""
+        out_width, out_height = output_size(
+            width, height, config.max_width, config.max_frame_width, config.max_frame_height
+        )
+        rows = min(config.motion.frame_height, out_height) if rows is None else rows
+        return cls(out_width, out_height, luma_width(rows, out_width, out_height), rows)
 
 
-_PLANAR_LUMA = ("yuv", "yuvj", "nv12", "nv21", "gray")
+class _Meters:
+    """A camera's per-frame metric series, looked up once per session rather than per frame (most frames
+    of a fast camera are rate-limited); the backpressure ones only for a camera that has it."""
 
-
-# 4:2:0 planar YUV -> the ring's format, by OpenCV's SIMD conversion straight into the slot
-_FROM_I420 = {"bgr24": cv2.COLOR_YUV2BGR_I420, "rgb24": cv2.COLOR_YUV2RGB_I420}
-
-
-def write_pixels(frame: Any, out: npt.NDArray[np.uint8], pixel_format: str) -> None:
-    """The decoded frame in ``pixel_format`` at ``out``'s size, written once into ``out`` (a ring slot).
-
-    A full-size 4:2:0 frame (what H.264/H.265 decoders give) is packed into one I420 buffer (1.5 bytes a
-    pixel) and converted by OpenCV into the slot: no private BGR frame and no second copy. Same BT.601
-    video-range coefficients as FFmpeg's scaler; values differ from its rounding by at most 2
-    (tests/unit/test_ingest.py). Anything else (a resize, other formats) goes through FFmpeg's scaler.
-    """
-    height, width = out.shape[:2]
-    code = _FROM_I420.get(pixel_format)
-    if code is not None and frame.format.name == "yuv420p" and (frame.width, frame.height) == (width, height):
-        cv2.cvtColor(frame.to_ndarray(), code, dst=out)
-        return
-    np.copyto(out, frame.to_ndarray(format=pixel_format, width=width, height=height))
-
-
-def small_luma(frame: Any, height: int, width: int) -> npt.NDArray[np.uint8]:
-    """A ``height``-row grey image of the frame for motion detection.
-
-    Decoders hand out YUV, whose first plane already is the luma: every n-th pixel of it costs
-    microseconds, where a scaled conversion of a 1080p frame costs about half a millisecond.
-    """
-    if frame.format.name.startswith(_PLANAR_LUMA):
-        plane = frame.planes[0]
-        luma = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
-        step_y, step_x = max(1, plane.height // height), max(1, plane.width // width)
-        return luma[::step_y, ::step_x]
-    return frame.reformat(width=width, height=height, format="gray").to_ndarray()  # type: ignore[no-any-return]
+    def __init__(self, camera: str, *, paced: bool) -> None:
+        self.decode_seconds = metrics.DECODE_SECONDS.labels(camera)
+        self.convert_seconds = metrics.CONVERT_SECONDS.labels(camera)
+        self.dropped_rate_limit = metrics.FRAMES_DROPPED.labels(camera, "rate_limit")
+        self.dropped_paused = metrics.FRAMES_DROPPED.labels(camera, "paused")
+        self.consumer_wait = metrics.CONSUMER_WAIT.labels(camera) if paced else None
+        self.consumer_timeouts = metrics.CONSUMER_TIMEOUTS.labels(camera) if paced else None
 
 
 class CameraWorker:
@@ -282,6 +266,7 @@ class CameraWorker:
 
     # -- the decode thread -----------------------------------------------------------------------
     def _stream(self, abort: threading.Event) -> bool:
+        """One connection, decoded until it ends or ``abort``; True when a file ended."""
         config = self.config
         with DecodeSession(
             self.source,
@@ -292,75 +277,79 @@ class CameraWorker:
             abort=abort,
             camera=self.name,
         ) as session:
-            self.info = info = session.open()
-            if info.fallback and not self._fallback_logged:
-                self._fallback_logged = True
-                log.warning(
-                    "hardware decoder unavailable, decoding in software",
-                    extra={"camera": self.name, "decoder": info.decoder, "error": info.fallback},
-                )
-            slot_width, slot_height = config.max_frame_width, config.max_frame_height
-            width, height = output_size(info.width, info.height, config.max_width, slot_width, slot_height)
-            motion_height = min(config.motion.frame_height, height)
-            motion_width = max(2, round(motion_height * width / height))
-            detector = MotionDetector(config.motion.threshold, config.motion.min_area)
-            gate = FrameRateGate(config.fps)
+            info = self._open(session)
+            source_size = (info.width, info.height)
+            sizes = _Sizes.of(config, info.width, info.height)
+            motion = MotionDetector(config.motion.threshold, config.motion.min_area)
             # Files read faster than real time are rate-limited on their own timestamps.
-            use_stream_time = not self.source.is_live and not config.realtime
-            stream_time = float("-inf")
-            decode_seconds = metrics.DECODE_SECONDS.labels(self.name)
-            convert_seconds = metrics.CONVERT_SECONDS.labels(self.name)
-            # label lookups once per session, not per frame (most frames of a fast camera are rate-limited)
-            dropped_rate_limit = metrics.FRAMES_DROPPED.labels(self.name, "rate_limit")
-            dropped_paused = metrics.FRAMES_DROPPED.labels(self.name, "paused")
-            consumer = self.consumer  # set only for a file read faster than real time
-            if consumer is not None:
-                consumer.clear()
-                consumer_wait = metrics.CONSUMER_WAIT.labels(self.name)
-                consumer_timeouts = metrics.CONSUMER_TIMEOUTS.labels(self.name)
+            rate = SourceRateGate(config.fps, stream_time=not self.source.is_live and not config.realtime)
+            meters = _Meters(self.name, paced=self.consumer is not None)
+            if self.consumer is not None:
+                self.consumer.clear()
             first = True
             for frame, spent in session.frames():
-                decode_seconds.observe(spent)
+                meters.decode_seconds.observe(spent)
                 now = time.monotonic()
                 self._last_frame = now
                 if first:
                     first = False
-                    self._call(self._streaming, width, height)
-                if frame.width != info.width or frame.height != info.height:  # the camera changed resolution
-                    width, height = output_size(frame.width, frame.height, config.max_width, slot_width, slot_height)
-                    motion_width = max(2, round(motion_height * width / height))
-                    detector.reset()
-                if use_stream_time and (frame.time is None or frame.time <= stream_time):
-                    use_stream_time = False  # timestamps missing or not increasing: pace by the clock
-                    gate.reset()
-                stream_time = frame.time if use_stream_time else now
-                if not gate.admit(stream_time):
-                    dropped_rate_limit.inc()
+                    self._call(self._streaming, sizes.width, sizes.height)
+                if (frame.width, frame.height) != source_size:  # the camera changed resolution
+                    source_size = (frame.width, frame.height)
+                    sizes = _Sizes.of(config, frame.width, frame.height, sizes.motion_height)
+                    motion.reset()
+                if not self._admit(frame.time, now, rate, meters):
                     continue
-                if self.paused:
-                    dropped_paused.inc()
-                    continue
-                if consumer is not None:  # decoded ahead; written once inference has room for it
-                    waiting = time.perf_counter()
-                    consumer_timeouts.inc(consumer.wait(abort))
-                    consumer_wait.inc(time.perf_counter() - waiting)
-                    self._last_frame = time.monotonic()  # waiting for inference is not a stalled camera
+                if self.consumer is not None:  # decoded ahead; written once inference has room for it
+                    self._wait_for_room(self.consumer, abort, meters)
                 if abort.is_set():
                     break
-                started = time.perf_counter()
-                motion, box = 1.0, None
-                if config.motion.enabled:
-                    motion, box = detector.update(small_luma(frame, motion_height, motion_width))
-                with self.ring.fill(
-                    width, height, config.pixel_format, motion=min(1.0, motion), motion_box=box
-                ) as slot:
-                    write_pixels(frame, slot.array, config.pixel_format)
-                convert_seconds.observe(time.perf_counter() - started)
-                assert slot.ref is not None
-                if consumer is not None:
-                    consumer.sent(slot.ref.seq)
-                self._call(self._publish, slot.ref)
+                self._write(frame, sizes, motion, meters)
             return not self.source.is_live and not abort.is_set()
+
+    def _open(self, session: DecodeSession) -> StreamInfo:
+        self.info = info = session.open()
+        if info.fallback and not self._fallback_logged:
+            self._fallback_logged = True
+            log.warning(
+                "hardware decoder unavailable, decoding in software",
+                extra={"camera": self.name, "decoder": info.decoder, "error": info.fallback},
+            )
+        return info
+
+    def _admit(self, frame_time: float | None, now: float, rate: SourceRateGate, meters: _Meters) -> bool:
+        """Whether a decoded frame is published: within the camera's rate, and the camera not paused."""
+        if not rate.admit(frame_time, now):
+            meters.dropped_rate_limit.inc()
+            return False
+        if self.paused:
+            meters.dropped_paused.inc()
+            return False
+        return True
+
+    def _wait_for_room(self, consumer: ConsumerGate, abort: threading.Event, meters: _Meters) -> None:
+        assert meters.consumer_wait is not None and meters.consumer_timeouts is not None
+        waiting = time.perf_counter()
+        meters.consumer_timeouts.inc(consumer.wait(abort))
+        meters.consumer_wait.inc(time.perf_counter() - waiting)
+        self._last_frame = time.monotonic()  # waiting for inference is not a stalled camera
+
+    def _write(self, frame: Any, sizes: _Sizes, motion: MotionDetector, meters: _Meters) -> None:
+        """The frame's motion scored, its pixels written once into the ring, its FrameRef handed to the loop."""
+        config = self.config
+        started = time.perf_counter()
+        score, box = 1.0, None
+        if config.motion.enabled:
+            score, box = motion.update(small_luma(frame, sizes.motion_height, sizes.motion_width))
+        with self.ring.fill(
+            sizes.width, sizes.height, config.pixel_format, motion=min(1.0, score), motion_box=box
+        ) as slot:
+            write_pixels(frame, slot.array, config.pixel_format)
+        meters.convert_seconds.observe(time.perf_counter() - started)
+        assert slot.ref is not None
+        if self.consumer is not None:
+            self.consumer.sent(slot.ref.seq)
+        self._call(self._publish, slot.ref)
 
     def _call(self, function: Callable[..., None], *args: Any) -> None:
         loop = self._loop

@@ -1,4 +1,4 @@
-"""Per-frame decisions made before a frame is written: the rate limit, the consumer's pace, the motion score."""
+"""Per-frame decisions made before a frame is written: the rate limit and the consumer's pace."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import collections
 import threading
 import time
 
-import numpy as np
-import numpy.typing as npt
-
-__all__ = ["ConsumerGate", "FrameRateGate", "MotionDetector"]
+__all__ = ["ConsumerGate", "FrameRateGate", "SourceRateGate"]
 
 
 class FrameRateGate:
@@ -41,6 +38,35 @@ class FrameRateGate:
 
     def reset(self) -> None:
         self._next = None
+
+
+class SourceRateGate:
+    """A :class:`FrameRateGate` on the source's own clock where it has one: a file read faster than real
+    time is limited on its frames' timestamps until they go missing or stop increasing; from then on,
+    and for a live source always, on the monotonic clock (``now``).
+
+    >>> gate = SourceRateGate(10, stream_time=True)
+    >>> [gate.admit(t, now=0.0) for t in (0.0, 0.04, 0.1)]
+    [True, False, True]
+    >>> gate.admit(None, now=5.0), gate.stream_time  # no timestamp: paced by the clock from now on
+    (True, False)
+    """
+
+    def __init__(self, fps: float, *, stream_time: bool) -> None:
+        self.gate = FrameRateGate(fps)
+        self.stream_time = stream_time
+        self._last = float("-inf")
+
+    def admit(self, frame_time: float | None, now: float) -> bool:
+        """Whether the frame stamped ``frame_time`` (None: unknown), decoded at ``now``, is published."""
+        if self.stream_time and frame_time is not None and frame_time > self._last:
+            self._last = frame_time
+        else:
+            if self.stream_time:  # timestamps missing or not increasing: pace by the clock
+                self.stream_time = False
+                self.gate.reset()
+            self._last = now
+        return self.gate.admit(self._last)
 
 
 class ConsumerGate:
@@ -87,38 +113,3 @@ class ConsumerGate:
         """A new session (a reconnect): nothing sent before it is waited for."""
         with self._changed:
             self._unanswered.clear()
-
-
-class MotionDetector:
-    """Changed share of a small luma image against a running-average background.
-
-    Frigate's approach: compare a ``frame_height``-row grey image (cheap: FFmpeg scales the Y
-    plane) with an exponentially averaged background; pixels differing by more than
-    ``threshold`` are motion. Returns the changed share and the normalised box around it.
-    """
-
-    def __init__(self, threshold: int = 30, min_area: float = 0.001, alpha: float = 0.2) -> None:
-        self.threshold = threshold
-        self.min_area = min_area
-        self.alpha = alpha
-        self._background: npt.NDArray[np.float32] | None = None
-
-    def update(self, luma: npt.NDArray[np.uint8]) -> tuple[float, tuple[float, float, float, float] | None]:
-        current = luma.astype(np.float32)
-        if self._background is None or self._background.shape != current.shape:
-            self._background = current
-            return 0.0, None
-        changed = np.abs(current - self._background) > self.threshold
-        # Blend after comparing: a moving object still shows against the old background.
-        self._background += self.alpha * (current - self._background)
-        score = float(changed.mean())
-        if score < self.min_area:
-            return score, None
-        rows = np.flatnonzero(changed.any(axis=1))
-        cols = np.flatnonzero(changed.any(axis=0))
-        height, width = changed.shape
-        box = (cols[0] / width, rows[0] / height, (cols[-1] + 1) / width, (rows[-1] + 1) / height)
-        return score, (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-
-    def reset(self) -> None:
-        self._background = None

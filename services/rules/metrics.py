@@ -16,7 +16,7 @@ SNAPSHOTS_MISSED = Counter(
 EVENTS_QUEUED = Gauge("edgesight_events_queued", "Events in the outbox: decided, not yet acknowledged by the uplink.")
 OUTBOX_DROPPED = Counter(
     "edgesight_outbox_dropped_total",
-    "Events dropped from the rules outbox: full (past uplink.spool.max_mb) or invalid (no longer decodes).",
+    "Events dropped from the rules outbox: full (past events.outbox_max_mb) or invalid (no longer decodes).",
     ["reason"],
 )
 ACTIONS_DROPPED = Counter(

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sqlite3
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -20,8 +19,10 @@ from common.draw import Colour, draw_box, in_pixels
 from common.events import event_dict
 from common.files import private_sqlite
 from common.privacy import apply_privacy_masks
+from common.urls import redact_url
+from common.webhook import WebhookError, post_json
 from contracts import Event, Snapshot
-from services.rules.engine import CountStore
+from services.rules.counts import CountStore
 
 __all__ = ["SqliteCountStore", "event_json", "make_snapshot", "run_action"]
 
@@ -73,6 +74,7 @@ def make_snapshot(frame: npt.NDArray[np.uint8], camera: CameraConfig, event: Eve
 
 
 def event_json(event: Event) -> bytes:
+    """The event as rules' ``events.jsonl`` and its actions get it (``common.events``: the snapshot by size)."""
     return json.dumps(event_dict(event)).encode()
 
 
@@ -90,17 +92,16 @@ async def run_action(action: Action, event: Event) -> None:
 
 
 async def _webhook(action: WebhookAction, event: Event) -> None:
+    """POSTs the event (``common.webhook``), retried ``retries`` times with a backoff; the error names
+    the URL without its secrets."""
     body = event_json(event)
     for attempt in range(action.retries + 1):
-        request = urllib.request.Request(
-            action.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
         try:
-            await asyncio.to_thread(urllib.request.urlopen, request, timeout=action.timeout_s)
+            await post_json(action.url, body, action.timeout_s)
             return
-        except OSError as exc:
+        except WebhookError as exc:
             if attempt == action.retries:
-                raise OSError(f"POST {action.url} failed {attempt + 1} times: {exc}") from None
+                raise WebhookError(f"POST {redact_url(action.url)} failed {attempt + 1} times: {exc}") from None
             await asyncio.sleep(min(2**attempt, 30))
 
 

@@ -21,6 +21,7 @@ import msgspec
 from common._compat import TaskGroup
 from common.bus import EventSender, Subscriber
 from common.config import CameraConfig, SiteConfig, load_config
+from common.config.rules import Action
 from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.files import private_dir, private_open
 from common.service import Service, ServiceState
@@ -30,6 +31,7 @@ from contracts import (
     Control,
     Detections,
     Event,
+    FrameRef,
     LineCounts,
     Scene,
     TrackedObject,
@@ -38,7 +40,8 @@ from contracts import (
     topic,
 )
 from services.rules import metrics
-from services.rules.engine import CameraRules, Draft, Moment, Observed
+from services.rules.engine import CameraRules
+from services.rules.moment import Draft, Moment, Observed
 from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
 from services.rules.tracker import ByteTracker, Track
@@ -47,7 +50,6 @@ __all__ = ["RulesService"]
 
 log = logging.getLogger(__name__)
 
-SCALARS = (str, int, float, bool)
 ITEM_MAX_AGE_S = 1.0  # detections of another model count for PPE this long
 MAX_RUNNING_ACTIONS = 64  # local actions (webhook, command, GPIO) running at once; past it they are dropped
 EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")
@@ -59,9 +61,16 @@ def _box(values: object) -> tuple[float, float, float, float]:
 
 
 def _unit_box(values: object) -> tuple[float, float, float, float]:
-    """A track's (predicted) box may reach past the frame; the contract's boxes are 0-1."""
+    """A track's box is its last detection's, and ``Detections`` does not bound boxes (our inference
+    clips them, another sender may not); a Scene's and an Event's boxes are 0-1."""
     x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in _box(values))
     return x1, y1, x2, y2
+
+
+def _outbox_max_bytes(config: SiteConfig) -> int:
+    """The outbox's room on disk: ``events.outbox_max_mb``, else the uplink spool's (both hold events the
+    uplink has not yet sent on, so by default one bound holds for both)."""
+    return (config.events.outbox_max_mb or config.uplink.spool.max_mb) << 20
 
 
 class _Camera:
@@ -75,6 +84,43 @@ class _Camera:
         self.zone_labels: dict[str, set[str]] = {}  # zone -> every label seen in it: gauges go back to 0
         # track -> rule -> the object at that rule's last event about it: the "before" of the next one
         self.last_seen: dict[int, dict[str, TrackedObject]] = {}
+
+
+def _now_and_before(camera: _Camera, draft: Draft) -> tuple[TrackedObject | None, TrackedObject | None]:
+    """The draft's object now, and as it was at this rule's last event about it (none for a new one);
+    remembers it for the next, and forgets it at the end."""
+    track = draft.track
+    if track is None:
+        return None, None
+    after = TrackedObject(
+        track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=_unit_box(track.box)
+    )
+    seen = camera.last_seen.setdefault(track.track_id, {})
+    before = seen.get(draft.rule) if draft.lifecycle != "new" else None
+    if draft.lifecycle == "end":
+        seen.pop(draft.rule, None)
+    else:
+        seen[draft.rule] = after
+    return after, before
+
+
+def _count_and_log(camera: str, draft: Draft) -> None:
+    """The draft in the metrics and the debug log."""
+    track = draft.track
+    metrics.EVENTS.labels(draft.rule, draft.event_type).inc()
+    if draft.event_type == "line_cross" and track is not None:
+        direction = str(draft.attributes["direction"])
+        metrics.LINE_CROSSINGS.labels(camera, draft.rule, direction, track.label).inc()
+    log.debug(
+        "event",
+        extra={
+            "camera": camera,
+            "rule": draft.rule,
+            "type": draft.event_type,
+            "lifecycle": draft.lifecycle,
+            "track": track.track_id if track else None,
+        },
+    )
 
 
 class RulesService(Service):
@@ -91,7 +137,7 @@ class RulesService(Service):
             if camera.enabled and camera.rules
         }
         state_dir = Path(self.config.site.state_dir)
-        self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=self.config.uplink.spool.max_mb << 20)
+        self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=_outbox_max_bytes(self.config))
         self.outbox_changed = asyncio.Event()
         self.events_sent = 0
         self._readers = FrameReaders(self.config.site.shm_dir)  # snapshots, on a worker thread
@@ -201,25 +247,33 @@ class RulesService(Service):
         await self.publisher.publish("scene", camera.name, scene)
 
     async def _emit(self, camera: _Camera, detections: Detections, draft: Draft, t: float) -> None:
-        frame = detections.frame
+        """Makes ``draft`` an Event and hands it on: outbox (for the uplink), the console's copy,
+        ``events.jsonl``, the rule's actions."""
+        event = self._event(camera, detections.frame, draft, t)
+        rule = camera.config.rules[draft.rule]
+        if rule.snapshot:
+            event = await asyncio.to_thread(self._with_snapshot, camera, event)
+        _count_and_log(camera.name, draft)
+        try:
+            decode(encode(event), Event)  # the uplink would refuse it, and it would be resent for ever
+        except ContractError as exc:
+            metrics.OUTBOX_DROPPED.labels("invalid").inc()
+            log.error("event breaks the contract; dropped", extra={"rule": draft.rule, "error": str(exc)})
+            return
+        await self._deliver(camera.name, event)
+        for action in rule.actions:
+            self._start_action(draft.rule, action, event)
+
+    def _event(self, camera: _Camera, frame: FrameRef, draft: Draft, t: float) -> Event:
+        """The Event of a draft decided on ``frame`` (captured at monotonic ``t``), with its stable id."""
         track = draft.track
         start_ns = None
         if draft.start_t is not None:
             start_ns = max(0, frame.capture_ns - int((t - draft.start_t) * 1e9))
-        after = before = None
-        if track is not None:
-            after = TrackedObject(
-                track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=track.box
-            )
-            seen = camera.last_seen.setdefault(track.track_id, {})
-            before = seen.get(draft.rule) if draft.lifecycle != "new" else None
-            if draft.lifecycle == "end":
-                seen.pop(draft.rule, None)
-            else:
-                seen[draft.rule] = after
+        after, before = _now_and_before(camera, draft)
         identity = f"{self.config.site.name}/{camera.name}/{draft.rule}/{draft.event_type}/{draft.lifecycle}/"
         identity += f"{track.track_id if track else '-'}/{start_ns}/{frame.seq}"
-        event = Event(
+        return Event(
             id=str(uuid.uuid5(EVENT_NAMESPACE, identity)),  # the same decision always has the same id
             event_type=draft.event_type,
             lifecycle=draft.lifecycle,  # type: ignore[arg-type]
@@ -237,45 +291,27 @@ class RulesService(Service):
             },
             frame=frame,
         )
-        rule = camera.config.rules[draft.rule]
-        if rule.snapshot:
-            event = await asyncio.to_thread(self._with_snapshot, camera, event)
-        metrics.EVENTS.labels(draft.rule, draft.event_type).inc()
-        if draft.event_type == "line_cross" and track is not None:
-            direction = str(draft.attributes["direction"])
-            metrics.LINE_CROSSINGS.labels(camera.name, draft.rule, direction, track.label).inc()
-        log.debug(
-            "event",
-            extra={
-                "camera": camera.name,
-                "rule": draft.rule,
-                "type": draft.event_type,
-                "lifecycle": draft.lifecycle,
-                "track": track.track_id if track else None,
-            },
-        )
-        try:
-            decode(encode(event), Event)  # the uplink would refuse it, and it would be resent for ever
-        except ContractError as exc:
-            metrics.OUTBOX_DROPPED.labels("invalid").inc()
-            log.error("event breaks the contract; dropped", extra={"rule": draft.rule, "error": str(exc)})
-            return
-        self.outbox.put(event)  # on disk before anything else hears of it
+
+    async def _deliver(self, camera: str, event: Event) -> None:
+        """To the outbox first (on disk before anything else hears of it), then the local copies."""
+        self.outbox.put(event)
         self.outbox_changed.set()
         if self.publisher is not None:  # a copy for local consumers (the console); the uplink's is the outbox's
-            await self.publisher.publish("events", camera.name, event)
+            await self.publisher.publish("events", camera, event)
         if self.jsonl is not None:
             with private_open(self.jsonl) as out:
                 out.write(event_json(event) + b"\n")
-        for action in rule.actions:
-            if len(self._actions) >= MAX_RUNNING_ACTIONS:
-                metrics.ACTIONS_DROPPED.labels(draft.rule, action.type).inc()
-                log.warning("too many actions running; this one dropped", extra={"rule": draft.rule})
-                continue
-            spawn = self._group.create_task if self._group is not None else asyncio.create_task
-            task = spawn(run_action(action, event), name=f"action-{draft.rule}")
-            self._actions.add(task)
-            task.add_done_callback(self._actions.discard)
+
+    def _start_action(self, rule: str, action: Action, event: Event) -> None:
+        """Runs a local action in the background, unless MAX_RUNNING_ACTIONS already run (then dropped)."""
+        if len(self._actions) >= MAX_RUNNING_ACTIONS:
+            metrics.ACTIONS_DROPPED.labels(rule, action.type).inc()
+            log.warning("too many actions running; this one dropped", extra={"rule": rule})
+            return
+        spawn = self._group.create_task if self._group is not None else asyncio.create_task
+        task = spawn(run_action(action, event), name=f"action-{rule}")
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
 
     def _with_snapshot(self, camera: _Camera, event: Event) -> Event:
         """Copies the frame out of shared memory now (generation checked) and attaches a masked JPEG."""

@@ -134,8 +134,31 @@ class Track:
     origin: FloatArray  # the first matched box: where the object was before it was confirmed
     hits: int = 1
     confirmed: bool = False
-    best_score: float = 0.0
     kalman: _Kalman = dataclasses.field(repr=False, default=None)  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """One frame's detections as the tracker matches them."""
+
+    boxes: FloatArray  # [N, 4] normalised xyxy
+    square: FloatArray  # the same on square pixels: distances mean the same along x and y
+    class_ids: npt.NDArray[np.int64]
+    scores: FloatArray
+    t: float  # capture time, seconds
+
+    @classmethod
+    def of(
+        cls, boxes: npt.ArrayLike, class_ids: npt.ArrayLike, scores: npt.ArrayLike, t: float, aspect: float
+    ) -> _Frame:
+        normalised = np.asarray(boxes, np.float64).reshape(-1, 4)
+        return cls(
+            boxes=normalised,
+            square=normalised * np.array([aspect, 1.0, aspect, 1.0]),
+            class_ids=np.asarray(class_ids, np.int64).reshape(-1),
+            scores=np.asarray(scores, np.float64).reshape(-1),
+            t=t,
+        )
 
 
 class ByteTracker:
@@ -157,66 +180,80 @@ class ByteTracker:
     ) -> tuple[list[Track], list[Track]]:
         """One frame's detections at capture time ``t`` (seconds) from a frame ``aspect`` (width / height)
         wide: (confirmed tracks seen in it, confirmed tracks gone)."""
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        class_ids = np.asarray(class_ids, np.int64).reshape(-1)
-        scores = np.asarray(scores, np.float64).reshape(-1)
-        scale = np.array([aspect, 1.0, aspect, 1.0])
-        square = boxes * scale  # boxes on square pixels
+        frame = _Frame.of(boxes, class_ids, scores, t, aspect)
+        predicted = self._predict(t)
+        high = np.flatnonzero(frame.scores >= self.config.high_score)
+        low = np.flatnonzero((frame.scores >= self.config.low_score) & (frame.scores < self.config.high_score))
+        # ByteTrack's two stages: confident detections may continue any live track, lost ones included;
+        # weak ones only a confirmed track the first stage left unmatched
+        every = list(range(len(self.tracks)))
+        continued, unmatched = self._associate(frame, high, every, predicted)
+        confirmed_left = [i for i in every if i not in continued and self.tracks[i].confirmed]
+        continued_weak, _ = self._associate(frame, low, confirmed_left, predicted)
+        started = self._start_tracks(frame, unmatched)
+        seen = [self.tracks[i] for i in continued + continued_weak if self.tracks[i].confirmed]
+        seen += [track for track in started if track.confirmed]
+        self.tracks += started
+        return seen, self._end_tracks(t)
+
+    def _predict(self, t: float) -> FloatArray:
+        """Every track's box at ``t`` (square pixels), from its motion since the last frame."""
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
-        predicted = np.array([track.kalman.predict(dt) for track in self.tracks]).reshape(-1, 4)
-        high = np.flatnonzero(scores >= self.config.high_score)
-        low = np.flatnonzero((scores >= self.config.low_score) & (scores < self.config.high_score))
-        unmatched_tracks = list(range(len(self.tracks)))
-        seen: list[Track] = []
+        return np.array([track.kalman.predict(dt) for track in self.tracks]).reshape(-1, 4)
 
-        def associate(detections: npt.NDArray[np.intp], candidates: list[int]) -> list[int]:
-            """Matches ``detections`` to ``candidates`` (track indices); returns unmatched detections."""
-            if len(detections) == 0 or not candidates:
-                return list(detections)
-            tracks = [self.tracks[i] for i in candidates]
-            cost = self._cost(tracks, predicted[candidates], square[detections], t)
-            same_class = class_ids[detections][None, :] == np.array([track.class_id for track in tracks])[:, None]
-            cost[~same_class] = INFEASIBLE
-            rows, cols = linear_sum_assignment(cost)
-            matched_detections = set()
-            for row, col in zip(rows, cols, strict=True):
-                if cost[row, col] >= INFEASIBLE:
-                    continue
-                track = self.tracks[candidates[row]]
-                detection = detections[col]
-                track.kalman.update(square[detection])
-                track.box, track.score, track.last_seen = boxes[detection].copy(), float(scores[detection]), t
-                track.hits += 1
-                track.best_score = max(track.best_score, track.score)
-                track.confirmed = track.confirmed or self._confirms(track)
-                speed = track.kalman.speed()
-                if track.hits >= self.config.min_hits and speed >= MOVING:
-                    self._speeds.setdefault(track.class_id, collections.deque(maxlen=SPEED_SAMPLES)).append(speed)
-                unmatched_tracks.remove(candidates[row])
-                matched_detections.add(col)
-                if track.confirmed:
-                    seen.append(track)
-            return [detections[i] for i in range(len(detections)) if i not in matched_detections]
+    def _associate(
+        self, frame: _Frame, detections: npt.NDArray[np.intp], candidates: list[int], predicted: FloatArray
+    ) -> tuple[list[int], list[int]]:
+        """Matches ``detections`` to ``candidates`` (track indices) and continues the matched tracks:
+        (the tracks continued, in the order matched; the detections left)."""
+        if len(detections) == 0 or not candidates:
+            return [], list(detections)
+        tracks = [self.tracks[i] for i in candidates]
+        cost = self._cost(tracks, predicted[candidates], frame.square[detections], frame.t)
+        same_class = frame.class_ids[detections][None, :] == np.array([track.class_id for track in tracks])[:, None]
+        cost[~same_class] = INFEASIBLE
+        rows, cols = linear_sum_assignment(cost)
+        continued: list[int] = []
+        matched_detections: set[int] = set()
+        for row, col in zip(rows, cols, strict=True):
+            if cost[row, col] >= INFEASIBLE:
+                continue
+            self._continue(self.tracks[candidates[row]], frame, detections[col])
+            continued.append(candidates[row])
+            matched_detections.add(col)
+        return continued, [detections[i] for i in range(len(detections)) if i not in matched_detections]
 
-        new_detections = associate(high, list(unmatched_tracks))
-        associate(low, [i for i in unmatched_tracks if self.tracks[i].confirmed])
-        for detection in new_detections:
+    def _continue(self, track: Track, frame: _Frame, detection: int) -> None:
+        """``track`` matched ``detection``: its motion, box, score and proof of life follow."""
+        track.kalman.update(frame.square[detection])
+        track.box, track.score, track.last_seen = frame.boxes[detection].copy(), float(frame.scores[detection]), frame.t
+        track.hits += 1
+        track.confirmed = track.confirmed or self._confirms(track)
+        speed = track.kalman.speed()
+        if track.hits >= self.config.min_hits and speed >= MOVING:
+            self._speeds.setdefault(track.class_id, collections.deque(maxlen=SPEED_SAMPLES)).append(speed)
+
+    def _start_tracks(self, frame: _Frame, detections: list[int]) -> list[Track]:
+        """A new track for each confident detection no track continued."""
+        started = []
+        for detection in detections:
             track = Track(
                 track_id=next(self._ids),
-                class_id=int(class_ids[detection]),
-                box=boxes[detection].copy(),
-                score=float(scores[detection]),
-                first_seen=t,
-                last_seen=t,
-                origin=boxes[detection].copy(),
-                best_score=float(scores[detection]),
-                kalman=_Kalman(square[detection], self.config.max_speed),
+                class_id=int(frame.class_ids[detection]),
+                box=frame.boxes[detection].copy(),
+                score=float(frame.scores[detection]),
+                first_seen=frame.t,
+                last_seen=frame.t,
+                origin=frame.boxes[detection].copy(),
+                kalman=_Kalman(frame.square[detection], self.config.max_speed),
             )
             track.confirmed = self.config.min_hits <= 1
-            self.tracks.append(track)
-            if track.confirmed:
-                seen.append(track)
+            started.append(track)
+        return started
+
+    def _end_tracks(self, t: float) -> list[Track]:
+        """Drops the tracks that ended at ``t``; returns the confirmed ones among them."""
         # ByteTrack's rule: a track not yet confirmed lives only while matched in every frame; a false
         # positive must not linger with a widening gate and take over a real object's detection later
         alive = [
@@ -226,7 +263,7 @@ class ByteTracker:
         ]
         gone = [track for track in self.tracks if track.confirmed and t - track.last_seen > self.config.max_age_s]
         self.tracks = alive
-        return seen, gone
+        return gone
 
     def _confirms(self, track: Track) -> bool:
         """``min_hits`` matches, or two spanning ``confirm_s``: the same proof of life at any frame rate."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from common.audit import AuditChunk, AuditPosition, read_audit
 from contracts import Event
 from services.uplink import metrics
 from services.uplink.spool import Spool
@@ -55,29 +55,31 @@ def audit_event(record: Mapping[str, Any]) -> Event:
 
 def spool_new_records(path: Path, spool: Spool, targets: Callable[[list[Event]], dict[str, list[str]]]) -> int:
     """Spools the records appended since the last call (at most MAX_READ bytes); how many were read. Blocking."""
-    try:
-        with path.open("rb") as file:
-            info = os.fstat(file.fileno())
-            inode = info.st_ino
-            known_inode, offset = spool.cursor(CURSOR)
-            if inode != known_inode or info.st_size < offset:
-                if known_inode:  # replaced or truncated by hand: start over (ids keep repeats out)
-                    log.warning("audit trail replaced; reading it from the start", extra={"path": str(path)})
-                offset = 0
-            file.seek(offset)
-            chunk = file.read(MAX_READ)
-    except FileNotFoundError:
+    chunk = read_audit(path, AuditPosition(*spool.cursor(CURSOR)), MAX_READ)
+    if chunk is None:
         return 0
-    end = chunk.rfind(b"\n") + 1  # whole lines only: a record being written is read next round
-    if end == 0:
-        return 0
-    events = []
-    for line in chunk[:end].splitlines():
-        try:
-            events.append(audit_event(json.loads(line)))
-        except ValueError as exc:  # json's errors are ValueErrors too
-            metrics.AUDIT_MALFORMED.inc()
-            log.warning("malformed audit record skipped", extra={"path": str(path), "error": str(exc)[:200]})
-    added = spool.add(events, targets(events), position=(CURSOR, inode, offset + end))
+    if chunk.restarted:  # replaced or truncated by hand: start over (ids keep repeats out)
+        log.warning("audit trail replaced; reading it from the start", extra={"path": str(path)})
+    if not chunk.raw:
+        return 0  # no whole line yet: a record being written is read next round
+    events = _events(chunk, path)
+    position = (CURSOR, chunk.position.inode, chunk.position.offset)
+    added = spool.add(events, targets(events), position=position)
     metrics.AUDIT_SPOOLED.inc(added)  # a record read again (a replaced file) is not spooled twice
     return len(events)
+
+
+def _events(chunk: AuditChunk, path: Path) -> list[Event]:
+    """The chunk's records as events; a line that is no record, or no event, is counted and skipped."""
+    events = []
+    for line in chunk.lines():
+        error = line.error
+        if line.record is not None:
+            try:
+                events.append(audit_event(line.record))
+                continue
+            except ValueError as exc:
+                error = str(exc)
+        metrics.AUDIT_MALFORMED.inc()
+        log.warning("malformed audit record skipped", extra={"path": str(path), "error": error[:200]})
+    return events

@@ -20,7 +20,15 @@ from contracts import CameraStatus, Event, Health, topic
 from services.uplink import metrics
 from services.uplink.audit import POLL_S as AUDIT_POLL_S
 from services.uplink.audit import spool_new_records
-from services.uplink.sinks import CloudWatchOut, JsonlOut, MqttOut, S3Out, Sink, WebhookOut
+from services.uplink.sinks import (
+    CloudWatchReporter,
+    JsonlWriter,
+    MqttPublisher,
+    S3Uploader,
+    Sink,
+    SiteFigure,
+    WebhookPoster,
+)
 from services.uplink.spool import Spool
 
 __all__ = ["UplinkService"]
@@ -45,15 +53,15 @@ class UplinkService(Service):
         self.cameras: dict[str, CameraStatus] = {}
         self.sinks: list[Sink] = []
         if uplink.s3 is not None:
-            self.sinks.append(S3Out(uplink.s3, site, self.spool))
+            self.sinks.append(S3Uploader(uplink.s3, site, self.spool))
         if uplink.mqtt is not None:
-            self.sinks.append(MqttOut(uplink.mqtt, site, self.spool, waits_for_s3=uplink.s3 is not None))
+            self.sinks.append(MqttPublisher(uplink.mqtt, site, self.spool, waits_for_s3=uplink.s3 is not None))
         if uplink.cloudwatch is not None:
-            self.sinks.append(CloudWatchOut(uplink.cloudwatch, site))
+            self.sinks.append(CloudWatchReporter(uplink.cloudwatch, site))
         if uplink.jsonl is not None:
-            self.sinks.append(JsonlOut(uplink.jsonl, state))
+            self.sinks.append(JsonlWriter(uplink.jsonl, state))
         if uplink.webhook is not None:
-            self.sinks.append(WebhookOut(uplink.webhook))
+            self.sinks.append(WebhookPoster(uplink.webhook))
         if not self.sinks:
             log.warning("no sinks configured: events are spooled and kept")
 
@@ -82,9 +90,9 @@ class UplinkService(Service):
                     group.create_task(self._follow_audit(), name="audit")
                     for sink in self.sinks:
                         group.create_task(sink.run(self.spool), name=f"sink-{sink.name}")
-                        if isinstance(sink, CloudWatchOut):
+                        if isinstance(sink, CloudWatchReporter):
                             group.create_task(sink.publish_metrics(self.site_figures), name="cloudwatch-metrics")
-                        if isinstance(sink, MqttOut):
+                        if isinstance(sink, MqttPublisher):
                             group.create_task(sink.publish_stats(self.stats), name="mqtt-stats")
         finally:
             for sink in self.sinks:
@@ -138,7 +146,7 @@ class UplinkService(Service):
             "spool": {"events": self.depth[0], "oldest_s": round(self.depth[1], 1)},
         }
 
-    def site_figures(self) -> list[tuple[str, dict[str, str], float, str]]:
+    def site_figures(self) -> list[SiteFigure]:
         """(metric, dimensions, value, unit) for CloudWatch: camera fps and inference time per model."""
         figures = [("CameraFps", {"Camera": name}, status.fps, "Count/Second") for name, status in self.cameras.items()]
         for (service, _), health in self.health.items():

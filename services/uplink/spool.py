@@ -80,10 +80,11 @@ def _locked(method: Callable[..., Result]) -> Callable[..., Result]:
 
 @dataclasses.dataclass(frozen=True)
 class Spooled:
+    """An event as a sink's queue hands it out: ``seq`` orders the queue and names it to ``done``."""
+
     seq: int
     event: Event  # with its snapshot, if it still has one
     s3_key: str | None
-    created: float
 
 
 class Spool:
@@ -148,12 +149,12 @@ class Spool:
     def pending(self, sink: str, limit: int = 100) -> list[Spooled]:
         """The next ``limit`` events for ``sink``, oldest first; one that no longer decodes becomes a dead letter."""
         rows = self.db.execute(
-            "SELECT e.seq, e.body, e.snapshot, e.s3_key, e.created FROM deliveries d JOIN events e ON e.seq = d.seq"
+            "SELECT e.seq, e.body, e.snapshot, e.s3_key FROM deliveries d JOIN events e ON e.seq = d.seq"
             " WHERE d.sink = ? ORDER BY d.seq LIMIT ?",
             (sink, limit),
         ).fetchall()
         spooled = []
-        for seq, body, snapshot, s3_key, created in rows:
+        for seq, body, snapshot, s3_key in rows:
             try:
                 event = decode(body, Event)
             except ContractError as exc:  # spooled by an older version under looser rules
@@ -161,7 +162,7 @@ class Spool:
                 continue
             if snapshot is not None and event.snapshot is not None:
                 event = _with_image(event, snapshot)
-            spooled.append(Spooled(seq, event, s3_key, created))
+            spooled.append(Spooled(seq, event, s3_key))
         return spooled
 
     @_locked

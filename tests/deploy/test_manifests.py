@@ -21,6 +21,7 @@ import yaml
 from common.bus import Endpoint
 from common.config import load_config
 from common.config.metrics import DEFAULT_PORTS
+from services.inference.shard import INFERENCE_REPLICA_VARIABLE, replica_shard
 from tests.support import tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,15 +206,48 @@ def test_frame_rings_are_on_the_node_where_the_site_file_puts_them(
     assert volumes["frames"]["hostPath"]["path"] == str(config.site.shm_dir)
 
 
-def test_inference_replicas_take_their_share_from_the_pod_ordinal(manifests: list[dict[str, Any]]) -> None:
-    from services.inference.service import parse_shard
-
+def test_inference_replicas_take_their_number_from_the_pod_ordinal(manifests: list[dict[str, Any]]) -> None:
     inference = next(doc for doc in manifests if doc["kind"] == "StatefulSet")
     (container,) = inference["spec"]["template"]["spec"]["containers"]
-    script = container["args"][0].replace("exec python", "echo $EDGESIGHT_INFERENCE_SHARD #")
-    environment = {"HOSTNAME": "edgesight-inference-2", "EDGESIGHT_INFERENCE_REPLICAS": "3", "PATH": "/usr/bin:/bin"}
-    shard = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=environment, check=True)
-    assert parse_shard(shard.stdout.strip()) == (2, 3)
+    script = container["args"][0].replace("exec python", f"echo ${INFERENCE_REPLICA_VARIABLE} #")
+    environment = {"HOSTNAME": "edgesight-inference-2", "PATH": "/usr/bin:/bin"}
+    replica = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=environment, check=True)
+    assert replica.stdout.strip() == "2"
+
+
+def test_k3s_runs_as_many_inference_replicas_as_the_site_file_says(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """run.inference_replicas is the one count: each pod reads it from the site file it mounts, and the
+    StatefulSet runs that many pods; a count of its own in the pod (a shard's ``/N``) could disagree."""
+    configmap = next(doc for doc in manifests if doc["kind"] == "ConfigMap")
+    site = tmp_path / "site.yaml"
+    site.write_text(configmap["data"]["site.yaml"])
+    replicas = load_config(site).run.inference_replicas
+    inference = next(doc for doc in manifests if doc["kind"] == "StatefulSet")
+    assert inference["spec"]["replicas"] == replicas, "the StatefulSet's replicas differ from run.inference_replicas"
+    (container,) = inference["spec"]["template"]["spec"]["containers"]
+    assert not _replica_counts(container), "the pod sets a replica count of its own"
+    config = load_config(site)
+    shards = [replica_shard({INFERENCE_REPLICA_VARIABLE: str(n)}, config) for n in range(replicas)]
+    assert shards == [(n, replicas) for n in range(replicas)]
+
+
+def test_compose_runs_as_many_inference_replicas_as_the_site_file_says() -> None:
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    config = load_config(COMPOSE / "site.yaml")
+    replicas = [s for s in edgesight_services(compose).values() if service_module(s["command"]) == "inference"]
+    numbers = sorted(int(s["environment"][INFERENCE_REPLICA_VARIABLE]) for s in replicas)
+    assert numbers == list(range(config.run.inference_replicas)), "one inference service per replica, numbered"
+    assert not any(_replica_counts(s) for s in replicas), "an inference service sets a replica count of its own"
+
+
+def _replica_counts(workload: dict[str, Any]) -> list[str]:
+    """What in a container or compose service could say how many replicas there are: a shard's count, or a
+    variable naming replicas (the replica's own number aside)."""
+    environment = workload.get("environment") or {e["name"]: e.get("value") for e in workload.get("env", [])}
+    text = " ".join([*map(str, workload.get("command", [])), *map(str, workload.get("args", [])), *environment])
+    return [word for word in re.findall(r"\bEDGESIGHT_INFERENCE_\w+", text) if word != INFERENCE_REPLICA_VARIABLE]
 
 
 def test_rules_reach_the_uplink_service(manifests: list[dict[str, Any]], k3s_site: Path) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from services.apps.environments import environment_dir, requirements_file
+from services.apps.environments import environment_dir
+from services.apps.requirements import requirements_file
 from tests.integration.conftest import Services
 from tests.integration.test_app_environments import edgesight_env, tiny_project
 from tests.integration.test_apps import BusWatch, app_site, feed, write_app

@@ -17,7 +17,7 @@ import yaml
 import zmq
 import zmq.asyncio
 
-from common.bus import Endpoint, Publisher, Subscriber, security
+from common.bus import Endpoint, Publisher, Subscriber, open_socket, security
 from common.config import load_config
 from common.config.bus import CurveConfig
 from common.errors import BusError, ConfigError
@@ -123,7 +123,7 @@ def test_binding_tcp_needs_the_server_secret(tmp_path: Path) -> None:
     context = zmq.asyncio.Context.instance()
     try:
         with pytest.raises(BusError, match=r"needs the server's secret key \(bus.curve.server_secret_key\)"):
-            Endpoint.parse(f"router+bind:tcp://127.0.0.1:{free_port()}").open(context)
+            open_socket(Endpoint.parse(f"router+bind:tcp://127.0.0.1:{free_port()}"), context)
         with pytest.raises(ConfigError, match=r"bus\.curve\.client_key: .*nobody\.key_secret does not exist"):
             security.configure_curve(CurveConfig(**{**curve, "client_key": str(tmp_path / "nobody.key_secret")}), "x")
         with pytest.raises(ConfigError, match="holds no secret key"):
@@ -137,8 +137,8 @@ def test_ipc_sockets_are_private(tmp_path: Path) -> None:
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)  # as a hand-made /run/edgesight might be
     context = zmq.asyncio.Context.instance()
-    sock = Endpoint.parse(f"xsub+bind:ipc://{folder}/bus-in.sock").open(context)
-    fresh = Endpoint.parse(f"xpub+bind:ipc://{tmp_path}/new/bus-out.sock").open(context)
+    sock = open_socket(Endpoint.parse(f"xsub+bind:ipc://{folder}/bus-in.sock"), context)
+    fresh = open_socket(Endpoint.parse(f"xpub+bind:ipc://{tmp_path}/new/bus-out.sock"), context)
     try:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700

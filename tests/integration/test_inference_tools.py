@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import yaml
 
-from services.inference.manifest import load_model_spec
+from common.models.loading import load_model_spec
 
 
 def edgesight(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

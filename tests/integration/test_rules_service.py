@@ -149,7 +149,7 @@ def test_reload_applies_new_rules_and_keeps_counts(
                 await walk_across(site, ring, events, 0)
                 door2 = "      door2: {type: line, line: [[0.0, 0.55], [1.0, 0.55]], min_frames: 2}\n"
                 site.site.write_text(site.site.read_text().replace("      door:", door2 + "      door:", 1))
-                await control.publish("control", "rules", Control(id="reload-1", command="reload", target="rules"))
+                await control.publish("control", "rules", Control(id="reload-1", command="reload"))
                 async with timeout(scaled(30)):
                     while "rules reloaded" not in site.log("rules"):  # noqa: ASYNC110 - a log file, not an event
                         await asyncio.sleep(0.1)

@@ -90,7 +90,7 @@ def test_only_allowed_keys_steer_the_services(tmp_path: Path, python_env: dict[s
         # the apps key (a Panorama app's host) forges a shutdown for everyone and for rules
         forged = [
             ("*", Control(id="forged-all", command="shutdown")),
-            ("rules", Control(id="forged-rules", command="shutdown", target="rules")),
+            ("rules", Control(id="forged-rules", command="shutdown")),
         ]
         send_control(site, "apps", forged)
         time.sleep(1.0)
@@ -102,9 +102,9 @@ def test_only_allowed_keys_steer_the_services(tmp_path: Path, python_env: dict[s
 
         # the console may have rules reload, and nothing else
         console = [
-            ("rules", Control(id="console-reload", command="reload", target="rules")),
+            ("rules", Control(id="console-reload", command="reload")),
             ("*", Control(id="console-shutdown", command="shutdown")),
-            ("uplink", Control(id="console-pause", command="pause", target="uplink")),
+            ("uplink", Control(id="console-pause", command="pause")),
         ]
         denied = metric(broker, "edgesight_bus_denied_total", service="broker", reason="control")
         send_control(site, "console", console)
@@ -133,7 +133,7 @@ def test_only_allowed_keys_steer_the_services(tmp_path: Path, python_env: dict[s
         asyncio.run(plain())
 
         # the operator's CLI key still stops a service
-        send_control(site, "cli", [("uplink", Control(id="cli-shutdown", command="shutdown", target="uplink"))], 1.0)
+        send_control(site, "cli", [("uplink", Control(id="cli-shutdown", command="shutdown"))], 1.0)
         assert site.processes["uplink"].wait(timeout=20) == 0
         assert site.processes["rules"].poll() is None
     finally:

@@ -88,7 +88,7 @@ def test_control_shutdown_stops_the_service(broker) -> None:  # type: ignore[no-
     async def send() -> None:
         async with Publisher(config.bus.publish, "test") as pub:
             await control_handshake(pub, "broker", base)
-            await pub.publish("control", "broker", Control(id="c1", command="shutdown", target="broker"))
+            await pub.publish("control", "broker", Control(id="c1", command="shutdown"))
 
     asyncio.run(send())
     assert process.wait(timeout=scaled(30)) == 0

@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from common._compat import timeout
-from common.bus import Endpoint, EventReceiver, EventSender, Publisher, Subscriber
+from common.bus import Endpoint, EventReceiver, EventSender, Publisher, Subscriber, open_socket
 from common.errors import BusError
 from common.metrics import BUS_REJECTED, BUS_SKIPPED, EVENTS_RESENT
 from contracts import Event, FrameRef, Health, encode, topic
@@ -53,11 +53,11 @@ def test_bad_endpoint_strings(spec: str) -> None:
 
 def test_binding_an_endpoint_in_use_is_a_bus_error(tmp_path: Path) -> None:
     context = zmq.Context.instance()
-    first = Endpoint.parse("pull+bind:tcp://127.0.0.1:0").open(context)
+    first = open_socket(Endpoint.parse("pull+bind:tcp://127.0.0.1:0"), context)
     try:
         taken = first.getsockopt(zmq.LAST_ENDPOINT).decode()
         with pytest.raises(BusError, match="cannot bind"):
-            Endpoint.parse(f"pull+bind:{taken}").open(context)
+            open_socket(Endpoint.parse(f"pull+bind:{taken}"), context)
     finally:
         first.close()
 
@@ -68,12 +68,12 @@ def test_an_ipc_path_served_by_a_live_process_is_never_taken(tmp_path: Path) -> 
 
     context = zmq.Context.instance()
     path = tmp_path / "events.sock"
-    first = Endpoint.parse(f"router+bind:ipc://{path}").open(context)
+    first = open_socket(Endpoint.parse(f"router+bind:ipc://{path}"), context)
     try:
         with pytest.raises(BusError, match="another live process serves"):
-            Endpoint.parse(f"router+bind:ipc://{path}").open(context)
+            open_socket(Endpoint.parse(f"router+bind:ipc://{path}"), context)
         assert path.is_socket()  # still the first one's
-        client = Endpoint.parse(f"dealer:ipc://{path}").open(context)
+        client = open_socket(Endpoint.parse(f"dealer:ipc://{path}"), context)
         client.send_multipart([b"events/c/", b"hello"])
         assert first.poll(2000) and first.recv_multipart()[1:] == [b"events/c/", b"hello"]
         client.close()
@@ -83,10 +83,10 @@ def test_an_ipc_path_served_by_a_live_process_is_never_taken(tmp_path: Path) -> 
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(tmp_path / "stale.sock"))
     stale.close()
-    Endpoint.parse(f"pull+bind:ipc://{tmp_path / 'stale.sock'}").open(context).close()
+    open_socket(Endpoint.parse(f"pull+bind:ipc://{tmp_path / 'stale.sock'}"), context).close()
     (tmp_path / "plain").write_text("x")
     with pytest.raises(BusError, match="not a socket"):
-        Endpoint.parse(f"pull+bind:ipc://{tmp_path / 'plain'}").open(context)
+        open_socket(Endpoint.parse(f"pull+bind:ipc://{tmp_path / 'plain'}"), context)
 
 
 async def _publish_forever(publisher: Publisher, camera: str, interval: float = 0.01) -> None:

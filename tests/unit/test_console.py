@@ -208,7 +208,8 @@ def test_openapi_file_is_valid_and_documents_every_api_route() -> None:
     from openapi_spec_validator import validate
 
     from services.console.auth import Auth
-    from services.console.web import OPENAPI, build_app
+    from services.console.pages_web import OPENAPI
+    from services.console.web import build_app
 
     spec = yaml.safe_load(OPENAPI.read_text())
     validate(spec)

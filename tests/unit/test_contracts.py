@@ -101,7 +101,7 @@ MESSAGES: list[Message] = [
         lines={"door": {"person": LineCounts(in_=3, out=1)}},
         zones={"bay": {"person": 2, "forklift": 0}},
     ),
-    Control(id="c1", command="reload", target="inference", args={"model": "people"}),
+    Control(id="c1", command="reload", args={"model": "people"}),
     Ack(ids=["evt-1", "evt-2"], receiver="uplink"),
 ]
 

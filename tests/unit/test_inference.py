@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from common.config import ModelConfig
+from common.errors import ModelError
+from common.models.loading import load_model_spec
+from common.models.manifest import suggest_manifest
 from common.models.tensorrt import engine_cache_key, profile_shapes
 from services.inference.detector import Detector, FrameDetections
-from services.inference.manifest import ModelError, load_model_spec, suggest_manifest
 from tests.media import frame_at
 from tests.support import frame_ref
 
@@ -181,14 +184,14 @@ def test_a_stale_slot_is_skipped_and_counted(tmp_path: Path, frame60: np.ndarray
 
     from common.config import parse_config
     from common.shm import FrameRingWriter, frame_bytes
-    from services.inference.service import InferenceService
+    from services.inference.batch import BatchRunner
 
     config = parse_config(
         f"site: {{name: t, shm_dir: {tmp_path}}}\n"
         "models: {people: {path: yolox_nano.onnx}}\n"
         "cameras: {gate: {url: rtsp://camera/1}}\n"
     )
-    service = InferenceService(config)
+    batches = BatchRunner(config)
     detector = Detector.from_config(config.models["people"])
     stale_count = {"model": "people", "reason": "stale"}
     before = REGISTRY.get_sample_value("edgesight_inference_frames_skipped_total", stale_count) or 0.0
@@ -198,16 +201,16 @@ def test_a_stale_slot_is_skipped_and_counted(tmp_path: Path, frame60: np.ndarray
         overwritten = ring.write(frame60)
         ring.write(frame60)
         fresh = ring.write(frame60)  # lands in the slot `overwritten` named
-        results = service.infer("people", detector, [overwritten, fresh])
+        results = batches.infer("people", detector, [overwritten, fresh])
     assert [d.frame.seq for d in results] == [fresh.seq]
     assert len(results[0].scores.to_numpy()) >= 15
     assert REGISTRY.get_sample_value("edgesight_inference_frames_skipped_total", stale_count) == before + 1
 
 
-def test_replicas_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replicas_split_the_cameras() -> None:
     from common.config import INFERENCE_SHARD_VARIABLE, parse_config
     from common.errors import ConfigError
-    from services.inference.service import InferenceService, parse_shard
+    from services.inference.shard import assignment, parse_shard
 
     config = parse_config(
         "site: {name: t}\n"
@@ -217,20 +220,36 @@ def test_replicas_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
         "  b: {url: rtsp://h/b}\n"
         "  c: {url: rtsp://h/c, models: [vests]}\n"
     )
-    shares = []
-    for index in range(2):
-        monkeypatch.setenv(INFERENCE_SHARD_VARIABLE, f"{index}/2")
-        shares.append(InferenceService(config).assignment())
+    shares = [assignment(config, (index, 2)) for index in range(2)]
     assert shares == [{"a": ["people"], "c": ["vests"]}, {"b": ["people", "vests"]}]
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(ConfigError, match=INFERENCE_SHARD_VARIABLE):
             parse_shard(bad)
 
 
+def test_a_replica_takes_the_replica_count_from_the_site_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose and k3s give a replica its number only; how many there are is the site file's to say."""
+    from common.config import INFERENCE_SHARD_VARIABLE, parse_config
+    from common.errors import ConfigError
+    from services.inference.service import InferenceService
+    from services.inference.shard import INFERENCE_REPLICA_VARIABLE, replica_shard
+
+    config = parse_config("site: {name: t}\nrun: {inference_replicas: 3}\n")
+    assert replica_shard({}, config) == (0, 1)  # one process, started by hand: every camera
+    assert replica_shard({INFERENCE_REPLICA_VARIABLE: "2"}, config) == (2, 3)
+    assert replica_shard({INFERENCE_SHARD_VARIABLE: "1/2", INFERENCE_REPLICA_VARIABLE: "2"}, config) == (1, 2)
+    for bad in ("3", "-1", "x", ""):
+        with pytest.raises(ConfigError, match=rf"{INFERENCE_REPLICA_VARIABLE}=.*run\.inference_replicas is 3"):
+            replica_shard({INFERENCE_REPLICA_VARIABLE: bad}, config)
+    monkeypatch.delenv(INFERENCE_SHARD_VARIABLE, raising=False)
+    monkeypatch.setenv(INFERENCE_REPLICA_VARIABLE, "1")
+    assert InferenceService(config).shard == (1, 3)
+
+
 def test_still_frames_are_skipped_but_every_camera_is_rechecked(monkeypatch: pytest.MonkeyPatch) -> None:
     from common.config import parse_config
     from contracts import FrameRef
-    from services.inference import service as inference
+    from services.inference import worker as inference
 
     config = parse_config(
         "site: {name: t}\n"
@@ -239,11 +258,13 @@ def test_still_frames_are_skipped_but_every_camera_is_rechecked(monkeypatch: pyt
     )
     clock = [1000.0]
     monkeypatch.setattr(inference.time, "monotonic", lambda: clock[0])
+
+    def unused(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("offer() calls nothing outside the worker")
+
+    links = inference.WorkerLinks(infer=unused, publish=unused, load=unused, audit=unused)
     worker = inference.ModelWorker(
-        "people",
-        config.models["people"],
-        Detector.from_config(config.models["people"]),
-        inference.InferenceService(config),
+        "people", config.models["people"], Detector.from_config(config.models["people"]), links
     )
 
     def ref(seq: int, motion: float) -> FrameRef:
@@ -278,7 +299,7 @@ def test_letterbox_matches_a_plain_implementation(
 ) -> None:
     import cv2
 
-    from services.inference.manifest import ModelManifest
+    from common.models.manifest import ModelManifest
     from services.inference.processing import Letterbox
 
     manifest = ModelManifest(

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from common.errors import AssetError
-from services.ingest.camera import output_size
-from services.ingest.gates import ConsumerGate, FrameRateGate, MotionDetector
+from services.ingest.gates import ConsumerGate, FrameRateGate
+from services.ingest.motion import MotionDetector
+from services.ingest.pixels import output_size
 from services.ingest.source import Source
 
 
@@ -55,6 +56,21 @@ def test_motion_detector_scores_and_boxes_the_change() -> None:
     # noise below the threshold is not motion
     noisy = (still + np.random.default_rng(0).integers(0, 20, still.shape)).astype(np.uint8)
     assert detector.update(noisy) == (0.0, None)
+
+
+def test_motion_is_scored_on_the_decoders_own_luma_plane() -> None:
+    """A YUV frame's Y plane sampled every n-th pixel (no scaler): about the rows asked for; any other
+    format through FFmpeg's scaler, to exactly the size asked for."""
+    import av
+
+    from services.ingest.motion import small_luma
+
+    grey = np.random.default_rng(2).integers(0, 255, (1080, 1920), dtype=np.uint8)
+    yuv = av.VideoFrame.from_ndarray(grey, format="gray").reformat(format="yuv420p")
+    luma = yuv.to_ndarray()[:1080]  # yuv420p as an array: the Y plane, then U and V
+    assert np.array_equal(small_luma(yuv, 200, 356), luma[::5, ::5])  # 1080 // 200 = 5: 216 rows
+    bgr = av.VideoFrame.from_ndarray(np.zeros((1080, 1920, 3), np.uint8), format="bgr24")
+    assert small_luma(bgr, 200, 356).shape == (200, 356)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +135,7 @@ def test_pixels_written_into_the_slot_are_ffmpegs_colours(shared_dir: Path, pixe
     import av
     import numpy as np
 
-    from services.ingest.camera import write_pixels
+    from services.ingest.pixels import write_pixels
 
     with av.open(str(shared_dir / "media" / "people.mp4")) as container:
         for index, frame in enumerate(container.decode(video=0)):

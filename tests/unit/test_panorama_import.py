@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from common.config import AppConfig, parse_config
-from services.apps import environments
-from services.apps.environments import dockerfile_requirements, environment_problems, environment_python
-from services.apps.panorama import ImportError_, Translation, main, translate
+from services.apps.environments import environment_dir, environment_problems, environment_python
+from services.apps.panorama import NotTranslatable, Translation, main, translate
+from services.apps.requirements import dockerfile_requirements
 
 ACCOUNT = "123456789012"
 CODE = f"{ACCOUNT}-DEBUG_SERVER-1.0"
@@ -78,7 +78,7 @@ def run(folder: Path, *, params: dict[str, str] | None = None, **options: Any) -
 
 
 def problems_of(folder: Path, **options: Any) -> list[str]:
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(NotTranslatable) as caught:
         run(folder, **options)
     return caught.value.problems
 
@@ -292,7 +292,7 @@ def test_a_v0_model_is_named_by_its_parameters_value(tmp_path: Path) -> None:
     cameras = {"gate": "rtsp://cam/gate"}
     section = translate(folder, cameras=cameras, models={"mine": "mine.onnx"}, params={"model": "mine"}).section
     assert section["models"] == {"mine": {"path": "mine.onnx"}}
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(NotTranslatable) as caught:
         translate(folder, cameras=cameras, models={}, params={})
     [problem] = caught.value.problems
     assert problem.startswith("model parameter 'model' ('yolov5s-wildlife'): a model that SageMaker Neo compiled")
@@ -301,7 +301,7 @@ def test_a_v0_model_is_named_by_its_parameters_value(tmp_path: Path) -> None:
 
 def test_a_v0_app_needs_a_camera_and_known_names(tmp_path: Path) -> None:
     folder = v0_app(tmp_path / "wildlife")
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(NotTranslatable) as caught:
         translate(folder, cameras={}, models={"yolov5s-wildlife": "y.onnx", "other": "o.onnx"}, params={"nope": "1"})
     problems = "\n".join(caught.value.problems)
     assert "a v0 app has no camera nodes: give its cameras with --camera NAME=rtsp://" in problems
@@ -335,7 +335,7 @@ def test_a_v0_interface_that_cannot_be_read_is_a_problem(
     if expected is None:
         assert translate(folder, **options).section["video_in"] == "video_in"
         return
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(NotTranslatable) as caught:
         translate(folder, **options)
     assert any(expected in problem for problem in caught.value.problems), caught.value.problems
 
@@ -347,7 +347,7 @@ def test_a_v0_rect_parameter_keeps_its_default(tmp_path: Path) -> None:
     translation = translate(folder, params={}, **options)
     assert "zone" not in translation.section["parameters"]
     assert translation.notes == ["parameter 'zone' (rect) keeps interface()'s default: a site file has no rect"]
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(NotTranslatable) as caught:
         translate(folder, params={"zone": "0,0,1,1"}, **options)
     assert "type 'rect' has no EdgeSight counterpart" in caught.value.problems[0]
 
@@ -364,7 +364,7 @@ def test_a_v0_base_class_imported_under_another_name_is_found(tmp_path: Path, im
 
 def test_a_folder_without_graph_or_v0_app_says_what_it_looked_for(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(NotTranslatable) as caught:
         translate(tmp_path / "empty", cameras={}, models={}, params={})
     assert "expected one graphs/<app>/graph.json (or a v0 app" in caught.value.problems[0]
 
@@ -469,7 +469,7 @@ def test_an_environment_whose_build_did_not_finish_is_stale(tmp_path: Path) -> N
           a: {{code: {tmp_path}, cameras: [c], requirements: [boto3]}}
         """)
     config = parse_config(text, "site.yaml")
-    folder = environments.environment_dir(tmp_path / "state", "a")
+    folder = environment_dir(tmp_path / "state", "a")
     (folder / "bin").mkdir(parents=True)
     (folder / "bin" / "python").touch()  # made, but no stamp: interrupted
     [problem] = environment_problems(config, "a", config.apps["a"])

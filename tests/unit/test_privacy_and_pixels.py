@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from common.config.cameras import CameraConfig, PrivacyMask
+from common.models.manifest import ModelManifest
 from common.privacy import apply_privacy_masks
 from common.shm import FrameRingReader, FrameRingWriter, channel_order, colour_view, convert, frame_bytes
 from contracts import PixelFormat
-from services.inference.manifest import ModelManifest
 from services.inference.processing import Letterbox
 
 RED_BGR = (0, 0, 255)

@@ -10,7 +10,10 @@ import yaml
 
 from common.config import parse_config
 from common.config.rules import ScheduleWindow
-from services.rules.engine import CameraRules, CountStore, Draft, Moment, Observed, in_schedule
+from services.rules.counts import CountStore
+from services.rules.engine import CameraRules
+from services.rules.moment import Draft, Moment, Observed
+from services.rules.schedule import in_schedule
 
 MONDAY_NOON = dt.datetime(2026, 11, 23, 12, 0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -76,3 +77,15 @@ def test_gpio_without_a_chip_logs_what_it_would_do(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.INFO)
     asyncio.run(run_action(GpioAction(type="gpio", chip="/dev/gpiochip99", line=17, active_s=0.1), EVENT))
     assert any(r.getMessage() == "gpio not available here; would have set the line" for r in caplog.records)
+
+
+def test_a_failed_webhook_is_logged_without_its_secrets(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: the POST is refused
+    url = f"http://127.0.0.1:{port}/alarm?token=hook-secret-77ab"
+    asyncio.run(run_action(WebhookAction(type="webhook", url=url, timeout_s=5, retries=0), EVENT))
+    (record,) = [r for r in caplog.records if r.getMessage() == "action failed"]
+    error = record.error  # type: ignore[attr-defined]
+    assert error.startswith(f"POST http://127.0.0.1:{port}/alarm?token=*** failed 1 times: ")
+    assert "hook-secret-77ab" not in caplog.text

@@ -11,7 +11,8 @@ import numpy as np
 from common.config import load_config
 from contracts import Detections
 from services.rules import metrics
-from services.rules.service import RulesService
+from services.rules.kinds import DwellState, LineState, ZoneState
+from services.rules.service import RulesService, _outbox_max_bytes
 from tests.conftest import write_site
 from tests.support import frame_ref
 
@@ -54,7 +55,11 @@ def test_state_of_gone_objects_is_pruned_and_occupancy_returns_to_zero(tmp_path:
     service.store.close()
     assert events >= 60 * 3  # enter, cross, exit at least, for every object
     assert camera.last_seen == {}
-    assert camera.rules.tracked_objects() == 0
+    assert camera.rules.cooldown.last_event == {}
+    assert camera.rules.cooldown.suppressed == {}
+    zone, line, dwell = camera.rules.rules
+    assert isinstance(zone, ZoneState) and isinstance(line, LineState) and isinstance(dwell, DwellState)
+    assert zone.tracks == {} and line.tracks == {} and dwell.fired == set()
     for label in ("person", "car"):
         assert metrics.ZONE_OCCUPANCY.labels("cam", "yard", label)._value.get() == 0  # type: ignore[attr-defined]
 
@@ -91,3 +96,33 @@ def test_local_actions_are_timers_with_a_bound(tmp_path: Path) -> None:
     service.store.close()
     assert running == MAX_RUNNING_ACTIONS
     assert dropped._value.get() - before == 90 - MAX_RUNNING_ACTIONS  # type: ignore[attr-defined]
+
+
+def test_the_outbox_has_its_own_bound_or_the_spools(tmp_path: Path) -> None:
+    assert _outbox_max_bytes(load_config(write_site(tmp_path, {"uplink": {"spool": {"max_mb": 7}}}))) == 7 << 20
+    both = {"uplink": {"spool": {"max_mb": 7}}, "events": {"outbox_max_mb": 3}}
+    assert _outbox_max_bytes(load_config(write_site(tmp_path, both))) == 3 << 20
+
+
+def test_a_box_past_the_frame_from_another_sender_still_makes_valid_events(tmp_path: Path) -> None:
+    """``Detections`` does not bound boxes; an Event's are 0-1, or the uplink would refuse it as invalid."""
+    rules = {"gate": {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]]}}
+    service = RulesService(
+        load_config(write_site(tmp_path, {"cameras": {"cam": {"url": "rtsp://h/1", "rules": rules}}}))
+    )
+
+    async def cross() -> None:
+        for seq in range(1, 13):
+            y = 0.2 + 0.05 * seq
+            ref = frame_ref("cam", seq, capture_ns=seq * 10**8, monotonic_ns=seq * 10**8, width=640, height=480)
+            boxes = np.array([(0.7, y - 0.2, 1.1, y)], "<f4")  # reaches past the right edge
+            await service.handle(
+                Detections.from_arrays(ref, "m", boxes=boxes, class_ids=[0], scores=[0.9], labels={0: "person"})
+            )
+
+    asyncio.run(cross())
+    stored = service.outbox.after(0)  # decodes (and so validates) every stored event
+    service.outbox.close()
+    service.store.close()
+    assert [event.event_type for _, event in stored] == ["line_cross"]
+    assert all(0.0 <= v <= 1.0 for _, event in stored for v in event.object.box)

@@ -3,6 +3,7 @@ and with frames far apart (every 10th frame of the clip is 2.5 fps)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,24 @@ import pytest
 from benchmarks._tracking import Counted, Scene, count_crossings, identity_scores, people_frames
 
 pytestmark = pytest.mark.slow
+
+# The clip's crossings of its three lines (PEOPLE_LINES: y = 0.3, 0.5, 0.7 of the height, "in" is down), counted
+# by eye: a slit-scan image along each line (the rows just above, on and below it against time) shows every body
+# that passes it and which way; each doubtful one was followed frame by frame. Counted: whoever is in view and whose
+# feet get past the line within the clip. Left out as doubtful, about 6 more: people half out of the frame at its
+# left or right edge, and feet reaching a line in the clip's last frames.
+BY_EYE = {
+    ("y30", "in"): 11,
+    ("y30", "out"): 9,
+    ("y50", "in"): 10,
+    ("y50", "out"): 8,
+    ("y70", "in"): 13,
+    ("y70", "out"): 7,
+}
+# The one known shortfall: YOLOX-Nano misses the smallest people, those walking towards the camera at the far line;
+# it finds 5 of those 11 (YOLOv8n-int8 finds 9). Every other line and direction is found as counted by eye.
+FAR_IN = ("y30", "in")
+FAR_IN_FOUND = 5
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +42,15 @@ def full_rate(clip: Scene) -> Counted:
 
 
 def test_people_crossing_three_lines_of_the_hall(clip: Scene, full_rate: Counted) -> None:
-    assert 30 <= len(full_rate.crossings) <= 120, full_rate.crossings
+    counted = Counter((line, direction) for line, _, direction in full_rate.crossings)
+    off = {key: counted[key] - truth for key, truth in BY_EYE.items()}
+    # within one of the count by eye (a float's difference between ONNX Runtime builds may tip one person)
+    assert all(abs(difference) <= 1 for key, difference in off.items() if key != FAR_IN), off
+    assert FAR_IN_FOUND - 1 <= counted[FAR_IN] <= BY_EYE[FAR_IN], off
+    assert set(counted) == set(BY_EYE), counted  # nothing counted on a line that does not exist
     assert count_crossings(clip).crossings == full_rate.crossings  # deterministic
     per_line = {(line, track_id) for line, track_id, _ in full_rate.crossings}
     assert len(per_line) == len(full_rate.crossings), "a track counted twice on one line"
-    assert {direction for _, _, direction in full_rate.crossings} == {"in", "out"}  # a crowd walks both ways
 
 
 @pytest.mark.parametrize(("stride", "tolerance"), [(2, 0.15), (5, 0.15), (10, 0.25), (20, 0.25)])

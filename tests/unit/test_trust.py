@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.config import SiteSection, load_config
 from common.errors import ModelError, PackageError
+from common.models.loading import load_model_spec, open_model
 from common.trust import (
     Member,
     ModelStore,
@@ -30,12 +31,10 @@ from common.trust import (
     load_installed,
     load_signing_key,
     load_trusted_keys,
-    open_model,
     open_package,
     seal,
     version_key,
 )
-from services.inference.manifest import load_model_spec
 from tests.conftest import write_site
 
 MANIFEST = b"name: people\nversion: '1'\nfile: model.onnx\ndecoder: yolox\nlabels: labels.txt\n"

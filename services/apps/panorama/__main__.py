@@ -1,0 +1,5 @@
+import sys
+
+from services.apps.panorama.cli import main
+
+sys.exit(main())
