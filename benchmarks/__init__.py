@@ -14,6 +14,7 @@ BENCHMARKS = {
     "tracking": "benchmarks.tracking",
     "model_package": "benchmarks.model_package",
     "app_channel": "benchmarks.app_channel",
+    "analytics": "benchmarks.analytics",
     "soak": "benchmarks.soak",
 }
 # Run only when named (minutes long): ``python -m benchmarks soak --minutes 20``.

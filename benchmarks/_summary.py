@@ -62,6 +62,7 @@ GOALS = (
     Goal("tracking", "cars counted at 5 fps / true crossings (synthetic highway)", "highway_ours_5fps_count_share"),
     Goal("model_package", "load time of the plain .onnx / of a signed package"),
     Goal("app_channel", "1080p frames/s to a sandboxed app over its channel / read from shm by the app", at_least=0.1),
+    Goal("analytics", "rules CPU per frame, counts over time on / off, 4 cameras", at_most=1.05),
     Goal("soak", "RSS growth, MB/h, worst service (not a ratio)", _worst_growth, at_most=5),
 )
 

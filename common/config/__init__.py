@@ -1,5 +1,6 @@
 """The site file: ``load_config(path)`` -> :class:`SiteConfig`, errors as file:line: key: message."""
 
+from common.config.analytics import AnalyticsConfig, HeatmapConfig
 from common.config.apps import AppConfig, AppLimits, AppModel, AppParameter, AppPort
 from common.config.bus import BusConfig
 from common.config.cameras import (
@@ -24,6 +25,7 @@ __all__ = [
     "INGEST_GROUP_VARIABLE",
     "MAX_RULES_PER_CAMERA",
     "MAX_VERTICES_PER_SITE",
+    "AnalyticsConfig",
     "AppConfig",
     "AppLimits",
     "AppModel",
@@ -34,6 +36,7 @@ __all__ = [
     "CameraDefaults",
     "ConsoleConfig",
     "EventsConfig",
+    "HeatmapConfig",
     "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",

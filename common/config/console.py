@@ -39,6 +39,12 @@ class ConsoleConfig(Section):
         description="Addresses or networks of reverse proxies (TLS in front of the console) whose "
         "X-Forwarded-For names the client: login limits then count per client, not per proxy.",
     )
+    analytics_db: str | None = Field(
+        None,
+        description="The rules service's rules.sqlite, which the Analytics page reads (read-only); a relative "
+        "path is under state_dir. Default state_dir/rules.sqlite: where rules and console share state_dir "
+        "(edgesight run, compose). Under k3s, rules' folder mounted read-only in the console's pod.",
+    )
 
     @field_validator("webhook_hosts")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, PrivateAttr, model_validator
 
 from common.config._types import Name, Section
+from common.config.analytics import AnalyticsConfig
 from common.config.apps import AppConfig
 from common.config.bus import BusConfig
 from common.config.cameras import CameraConfig, CameraDefaults
@@ -71,6 +72,7 @@ class SiteConfig(Section):
     models: dict[Name, ModelConfig] = Field(default_factory=dict)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     apps: dict[Name, AppConfig] = Field(default_factory=dict, description="AWS Panorama applications, run unchanged.")
     console: ConsoleConfig | None = Field(None, description="The web console; runs only where this section is.")

@@ -43,6 +43,17 @@ class MqttSink(Section):
     qos: Literal[0, 1] = 1
     keepalive_s: int = Field(30, ge=5, le=3600)
     stats_interval_s: float = Field(60.0, gt=0, le=86400)
+    home_assistant: bool = Field(
+        False,
+        description="Home Assistant MQTT discovery: each line's in/out totals, each zone's occupancy and each "
+        "camera's state appear as sensors of one device (the site), with no YAML. Turned off again, the "
+        "uplink removes the entities it announced.",
+    )
+    home_assistant_prefix: str = Field(
+        "homeassistant",
+        pattern=r"^[^#+\x00]{1,200}$",
+        description="Home Assistant's discovery prefix (its MQTT integration's setting; rarely changed).",
+    )
 
 
 class S3Sink(Section):

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from common.config import SiteConfig
+from services.console.analytics import Analytics
 from services.console.apps import Apps
 from services.console.auth import Auth
 from services.console.history import EventHistory
@@ -46,6 +47,7 @@ class ConsoleContext:
     live: Live
     history: EventHistory
     apps: Apps
+    analytics: Analytics  # the series rules keeps (rules.sqlite), read-only
     changes: Changes  # live views wait on these: a camera's by its name, an app's video by apps.video_key
     audit: Audit
     rules_saved: Callable[[SiteConfig, str], Awaitable[None]]  # new rules for a camera: apply them

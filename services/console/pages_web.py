@@ -24,6 +24,7 @@ PAGES = {
     "/events/{id}": "events.html",  # an event's own URL: the timeline, opened at that event
     "/audit": "audit.html",
     "/apps": "apps.html",
+    "/analytics": "analytics.html",
     "/cameras/{name}": "camera.html",
     "/cameras/{name}/editor": "editor.html",
 }

@@ -24,6 +24,7 @@ from common.service import Service, ServiceState
 from common.shm import FrameReaders
 from contracts import Control, Event, topic
 from services.console import metrics
+from services.console.analytics import Analytics
 from services.console.apps import Apps, video_key
 from services.console.auth import Auth
 from services.console.context import ConsoleContext
@@ -89,6 +90,7 @@ class ConsoleService(Service):
             live=self.live,
             history=self.history,
             apps=self.apps,
+            analytics=Analytics(Path(self.config.site.state_dir) / (console.analytics_db or "rules.sqlite")),
             changes=self.changes,
             audit=self.audit,
             rules_saved=self.rules_saved,

@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from services.console import (
+    analytics_web,
     apps_web,
     audit_web,
     events_web,
@@ -63,6 +64,7 @@ def build_app(console: ConsoleContext) -> web.Application:
         *events_web.ROUTES,
         *audit_web.ROUTES,
         *apps_web.ROUTES,
+        *analytics_web.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

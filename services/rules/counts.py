@@ -17,7 +17,8 @@ class CountStore:
     def set(self, camera: str, rule: str, label: str, key: str, value: int) -> None:
         self.counts.setdefault((camera, rule), {}).setdefault(label, {})[key] = value
 
-    def add(self, camera: str, rule: str, label: str, key: str) -> int:
+    def add(self, camera: str, rule: str, label: str, key: str, wall_ns: int = 0) -> int:
+        """One more; ``wall_ns`` (when it happened) dates it in a store that keeps series."""
         value = self.get(camera, rule, label, key) + 1
         self.set(camera, rule, label, key, value)
         return value

@@ -29,3 +29,7 @@ RELOADS = Counter(
     "Reloads of the site file's rules (Control 'reload'): applied, or refused because the file does not validate.",
     ["result"],
 )
+SERIES_FLUSH_FAILED = Counter(
+    "edgesight_series_flush_failed_total",
+    "Flushes of the counts over time (analytics) that failed; what they held is tried again at the next.",
+)

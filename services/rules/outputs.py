@@ -7,13 +7,15 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from common.config import CameraConfig
+from common.analytics import SeriesWriter
+from common.config import AnalyticsConfig, CameraConfig
 from common.config.rules import Action, CommandAction, GpioAction, WebhookAction
 from common.draw import Colour, draw_box, in_pixels
 from common.events import event_dict
@@ -32,9 +34,11 @@ SNAPSHOT_COLOUR: Colour = (0, 0, 255)  # BGR: the event's object, boxed and labe
 
 
 class SqliteCountStore(CountStore):
-    """Cumulative counts in SQLite (WAL) under ``state_dir``: a restart continues from the last value."""
+    """Cumulative counts in SQLite (WAL) under ``state_dir``: a restart continues from the last value.
+    With ``analytics.enabled`` it keeps the series too (``series``, on the same connection): a crossing's
+    total and its minute commit in one transaction, so they agree whatever stops the process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, analytics: AnalyticsConfig | None = None) -> None:
         super().__init__()
         self.db = sqlite3.connect(private_sqlite(path))
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -44,14 +48,23 @@ class SqliteCountStore(CountStore):
         )
         for camera, rule, label, key, value in self.db.execute("SELECT camera, rule, label, key, value FROM counts"):
             self.set(camera, rule, label, key, value)
+        self.series = SeriesWriter(self.db, analytics) if analytics is not None and analytics.enabled else None
 
-    def add(self, camera: str, rule: str, label: str, key: str) -> int:
-        value = super().add(camera, rule, label, key)
-        with self.db:
-            self.db.execute(
-                "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
-                (camera, rule, label, key, value),
-            )
+    def add(self, camera: str, rule: str, label: str, key: str, wall_ns: int = 0) -> int:
+        value = super().add(camera, rule, label, key, wall_ns)
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+                    (camera, rule, label, key, value),
+                )
+                if self.series is not None:
+                    self.series.crossing(camera, rule, label, key, wall_ns or time.time_ns())
+        except BaseException:
+            self.set(camera, rule, label, key, value - 1)  # as on disk: neither the total nor its minute
+            if self.series is not None:
+                self.series.rolled_back()
+            raise
         return value
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import itertools
 import logging
 import uuid
 import zoneinfo
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -40,10 +41,12 @@ from contracts import (
     topic,
 )
 from services.rules import metrics
+from services.rules.analytics import SeriesRecorder, continue_counters
 from services.rules.engine import CameraRules
 from services.rules.moment import Draft, Moment, Observed
 from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
+from services.rules.reports import IntervalReporter
 from services.rules.tracker import ByteTracker, Track
 
 __all__ = ["RulesService"]
@@ -130,13 +133,17 @@ class RulesService(Service):
 
     def setup(self) -> None:
         self.timezone = zoneinfo.ZoneInfo(self.config.site.timezone)
-        self.store = SqliteCountStore(Path(self.config.site.state_dir) / "rules.sqlite")
+        self.store = SqliteCountStore(Path(self.config.site.state_dir) / "rules.sqlite", self.config.analytics)
+        self.series = SeriesRecorder(self.store.series)  # counts over time, beside the totals
+        continue_counters(self.store)
         self.cameras = {
             name: _Camera(name, camera, CameraRules(name, camera, self.store))
             for name, camera in self.config.cameras.items()
             if camera.enabled and camera.rules
         }
         state_dir = Path(self.config.site.state_dir)
+        site, analytics = self.config.site.name, self.config.analytics
+        self.reporter = IntervalReporter(self.store, self.store.db, state_dir / "rules.sqlite", site, analytics)
         self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=_outbox_max_bytes(self.config))
         self.outbox_changed = asyncio.Event()
         self.events_sent = 0
@@ -168,10 +175,15 @@ class RulesService(Service):
                 async with TaskGroup() as group:
                     self._group = group  # actions run here: cancelled with the service, never orphaned
                     group.create_task(self._send(sender), name="send")
+                    group.create_task(self.series.run(), name="series")
+                    if self.config.analytics.enabled:  # reports are made of the series
+                        reports = self.reporter.run(self.cameras, self.series.flush, self._report)
+                        group.create_task(reports, name="reports")  # (a reload changes cameras in place)
                     async for received in detections:
                         if isinstance(received.message, Detections) and not self.paused:
                             await self.handle(received.message)
         finally:
+            self.series.try_flush()
             self.store.close()
             self.outbox.close()
 
@@ -216,6 +228,7 @@ class RulesService(Service):
             labels.update(occupancy)
             for label in labels:  # a label whose last object left reads 0, not its last value
                 metrics.ZONE_OCCUPANCY.labels(camera.name, zone, label).set(occupancy.get(label, 0))
+        self.series.frame(camera.name, camera.rules, moment, zones, frame.capture_ns)
         await self._publish_scene(camera, detections, seen, zones)
 
     async def _publish_scene(
@@ -292,9 +305,17 @@ class RulesService(Service):
             frame=frame,
         )
 
-    async def _deliver(self, camera: str, event: Event) -> None:
-        """To the outbox first (on disk before anything else hears of it), then the local copies."""
+    async def _report(self, event: Event) -> None:
+        """A count report: counted and delivered like any event, with no snapshot and no action."""
+        metrics.EVENTS.labels(event.rule, event.event_type).inc()
+        await self._deliver(event.camera, event, stored=self.reporter.reported)
+
+    async def _deliver(self, camera: str, event: Event, stored: Callable[[Event], None] | None = None) -> None:
+        """To the outbox first (on disk before anything else hears of it; then ``stored``, before anything
+        else can run: what the outbox holds and what it was told agree whatever kills us), then the local copies."""
         self.outbox.put(event)
+        if stored is not None:
+            stored(event)
         self.outbox_changed.set()
         if self.publisher is not None:  # a copy for local consumers (the console); the uplink's is the outbox's
             await self.publisher.publish("events", camera, event)

@@ -55,7 +55,10 @@ class UplinkService(Service):
         if uplink.s3 is not None:
             self.sinks.append(S3Uploader(uplink.s3, site, self.spool))
         if uplink.mqtt is not None:
-            self.sinks.append(MqttPublisher(uplink.mqtt, site, self.spool, waits_for_s3=uplink.s3 is not None))
+            waits_for_s3 = uplink.s3 is not None
+            self.sinks.append(
+                MqttPublisher(uplink.mqtt, site, self.spool, waits_for_s3=waits_for_s3, site_config=self.config)
+            )
         if uplink.cloudwatch is not None:
             self.sinks.append(CloudWatchReporter(uplink.cloudwatch, site))
         if uplink.jsonl is not None:
@@ -94,6 +97,7 @@ class UplinkService(Service):
                             group.create_task(sink.publish_metrics(self.site_figures), name="cloudwatch-metrics")
                         if isinstance(sink, MqttPublisher):
                             group.create_task(sink.publish_stats(self.stats), name="mqtt-stats")
+                            group.create_task(sink.publish_home_assistant(), name="home-assistant")
         finally:
             for sink in self.sinks:
                 await sink.close()
@@ -134,6 +138,9 @@ class UplinkService(Service):
                     self.health[message.service, message.instance] = message
                 elif isinstance(message, CameraStatus):
                     self.cameras[message.camera] = message
+                    for sink in self.sinks:
+                        if isinstance(sink, MqttPublisher):
+                            sink.camera_status(message)
 
     def stats(self) -> dict[str, object]:
         """The site at a glance, for ``<prefix>/<site>/stats``: services, cameras, the spool."""

@@ -16,6 +16,7 @@ import pytest
 
 from common.config import load_config
 from tests.conftest import free_port, write_site
+from tests.integration.browser import browser  # noqa: F401  (a fixture: a real headless Chromium)
 from tests.media import repeat_clip
 from tests.support import deadline, http_get, scaled, tool, wait_for, wait_until
 

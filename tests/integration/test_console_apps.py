@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from common.bus import Publisher
 from contracts import AppStatus, AppVideo, Message
+from tests.integration.browser import page_waiter
 from tests.integration.conftest import Services
 from tests.integration.test_console import PASSWORD, TOKEN, Client, console_site, start_console
-from tests.integration.test_console_browser import browser  # noqa: F401  (the fixture)
 from tests.media import frame_at
 from tests.support import bus_handshake, deadline, http_get, scaled
 
@@ -279,7 +278,7 @@ def test_the_apps_page_in_a_browser(
     tmp_path: Path,
     shared_dir: Path,
     services: Callable[[dict[str, Any]], Services],
-    browser: WebDriver,  # noqa: F811  (the fixture)
+    browser: WebDriver,
 ) -> None:
     site = services(apps_site(tmp_path))
     start_console(site)
@@ -290,12 +289,7 @@ def test_the_apps_page_in_a_browser(
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    def wait(condition: Callable[[WebDriver], Any], seconds: float, what: str) -> Any:
-        try:
-            return WebDriverWait(browser, scaled(seconds), poll_frequency=0.25).until(condition)
-        except Exception:
-            browser.save_screenshot(str(shots / f"timeout-{what.replace(' ', '-')}.png"))
-            raise AssertionError(f"waited {seconds} s for {what} (screenshots in {shots})") from None
+    wait = page_waiter(browser, shots)
 
     def card(app: str) -> Any:
         return browser.find_element(By.CSS_SELECTOR, f'[data-app="{app}"]')

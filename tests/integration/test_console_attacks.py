@@ -20,7 +20,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from common.config import load_config
 from tests.integration.conftest import Services
 from tests.integration.test_console import CAMERA_PASSWORD, PASSWORD, TOKEN, Client, console_site, start_console
-from tests.integration.test_console_browser import browser  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -313,7 +312,7 @@ def test_failed_logins_from_others_never_lock_the_admin_out(
 def test_login_sends_the_browser_only_to_this_console(
     tmp_path: Path,
     services: Callable[[dict[str, Any]], Services],
-    browser: WebDriver,  # noqa: F811  (the fixture imported above)
+    browser: WebDriver,
 ) -> None:
     """``/login?next=...`` after a login, in a real browser: backslash and tab tricks that browsers read
     as ``//elsewhere`` stay on the console; a path of its own is followed."""

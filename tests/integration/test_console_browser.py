@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from common.bus import Publisher
 from contracts import Event, Snapshot, TrackedObject
 from tests.conftest import free_port
+from tests.integration.browser import page_waiter
 from tests.integration.conftest import Services
 from tests.media import frame_at
 from tests.support import bus_handshake, deadline, hall_camera
@@ -33,23 +30,6 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "console-test-password"
 TOKEN = "browser-test-token-0123456789"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    for tool in (CHROMIUM, CHROMEDRIVER):
-        assert shutil.which(tool), f"{tool} is missing: `make test` installs Debian's chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def api(port: int, path: str) -> Any:
@@ -69,12 +49,7 @@ def test_console_in_a_browser(
         browser.save_screenshot(str(path))
         print(f"screenshot: {path}")
 
-    def wait(condition: Callable[[WebDriver], Any], seconds: float, what: str) -> Any:
-        try:
-            return WebDriverWait(browser, seconds, poll_frequency=0.25).until(condition)
-        except WebDriverException:
-            screenshot(f"timeout-{what.replace(' ', '-')}")
-            raise AssertionError(f"waited {seconds} s for {what}") from None
+    wait = page_waiter(browser, shots)
 
     def loaded(selector: str) -> Callable[[WebDriver], bool]:
         script = "const i = document.querySelector(arguments[0]); return !!i && i.complete && i.naturalWidth > 0;"
@@ -210,12 +185,7 @@ def test_console_details_in_a_browser(
         browser.save_screenshot(str(shots / f"{name}.png"))
         print(f"screenshot: {shots / name}.png")
 
-    def wait(condition: Callable[[WebDriver], Any], seconds: float, what: str) -> Any:
-        try:
-            return WebDriverWait(browser, seconds, poll_frequency=0.25).until(condition)
-        except WebDriverException:
-            screenshot(f"timeout-{what.replace(' ', '-')}")
-            raise AssertionError(f"waited {seconds} s for {what}") from None
+    wait = page_waiter(browser, shots)
 
     (tmp_path / "password").write_text(PASSWORD)
     port = free_port()

@@ -52,7 +52,7 @@ export function fromNs(ns) {
 export async function start(current) {
   const me = await getJSON("/api/session");
   csrf = me.csrf;
-  const links = [["/", "Overview"], ["/apps", "Apps"], ["/events", "Events"], ["/audit", "Audit"]];
+  const links = [["/", "Overview"], ["/analytics", "Analytics"], ["/apps", "Apps"], ["/events", "Events"], ["/audit", "Audit"]];
   const header = el("header", {},
     el("div", { class: "brand" }, "EdgeSight", el("small", {}, me.site)),
     el("nav", {}, links.map(([href, text]) => el("a", { href, class: href === current ? "current" : null }, text))),

@@ -19,10 +19,11 @@ class CrowdState(RuleState):
         super().__init__(name, config)
         self.since: float | None = None
         self.crowded = False
+        self.count: int | None = None  # the last frame's count, until taken (``take_count``)
 
     def step(self, moment: Moment, zones: Mapping[str, Zone]) -> list[Draft]:
         tracks = [s.track for s in zones[self.config.zone].inside().values() if s.track and self.wants(s.track)]
-        count = len(tracks)
+        count = self.count = len(tracks)
         counts = {"occupancy": count}
         attributes = {"zone": self.config.zone, "min_count": self.config.min_count}
         if count >= self.config.min_count:
@@ -36,3 +37,8 @@ class CrowdState(RuleState):
                 self.crowded = False
                 return [Draft("cleared", "end", self.name, None, counts, attributes, moment.t)]
         return []
+
+    def take_count(self) -> int | None:
+        """The count of the last frame the rule was stepped on, once (None: not stepped since)."""
+        count, self.count = self.count, None
+        return count

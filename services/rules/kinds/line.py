@@ -91,7 +91,7 @@ class LineState(RuleState):
             return []  # passed beyond the segment's ends, or this object has been counted on this line
         state.counted = True
         direction = "in" if side == self.in_sign else "out"
-        self.store.add(self.camera, self.name, track.label, direction)
+        self.store.add(self.camera, self.name, track.label, direction, int(moment.wall.timestamp() * 1e9))
         return [
             Draft(
                 "line_cross",

@@ -1,24 +1,49 @@
-"""The CloudWatch sink: events to CloudWatch Logs, and event counts and site figures as metrics."""
+"""The CloudWatch sink: events to CloudWatch Logs, and event counts and site figures as metrics.
+
+A ``count_report`` (rules' interval report) is also put as metric data, timestamped at its interval's
+start (where a dashboard's period of that length shows it), before it is confirmed:
+
+- ``Crossings`` (Count; dimensions Site, Camera, Rule, Label, Direction ``in``/``out``), a line's
+  crossings in the interval: graph its Sum;
+- ``OccupancyMean`` and ``OccupancyMax`` (Count; Site, Camera, Rule, Label), a zone's objects over the
+  interval: graph the Average of the first, the Maximum of the second.
+
+    >>> from contracts import Event
+    >>> report = Event(id="report.dock.door.0", event_type="count_report", site="s", camera="dock",
+    ...                rule="door", ts_ns=900 * 10**9, start_ns=0, attributes={"person.in": 3, "kind": "line"})
+    >>> [(d["MetricName"], d["Value"], [x["Value"] for x in d["Dimensions"]]) for d in report_metric_data(report)]
+    [('Crossings', 3.0, ['s', 'dock', 'door', 'person', 'in'])]
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 from common.config.uplink import CloudWatchSink
-from services.uplink.sinks.aws import AwsClients
+from contracts import Event
+from services.uplink.sinks.aws import AwsClients, http_status
 from services.uplink.sinks.base import Receipt, Sink, upstream_json
 from services.uplink.spool import Spooled
 
-__all__ = ["CloudWatchReporter", "SiteFigure"]
+__all__ = ["CloudWatchReporter", "SiteFigure", "report_metric_data"]
 
 log = logging.getLogger(__package__)
 
 SiteFigure = tuple[str, dict[str, str], float, str]  # (metric, dimensions, value, unit)
 CountKey = tuple[str, str, str]  # (camera, rule, event type)
 METRICS_PER_CALL = 1000  # PutMetricData's limit
+MAX_METRIC_AGE_S = 14 * 86400 - 3600  # PutMetricData refuses data points two weeks old
+REPORT_METRICS = {  # a count report's attribute "<label>.<figure>" -> (metric, extra dimensions)
+    "in": ("Crossings", {"Direction": "in"}),
+    "out": ("Crossings", {"Direction": "out"}),
+    "occupancy_mean": ("OccupancyMean", {}),
+    "occupancy_max": ("OccupancyMax", {}),
+}
 
 
 class CloudWatchReporter(Sink):
@@ -46,9 +71,32 @@ class CloudWatchReporter(Sink):
             if item.seq in refused:
                 receipt.reject(item, refused[item.seq])
                 continue
+            if item.event.event_type == "count_report" and not await self._put_report(item, receipt):
+                continue
             key = (item.event.camera, item.event.rule, item.event.event_type)
             self.counts[key] = self.counts.get(key, 0) + 1
             receipt.confirm(item.seq)
+
+    async def _put_report(self, item: Spooled, receipt: Receipt) -> bool:
+        """Puts a count report's metric data (one call: a report holds far fewer than 1000 data points);
+        False when CloudWatch refused it for good (rejected on ``receipt``). Raises on an outage: a
+        report confirmed before stays confirmed, so a retry never puts the same crossings twice."""
+        data = report_metric_data(item.event)
+        if not data:
+            return True
+        if data[0]["Timestamp"].timestamp() < dt.datetime.now(dt.timezone.utc).timestamp() - MAX_METRIC_AGE_S:
+            log.warning("count report too old for cloudwatch metrics; logged only", extra={"id": item.event.id})
+            return True
+        try:
+            cloudwatch = await self.aws.get("cloudwatch")  # deliver's clients (the periodic metrics have their own)
+            await cloudwatch.put_metric_data(Namespace=self.config.namespace, MetricData=data)
+        except Exception as exc:
+            if http_status(exc) == 400:  # this report's data is refused (a bad value): it never will be taken
+                receipt.reject(item, f"CloudWatch metrics: {exc}")
+                return False
+            await self.aws.close()  # a fresh client at the next try
+            raise
+        return True
 
     async def close(self) -> None:
         await self.aws.close()
@@ -122,6 +170,35 @@ def _metric_data(site: str, counts: dict[CountKey, int], figures: list[SiteFigur
         }
         for name, dimensions, value, unit in figures
     ]
+    return data
+
+
+def report_metric_data(report: Event) -> list[dict[str, Any]]:
+    """``PutMetricData``'s ``MetricData`` for a count report (see the module's docstring); attributes
+    that are not a line's or zone's figure, or not a finite number, are left out."""
+    when = dt.datetime.fromtimestamp(
+        (report.start_ns if report.start_ns is not None else report.ts_ns) / 1e9, dt.timezone.utc
+    )
+    where = {"Site": report.site, "Camera": report.camera, "Rule": report.rule}
+    data = []
+    for key, value in sorted(report.attributes.items()):
+        label, _, figure = key.rpartition(".")
+        metric = REPORT_METRICS.get(figure)
+        if metric is None or not label or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            continue
+        name, extra = metric
+        dimensions = {**where, "Label": label, **extra}
+        data.append(
+            {
+                "MetricName": name,
+                "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+                "Timestamp": when,
+                "Value": float(value),
+                "Unit": "Count",
+            }
+        )
     return data
 
 
