@@ -47,16 +47,17 @@ Positive = Annotated[int, msgspec.Meta(gt=0)]
 Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # One strict pattern for every name that becomes part of a topic, a file, a metric label or an S3 key
 # (camera, rule, site, model, service, instance): no "/", "+", "#", spaces or "..".
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+# ``\Z``, not ``$``: msgspec checks with ``re.search``, where ``$`` also matches before a final newline.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 # Class labels may hold spaces ("traffic light"), nothing else outside the name pattern.
-LABEL_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_. -]{0,63}$"
+LABEL_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_. -]{0,63}\Z"
 Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
 # Event and command ids: uuids or other opaque tokens; also part of an S3 key.
-ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}\Z"
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 # A shared-memory segment: ``edgesight.<site>.<camera>`` (see common.shm.segment_name): a plain file name.
-SEGMENT_PATTERN = r"^edgesight\.[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}$"
+SEGMENT_PATTERN = r"^edgesight\.[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}\Z"
 Segment = Annotated[str, msgspec.Meta(pattern=SEGMENT_PATTERN)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 

@@ -36,6 +36,6 @@ def parse_topic(raw: bytes) -> tuple[str, str]:
         raise ValueError("topic is not ASCII") from None
     stream, sep, rest = text.partition("/")
     key = rest[:-1]
-    if not sep or stream not in STREAMS or not rest.endswith("/") or not KEY_PATTERN.match(key):
+    if not sep or stream not in STREAMS or not rest.endswith("/") or not KEY_PATTERN.fullmatch(key):
         raise ValueError(f"not a topic: {text[:80]!r}")
     return stream, key

@@ -7,7 +7,16 @@ and reports read through :class:`SeriesReader`, which cannot write.
 
 from common.analytics.histogram import DWELL_BOUNDS_S
 from common.analytics.reader import SeriesReader
-from common.analytics.series import BUCKETS, CROWD_LABEL, KIND_METRICS, METRICS, Metric, Point, SeriesKey
+from common.analytics.series import (
+    BUCKETS,
+    CROWD_LABEL,
+    KIND_METRICS,
+    METRICS,
+    CorruptSeries,
+    Metric,
+    Point,
+    SeriesKey,
+)
 from common.analytics.store import SeriesWriter
 
 __all__ = [
@@ -16,6 +25,7 @@ __all__ = [
     "DWELL_BOUNDS_S",
     "KIND_METRICS",
     "METRICS",
+    "CorruptSeries",
     "Metric",
     "Point",
     "SeriesKey",

@@ -8,6 +8,7 @@ the epoch, and only those holding data are returned. A 15-minute bucket needs mi
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 import numpy.typing as npt
 
-from common.analytics.heatmap import decode_grid, regrid
+from common.analytics.heatmap import MAX_BLOB, check_grid_size, decode_grid, regrid
 from common.analytics.histogram import DWELL_BOUNDS_S, quantile
 from common.analytics.schema import LEVELS, read_meta
 from common.analytics.series import (
@@ -31,12 +32,15 @@ from common.analytics.series import (
     FIELD_OUT,
     KIND_METRICS,
     MAX_FIELDS,
+    CorruptSeries,
     Point,
     SeriesKey,
     kind_of,
 )
 
-__all__ = ["MAX_BUCKETS", "SeriesReader"]
+__all__ = ["MAX_BUCKETS", "CorruptSeries", "SeriesReader"]
+
+log = logging.getLogger(__name__)
 
 MAX_BUCKETS = 100_000  # points one answer may hold: a year of 15-minute buckets is 35,040
 DEFAULT_GRID = (36, 64)  # rows, columns: a heatmap with no data yet
@@ -56,13 +60,19 @@ Fields = dict[int, dict[int, int]]  # bucket start (s) -> field -> value
 
 class SeriesReader:
     """Reads ``rules.sqlite`` opened read-only (``file:...?mode=ro``): it cannot write, and a file not
-    there yet reads as no series. Each call opens its own connection, so any thread may call."""
+    there yet reads as no series. Each call opens its own connection, so any thread may call.
+
+    A file that holds what rules never writes (a heatmap bomb, a grid of no configurable size, a value that
+    is not a count) raises :class:`CorruptSeries` (a ``sqlite3.DatabaseError``), naming the table and series.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._unknown_kinds: set[str] = set()  # logged once each
 
     def catalog(self) -> list[SeriesKey]:
-        """Every series kept, by camera, rule, kind and label."""
+        """Every series kept, by camera, rule, kind and label; rows of a kind this version does not know
+        (or not of text) are skipped."""
         with self._open() as db:
             if db is None:
                 return []
@@ -72,7 +82,16 @@ class SeriesReader:
                 if "no such table" in str(exc):
                     return []
                 raise
-        return [SeriesKey(camera, rule, kind, label, KIND_METRICS[kind]) for camera, rule, kind, label in rows]
+        keys = []
+        for camera, rule, kind, label in rows:
+            if not all(isinstance(part, str) for part in (camera, rule, kind, label)) or kind not in KIND_METRICS:
+                unknown = str(kind)[:40]
+                if unknown not in self._unknown_kinds and len(self._unknown_kinds) < 16:
+                    self._unknown_kinds.add(unknown)
+                    log.warning("series_keys holds a series of an unknown kind, skipped", extra={"kind": unknown})
+                continue
+            keys.append(SeriesKey(camera, rule, kind, label, KIND_METRICS[kind]))  # type: ignore[arg-type]
+        return keys
 
     def series(
         self, camera: str, rule: str, label: str, metric: str, start_ns: int, end_ns: int, bucket_s: int
@@ -117,25 +136,49 @@ class SeriesReader:
         over the hours that start in [start_ns, end_ns) or hold start_ns; older than ``minute_days``, over
         the whole days that do (hourly heatmaps are kept as long as minutes, daily ones as hours)."""
         first_s, end_s = _range_s(start_ns, end_ns)
-        stored = []
+        queries = []
+        for table, size in (("series_heat", 3600), ("series_heat_day", 86400)):
+            where = f"FROM {table} WHERE camera = ? AND start_s >= ? AND start_s < ?"
+            parameters: tuple[str | int, ...] = (camera, first_s - first_s % size, end_s)
+            if label is not None:
+                where, parameters = where + " AND label = ?", (*parameters, label)
+            queries.append((table, where, parameters))
         with self._open() as db:
-            for table, size in (("series_heat", 3600), ("series_heat_day", 86400)):
-                query = f"SELECT start_s, rows, columns, grid FROM {table} WHERE camera = ? AND start_s >= ?"
-                parameters: tuple[str | int, ...] = (camera, first_s - first_s % size)
-                if label is not None:
-                    query, parameters = query + " AND label = ?", (*parameters, label)
+            if db is None:
+                return np.zeros(DEFAULT_GRID, np.float64)
+            newest = []  # the newest grid's size is the answer's
+            for table, where, parameters in queries:
                 try:
-                    stored += (
-                        [] if db is None else db.execute(query + " AND start_s < ?", (*parameters, end_s)).fetchall()
+                    row = db.execute(
+                        f"SELECT start_s, rows, columns {where} ORDER BY start_s DESC, rows DESC, columns DESC LIMIT 1",
+                        parameters,
+                    ).fetchone()
+                except sqlite3.OperationalError as exc:
+                    if "no such table" not in str(exc):
+                        raise
+                    continue
+                if row is not None:
+                    newest.append((*row, table))
+            if not newest:
+                return np.zeros(DEFAULT_GRID, np.float64)
+            _, rows, columns, table = max(newest, key=lambda row: tuple(v if type(v) is int else -1 for v in row[:3]))
+            shape = check_grid_size(rows, columns, f"{table} of camera {camera!r}")
+            total = np.zeros(shape, np.float64)
+            for table, where, parameters in queries:
+                try:
+                    # one grid at a time; a blob larger than any grid's is not even read (length() reads no blob)
+                    cursor = db.execute(
+                        f"SELECT label, start_s, rows, columns, CASE WHEN typeof(grid) = 'blob' AND length(grid) <= "
+                        f"{MAX_BLOB} THEN grid END {where}",
+                        parameters,
                     )
                 except sqlite3.OperationalError as exc:
                     if "no such table" not in str(exc):
                         raise
-        stored.sort(reverse=True)
-        shape = (stored[0][1], stored[0][2]) if stored else DEFAULT_GRID  # the newest grid's size
-        total = np.zeros(shape, np.float64)
-        for _, rows, columns, blob in stored:
-            total += regrid(decode_grid(blob, rows, columns), *shape)
+                    continue
+                for stored_label, start_s, rows, columns, blob in cursor:
+                    at = f"{table} of camera {camera!r}, label {str(stored_label)[:64]!r}, start_s {str(start_s)[:20]}"
+                    total += regrid(decode_grid(blob, rows, columns, at), *shape)
         return total
 
     @contextmanager
@@ -195,6 +238,11 @@ def _fields(
                 (series, *fields, lower, upper),
             ).fetchall()
             for start_s, field, total, peak in rows:
+                if not (type(start_s) is type(total) is type(peak) is int and total >= 0 and peak >= 0):
+                    raise CorruptSeries(
+                        f"{table}: series {series} field {field} holds {str(peak)[:20]} at {str(start_s)[:20]}, "
+                        "not a count"
+                    )
                 values = result.setdefault(start_s, {})
                 if field in MAX_FIELDS:
                     values[field] = max(values.get(field, peak), peak)

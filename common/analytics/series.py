@@ -7,6 +7,7 @@ when buckets merge, and maxima (occupancy, crowd) that take the larger.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -23,6 +24,7 @@ __all__ = [
     "KIND_METRICS",
     "MAX_FIELDS",
     "METRICS",
+    "CorruptSeries",
     "Kind",
     "Metric",
     "Point",
@@ -52,6 +54,13 @@ FIELD_OCCUPANCY_MAX = 4
 FIELD_CROWD_MAX = 5
 FIELD_DWELL_BIN = 16  # + the bin's index in DWELL_BOUNDS_S
 MAX_FIELDS = (FIELD_OCCUPANCY_MAX, FIELD_CROWD_MAX)  # merged by max, every other field by sum
+
+
+class CorruptSeries(sqlite3.DatabaseError, ValueError):
+    """``rules.sqlite`` holds what rules never writes (a heatmap that inflates past its grid, a grid of no
+    configurable size, a value that is not a count): refused before it is allocated or answered. Its message
+    names the table and the series, never a path. A ``sqlite3.DatabaseError``, as a damaged file is (a console
+    maps both to 503); a ``ValueError`` too."""
 
 
 class Point(NamedTuple):

@@ -42,7 +42,7 @@ class Endpoint:
 
     @classmethod
     def parse(cls, spec: str) -> Endpoint:
-        match = _SPEC.match(spec.strip())
+        match = _SPEC.fullmatch(spec.strip())
         if not match or match["pattern"] not in PATTERNS:
             raise BusError(
                 f"bad endpoint {spec!r}: expected PATTERN[+bind|+connect]:(ipc|tcp|inproc)://ADDRESS "

@@ -15,6 +15,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+# Checked by pydantic-core's Rust regex, whose `$` is the end of the text. With Python's `re`, use fullmatch:
+# there `$` also matches before a trailing "\n" ("person\n" would pass re.match).
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 NAME_RULE = "a name may use letters, digits, '_', '.', '-' (at most 64, not starting with '.' or '-')"  # NAME_PATTERN
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, _ . -")]

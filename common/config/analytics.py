@@ -32,14 +32,11 @@ class AnalyticsConfig(Section):
         description="Days minute rows are kept; longer gives 15-minute buckets further back, "
         "costs about 1440 rows per series per day.",
     )
-    retention_days: int = Field(
-        400, ge=1, le=3660, description="Days hour and day rows (and hourly heatmaps) are kept."
-    )
+    retention_days: int = Field(400, ge=1, le=3660, description="Days hour and day rows (and daily heatmaps) are kept.")
     report_interval_s: int = Field(
         900,
         ge=60,
         le=86400,
-        multiple_of=60,
         description="Seconds between count reports upstream, aligned to the wall clock (UTC epoch); whole minutes "
         "(a report is made of minute rows) that divide a day (60, 300, 900, 3600, ...). Shorter is fresher upstream, "
         "costs an event per rule per interval.",
@@ -49,8 +46,10 @@ class AnalyticsConfig(Section):
     @field_validator("report_interval_s")
     @classmethod
     def _divides_a_day(cls, seconds: int) -> int:
-        if 86400 % seconds:
-            raise ValueError(f"must divide a day (86400 s) so that intervals align to days, got {seconds}")
+        if seconds % 60 or 86400 % seconds:
+            raise ValueError(
+                "must be whole minutes that divide a day (60, 300, 900, 3600, ...), so intervals align to days"
+            )
         return seconds
 
     @model_validator(mode="after")

@@ -49,7 +49,7 @@ class ConsoleConfig(Section):
     @field_validator("webhook_hosts")
     @classmethod
     def _plain_hosts(cls, hosts: list[str]) -> list[str]:
-        bad = [host for host in hosts if not _HOST.match(host)]
+        bad = [host for host in hosts if not _HOST.fullmatch(host)]  # `$` alone allows a trailing "\n"
         if bad:
             raise ValueError(f"not a host or host:port: {bad[0][:60]!r}")
         return [host.lower() for host in hosts]

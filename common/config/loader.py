@@ -153,8 +153,8 @@ def parse_config(text: str, source: str = "<string>", environ: Mapping[str, str]
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             path = _data_path(tuple(error["loc"]), data)
-            message = error["msg"]
-            if message.removeprefix("Value error, ") in reported:
+            message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix says nothing to a user
+            if message in reported:
                 continue  # said already, at the line of the key that is wrong
             plain = _in_plain_words(error, path, data, lines)
             if plain is not None:

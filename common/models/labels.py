@@ -128,7 +128,7 @@ def resolve_labels(
         table = metadata_labels(metadata) or [f"class_{i}" for i in range(classes or 0)]
     if classes is not None and len(table) != classes:
         raise ModelError(f"model {manifest.name!r} has {classes} classes but {len(table)} labels")
-    bad = [label for label in table if not re.match(LABEL_PATTERN, label)]
+    bad = [label for label in table if not re.fullmatch(LABEL_PATTERN, label)]  # `$` alone allows a trailing "\n"
     if bad:  # a label travels in Detections and Events, whose contract refuses anything else
         raise ModelError(
             f"model {manifest.name!r}: label {bad[0][:80]!r} is not letters, digits, space, _ . - "

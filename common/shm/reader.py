@@ -62,7 +62,7 @@ class FrameRingReader:
     """
 
     def __init__(self, name: str, *, shm_dir: Path | str = DEFAULT_SHM_DIR) -> None:
-        if not SEGMENT.match(name):  # a name from the bus: never a path, never outside shm_dir
+        if not SEGMENT.fullmatch(name):  # a name from the bus: never a path, never outside shm_dir
             raise ShmError(f"{name[:80]!r} is not a frame ring name (edgesight.<site>.<camera>)")
         self.name = name
         self.path = Path(shm_dir) / name

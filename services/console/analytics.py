@@ -9,12 +9,16 @@ call, so threads share nothing. A missing file is no error: rules has kept nothi
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import numpy.typing as npt
 
 from common.analytics import DWELL_BOUNDS_S, SeriesKey, SeriesReader
+from common.analytics.schema import HEAT_TABLES
 from services.console.analytics_query import ADDITIVE, Range
 
 __all__ = ["COUNT_METRICS", "Analytics"]
@@ -70,6 +74,23 @@ class Analytics:
             ):
                 counts[index] += int(count)
         return counts
+
+    def heat_labels(self, camera: str) -> set[str]:
+        """The labels the camera's heatmaps hold (hourly and daily); none before rules kept any."""
+        if not self.available:
+            return set()
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        labels: set[str] = set()
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            for table in HEAT_TABLES:
+                try:
+                    rows = db.execute(f"SELECT DISTINCT label FROM {table} WHERE camera = ?", (camera,)).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if "no such table" in str(exc):
+                        continue
+                    raise
+                labels.update(label for (label,) in rows)
+        return labels
 
     def heatmap(self, camera: str, label: str | None, span: Range) -> npt.NDArray[np.float64]:
         """Anchor points per cell, of one label or all of them; zeros before rules kept any."""

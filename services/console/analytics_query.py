@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 
 from common.analytics.series import BUCKETS, KIND_METRICS, METRICS
-from contracts.messages import NAME_PATTERN
+from contracts.messages import LABEL_PATTERN, NAME_PATTERN
 
 __all__ = [
     "ADDITIVE",
@@ -36,7 +36,8 @@ DEFAULT_RANGE_S = 86400  # without from: the day before `to`
 # or peak per label, a percentile, do not add up: those need a label (unless the rule has one).
 ADDITIVE = frozenset({"in", "out", "dwell_count"})
 _NAME = re.compile(NAME_PATTERN)
-_EPOCH_S = re.compile(r"^\d{1,10}(\.\d{1,9})?$")
+_LABEL = re.compile(LABEL_PATTERN)  # labels may hold spaces ("traffic light")
+_EPOCH_S = re.compile(r"[0-9]{1,10}(\.[0-9]{1,9})?")
 _MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: nanoseconds stay within SQLite's 64 bits
 
 
@@ -81,8 +82,22 @@ def name_of(query: Mapping[str, str], key: str, *, required: bool = True) -> str
         if required:
             raise QueryError(f"{key}: required")
         return None
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise QueryError(f"{key}: not a name ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,63}}): {value[:64]!r}")
+    return value
+
+
+def label_of(query: Mapping[str, str]) -> str | None:
+    """A class label as the contracts allow it (spaces too), or None for all labels.
+
+    >>> label_of({"label": "traffic light"}), label_of({})
+    ('traffic light', None)
+    """
+    value = query.get("label", "")
+    if not value:
+        return None
+    if not _LABEL.fullmatch(value):
+        raise QueryError(f"label: not a label ([A-Za-z0-9_][A-Za-z0-9_. -]{{0,63}}): {value[:64]!r}")
     return value
 
 
@@ -93,7 +108,7 @@ def time_of(text: str, key: str) -> float:
     (1800000000.0, 1800000000.0)
     """
     problem = QueryError(f"{key}: not an ISO 8601 time or seconds since 1970 (up to 2200): {text[:40]!r}")
-    if _EPOCH_S.match(text):
+    if _EPOCH_S.fullmatch(text):
         seconds = float(text)
     else:
         if len(text) > 40:

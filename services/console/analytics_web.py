@@ -25,7 +25,7 @@ import numpy as np
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from common.analytics import BUCKETS, DWELL_BOUNDS_S, KIND_METRICS
+from common.analytics import BUCKETS, CROWD_LABEL, DWELL_BOUNDS_S, KIND_METRICS, SeriesKey
 from common.analytics.histogram import quantile
 from services.console.analytics_query import (
     ADDITIVE,
@@ -34,6 +34,7 @@ from services.console.analytics_query import (
     QueryError,
     Range,
     bucket_of,
+    label_of,
     metrics_of,
     name_of,
     range_of,
@@ -75,7 +76,7 @@ def _camera(console: ConsoleContext, query: Mapping[str, str]) -> str:
     camera = name_of(query, "camera")
     assert camera is not None
     if camera not in console.config.cameras:
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no camera {camera!r}"}), content_type="application/json")
+        raise _not_found(f"no camera {camera!r}")
     return camera
 
 
@@ -89,9 +90,61 @@ def _kind(console: ConsoleContext, camera: str, rule: str) -> str:
         if key.camera == camera and key.rule == rule:
             return key.kind
     kinds = ", ".join(KIND_METRICS)
-    raise web.HTTPNotFound(
-        text=json.dumps({"error": f"camera {camera!r} has no rule {rule!r} that keeps series ({kinds})"}),
-        content_type="application/json",
+    raise _not_found(f"camera {camera!r} has no rule {rule!r} that keeps series ({kinds})")
+
+
+def _not_found(message: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _camera_labels(console: ConsoleContext, camera: str, keys: list[SeriesKey]) -> set[str]:
+    """The labels the camera is known to see: its series' (a crowd's ``all`` aside), its rules' and its
+    models' classes where they list them, and what the live view has seen since the console started."""
+    labels = {key.label for key in keys if key.camera == camera and key.kind != "crowd"}
+    for rule in console.config.cameras[camera].rules.values():
+        labels.update(rule.classes)
+    for model in console.config.cameras[camera].models or list(console.config.models):
+        config = console.config.models.get(model)
+        labels.update(config.classes if config is not None else ())
+    view = console.live.cameras.get(camera)
+    return labels | (view.labels if view else set())
+
+
+def _heatmap_labels(console: ConsoleContext, camera: str) -> set[str]:
+    """The labels a heatmap can be asked for: those it holds, and those the camera is known to see."""
+    return console.analytics.heat_labels(camera) | _camera_labels(console, camera, console.analytics.catalog())
+
+
+def _rule_labels(console: ConsoleContext, camera: str, rule: str, kind: str, keys: list[SeriesKey]) -> list[str]:
+    """The labels a rule can be asked for: those it kept series of, and those its ``classes`` name (kept or
+    not yet: zeros); a crowd rule's one label is CROWD_LABEL; a rule with no ``classes`` (every label),
+    any label the camera is known to see."""
+    if kind == "crowd":
+        return [CROWD_LABEL]
+    labels = {key.label for key in keys if key.camera == camera and key.rule == rule and key.kind == kind}
+    configured = console.config.cameras[camera].rules.get(rule)
+    if configured is not None and configured.type == kind and configured.classes:
+        labels.update(configured.classes)
+    else:
+        labels |= _camera_labels(console, camera, keys)
+    return sorted(labels)
+
+
+def _label(console: ConsoleContext, camera: str, rule: str, kind: str, label: str | None) -> None:
+    """An unknown label is a 404 naming the known ones (a typo is not an empty chart)."""
+    if label is None:
+        return
+    known = _rule_labels(console, camera, rule, kind, console.analytics.catalog())
+    if label in known:
+        return
+    if kind == "crowd":
+        raise QueryError(
+            f"label: a crowd rule counts every label together; its only label is {CROWD_LABEL!r} "
+            f"(or none), not {label!r}"
+        )
+    raise _not_found(
+        f"label: rule {rule!r} of camera {camera!r} has no label {label!r}; "
+        f"known: {', '.join(known) if known else 'none yet'}"
     )
 
 
@@ -125,10 +178,11 @@ async def _series(request: web.Request) -> dict[str, Any]:
     camera = _camera(console, query)
     rule = name_of(query, "rule")
     assert rule is not None
-    label = name_of(query, "label", required=False)
+    label = label_of(query)
     span = range_of(query, bucket_of(query))
     _minutes_kept(console, span)
     kind = await asyncio.to_thread(_kind, console, camera, rule)
+    await asyncio.to_thread(_label, console, camera, rule, kind, label)
     metrics = metrics_of(query, kind)
     labels = _labels(label, await asyncio.to_thread(console.analytics.labels, camera, rule), metrics)
     columns = {
@@ -186,7 +240,8 @@ async def series(request: web.Request) -> web.StreamResponse:
 async def series_csv(request: web.Request) -> web.StreamResponse:
     answer = await _series(request)
     day = (answer["from"] or "")[:10]
-    name = "-".join([answer["camera"], answer["rule"], answer["label"] or "all", day, str(answer["bucket_s"])])
+    label = (answer["label"] or "all").replace(" ", "_")  # a file name without quotes or spaces to escape
+    name = "-".join([answer["camera"], answer["rule"], label, day, str(answer["bucket_s"])])
     return web.Response(
         text=series_csv_text(answer),
         content_type="text/csv",
@@ -202,11 +257,12 @@ async def dwell(request: web.Request) -> web.StreamResponse:
     camera = _camera(console, query)
     rule = name_of(query, "rule")
     assert rule is not None
-    label = name_of(query, "label", required=False)
+    label = label_of(query)
     span = range_of(query, bucket_of(query, default=900), max_points=None)
     kind = await asyncio.to_thread(_kind, console, camera, rule)
     if kind != "dwell":
         raise QueryError(f"rule: {rule} is a {kind} rule; only dwell rules keep dwell times")
+    await asyncio.to_thread(_label, console, camera, rule, kind, label)
     labels = [label] if label is not None else await asyncio.to_thread(console.analytics.labels, camera, rule)
     counts = await asyncio.to_thread(console.analytics.dwell, camera, rule, labels, span)
     bins = [
@@ -234,8 +290,14 @@ async def heatmap_png(request: web.Request) -> web.StreamResponse:
     """``?from=&to=&label=``: where tracked objects went, coloured over the camera's newest frame."""
     console = request.app[CONSOLE]
     camera = _camera(console, {"camera": request.match_info["name"]})
-    label = name_of(request.query, "label", required=False)
+    label = label_of(request.query)
     span = range_of(request.query, 3600, max_points=None)  # rules keeps the grid per hour
+    if label is not None:
+        known = sorted(await asyncio.to_thread(_heatmap_labels, console, camera))
+        if label not in known:
+            raise _not_found(
+                f"label: camera {camera!r} has no heatmap of {label!r}; known: {', '.join(known) or 'none yet'}"
+            )
     grid = await asyncio.to_thread(console.analytics.heatmap, camera, label, span)
     png = await asyncio.to_thread(_heatmap_picture, console, camera, grid)
     return web.Response(
@@ -276,12 +338,15 @@ async def catalog(request: web.Request) -> web.StreamResponse:
                 found["labels"] = sorted({*found["labels"], key.label})
         for rule in rules.values():
             rule["metrics"] = list(KIND_METRICS[rule["kind"]])
-        view = console.live.cameras.get(name)
-        labels = {key.label for key in kept if key.kind != "crowd"} | (view.labels if view else set())
+            configured = camera.rules.get(rule["name"])
+            if rule["in_site_file"] and configured is not None and rule["kind"] != "crowd":
+                rule["labels"] = sorted({*rule["labels"], *configured.classes})  # not counted yet: zeros
+        labels = _camera_labels(console, name, keys)
         cameras.append({"name": name, "rules": list(rules.values()), "labels": sorted(labels)})
     return web.json_response(
         {
             "available": console.analytics.available,
+            "recording": console.config.analytics.enabled,
             "cameras": cameras,
             "kinds": {kind: list(metrics) for kind, metrics in KIND_METRICS.items()},
             "buckets": list(BUCKETS),

@@ -239,7 +239,7 @@ class IntervalReporter:
         attributes: dict[str, str | int | float | bool | None] = {"kind": rule.kind, "interval_s": end_s - start_s}
         totals = self.store.of_rule(rule.camera, rule.rule) if rule.kind == "line" else {}
         # a crowd's count is of every class named; a class no detection can have (not a label) is left out
-        named = {c for c in rule.classes if _LABEL.match(c)} if rule.kind != "crowd" else set()
+        named = {c for c in rule.classes if _LABEL.fullmatch(c)} if rule.kind != "crowd" else set()
         labels = sorted(named | seen | set(totals))
         room = (MAX_MAP_ENTRIES - len(attributes)) // _PER_LABEL[rule.kind]
         if len(labels) > room:

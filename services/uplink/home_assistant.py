@@ -11,7 +11,9 @@ The site is one device (``edgesight_<site>``). Its sensors:
 A config is retained on ``<discovery prefix>/sensor/edgesight_<site>/<object id>/config``; its value,
 retained too and a plain number or word, on ``<prefix>/<site>/<camera>/<rule>/<label>/in|out|occupancy``
 or ``<prefix>/<site>/<camera>/state``. Availability is the uplink's own: ``<prefix>/<site>/available``,
-``online`` while connected, ``offline`` as its last will and when it stops.
+``online`` while connected, ``offline`` as its last will and when it stops. A camera's state is sent
+again with each status ingest repeats (every ``bus.health_interval_s``) and expires (``expire_after``)
+when those stop: a dead ingest leaves no camera ``streaming`` in Home Assistant.
 """
 
 from __future__ import annotations
@@ -127,12 +129,21 @@ class Discovery:
     ('total_increasing', 'sensor.edgesight_hq_dock_door_person_in', 'edgesight/hq/dock/door/person/in')
     """
 
-    def __init__(self, prefix: str, site: str, base: str, availability: Availability, version: str) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        site: str,
+        base: str,
+        availability: Availability,
+        version: str,
+        camera_expire_after_s: int | None = None,
+    ) -> None:
         self.prefix = prefix
         self.site = site
         self.base = base
         self.availability = availability
         self.version = version
+        self.camera_expire_after_s = camera_expire_after_s
         self.node_id = f"edgesight_{slug(site)}"
 
     def unique_id(self, key: EntityKey) -> str:
@@ -177,6 +188,8 @@ class Discovery:
             },
             "origin": {"name": "EdgeSight", "sw_version": self.version},
         }
+        if key.kind == "camera" and self.camera_expire_after_s:  # counts stay put for hours: they never expire
+            config["expire_after"] = self.camera_expire_after_s
         return config | _KIND_OPTIONS[key.kind]
 
 

@@ -98,6 +98,7 @@ class UplinkService(Service):
                         if isinstance(sink, MqttPublisher):
                             group.create_task(sink.publish_stats(self.stats), name="mqtt-stats")
                             group.create_task(sink.publish_home_assistant(), name="home-assistant")
+                            group.create_task(sink.keep_connected(), name="mqtt-connection")
         finally:
             for sink in self.sinks:
                 await sink.close()

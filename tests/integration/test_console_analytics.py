@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -249,3 +250,32 @@ def test_the_analytics_page_in_a_browser(
     departures = int(browser.find_element(By.CSS_SELECTOR, '[data-total="dwell_count"] b').text.replace(",", ""))
     assert sum(int(b.get_attribute("data-value")) for b in bins) == departures > 0
     browser.save_screenshot(str(shots / "analytics-dwell.png"))
+    # every bin labelled, the open one too
+    ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#dwell-chart text.tick") if t.text[:1] in "≤>"]
+    assert len(ticks) == len(bins) == 12 and ticks[-1] == "> 30 min", ticks
+    # at a phone's width nothing scrolls sideways
+    browser.set_window_size(420, 1400)
+    time.sleep(0.5)
+    width = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];"
+    scrolled, client = browser.execute_script(width)
+    assert scrolled <= client, (scrolled, client)
+    browser.save_screenshot(str(shots / "analytics-narrow.png"))
+    browser.set_window_size(1440, 1000)
+
+    # a preset range: the From and To shown are the bounds the chart and the CSV cover; a week of days is 7
+    browser.get(f"{base}/analytics?camera=hall&rule=middle&label=&range=7d&bucket=86400")
+    wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#series-chart rect.bar[data-metric="in"]')) == 7, 20, "7 days")
+    assert "Day buckets are UTC days" in browser.find_element(By.ID, "range-note").text
+    assert "all labels" in browser.find_element(By.ID, "chart-title").text
+    week = json.loads(
+        api(port, f"/api/series?{browser.find_element(By.ID, 'csv').get_attribute('href').split('?', 1)[1]}")[2]
+    )
+    assert len(week["points"]) == 7
+    shown_bounds = [browser.find_element(By.ID, key).get_attribute("value") for key in ("from", "to")]
+    epoch = [dt.datetime.fromisoformat(week[key]).timestamp() for key in ("from", "to")]
+    assert shown_bounds == [browser.execute_script(local, s) for s in epoch], (shown_bounds, week)
+
+    # a link to what is not there says so, and what it shows instead
+    browser.get(f"{base}/analytics?camera=hall&rule=nosuch&range=today")
+    notice = wait(lambda d: d.find_elements(By.ID, "url-notice"), 20, "the notice")[0]
+    assert 'rule "nosuch" was not found' in notice.text and "Showing camera hall, rule middle" in notice.text

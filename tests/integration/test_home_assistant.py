@@ -1,7 +1,9 @@
 """Home Assistant discovery (issue #27) against a real Mosquitto: the uplink announces the site, and a
 client that subscribes as Home Assistant does (``homeassistant/#``, then each config's state and
 availability topics) finds valid configs and the values the events carried; a rule removed by a reload
-and the feature switched off leave no entity behind. Also the retained ``count_report`` per rule."""
+and the feature switched off leave no entity behind. Also the retained ``count_report`` per rule, and
+that a rule removed (by a reload, or while the uplink was down: Home Assistant on or off) leaves no
+retained count or report on the broker."""
 
 from __future__ import annotations
 
@@ -57,20 +59,20 @@ def make_event(index: int, kind: str, rule: str, label: str, counts: dict[str, i
     )
 
 
-def report(start_s: int, total_in: int) -> Event:
-    """A count_report as rules makes one for the door line."""
+def report(start_s: int, total_in: int, rule: str = "door", label: str = "person") -> Event:
+    """A count_report as rules makes one for a line (the door's, unless told)."""
     return Event(
-        id=f"report.dock.door.{start_s}",
+        id=f"report.dock.{rule}.{start_s}",
         event_type="count_report",
         site="test",
         camera="dock",
-        rule="door",
+        rule=rule,
         ts_ns=(start_s + 900) * 10**9,
         start_ns=start_s * 10**9,
         end_ns=(start_s + 900) * 10**9,
-        counts={"person": 2},
-        attributes={"kind": "line", "interval_s": 900, "person.in": 2, "person.out": 0,
-                    "person.total_in": total_in, "person.total_out": 0},
+        counts={label: 2},
+        attributes={"kind": "line", "interval_s": 900, f"{label}.in": 2, f"{label}.out": 0,
+                    f"{label}.total_in": total_in, f"{label}.total_out": 0},
     )  # fmt: skip
 
 
@@ -147,6 +149,7 @@ def test_home_assistant_finds_the_site_its_values_and_no_stale_entity(
         make_event(4, "zone_exit", "bay", "person", {"person": 1}),
         report(hour_ago, 3),
         report(hour_ago + 900, 5),  # its totals are as of its interval's end: older than the crossings
+        report(hour_ago, 0, rule="gate", label="car"),
     ]
     asyncio.run(send(site, crossings + others))
 
@@ -166,8 +169,8 @@ def test_home_assistant_finds_the_site_its_values_and_no_stale_entity(
     assert value(configs, values, "dock bay person occupancy") == "1"
     assert value(configs, values, "dock state") == "streaming"
     assert values["edgesight/test/available"] == b"online"
-    latest = wait_retained(broker.port, ["edgesight/test/reports/#"], lambda s: bool(s))
-    assert list(latest) == ["edgesight/test/reports/dock/door"]
+    latest = wait_retained(broker.port, ["edgesight/test/reports/#"], lambda s: len(s) == 2)
+    assert sorted(latest) == ["edgesight/test/reports/dock/door", "edgesight/test/reports/dock/gate"]
     assert json.loads(latest["edgesight/test/reports/dock/door"])["id"] == f"report.dock.door.{hour_ago + 900}"
     subscriptions = re.findall(r"^\d+: (edgesight-test) \d (.*)$", (broker.folder / "mosquitto.log").read_text(), re.M)
     assert subscriptions == []  # the uplink listens to nothing over MQTT: nothing there can steer it
@@ -183,15 +186,21 @@ def test_home_assistant_finds_the_site_its_values_and_no_stale_entity(
     assert {c["name"] for c in configs_of(left).values()} == names - {"dock gate car in", "dock gate car out"}
     gone = wait_retained(broker.port, ["edgesight/test/dock/gate/car/#"], lambda s: not s)
     assert gone == {}  # the removed entities' values are cleared too
+    sinks = ["edgesight/test/+/+/count", "edgesight/test/reports/#"]  # and the sink's own retained topics of it
+    kept = wait_retained(broker.port, sinks, lambda s: len(s) == 2)
+    assert sorted(kept) == ["edgesight/test/dock/door/count", "edgesight/test/reports/dock/door"]
 
     # stopped: Home Assistant shows the entities unavailable; switched off: they are gone
     site.processes["uplink"].terminate()
     site.processes["uplink"].wait(timeout=scaled(30))
     assert asyncio.run(retained(broker.port, ["edgesight/test/available"])) == {"edgesight/test/available": b"offline"}
+    # switched off, and the door line removed while the uplink was down: its count and report go too
     document["uplink"]["mqtt"]["home_assistant"] = False
+    del document["cameras"]["dock"]["rules"]["door"]
     site.site.write_text(yaml.safe_dump(document))
     site.start("uplink")
     wait_retained(broker.port, ["homeassistant/#"], lambda s: not s)
+    assert wait_retained(broker.port, sinks, lambda s: not s) == {}
     state_file = Path(site.config.site.state_dir) / STATE_FILE
     end = deadline(30)
     while state_file.exists():  # removed once the broker confirmed every deletion

@@ -171,6 +171,75 @@ def test_count_topic_and_availability(
     assert stats["spool"]["events"] == 0  # delivered, so gone from the spool
 
 
+def test_a_client_taking_over_the_client_id_is_noticed_and_the_uplink_reconnects(
+    tmp_path: Path, mosquitto: Callable[..., Mosquitto], services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """A client connecting as ``edgesight-<site>`` makes the broker drop the uplink (no last will on a
+    takeover): said, the gauge goes 0, and once the intruder is gone the uplink is back, stats and ``online``."""
+    broker = mosquitto()
+    site = services(uplink_site(broker, stats_interval_s=0.5))
+    site.start("broker")
+    base = site.start("uplink")
+    asyncio.run(send(site, [make_event(1)]))
+    end = deadline(60)
+    while "mqtt connected" not in site.log("uplink"):
+        assert time.monotonic() < end, site.log("uplink")
+        time.sleep(0.2)
+    seen = tmp_path / "seen.txt"
+    watcher = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "edgesight/test/#", "-v", "-i", "watcher"],
+        stdout=seen.open("w"),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        broker.wait_subscribed("edgesight/test/#", "watcher")
+        end = deadline(30)
+        while "edgesight/test/stats " not in seen.read_text():
+            assert time.monotonic() < end, "no stats before the takeover"
+            time.sleep(0.2)
+        went_down = False
+        intruder = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-i", "edgesight-test", "-c", "-t", "nothing"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            end = time.monotonic() + 4
+            while time.monotonic() < end:
+                _, body = http_get(f"{base}/metrics")
+                went_down |= 'edgesight_sink_connected{sink="mqtt"} 0.0' in body
+                time.sleep(0.05)
+        finally:
+            intruder.kill()
+            intruder.wait()
+        end = deadline(60)
+        while "mqtt: connection lost; reconnecting" not in site.log("uplink"):
+            assert time.monotonic() < end, site.log("uplink")
+            time.sleep(0.2)
+        _, body = http_get(f"{base}/metrics")
+        failures = next(
+            line for line in body.splitlines() if line.startswith('edgesight_sink_failures_total{sink="mqtt"}')
+        )
+        assert went_down or float(failures.split()[-1]) > 0, body
+        end = deadline(60)  # back: connected, said online again (a fresh retained message), stats flowing
+        while 'edgesight_sink_connected{sink="mqtt"} 1.0' not in http_get(f"{base}/metrics")[1]:
+            assert time.monotonic() < end, site.log("uplink")
+            time.sleep(0.2)
+        assert site.log("uplink").count("mqtt connected") >= 2
+        end = deadline(30)
+        while seen.read_text().count("edgesight/test/available online") < 2:
+            assert time.monotonic() < end, seen.read_text()[-2000:]
+            time.sleep(0.2)
+        stats_before = seen.read_text().count("edgesight/test/stats ")
+        end = deadline(30)
+        while seen.read_text().count("edgesight/test/stats ") < stats_before + 3:
+            assert time.monotonic() < end, "stats stopped after the takeover"
+            time.sleep(0.2)
+    finally:
+        watcher.terminate()
+        watcher.wait()
+
+
 def make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with ``cryptography``."""
     import datetime as dt

@@ -7,6 +7,9 @@ import datetime as dt
 import hashlib
 import math
 import sqlite3
+import time
+import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,12 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from common.analytics import DWELL_BOUNDS_S, SeriesReader, SeriesWriter
+from common.analytics import DWELL_BOUNDS_S, CorruptSeries, SeriesReader, SeriesWriter
+from common.analytics.heatmap import GRID_MAX, GRID_MIN, MAX_BLOB, decode_grid, encode_grid
 from common.analytics.reader import MAX_BUCKETS
 from common.analytics.series import FIELD_IN
 from common.config import AnalyticsConfig, parse_config
+from common.config.analytics import HeatmapConfig
 from services.rules.analytics import SeriesRecorder, continue_counters
 from services.rules.engine import CameraRules
 from services.rules.moment import Moment, Observed
@@ -338,6 +343,128 @@ def test_the_reader_refuses_what_it_cannot_answer(
         SeriesReader(path).series("cam", "door", "person", metric, start_ns, end_ns, bucket_s)
     assert len(SeriesReader(path).catalog()) == 1
     assert MAX_BUCKETS >= 366 * 96  # a year of 15-minute buckets is one answer
+
+
+def zeros_bomb(size: int) -> bytes:
+    """``size`` zero bytes, zlib'd (about a thousandth of that), made without holding them."""
+    deflater, chunk = zlib.compressobj(9), bytes(1 << 20)
+    parts = [deflater.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join(parts) + deflater.flush()
+
+
+def stored_heat(path: Path, rows: Any, columns: Any, grid: Any, table: str = "series_heat") -> SeriesReader:
+    """A file as rules would leave it after an hour of heat, then one grid of ``table`` replaced by what
+    an attacker (or a damaged disk) put there."""
+    db, writer = open_writer(path, minute_days=1)
+    writer.heat("cam", "person", 0.5, 0.5, T0 + 10 * S)
+    writer.flush(T0 + 2 * DAY)  # the hour becomes its day's grid: both tables hold one
+    writer.heat("cam", "person", 0.5, 0.5, T0 + 2 * DAY + 10 * S)
+    writer.flush(T0 + 2 * DAY + MINUTE)
+    with db:
+        assert db.execute(f"UPDATE {table} SET rows = ?, columns = ?, grid = ?", (rows, columns, grid)).rowcount == 1
+    db.close()
+    return SeriesReader(path)
+
+
+def test_a_heatmap_bomb_is_refused_without_inflating_it(path: Path) -> None:
+    bomb = zeros_bomb(200 << 20)  # 200 MB of zeros in ~200 KB: within the largest grid's zlib bound
+    assert len(bomb) <= MAX_BLOB
+    reader = stored_heat(path, GRID_MAX, GRID_MAX, bomb)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(
+            CorruptSeries, match=r"series_heat of camera 'cam', label 'person'.*more than 262144"
+        ) as caught:
+            reader.heatmap("cam", None, T0, T0 + 3 * DAY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1.0 and peak < 10 << 20
+    assert str(path) not in str(caught.value) and path.name not in str(caught.value)
+    assert isinstance(caught.value, sqlite3.Error) and isinstance(caught.value, ValueError)  # 503, as a damaged file
+    with pytest.raises(CorruptSeries, match="more than 64 bytes"):  # the smallest grid: a bomb of its size
+        decode_grid(zlib.compress(bytes(50_000), 9), 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (zlib.compress(bytes(4 * 5 * 4)), "more than 64 bytes"),  # a 4x5 grid stored as 4x4
+        (zlib.compress(bytes(4 * 3 * 4)), "needs 64 bytes, got 48"),
+        (zlib.compress(bytes(64)) + b"more", "data after it"),
+        (zlib.compress(bytes(64))[:-6], "cut short"),
+        (b"not zlib at all", "not a zlib'd grid"),
+        (bytes(78), "at most 77 bytes, got 78"),
+        ("text", "got str"),
+        (None, "got none"),
+    ],
+)
+def test_a_grid_that_is_not_its_size_is_refused(blob: Any, message: str) -> None:
+    with pytest.raises(CorruptSeries, match=message):
+        decode_grid(blob, 4, 4, "series_heat")
+    assert decode_grid(encode_grid(np.ones((4, 4), np.uint32)), 4, 4).sum() == 16  # the size itself decodes
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns"),
+    [
+        (100_000, 100_000),
+        (-36, 64),
+        (-36, -64),
+        (36, 0),
+        (GRID_MIN - 1, 64),
+        (36, GRID_MAX + 1),
+        ("36x", 64),
+        (36.5, 64),
+        (36, 1 << 62),
+    ],
+)
+@pytest.mark.parametrize("table", ["series_heat", "series_heat_day"])
+def test_a_grid_of_no_configurable_size_is_refused(path: Path, rows: Any, columns: Any, table: str) -> None:
+    reader = stored_heat(path, rows, columns, zlib.compress(bytes(64)), table)
+    started = time.perf_counter()
+    with pytest.raises(CorruptSeries, match=rf"{table} of camera 'cam'.*rows and columns are 4\.\.256"):
+        reader.heatmap("cam", "person", T0, T0 + 3 * DAY)  # the newest grid (the answer's size) or an older one
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_stored_grid_larger_than_any_grid_is_not_read(path: Path) -> None:
+    reader = stored_heat(path, 36, 64, bytes(MAX_BLOB + 1))
+    with pytest.raises(CorruptSeries, match="at most 9231 bytes, got none"):  # the query answers no blob for it
+        reader.heatmap("cam", None, T0, T0 + 3 * DAY)
+
+
+def test_the_grid_limits_are_the_configs() -> None:
+    for field in ("rows", "columns"):
+        bounds = {type(item).__name__: item for item in HeatmapConfig.model_fields[field].metadata}
+        assert (bounds["Ge"].ge, bounds["Le"].le) == (GRID_MIN, GRID_MAX)
+
+
+def test_a_series_of_an_unknown_kind_is_skipped(path: Path) -> None:
+    db, writer = open_writer(path)
+    cross(writer, T0)
+    writer.flush(T0 + MINUTE)
+    with db:
+        db.execute("INSERT INTO series_keys (camera, rule, kind, label) VALUES ('cam', 'door', 'sparkle', 'person')")
+        db.execute("INSERT INTO series_keys (camera, rule, kind, label) VALUES ('cam', x'07', 'line', 'person')")
+    reader = SeriesReader(path)
+    ((camera, rule, kind, label),) = [(k.camera, k.rule, k.kind, k.label) for k in reader.catalog()]
+    assert (camera, rule, kind, label) == ("cam", "door", "line", "person")
+    with pytest.raises(ValueError, match="unknown metric 'sparkle'"):
+        reader.series("cam", "door", "person", "sparkle", T0, T0 + DAY, 900)
+    assert values(reader.series("cam", "door", "person", "in", T0, T0 + DAY, 900)) == [(0, 1)]
+
+
+@pytest.mark.parametrize("value", [-5, "many", 2.5, b"\x01"])
+def test_a_value_that_is_not_a_count_is_refused(path: Path, value: Any) -> None:
+    db, writer = open_writer(path)
+    cross(writer, T0)
+    writer.flush(T0 + MINUTE)
+    with db:
+        db.execute("UPDATE series_minute SET value = ?", (value,))
+    with pytest.raises(CorruptSeries, match=r"series_minute: series 1 field 0 .*not a count"):
+        SeriesReader(path).series("cam", "door", "person", "in", T0, T0 + DAY, 900)
 
 
 def test_names_are_data_never_sql(path: Path) -> None:

@@ -4,6 +4,7 @@ has is deleted. Publishing to a real broker is tests/integration/test_home_assis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from common.config import SiteConfig, parse_config
 from common.errors import ConfigError
 from contracts import CameraStatus, Event, TrackedObject
 from services.uplink.home_assistant import Availability, Discovery, EntityKey
-from services.uplink.home_assistant_feed import STATE_FILE, HomeAssistantFeed
+from services.uplink.home_assistant_feed import STATE_FILE, HomeAssistantFeed, retained_topic
 from tests.home_assistant_schema import config_problems, discovery_topic_problems, valid_subscribe_topic
 
 RULES: dict[str, Any] = {
@@ -218,9 +219,10 @@ def test_switched_off_it_deletes_everything_it_announced(tmp_path: Path) -> None
     assert configs(feed) == {}
     feed.observe(event("line_cross", "door", "person", {"in": 1, "out": 0}, time.time_ns()))
     assert configs(feed) == {}
-    (tmp_path / "state" / STATE_FILE).unlink()
-    availability = Availability("a", "online", "offline")
-    assert HomeAssistantFeed.for_site(off, "edgesight/hq.east", availability) is None  # nothing left to do
+    asyncio.run(feed.publish(Broker(), qos=1))
+    assert not (tmp_path / "state" / STATE_FILE).exists()  # every deletion confirmed: nothing left to remember
+    again = feed_of(off)
+    assert again.pending() == [] and not (tmp_path / "state" / STATE_FILE).exists()  # nothing left to do
 
 
 def test_a_state_file_edited_by_hand_is_survived(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -238,3 +240,140 @@ def test_the_discovery_prefix_is_a_topic_and_it_is_off_by_default(tmp_path: Path
     assert plain.uplink.mqtt.home_assistant_prefix == "homeassistant"
     with pytest.raises(ConfigError, match="home_assistant_prefix"):
         site(tmp_path, home_assistant_prefix="home/#")
+
+
+class Broker:
+    """A client as aiomqtt's: each publish confirmed, retained ones kept; paho's refusal of a wildcard topic."""
+
+    def __init__(self) -> None:
+        self.retained: dict[str, bytes] = {}
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool, timeout: float) -> None:
+        if any(c in topic for c in "+#"):
+            raise ValueError("Publish topic cannot contain wildcards.")
+        self.sent.append((topic, payload))
+        if retain:
+            self.retained[topic] = payload
+            if not payload:
+                del self.retained[topic]
+
+
+COUNT, REPORT = "edgesight/hq.east/dock/door/count", "edgesight/hq.east/reports/dock/door"
+
+
+def sink_retains(feed: HomeAssistantFeed, broker: Broker, what: str, rule: str) -> None:
+    """What the MQTT sink does for a line_cross (``count``) or a count_report (``report``) of ``rule``."""
+    assert what in ("count", "report")
+    feed.track(what, "dock", rule)  # type: ignore[arg-type]
+    broker.retained[retained_topic("edgesight/hq.east", what, "dock", rule)] = b"{}"  # type: ignore[arg-type]
+
+
+def saved(tmp_path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((tmp_path / "state" / STATE_FILE).read_text())
+    return document
+
+
+@pytest.mark.parametrize("home_assistant", [True, False])
+def test_the_retained_count_and_report_of_a_rule_gone_are_cleared_at_the_next_start(
+    tmp_path: Path, home_assistant: bool
+) -> None:
+    broker = Broker()
+    first = feed_of(site(tmp_path, home_assistant=home_assistant))
+    for what, rule in [("count", "door"), ("report", "door"), ("count", "gate"), ("report", "bay")]:
+        sink_retains(first, broker, what, rule)
+    assert saved(tmp_path)["retained"][COUNT] == ["count", "dock", "door"]  # on disk before it is published
+    assert not {t for t, _ in first.pending() if t.endswith("/count") or "/reports/" in t}  # the rules are there
+    asyncio.run(first.publish(broker, qos=1))
+
+    renamed = {("entry" if name == "door" else name): rule for name, rule in RULES.items()}
+    renamed["gate"] = {"type": "zone", "polygon": [[0, 0], [1, 0], [1, 1]]}  # a line no more: its count goes
+    second = feed_of(site(tmp_path, renamed, home_assistant=home_assistant))  # a restart
+    pending = dict(second.pending())
+    assert pending[COUNT] == pending[REPORT] == pending["edgesight/hq.east/dock/gate/count"] == b""
+    assert "edgesight/hq.east/reports/dock/bay" not in pending  # its rule is still there
+    asyncio.run(second.publish(broker, qos=1))
+    sinks = {t for t in broker.retained if t.endswith("/count") or "/reports/" in t}
+    assert sinks == {"edgesight/hq.east/reports/dock/bay"}
+    assert list(saved(tmp_path)["retained"]) == ["edgesight/hq.east/reports/dock/bay"]  # the rest forgotten
+    third = feed_of(site(tmp_path, renamed, home_assistant=home_assistant))
+    assert not {t for t, _ in third.pending() if t.endswith("/count") or "/reports/" in t}  # nothing to clear again
+
+
+def test_a_reload_clears_the_retained_topics_of_a_rule_removed_with_home_assistant_off(tmp_path: Path) -> None:
+    broker = Broker()
+    feed = feed_of(site(tmp_path, home_assistant=False))
+    sink_retains(feed, broker, "count", "door")
+    sink_retains(feed, broker, "report", "door")
+    assert feed.pending() == []
+    kept = {name: rule for name, rule in RULES.items() if name != "door"}
+    feed.apply_site(site(tmp_path, kept, home_assistant=False).cameras)  # what reload_site does
+    assert feed.changed.is_set() and dict(feed.pending()) == {COUNT: b"", REPORT: b""}
+    asyncio.run(feed.publish(broker, qos=1))
+    assert broker.retained == {}
+    assert not (tmp_path / "state" / STATE_FILE).exists()  # off, and nothing left to clear
+
+
+def test_a_value_retained_again_wins_over_a_deletion_not_yet_sent(tmp_path: Path) -> None:
+    broker = Broker()
+    feed = feed_of(site(tmp_path, home_assistant=False))
+    sink_retains(feed, broker, "count", "door")
+    kept = {name: rule for name, rule in RULES.items() if name != "door"}
+    feed.apply_site(site(tmp_path, kept).cameras)
+    assert dict(feed.pending()) == {COUNT: b""}
+    feed.apply_site(site(tmp_path).cameras)  # the door line back before the deletion went out
+    sink_retains(feed, broker, "count", "door")
+    assert feed.pending() == []
+    asyncio.run(feed.publish(broker, qos=1))
+    assert broker.retained == {COUNT: b"{}"} and COUNT in saved(tmp_path)["retained"]
+
+
+def test_a_state_file_of_an_older_version_clears_the_count_and_report_topics_of_its_rules(tmp_path: Path) -> None:
+    feed_of(site(tmp_path))
+    document = saved(tmp_path)
+    del document["retained"]  # as an older version wrote it
+    (tmp_path / "state" / STATE_FILE).write_text(json.dumps(document))
+    kept = {name: rule for name, rule in RULES.items() if name not in ("door", "bay", "stay")}
+    pending = dict(feed_of(site(tmp_path, kept)).pending())
+    assert pending[COUNT] == pending[REPORT] == pending["edgesight/hq.east/reports/dock/bay"] == b""
+    assert "edgesight/hq.east/dock/bay/count" not in pending  # a zone has no count topic
+    assert saved(tmp_path)["announced"]  # the format keeps its ``announced``: an older version reads it still
+
+
+def test_a_hand_edited_retained_section_keeps_what_was_announced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed_of(site(tmp_path))
+    document = saved(tmp_path) | {"retained": {COUNT: ["counts", "dock", "door"]}}
+    (tmp_path / "state" / STATE_FILE).write_text(json.dumps(document))
+    kept = {name: rule for name, rule in RULES.items() if name != "door"}
+    feed = feed_of(site(tmp_path, kept))
+    assert "retained topics unreadable" in caplog.text
+    assert COUNT not in feed.wanted
+    assert sum(1 for topic, payload in feed.pending() if topic.endswith("/config") and not payload) == 4
+
+
+def test_the_camera_state_expires_unless_ingest_keeps_repeating_it(tmp_path: Path) -> None:
+    feed = feed_of(site(tmp_path))
+    (camera,) = [c for c in configs(feed).values() if c["name"] == "dock state"]
+    assert camera["expire_after"] == 60 and config_problems(camera) == []
+    assert all(("expire_after" in c) == c["name"].endswith(" state") for c in configs(feed).values())
+    broker = Broker()
+    asyncio.run(feed.publish(broker, qos=1))
+    now = time.time_ns()
+    for index in range(2):  # the same state twice: sent twice, so that Home Assistant's timer starts over
+        feed.camera(CameraStatus(camera="dock", state="streaming", instance="i", ts_ns=now + index, since_ns=now))
+        asyncio.run(feed.publish(broker, qos=1))
+    assert broker.sent.count(("edgesight/hq.east/dock/state", b"streaming")) == 2
+    feed.camera(CameraStatus(camera="dock", state="stalled", instance="i", ts_ns=now - 1, since_ns=now))  # older
+    assert feed.pending() == []
+
+
+def test_a_label_no_topic_can_carry_has_no_entity_and_blocks_nothing(tmp_path: Path) -> None:
+    feed = feed_of(site(tmp_path))
+    feed.observe(event("line_cross", "gate", "c++", {"in": 1, "out": 0}, time.time_ns()))
+    assert not any("c++" in c["name"] for c in configs(feed).values())
+    feed.wanted["edgesight/hq.east/dock/gate/c++/in"] = b"1"  # as an older version may have left it
+    broker = Broker()
+    asyncio.run(feed.publish(broker, qos=1))  # refused by paho: dropped, not retried forever
+    assert feed.pending() == [] and len(broker.sent) == len(configs(feed))  # the rest went out

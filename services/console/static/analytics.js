@@ -23,7 +23,10 @@ const controls = {
   camera: select("camera"), rule: select("rule"), label: select("label"), range: select("range"), bucket: select("bucket"),
   from: el("input", { id: "from", type: "datetime-local" }), to: el("input", { id: "to", type: "datetime-local" }),
 };
-const custom = [el("label", { class: "custom" }, "From", controls.from), el("label", { class: "custom" }, "To", controls.to)];
+// the bounds actually shown (a preset's, widened to whole buckets as the API widens them); editing one is a custom range
+const custom = [el("label", {}, "From", controls.from), el("label", {}, "To", controls.to)];
+const zoneNote = el("div", { class: "muted range-note", id: "range-note" });
+const notices = el("div", { id: "notices" });  // what the URL asked for and could not be shown, the site file's switch
 const csv = el("a", { id: "csv", class: "button", download: "" }, "Download CSV");
 const banner = el("div", { id: "banner", class: "banner hidden" });
 const totals = el("div", { class: "stats", id: "totals" });
@@ -38,6 +41,8 @@ main.append(
   el("form", { class: "filters", id: "filters" },
     el("label", {}, "Camera", controls.camera), el("label", {}, "Rule", controls.rule), el("label", {}, "Label", controls.label),
     el("label", {}, "Range", controls.range), custom, el("label", {}, "Bucket", controls.bucket), csv),
+  zoneNote,
+  notices,
   banner,
   el("div", { class: "card" }, el("div", { class: "body" }, totals)),
   el("div", { class: "card chart-card" }, el("div", { class: "body" }, el("div", { class: "chart-head" }, heading, legend), chartBox)),
@@ -61,6 +66,12 @@ function show(message) {
   banner.className = message ? "banner bad" : "banner hidden";
 }
 
+function notice(id, message) {  // a standing note (not an error): the same id replaces the earlier one
+  const old = document.getElementById(id);
+  if (old) old.remove();
+  if (message) notices.append(el("div", { id, class: "banner warn" }, message));
+}
+
 function fill(node, options, wanted) {
   node.replaceChildren(...options.map(([value, text]) => el("option", { value }, text)));
   if (options.some(([value]) => value === wanted)) node.value = wanted;
@@ -75,13 +86,27 @@ function localInput(date) {  // a Date as a datetime-local input's value, in the
   return shifted.toISOString().slice(0, 16);
 }
 
-// [from, to] of the chosen range: days are the browser's days (buckets themselves are UTC aligned)
+function zoneText() {  // the browser's time zone, as the page says it reads times
+  const minutes = -new Date().getTimezoneOffset();
+  const sign = minutes < 0 ? "−" : "+";
+  const hours = Math.floor(Math.abs(minutes) / 60), rest = Math.abs(minutes) % 60;
+  const offset = minutes ? `UTC${sign}${hours}${rest ? `:${String(rest).padStart(2, "0")}` : ""}` : "UTC";
+  const name = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  return `Times are in your browser's time zone (${name && name !== "UTC" ? `${name}, ` : ""}${offset}); Day buckets are UTC days.`;
+}
+
+// [from, to] of the chosen range: days are the browser's days (buckets themselves are UTC aligned);
+// "Last 7 days" is seven whole buckets back from the end of the current one (seven days, not eight)
 function span() {
   const now = new Date();
   const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+  const bucket = Number(controls.bucket.value) * 1000;
   switch (controls.range.value) {
     case "yesterday": return [new Date(midnight.getTime() - 86400000), midnight];
-    case "7d": return [new Date(now.getTime() - 7 * 86400000), now];
+    case "7d": {
+      const end = Math.ceil(now.getTime() / bucket) * bucket;
+      return [new Date(end - 7 * 86400000), new Date(end)];
+    }
     case "custom": return [new Date(controls.from.value), new Date(controls.to.value)];
     default: return [midnight, now];
   }
@@ -178,8 +203,8 @@ function duration(seconds) {
   return `${number(Math.round((seconds / unit) * 10) / 10)} ${name}`;
 }
 
-function widthOf(node) {  // the chart's width in pixels: one SVG unit a pixel
-  return Math.max(320, Math.round(node.clientWidth || 1000));
+function widthOf(node) {  // the chart's width in pixels: one SVG unit a pixel (it scales down below 280)
+  return Math.max(280, Math.round(node.clientWidth || 1000));
 }
 
 function showDwell(dwell) {
@@ -191,7 +216,7 @@ function showDwell(dwell) {
   const body = el("div", { class: "body" }, el("div", { class: "chart-title" }, "How long they stayed"));
   dwellCard.replaceChildren(body);
   const drawing = chart({ slots, series: [{ metric: "count", name: "Objects", type: "bar", cls: "s-dwell", values: bins.map((b) => b.count) }],
-    yTitle: "objects that left", label: "dwell time histogram", width: widthOf(body) - 24, height: 260 });
+    yTitle: "objects that left", label: "dwell time histogram", width: widthOf(dwellCard) - 24, height: 280, everyLabel: true });
   drawing.id = "dwell-chart";
   body.append(drawing);
 }
@@ -215,7 +240,6 @@ async function showHeatmap(camera, parameters, mine) {
 
 async function load() {
   show("");
-  for (const node of custom) node.classList.toggle("hidden", controls.range.value !== "custom");
   const { camera, rule } = current();
   if (!camera || !rule) {
     chartBox.replaceChildren(el("p", { class: "muted" }, camera ? "This camera has no line, zone, dwell or crowd rule." : "No cameras."));
@@ -228,6 +252,7 @@ async function load() {
     show("Choose when the range starts and ends.");
     return;
   }
+  if (controls.range.value !== "custom") [controls.from.value, controls.to.value] = span().map(localInput);
   const parameters = query();
   csv.href = `/api/series.csv?${parameters}`;
   const kind = rule.kind;
@@ -240,10 +265,12 @@ async function load() {
       showHeatmap(camera.name, parameters, mine).catch((error) => { heatNote.textContent = error.message; }),
     ]);
     if (mine !== generation) return;
+    controls.from.value = localInput(new Date(data.from));  // the bounds the chart and the CSV cover
+    controls.to.value = localInput(new Date(data.to));
     const slots = slotsOf(data.points, data.bucket_s);
     const series = shown.series.map(([metric, name, type, cls]) => ({ metric, name, type, cls, values: data.points.map((p) => p[metric]) }));
     const per = shown.perBucket === false ? "" : ` ${PER[data.bucket_s]}`;
-    heading.textContent = `${rule.name} · ${data.label || (data.labels.length ? data.labels.join(" + ") : "all labels")} — ${shown.title}${per}`;
+    heading.textContent = `${rule.name} · ${data.label || "all labels"} — ${shown.title}${per}`;
     legend.replaceChildren(...series.map((s) => el("span", {}, el("i", { class: `key ${s.cls}` }), s.name)));
     const options = { slots, series, yTitle: `${shown.title}${per}`, integer: kind !== "zone", label: heading.textContent };
     showTotals(kind, data, slots, dwell);
@@ -255,25 +282,62 @@ async function load() {
       if (dwell) showDwell(dwell);
     };
     redraw();
-    if (!catalog.available) show("Rules has kept no series yet: counts appear here once it runs (analytics: enabled).");
+    if (!catalog.available && catalog.recording !== false) show("Rules has kept no series yet: counts appear here once it runs (analytics: enabled).");
   } catch (error) {
     show(error.message);
   }
 }
 
+// range, bucket and times from the URL; what cannot be read is said, not silently replaced
+function wantedChoices(wanted) {
+  const problems = [];
+  const range = wanted.range || (wanted.from || wanted.to ? "custom" : "today");
+  controls.range.value = RANGES.some(([v]) => v === range) ? range : "today";
+  if (controls.range.value !== range) problems.push(`range ${JSON.stringify(range)} is not one of ${RANGES.map(([, t]) => t).join(", ")}`);
+  controls.bucket.value = BUCKETS.some(([v]) => v === wanted.bucket) ? wanted.bucket : "3600";
+  if (wanted.bucket && controls.bucket.value !== wanted.bucket) problems.push(`bucket ${JSON.stringify(wanted.bucket)} is not one of 900, 3600, 86400 (seconds)`);
+  if (controls.range.value === "custom") {
+    const times = ["from", "to"].map((key) => [key, wanted[key] || "", new Date(wanted[key] || "")]);
+    const bad = times.filter(([, , date]) => Number.isNaN(date.getTime()));
+    if (bad.length) problems.push(bad.map(([key, text]) => `${key} ${JSON.stringify(text)}`).join(" and ") + " is not a time");
+    else if (times[0][2] >= times[1][2]) problems.push(`from ${JSON.stringify(wanted.from)} is not before to ${JSON.stringify(wanted.to)}`);
+    if (bad.length || times[0][2] >= times[1][2]) controls.range.value = "today";
+    else { controls.from.value = localInput(times[0][2]); controls.to.value = localInput(times[1][2]); }
+  }
+  return problems;
+}
+
+function wantedFound(wanted, problems) {  // after choose(): the camera, rule and label asked for, if they were not there
+  const { camera, rule } = current();
+  if (wanted.camera && controls.camera.value !== wanted.camera) problems.push(`camera ${JSON.stringify(wanted.camera)} was not found`);
+  else if (wanted.rule && controls.rule.value !== wanted.rule) {
+    problems.push(`rule ${JSON.stringify(wanted.rule)} was not found on camera ${camera ? camera.name : ""} (or keeps no series)`);
+  } else if (wanted.label && controls.label.value !== wanted.label) {
+    problems.push(`label ${JSON.stringify(wanted.label)} was not found for rule ${rule ? rule.name : ""}`);
+  }
+  if (!problems.length) return;
+  const instead = [camera && `camera ${camera.name}`, rule && `rule ${rule.name}`, rule && (controls.label.value || "all labels"),
+    RANGES.find(([v]) => v === controls.range.value)[1].toLowerCase()].filter(Boolean).join(", ");
+  notice("url-notice", `The link asked for what is not here: ${problems.join("; ")}. Showing ${instead} instead.`);
+}
+
 await start("/analytics");
 catalog = await getJSON("/api/analytics/catalog");
-const wanted = Object.fromEntries(new URLSearchParams(location.search));
-controls.range.value = RANGES.some(([v]) => v === wanted.range) ? wanted.range : "today";
-controls.bucket.value = BUCKETS.some(([v]) => v === wanted.bucket) ? wanted.bucket : "3600";
-const [defaultFrom, defaultTo] = [new Date(Date.now() - 86400000), new Date()];
-controls.from.value = wanted.from || localInput(defaultFrom);
-controls.to.value = wanted.to || localInput(defaultTo);
-choose(wanted);
-for (const name of ["camera", "rule"]) {
-  controls[name].addEventListener("change", () => { choose({ camera: controls.camera.value, rule: controls.rule.value, label: controls.label.value }); load(); });
+zoneNote.textContent = zoneText();
+if (catalog.recording === false) {
+  notice("not-recording", "Counts over time are switched off in the site file (analytics.enabled): what you see is history up to then.");
 }
-for (const name of ["label", "range", "bucket", "from", "to"]) controls[name].addEventListener("change", load);
+const wanted = Object.fromEntries(new URLSearchParams(location.search));
+const problems = wantedChoices(wanted);
+choose(wanted);
+wantedFound(wanted, problems);
+for (const name of ["camera", "rule"]) {
+  controls[name].addEventListener("change", () => { choose({ camera: controls.camera.value, rule: controls.rule.value, label: controls.label.value }); notice("url-notice"); load(); });
+}
+for (const name of ["label", "range", "bucket"]) controls[name].addEventListener("change", () => { notice("url-notice"); load(); });
+for (const name of ["from", "to"]) {  // a bound edited by hand: a custom range from then on
+  controls[name].addEventListener("change", () => { controls.range.value = "custom"; notice("url-notice"); load(); });
+}
 document.getElementById("filters").addEventListener("submit", (event) => event.preventDefault());
 await load();
 let resizing = null;

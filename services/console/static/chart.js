@@ -49,10 +49,13 @@ function yAxis(scale, left, right, top, plotHeight, side) {
 }
 
 // slots: [{label, day?, tip}]; series: [{metric, name, type: "bar"|"line", cls, values, axis?, dashed?}];
-// width: the pixels it is shown at (one unit a pixel, so text keeps its size in a narrow card)
-export function chart({ slots, series, yTitle, yTitleRight = "", integer = true, label = "", width = 1000, height = 300 }) {
+// width: the pixels it is shown at (one unit a pixel, so text keeps its size in a narrow card);
+// everyLabel: a label under every slot (a histogram's bins), slanted where they would not fit side by side
+export function chart({ slots, series, yTitle, yTitleRight = "", integer = true, label = "", width = 1000, height = 300, everyLabel = false }) {
   const hasRight = series.some((s) => s.axis === "right");
-  const margin = { left: 64, right: hasRight ? 64 : 16, top: 12, bottom: 42 };
+  const longest = Math.max(0, ...slots.map((slot) => (slot.label || "").length));
+  const slant = everyLabel && (width - 80) / Math.max(1, slots.length) < longest * 7 + 8;
+  const margin = { left: 64, right: hasRight ? 64 : 16, top: 12, bottom: slant ? 16 + longest * 5 : 42 };
   const plotWidth = width - margin.left - margin.right;
   const plotHeight = height - margin.top - margin.bottom;
   const root = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
@@ -95,23 +98,31 @@ export function chart({ slots, series, yTitle, yTitleRight = "", integer = true,
       drawing = true;
     });
     root.append(svg("path", { class: `line ${s.cls}${s.dashed ? " dashed" : ""}`, d, "data-metric": s.metric }));
-    if (n <= 96) {
-      s.values.forEach((value, i) => {
-        if (value !== null && value !== undefined) root.append(svg("circle", { class: `dot ${s.cls}`, cx: xOf(i) + slotWidth / 2, cy: yOf(value, s.axis), r: 3 }));
-      });
-    }
+    // a marker on every point where there are few; where there are many, on a point with no neighbour
+    // (a line of one point is no line)
+    const present = (i) => i >= 0 && i < n && s.values[i] !== null && s.values[i] !== undefined;
+    s.values.forEach((value, i) => {
+      const alone = !present(i - 1) && !present(i + 1);
+      if (!present(i) || (n > 96 && !alone)) return;
+      root.append(svg("circle", { class: `dot ${s.cls}`, cx: xOf(i) + slotWidth / 2, cy: yOf(value, s.axis), r: alone ? 4.5 : 3, "data-metric": s.metric, "data-slot": i }));
+    });
   }
   root.append(svg("line", { class: "axis", x1: margin.left, x2: width - margin.right, y1: margin.top + plotHeight, y2: margin.top + plotHeight }));
   // a label every few slots; under it the day, where it is not the previous label's day
-  const every = Math.ceil(n / Math.max(2, Math.floor(plotWidth / TICK_SPACING)));
+  const every = everyLabel ? 1 : Math.ceil(n / Math.max(2, Math.floor(plotWidth / TICK_SPACING)));
   let lastDay = null;
+  let dayEnd = -Infinity;  // where the last day label drawn ends: the next one starts clear of it
   slots.forEach((slot, i) => {
     if (i % every || !slot.label) return;
     const x = xOf(i) + slotWidth / 2;
+    const y = margin.top + plotHeight + 18;
     root.append(svg("line", { class: "axis", x1: x, x2: x, y1: margin.top + plotHeight, y2: margin.top + plotHeight + 4 }));
-    root.append(svg("text", { class: "tick", x, y: margin.top + plotHeight + 18, "text-anchor": "middle" }, slot.label));
-    if (slot.day && slot.day !== lastDay) {
+    root.append(slant
+      ? svg("text", { class: "tick", x: x + 4, y: y - 4, "text-anchor": "end", transform: `rotate(-40 ${x + 4} ${y - 4})` }, slot.label)
+      : svg("text", { class: "tick", x, y, "text-anchor": "middle" }, slot.label));
+    if (slot.day && slot.day !== lastDay && x - slot.day.length * 3.5 > dayEnd) {
       root.append(svg("text", { class: "tick day", x, y: margin.top + plotHeight + 34, "text-anchor": "middle" }, slot.day));
+      dayEnd = x + slot.day.length * 3.5 + 8;
     }
     lastDay = slot.day;
   });

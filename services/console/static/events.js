@@ -33,8 +33,34 @@ function query(cursor) {
   return q;
 }
 
+const REPORT = "count_report";  // rules' interval report: figures over an interval, no object, no snapshot
+const isReport = (e) => e.event_type === REPORT;
+
+function reportFigures(e) {  // a report's figures, [name, value], as rules named them (label_figure)
+  return Object.entries(e.attributes || {}).filter(([key]) => !["kind", "interval_s"].includes(key));
+}
+
+function reportInterval(e) {
+  const minutes = Math.round((e.end_ns - e.start_ns) / 6e10);
+  return `${minutes >= 60 && minutes % 60 === 0 ? `${minutes / 60} h` : `${minutes} min`} from ${fromNs(e.start_ns)}`;
+}
+
+// the interval on the Analytics page: 15-minute buckets while minute rows are kept (a week), hours after
+function analyticsPath(e) {
+  const iso = (ns) => new Date(Number(ns) / 1e6).toISOString().replace(/\.\d{3}Z$/, "Z");
+  const recent = Date.now() - Number(e.end_ns) / 1e6 < 6 * 86400000;
+  const seconds = (e.end_ns - e.start_ns) / 1e9;
+  const bucket = seconds >= 86400 ? "86400" : recent && seconds < 86400 ? "900" : "3600";
+  const q = new URLSearchParams({ camera: e.camera, rule: e.rule, range: "custom", from: iso(e.start_ns), to: iso(e.end_ns), bucket });
+  return `/analytics?${q}`;
+}
+
 function describe(e) {
   const a = e.attributes || {};
+  if (isReport(e)) {
+    const figures = reportFigures(e).map(([key, value]) => `${key} ${value}`);
+    return [`${a.kind || ""} report`, ...figures].join(" · ");
+  }
   const parts = [];
   if (e.lifecycle !== "new") parts.push(e.lifecycle);
   if (a.direction) parts.push(`crossed ${a.direction}`);
@@ -50,7 +76,7 @@ const listPath = () => `/events${location.search}`;
 
 function row(e) {
   // no snapshot: say so in words, not with an empty box that looks like a picture still loading
-  const thumb = e.snapshot_url ? el("img", { class: "thumb", src: e.snapshot_url, alt: "snapshot", loading: "lazy" }) : el("span", { class: "nothumb" }, "no snapshot");
+  const thumb = isReport(e) ? el("span", { class: "nothumb" }, "report") : e.snapshot_url ? el("img", { class: "thumb", src: e.snapshot_url, alt: "snapshot", loading: "lazy" }) : el("span", { class: "nothumb" }, "no snapshot");
   const object = e.object ? `${e.object.label} #${e.object.track_id}` : "—";
   // a real link, so the event's URL can be copied or opened in a new tab; a plain click opens it here
   const link = el("a", { href: eventPath(e.id), class: "permalink",
@@ -83,6 +109,17 @@ function box(b, dashed) {
   return rect;
 }
 
+function showReport(e) {  // a report: its figures and the interval on the Analytics page; nothing was seen
+  const figures = reportFigures(e);
+  return [
+    el("h2", {}, `Figures (${e.attributes && e.attributes.kind ? `${e.attributes.kind} rule, ` : ""}${reportInterval(e)})`),
+    figures.length
+      ? el("table", { id: "report-figures" }, el("tbody", {}, figures.map(([key, value]) => el("tr", {}, el("td", {}, key), el("td", { class: "num" }, String(value))))))
+      : el("p", { class: "muted" }, "Nothing was counted in this interval."),
+    el("p", {}, el("a", { href: analyticsPath(e), id: "report-analytics" }, "This interval on the Analytics page")),
+  ];
+}
+
 function show(e, push = true) {
   const svgNS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNS, "svg");
@@ -102,8 +139,7 @@ function show(e, push = true) {
     el("h1", {}, `${e.event_type} · ${e.camera} · ${e.rule}`),
     el("p", { class: "muted" }, `${fromNs(e.ts_ns)} · ${describe(e)} · id ${e.id} · `,
       el("a", { href: eventPath(e.id), id: "permalink" }, "link to this event")),
-    figure,
-    el("div", { class: "two" }, side("Before (dashed)", e.before), side("After (solid)", e.object)),
+    ...(isReport(e) ? showReport(e) : [figure, el("div", { class: "two" }, side("Before (dashed)", e.before), side("After (solid)", e.object))]),
     el("h2", {}, "As on the bus"), el("pre", {}, JSON.stringify(copy, null, 2)),
     el("form", { method: "dialog" }, el("button", { id: "close" }, "Close")));
   if (push && location.pathname !== eventPath(e.id)) history.pushState({ event: e.id }, "", `${eventPath(e.id)}${location.search}`);
