@@ -8,7 +8,9 @@ SPOOL_DEPTH = Gauge("edgesight_spool_events", "Events in the spool.")
 SPOOL_OLDEST = Gauge("edgesight_spool_oldest_age_seconds", "Age of the oldest event in the spool.")
 SPOOL_BYTES = Gauge("edgesight_spool_bytes", "Bytes the spool's rows take.")
 SENT = Counter("edgesight_sink_sent_total", "Events a sink confirmed.", ["sink"])
-FAILED = Counter("edgesight_sink_failures_total", "Failed attempts to deliver (and lost MQTT connections), per sink.", ["sink"])
+FAILED = Counter(
+    "edgesight_sink_failures_total", "Failed attempts to deliver (and lost MQTT connections), per sink.", ["sink"]
+)
 DROPPED = Counter(
     "edgesight_sink_dropped_total",
     "What was dropped: spool/snapshot and spool/event on overflow, privacy/snapshot when a rule did not ask for one.",
