@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -362,7 +363,11 @@ def moto_server() -> Any:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    # moto keeps its AWS state per process, not per server: without a reset a test sees an earlier one's
+    # log events and metrics (the reports test's events were in this one's CloudWatch log stream)
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
+    yield url
     server.stop()
 
 
