@@ -27,6 +27,14 @@ class BrokenClient:
         raise RuntimeError("[code:4] The client is not currently connected.")
 
 
+class WorkingClient(BrokenClient):
+    """The connection made again: publishes go through (a bare object here made the next stats publish
+    fail too, and the gauge could read 0 again before the test looked)."""
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def connected_gauge() -> float:
     value = metrics.CONNECTED.labels("mqtt")._value.get()
     return float(value)
@@ -46,7 +54,7 @@ def test_a_failed_stats_publish_marks_the_sink_down_once_and_it_reconnects(
             nonlocal opened
             opened += 1
             gauges.append(connected_gauge())  # as the sink stood before this connection
-            sink._client = BrokenClient() if opened == 1 else object()
+            sink._client = BrokenClient() if opened == 1 else WorkingClient()
             sink._connected_at = time.monotonic()  # a short-lived connection: the backoff above stays
             sink.connected = True
             metrics.CONNECTED.labels("mqtt").set(1)
