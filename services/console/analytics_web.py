@@ -172,13 +172,18 @@ def _labels(label: str | None, kept: list[str], metrics: tuple[str, ...]) -> lis
     return kept
 
 
-async def _series(request: web.Request) -> dict[str, Any]:
-    console = request.app[CONSOLE]
-    query = request.query
+def _rule_asked(console: ConsoleContext, query: Mapping[str, str]) -> tuple[str, str, str | None]:
+    """The camera, rule and (optional) label a series or dwell question names, each checked in that order."""
     camera = _camera(console, query)
     rule = name_of(query, "rule")
     assert rule is not None
-    label = label_of(query)
+    return camera, rule, label_of(query)
+
+
+async def _series(request: web.Request) -> dict[str, Any]:
+    console = request.app[CONSOLE]
+    query = request.query
+    camera, rule, label = _rule_asked(console, query)
     span = range_of(query, bucket_of(query))
     _minutes_kept(console, span)
     kind = await asyncio.to_thread(_kind, console, camera, rule)
@@ -254,10 +259,7 @@ async def dwell(request: web.Request) -> web.StreamResponse:
     """``?camera=&rule=&label=&from=&to=&bucket=``: how long objects stayed, in bins; p50 and p90 bounds."""
     console = request.app[CONSOLE]
     query = request.query
-    camera = _camera(console, query)
-    rule = name_of(query, "rule")
-    assert rule is not None
-    label = label_of(query)
+    camera, rule, label = _rule_asked(console, query)
     span = range_of(query, bucket_of(query, default=900), max_points=None)
     kind = await asyncio.to_thread(_kind, console, camera, rule)
     if kind != "dwell":
