@@ -15,6 +15,7 @@ BENCHMARKS = {
     "model_package": "benchmarks.model_package",
     "app_channel": "benchmarks.app_channel",
     "analytics": "benchmarks.analytics",
+    "fleet": "benchmarks.fleet",
     "soak": "benchmarks.soak",
 }
 # Run only when named (minutes long): ``python -m benchmarks soak --minutes 20``.

@@ -63,6 +63,7 @@ GOALS = (
     Goal("model_package", "load time of the plain .onnx / of a signed package"),
     Goal("app_channel", "1080p frames/s to a sandboxed app over its channel / read from shm by the app", at_least=0.1),
     Goal("analytics", "rules CPU per frame, counts over time on / off, 4 cameras", at_most=1.05),
+    Goal("fleet", "s until a model is live on 3 sites, --canary 0, healthy_s 3 (not a ratio)", "real_canary0_deploy_s"),
     Goal("soak", "RSS growth, MB/h, worst service (not a ratio)", _worst_growth, at_most=5),
 )
 

@@ -53,7 +53,13 @@ class RateLimitFilter(logging.Filter):
 
 class DropTally:
     """What a bounded store dropped, as one warning at most every ``interval_s`` with the counts since
-    the last one: a metric alone goes unseen in the logs, a line per drop floods them."""
+    the last one: a metric alone goes unseen in the logs, a line per drop floods them. A drop may bring
+    its particulars (``add(kind, last_topic=...)``): the warning carries the newest one's.
+
+    >>> tally = DropTally(logging.getLogger("doc"), "dropped", ("malformed", "too_large"))
+    >>> tally.add("malformed", last_detail="not JSON"); tally.add("malformed"); tally.counts, tally.latest
+    ({'malformed': 2, 'too_large': 0}, {'last_detail': 'not JSON'})
+    """
 
     def __init__(
         self, logger: logging.Logger, message: str, kinds: tuple[str, ...], interval_s: float = 60.0, **context: Any
@@ -64,17 +70,21 @@ class DropTally:
         self.interval_s = interval_s
         self.context = context
         self.counts = dict.fromkeys(kinds, 0)
+        self.latest: dict[str, Any] = {}  # the newest drop's particulars, since the last warning
         self._logged = -1e18
 
-    def add(self, kind: str, count: int = 1) -> None:
+    def add(self, kind: str, count: int = 1, **particulars: Any) -> None:
         self.counts[kind] += count
+        if particulars:
+            self.latest = particulars
 
     def flush(self) -> None:
         """Logs the counts if any and the interval has passed (call after a drop, and now and then)."""
         now = time.monotonic()
         if any(self.counts.values()) and now - self._logged >= self.interval_s:
-            self.logger.warning(self.message, extra={**self.counts, **self.context})
+            self.logger.warning(self.message, extra={**self.counts, **self.context, **self.latest})
             self.counts = dict.fromkeys(self.kinds, 0)
+            self.latest = {}
             self._logged = now
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = [
     "BY_NAME",
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # The names of SERVICES, in their order: mypy checks each entry's name against it, a test the converse
-ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink", "apps", "console"]
+ServiceName = Literal["broker", "ingest", "inference", "rules", "uplink", "apps", "console", "fleet"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,17 @@ class Peer:
     operator: bool = False  # may send any Control to any service, and speak on any service's own streams
 
 
+def _fleet_rights() -> dict[str, frozenset[str]]:
+    """The fleet's Control rights: ``shutdown`` to every service but the broker, ``reload`` to those whose
+    loaded state a job changes (models: inference, apps; the site file's rules: rules)."""
+    reloaded = {"inference", "rules", "apps"}
+    return {
+        name: frozenset({"shutdown", "reload"} if name in reloaded else {"shutdown"})
+        for name in get_args(ServiceName)
+        if name != "broker"
+    }
+
+
 # In the order `edgesight run` starts them (and lists them): the broker, that the others connect to, first
 SERVICES: tuple[Service, ...] = (
     Service("broker", 9401),
@@ -86,6 +97,9 @@ SERVICES: tuple[Service, ...] = (
     Service("apps", 9406, needs_section="apps", deep_check=True, own_streams=(b"apps/",)),
     # the rule editor's save reloads the rules
     Service("console", 9407, needs_section="console", deep_check=True, may_control={"rules": frozenset({"reload"})}),
+    # a signed fleet job: reload after an install or a rules update, restart_service (shutdown; the
+    # supervisor, compose or k3s starts it again) of any service but the broker, whose loss cuts the bus
+    Service("fleet", 9408, needs_section="fleet", deep_check=False, may_control=_fleet_rights()),
 )
 
 PEERS: tuple[Peer, ...] = (

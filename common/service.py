@@ -31,9 +31,29 @@ from common.errors import ConfigError, EdgeSightError, StartupError
 from common.metrics import SERVICE_UP, HttpEndpoint
 from contracts import Control, Health, topic
 
-__all__ = ["Service", "ServiceState", "run_service"]
+__all__ = ["Service", "ServiceState", "control_reply", "run_service"]
 
 log = logging.getLogger(__name__)
+
+
+MAX_REPLY_CHARS = 240  # a Health detail value saying how a command ended: the id and a reason's first line
+
+
+def control_reply(command: Control, outcome: str, reason: str | None = None) -> str:
+    """How a service answers who sent ``command``: ``"<id> <outcome>"`` or ``"<id> <outcome>: <the reason's
+    first line>"``, cut to MAX_REPLY_CHARS, for its Health detail (the bus has no replies: a sender
+    waits for the next Health that names its id, which :meth:`Service.send_health` makes come at once).
+
+    >>> command = Control(id="fleet-7", command="reload")
+    >>> control_reply(command, "refused", "site.yaml:3: cameras: bad\\nmore")
+    'fleet-7 refused: site.yaml:3: cameras: bad'
+    >>> len(control_reply(command, "refused", "x" * 5000)) == MAX_REPLY_CHARS
+    True
+    """
+    text = f"{command.id} {outcome}"
+    if reason:
+        text += f": {(reason.strip().splitlines() or [''])[0]}"
+    return text if len(text) <= MAX_REPLY_CHARS else text[: MAX_REPLY_CHARS - 1] + "…"
 
 
 class ServiceState(str, enum.Enum):
@@ -170,6 +190,10 @@ class Service(abc.ABC):
         while True:
             await self._publish_health()
             await asyncio.sleep(self.config.bus.health_interval_s)
+
+    async def send_health(self) -> None:
+        """A Health now, besides the periodic ones: after a command whose outcome its detail says."""
+        await self._publish_health()
 
     async def _publish_health(self) -> None:
         if self.publisher is None:

@@ -150,6 +150,11 @@ def site_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def python_env() -> dict[str, str]:
     """Environment for child processes: this interpreter's packages and the checkout on the path."""
+    return child_env()
+
+
+def child_env() -> dict[str, str]:
+    """:func:`python_env`'s value, for fixtures of a wider scope."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

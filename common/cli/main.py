@@ -1,4 +1,4 @@
-"""``edgesight``: version, config check|schema, run, bus tail."""
+"""``edgesight``: version, config check|schema, run, bus tail|keygen, fleet (``common/cli/fleet.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,18 @@ import msgspec
 from common import files
 from common import logging as eslogging
 from common.bus import Subscriber, security
+from common.cli import fleet as fleet_cli
 from common.cli.supervisor import Supervisor, child_environment, installed_services
 from common.config import SiteConfig, load_config
 from common.errors import EdgeSightError, StartupError
 from common.registry import BY_NAME, PEERS, SERVICES
+from common.version import edgesight_version
 from contracts import PROTOCOL_VERSION, NDArray, topic
 from contracts.topics import STREAMS
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
-
-
-def _version() -> str:
-    try:
-        return version("edgesight")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _load(path: str) -> SiteConfig | None:
@@ -46,7 +40,7 @@ def _load(path: str) -> SiteConfig | None:
 
 
 def cmd_version(_: argparse.Namespace) -> int:
-    print(f"edgesight {_version()} (bus protocol v{PROTOCOL_VERSION}, python {sys.version.split()[0]})")
+    print(f"edgesight {edgesight_version()} (bus protocol v{PROTOCOL_VERSION}, python {sys.version.split()[0]})")
     return 0
 
 
@@ -60,12 +54,21 @@ def _section(config: SiteConfig, service: str) -> object:
     return True if section is None else getattr(config, section)
 
 
+def _running(config: SiteConfig, available: list[str]) -> list[str]:
+    """The services ``edgesight run`` starts without ``--services``: ``run.services``, else each installed
+    one whose section the site file has (an optional service runs only where its section is)."""
+    if config.run.services:
+        return list(config.run.services)
+    return [name for name in available if _section(config, name)]
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return EXIT_CONFIG
     peers = [peer.name for peer in PEERS if peer.curve_client]
-    problems: list[str] = security.check_curve(config, [*installed_services(), *peers])
+    # the bus keys of the services that will run: a site without fleet: needs no fleet key
+    problems: list[str] = security.check_curve(config, [*_running(config, installed_services()), *peers])
     # a service checked unless its section is absent (None): an empty apps: is checked
     checked = [s for s in DEEP_CHECKS if s in installed_services() and _section(config, s) is not None]
     for service in checked:  # handed over: never imported here
@@ -103,9 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     eslogging.configure("run", config.logging.level, config.logging.format)
     files.restrict_umask()  # inherited by every service it starts (each sets it again itself)
     available = installed_services()
-    wanted: list[str] = args.services.split(",") if args.services else list(config.run.services or available)
-    if not args.services and not config.run.services:  # optional services run where the site file has their section
-        wanted = [name for name in wanted if _section(config, name)]
+    wanted: list[str] = args.services.split(",") if args.services else _running(config, available)
     missing = sorted(set(wanted) - set(available))
     if missing:
         print(f"not installed: {', '.join(missing)} (installed: {', '.join(available)})", file=sys.stderr)
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", type=Path, required=True, help="the folder to write them to")
     keygen.add_argument("clients", nargs="*", help=f"client names (default: {' '.join(security.DEFAULT_CLIENTS)})")
     keygen.set_defaults(func=cmd_bus_keygen)
+
+    fleet = _command(commands, "fleet", "many sites at once: status, signed deployments canaries first, jobs, keys")
+    fleet_cli.add_commands(fleet, _commands, _command)
     return parser
 
 

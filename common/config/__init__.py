@@ -12,6 +12,7 @@ from common.config.cameras import (
     PrivacyMask,
 )
 from common.config.console import ConsoleConfig
+from common.config.fleet import FleetConfig
 from common.config.loader import MAX_RULES_PER_CAMERA, MAX_VERTICES_PER_SITE, load_config, load_yaml, parse_config
 from common.config.metrics import LoggingConfig, MetricsConfig
 from common.config.models import INFERENCE_SHARD_VARIABLE, ModelConfig
@@ -36,6 +37,7 @@ __all__ = [
     "CameraDefaults",
     "ConsoleConfig",
     "EventsConfig",
+    "FleetConfig",
     "HeatmapConfig",
     "LoggingConfig",
     "MetricsConfig",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["NAME_PATTERN", "NAME_RULE", "Line", "Name", "Point", "Polygon", "Section", "Unit"]
+__all__ = ["NAME_PATTERN", "NAME_RULE", "HttpUrl", "Line", "Name", "Point", "Polygon", "Section", "Unit"]
 
 
 class Section(BaseModel):
@@ -43,3 +44,15 @@ Line = Annotated[tuple[Point, Point], AfterValidator(_distinct), Field(descripti
 Polygon = Annotated[
     list[Point], Field(min_length=3, max_length=64, description="[[x, y], ...], 0-1"), AfterValidator(_has_area)
 ]
+
+
+_HTTP_URL = re.compile(r"https?://[^\s]{1,2000}")
+
+
+def _http_url(url: str) -> str:
+    if not _HTTP_URL.fullmatch(url):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]  # a link shown to people: a site's console

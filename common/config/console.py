@@ -45,6 +45,12 @@ class ConsoleConfig(Section):
         "path is under state_dir. Default state_dir/rules.sqlite: where rules and console share state_dir "
         "(edgesight run, compose). Under k3s, rules' folder mounted read-only in the console's pod.",
     )
+    fleet: bool = Field(
+        False,
+        description="The Fleet page (/fleet, /api/fleet): every site's reported state, heard on the fleet's MQTT "
+        "broker (fleet.mqtt, else uplink.mqtt; topics under fleet.topic_root, default $aws). Turn it on for "
+        "the console operators watch the fleet from; it needs a broker: without one the console refuses to start.",
+    )
 
     @field_validator("webhook_hosts")
     @classmethod

@@ -12,6 +12,7 @@ from common.config.apps import AppConfig
 from common.config.bus import BusConfig
 from common.config.cameras import CameraConfig, CameraDefaults
 from common.config.console import ConsoleConfig
+from common.config.fleet import FleetSection
 from common.config.metrics import DEFAULT_PORTS, LoggingConfig, MetricsConfig
 from common.config.models import ModelConfig
 from common.config.rules import EventsConfig, TrackerConfig
@@ -76,6 +77,7 @@ class SiteConfig(Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     apps: dict[Name, AppConfig] = Field(default_factory=dict, description="AWS Panorama applications, run unchanged.")
     console: ConsoleConfig | None = Field(None, description="The web console; runs only where this section is.")
+    fleet: FleetSection | None = Field(None, description="This site in a fleet; the fleet service runs where this is.")
     run: RunConfig = Field(default_factory=RunConfig)
     _source: str = PrivateAttr("<memory>")
     _key_lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)

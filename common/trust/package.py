@@ -47,7 +47,17 @@ from common.trust.encryption import decrypt_members, encrypt_members
 from common.trust.keys import key_id
 from contracts.messages import NAME_PATTERN
 
-__all__ = ["MANIFEST", "Member", "Package", "build_package", "check_identity", "check_name", "open_package", "seal"]
+__all__ = [
+    "MANIFEST",
+    "Member",
+    "Package",
+    "build_package",
+    "check_identity",
+    "check_name",
+    "open_package",
+    "read_index",
+    "seal",
+]
 
 MAGIC = b"ESPKG 1\n"
 FORMAT = "edgesight-model-package/1"
@@ -208,14 +218,35 @@ def open_package(
     )
 
 
-def _signed_index(data: bytes, trusted: Mapping[str, Ed25519PublicKey], label: str) -> tuple[dict[str, Any], bytes]:
-    """The index, once its signer is trusted, its signature holds and its name and version are safe;
-    and the archive after it (not yet checked)."""
+def read_index(path: Path) -> dict[str, Any]:
+    """``path``'s index as the package says it, NOT verified (neither signer nor signature nor archive):
+    for naming a package that is verified where it is installed (``edgesight fleet deploy model``). Its
+    name and version are checked as :func:`check_identity` does; PackageError says what is wrong."""
+    label = str(path)
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(MAGIC) + MAX_INDEX_BYTES)
+    except OSError as exc:
+        raise PackageError(f"{label}: {exc.strerror or exc}") from None
+    index = _parse_index(head[len(MAGIC) : _index_end(head, label)], label)
+    check_identity(index["name"], index["version"], label)
+    return index
+
+
+def _index_end(data: bytes, label: str) -> int:
+    """Where the index line of a package's ``data`` ends (its newline), after the magic."""
     if not data.startswith(MAGIC):
         raise PackageError(f"{label}: not an EdgeSight model package (no {MAGIC[:-1].decode()!r} header)")
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_INDEX_BYTES)
     if end < 0:
         raise PackageError(f"{label}: the index line is missing or longer than {MAX_INDEX_BYTES} bytes")
+    return end
+
+
+def _signed_index(data: bytes, trusted: Mapping[str, Ed25519PublicKey], label: str) -> tuple[dict[str, Any], bytes]:
+    """The index, once its signer is trusted, its signature holds and its name and version are safe;
+    and the archive after it (not yet checked)."""
+    end = _index_end(data, label)
     line = data[len(MAGIC) : end]
     signature_line = data[end + 1 : end + 130]
     if not _SIGNATURE_LINE.fullmatch(signature_line):

@@ -52,6 +52,17 @@ class Installed:
     sha256: str
     downgrade: bool = False
 
+    def audit_detail(self) -> dict[str, Any]:
+        """The detail of its ``model.install`` audit record, wherever it was installed from (``edgesight
+        models install``, a fleet job): ``downgrade`` only on a downgrade, so the other records stay as they were."""
+        return {
+            "version": self.version,
+            "previous": self.previous,
+            "signer": self.signer,
+            "sha256": self.sha256,
+            "downgrade": True if self.downgrade else None,
+        }
+
 
 class Refused(PackageError):
     """``install`` refused a package that opened: its name and version, for the audit trail."""

@@ -18,13 +18,14 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from common.config import SiteConfig
+from common.config.site_file import SiteFile
 from services.console.analytics import Analytics
 from services.console.apps import Apps
 from services.console.auth import Auth
+from services.console.fleet import FleetFollower
 from services.console.history import EventHistory
 from services.console.live import Live
 from services.console.mjpeg import Changes
-from services.console.site_file import SiteFile
 
 __all__ = ["CONSOLE", "MAX_LIVE_FPS", "Audit", "ConsoleContext", "client", "error", "iso", "listed_camera"]
 
@@ -51,6 +52,7 @@ class ConsoleContext:
     changes: Changes  # live views wait on these: a camera's by its name, an app's video by apps.video_key
     audit: Audit
     rules_saved: Callable[[SiteConfig, str], Awaitable[None]]  # new rules for a camera: apply them
+    fleet: FleetFollower | None = None  # every site's reported state (console.fleet), else None
 
 
 CONSOLE: web.AppKey[ConsoleContext] = web.AppKey("console", ConsoleContext)

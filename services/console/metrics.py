@@ -18,3 +18,15 @@ APP_MESSAGES_IGNORED = Counter(
     "wrong_topic (another app's name), not_jpeg.",
     ["reason"],
 )
+FLEET_DROPPED = Counter(
+    "edgesight_console_fleet_messages_dropped_total",
+    "Reported states heard on the fleet's broker and not kept (console.fleet): too_large, malformed, "
+    "wrong_thing (another thing than its topic's), too_many_things.",
+    ["reason"],
+)
+FLEET_CONNECTED = Gauge(
+    "edgesight_console_fleet_connected", "1 while the console is connected to the fleet's broker (console.fleet)."
+)
+FLEET_SITES = Gauge(
+    "edgesight_console_fleet_sites", "Sites of the fleet whose newest reported state the console keeps."
+)

@@ -25,6 +25,7 @@ PAGES = {
     "/audit": "audit.html",
     "/apps": "apps.html",
     "/analytics": "analytics.html",
+    "/fleet": "fleet.html",
     "/cameras/{name}": "camera.html",
     "/cameras/{name}/editor": "editor.html",
 }

@@ -1,7 +1,7 @@
 """The rule editor's API: a camera's rules as the site file writes them, and replacing them.
 
-What an edit may change is decided in services/console/rule_policy.py (refusals are audited), the file
-is rewritten in place by services/console/site_file.py, and a save is audited and makes rules reload.
+What an edit may change is decided in common/config/rule_policy.py (refusals are audited), the file
+is rewritten in place by common/config/site_file.py, and a save is audited and makes rules reload.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
+from common.config import rule_policy
 from common.config.rules import LineRule, ZoneRule
-from services.console import metrics, rule_policy
+from common.config.site_file import RulesRejected, SiteFileError, save_record
+from services.console import metrics
 from services.console.context import CONSOLE, ConsoleContext, client, error, listed_camera
-from services.console.site_file import RulesRejected, SavedRules, SiteFileError, rule_changes
 
 __all__ = ["ROUTES"]
 
@@ -79,26 +80,11 @@ async def put_rules(request: web.Request) -> web.Response:
     except KeyError:
         return error(404, f"camera {name!r} is not in the site file itself")
     metrics.RULE_SAVES.labels("saved").inc()
-    await _audit_saved(console, name, saved, actor)
+    detail = save_record(name, saved)
+    await console.audit("config.save", f"cameras.{name}.rules", actor=actor, file=console.config.source, **detail)
     await console.rules_saved(saved.config, name)
     written = await asyncio.to_thread(console.site_file.rules, name)
     return web.json_response({"camera": name, "rules": written, "geometry": _geometry(console, name), "reloaded": True})
-
-
-async def _audit_saved(console: ConsoleContext, camera: str, saved: SavedRules, actor: str) -> None:
-    """The save in the audit trail: which rules came, went and changed, and each key's change."""
-    before, after = saved.before, saved.after
-    await console.audit(
-        "config.save",
-        f"cameras.{camera}.rules",
-        actor=actor,
-        file=console.config.source,
-        added=",".join(sorted(set(after) - set(before))),
-        removed=",".join(sorted(set(before) - set(after))),
-        changed=",".join(sorted(r for r in set(after) & set(before) if after[r] != before[r])),
-        unshared_from=",".join(saved.unshared_from) or None,
-        changes=rule_changes(camera, before, after),
-    )
 
 
 ROUTES = [

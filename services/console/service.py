@@ -19,6 +19,7 @@ from aiohttp import web
 from common._compat import wait_at_most
 from common.bus import Subscriber
 from common.config import SiteConfig
+from common.config.site_file import SiteFile
 from common.errors import ConfigError, StartupError
 from common.service import Service, ServiceState
 from common.shm import FrameReaders
@@ -28,10 +29,10 @@ from services.console.analytics import Analytics
 from services.console.apps import Apps, video_key
 from services.console.auth import Auth
 from services.console.context import ConsoleContext
+from services.console.fleet import FleetFollower, fleet_broker, fleet_problems
 from services.console.history import EventHistory
 from services.console.live import Live
 from services.console.mjpeg import Changes
-from services.console.site_file import SiteFile
 from services.console.web import build_app
 
 __all__ = ["ConsoleService"]
@@ -58,7 +59,7 @@ class ConsoleService(Service):
                 f"{config.where('console', 'admin_password')}: the console has no default password: set "
                 "admin_password (e.g. ${file:/run/secrets/console_password}) and start it again"
             ]
-        return []
+        return fleet_problems(config)
 
     def setup(self) -> None:
         problems = self.check(self.config)
@@ -80,6 +81,8 @@ class ConsoleService(Service):
             max_mb=console.max_mb,
         )
         self.apps = Apps()
+        broker = fleet_broker(self.config) if console.fleet else None
+        self.fleet = FleetFollower(broker) if broker is not None else None  # every site's reported state
         # live views wait on these: a camera's by its name, an app's video by apps.video_key
         self.changes = Changes()
         # what the HTTP handlers may use (see services/console/context.py): never the service itself
@@ -94,6 +97,7 @@ class ConsoleService(Service):
             changes=self.changes,
             audit=self.audit,
             rules_saved=self.rules_saved,
+            fleet=self.fleet,
         )
 
     async def main(self) -> None:
@@ -117,8 +121,9 @@ class ConsoleService(Service):
             ):
                 self.set_state(ServiceState.READY)
                 log.info("console serving", extra={"url": f"http://{self.settings.host}:{self.settings.port}/"})
+                fleet = [self.fleet.run()] if self.fleet is not None else []
                 await asyncio.gather(
-                    self._follow(live), self._follow_apps(apps), self._keep_events(events), self._prune()
+                    self._follow(live), self._follow_apps(apps), self._keep_events(events), self._prune(), *fleet
                 )
         finally:
             self.changes.close()
@@ -173,4 +178,5 @@ class ConsoleService(Service):
             "sessions": len(self.auth.sessions),
             "cameras": len(self.live.cameras),
             "apps": len(self.apps.statuses),
+            **({"fleet_sites": len(self.fleet.reported)} if self.fleet is not None else {}),
         }

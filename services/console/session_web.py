@@ -78,6 +78,7 @@ async def session(request: web.Request) -> web.Response:
             "auth": request["auth"],
             "csrf": session_.csrf if session_ is not None else None,
             "site": console.config.site.name,
+            "fleet": console.fleet is not None,  # console.fleet: the pages link the Fleet page only then
         }
     )
 

@@ -18,6 +18,7 @@ from services.console import (
     apps_web,
     audit_web,
     events_web,
+    fleet_web,
     live_web,
     metrics,
     pages_web,
@@ -65,6 +66,7 @@ def build_app(console: ConsoleContext) -> web.Application:
         *audit_web.ROUTES,
         *apps_web.ROUTES,
         *analytics_web.ROUTES,
+        *fleet_web.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

@@ -128,15 +128,7 @@ def install(args: argparse.Namespace, config: SiteConfig, store: ModelStore, aud
             error=str(exc),
         )
         raise
-    audit.record(
-        "model.install",
-        done.name,
-        version=done.version,
-        previous=done.previous,
-        signer=done.signer,
-        sha256=done.sha256,
-        downgrade=True if done.downgrade else None,  # only on a downgrade: the other records stay as they were
-    )
+    audit.record("model.install", done.name, **done.audit_detail())
     if done.downgrade:
         print(f"downgraded {done.name} from {done.previous} to {done.version} (--allow-downgrade; audited)")
     print(f"installed {done.name} {done.version} (signer {done.signer}; previous: {done.previous or 'none'})")

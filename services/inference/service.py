@@ -16,7 +16,7 @@ from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import SiteConfig
 from common.errors import ConfigError
-from common.service import Service, ServiceState
+from common.service import Service, ServiceState, control_reply
 from common.trust import TrustWatch, load_installed, model_search_path, site_trust
 from contracts import Control, Detections, FrameRef, topic
 from services.inference.batch import BatchRunner
@@ -42,6 +42,7 @@ class InferenceService(Service):
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
         self.batches = BatchRunner(self.config)
         self.frames_done = 0
+        self._last_reload: str | None = None  # how the last reload Control ended, for its sender (Health detail)
         self.trust = TrustWatch(self.config)  # site.trusted_keys, read again when it changes
         self._links = WorkerLinks(
             infer=self.batches.infer, publish=self.publish_detections, load=self.load, audit=self.audit
@@ -191,6 +192,10 @@ class InferenceService(Service):
             for name, worker in self.workers.items():
                 if wanted in (None, name):
                     await worker.reload(f"control {command.id}")
+            # "done", not "applied": a model that failed to load keeps its old version, which its own
+            # detail entry says; the sender (the fleet) compares that with what it installed
+            self._last_reload = control_reply(command, "done")
+            await self.send_health()
         else:
             await super().on_control(command)
 
@@ -200,10 +205,12 @@ class InferenceService(Service):
         return counters | {f"inference_ms.{model}": round(ms, 2) for model, ms in smoothed.items()}
 
     def health_detail(self) -> dict[str, str]:
-        return {
+        """Per model ``"<version> <backend>/<provider>"``; ``reload``: how the last reload Control ended."""
+        detail = {
             name: f"{w.detector.version} {w.detector.backend.name}/{w.detector.backend.provider}"
             for name, w in self.workers.items()
         }
+        return detail if self._last_reload is None else detail | {"reload": self._last_reload}
 
 
 def _mtime(path: Path, *, link: bool = False) -> float:

@@ -25,7 +25,7 @@ from common.config import CameraConfig, SiteConfig, load_config
 from common.config.rules import Action
 from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.files import private_dir, private_open
-from common.service import Service, ServiceState
+from common.service import Service, ServiceState, control_reply
 from common.shm import FrameReaders
 from contracts import (
     ContractError,
@@ -151,6 +151,7 @@ class RulesService(Service):
         self._actions: set[asyncio.Task[None]] = set()
         self._group: TaskGroup | None = None
         self._detections: Subscriber | None = None  # a camera added by a reload is subscribed to here
+        self._last_reload: str | None = None  # how the last reload Control ended, for its sender (Health detail)
         jsonl = self.config.events.jsonl
         self.jsonl = None if jsonl is None else Path(self.config.site.state_dir) / jsonl
 
@@ -365,19 +366,23 @@ class RulesService(Service):
     async def on_control(self, command: Control) -> None:
         await super().on_control(command)
         if command.command == "reload":
-            await self.reload()
+            refused = await self.reload()
+            outcome = "applied" if refused is None else "refused"
+            self._last_reload = control_reply(command, outcome, refused)
+            await self.send_health()  # whoever sent it (the console, the fleet) waits for this
 
-    async def reload(self) -> None:
-        """Reads the site file again and applies its cameras' rules (the console's rule editor sends
-        ``reload`` after a save). Rules unchanged keep their state; line counts are kept per rule name;
-        other sections (tracker, events, uplink) take effect at the next restart."""
+    async def reload(self) -> str | None:
+        """Reads the site file again and applies its cameras' rules (the console's rule editor and the
+        fleet's update_rules send ``reload`` after a save). Rules unchanged keep their state; line counts
+        are kept per rule name; other sections (tracker, events, uplink) take effect at the next restart.
+        Returns why it was refused (the rules in force stay), or None once applied."""
         try:
             config: SiteConfig = await asyncio.to_thread(load_config, self.config.source)
         except EdgeSightError as exc:
             metrics.RELOADS.labels("refused").inc()
             log.error("reload refused; the rules in force stay", extra={"error": " | ".join(str(exc).splitlines())})
             await self.audit("rules.reload", self.config.source, result="refused", error=str(exc).splitlines()[0])
-            return
+            return str(exc)
         wanted = {name: camera for name, camera in config.cameras.items() if camera.enabled and camera.rules}
         for name in set(self.cameras) - set(wanted):
             del self.cameras[name]
@@ -398,6 +403,7 @@ class RulesService(Service):
         metrics.RELOADS.labels("applied").inc()
         log.info("rules reloaded", extra={"changed": ",".join(sorted(changed)) or "none"})
         await self.audit("rules.reload", self.config.source, result="applied", cameras=",".join(sorted(changed)))
+        return None
 
     def _acked(self, ids: list[str]) -> None:
         self.outbox.acked(ids)
@@ -407,7 +413,7 @@ class RulesService(Service):
         return {"cameras": len(self.cameras), "events": self.events_sent, "queued": len(self.outbox)}
 
     def health_detail(self) -> dict[str, str]:
-        detail = {}
+        detail = {} if self._last_reload is None else {"reload": self._last_reload}
         for camera in self.cameras.values():
             for zone, occupancy in camera.rules.occupancy().items():
                 detail[f"{camera.name}.{zone}"] = ",".join(f"{k}={v}" for k, v in sorted(occupancy.items())) or "empty"

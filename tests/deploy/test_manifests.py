@@ -132,7 +132,7 @@ def k3s_site(overlay: str) -> Path:
 
 def test_kustomization_is_valid_kubernetes(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
-    expected = ["ConfigMap", *["Deployment"] * 6, "Namespace", *["Service"] * 4, "StatefulSet"]
+    expected = ["ConfigMap", *["Deployment"] * 7, "Namespace", *["Service"] * 4, "StatefulSet"]
     assert kinds == expected
     for doc in manifests:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -160,7 +160,7 @@ def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[d
     config = load_config(k3s_site)
     configmap = next(doc["metadata"]["name"] for doc in manifests if doc["kind"] == "ConfigMap")
     workloads = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
-    assert len(workloads) == 7
+    assert len(workloads) == 8
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -173,7 +173,7 @@ def test_deployments_run_services_and_probe_their_metrics_port(manifests: list[d
         assert site["configMap"]["name"] == configmap  # kustomize renamed the reference
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert mounts["bus-keys"] == "/etc/edgesight-keys/bus"  # bus.curve's key files, when the Secret exists
-        if name in ("inference", "rules", "uplink", "apps", "console"):  # one audit trail per node, sent by the uplink
+        if name in ("inference", "rules", "uplink", "apps", "console", "fleet"):  # one audit trail per node
             (audit,) = (v for v in pod["volumes"] if v["name"] == "audit")
             assert audit["hostPath"]["path"] == mounts["audit"] == f"{config.site.state_dir}/audit.jsonl"
 
@@ -259,3 +259,36 @@ def test_rules_reach_the_uplink_service(manifests: list[dict[str, Any]], k3s_sit
     assert host == "edgesight-uplink"
     assert int(port) in {p["port"] for p in service["spec"]["ports"]}
     assert int(config.bus.events.receive.rsplit(":", 1)[1]) == int(port)
+
+
+def test_the_fleet_writes_the_site_file_and_the_models_where_the_others_read_them(
+    manifests: list[dict[str, Any]], k3s_site: Path
+) -> None:
+    """An update_rules job saves the site file as the console does (compose: the same writable mount; k3s:
+    a ConfigMap, read-only for both); an install_model job fills state_dir/models, which inference reads."""
+    compose = edgesight_services(yaml.safe_load((COMPOSE / "docker-compose.yml").read_text()))
+    site_mount = "./site.yaml:/etc/edgesight/site.yaml"
+    assert site_mount in compose["console"]["volumes"] and site_mount in compose["fleet"]["volumes"]
+    assert "state:/var/lib/edgesight" in compose["fleet"]["volumes"]  # models/ in the volume inference mounts too
+    assert "state:/var/lib/edgesight" in compose["inference"]["volumes"]
+    state_dir = str(load_config(k3s_site).site.state_dir)
+    pods = {
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"]
+        for doc in manifests
+        if "template" in doc.get("spec", {})
+    }
+    fleet, inference = pods["edgesight-fleet"], pods["edgesight-inference"]
+    fleet_mounts = {m["name"]: m for m in fleet["containers"][0]["volumeMounts"]}
+    assert fleet_mounts["models"]["mountPath"] == f"{state_dir}/models" and not fleet_mounts["models"].get("readOnly")
+    inference_mounts = {m["name"]: m["mountPath"] for m in inference["containers"][0]["volumeMounts"]}
+    (inference_models,) = (v for v in inference["volumes"] if v["name"] == "models")
+    (fleet_models,) = (v for v in fleet["volumes"] if v["name"] == "models")
+    assert fleet_models["hostPath"]["path"] == inference_models["hostPath"]["path"]
+    assert inference_mounts["models"] in [
+        e["value"] for e in inference["containers"][0]["env"] if e["name"] == "EDGESIGHT_ASSETS"
+    ]
+    assert fleet["containers"][0]["volumeMounts"][0] == {
+        "name": "site",
+        "mountPath": "/etc/edgesight",
+        "readOnly": True,
+    }

@@ -192,6 +192,33 @@ def test_config_check_loads_models_and_finds_media(tmp_path: Path) -> None:
     assert "cameras.dock-1.rules.bay.classes[0]: no model of this camera has the class 'unicorn'" in result.stderr
 
 
+def test_config_check_wants_bus_keys_only_of_the_services_that_will_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CurveZMQ site made before the fleet service existed has no fleet key: it stays valid until
+    it gets a fleet: section (an optional service runs only where its section is), or run.services names it."""
+    from common.bus import security
+    from common.cli.main import main
+
+    keys = tmp_path / "keys"
+    security.generate_bus_keys(keys, [name for name in security.DEFAULT_CLIENTS if name != "fleet"])
+    site = tmp_path / "site.yaml"
+    secured = (
+        "site: {name: s}\n"
+        f"bus: {{curve: {{server_key: {keys / 'server.key'}, client_key: '{keys}/{{service}}.key_secret', "
+        f"authorized_keys: {keys / 'clients'}}}}}\n"
+    )
+    site.write_text(secured)
+    assert main(["config", "check", str(site)]) == 0
+    fleet = "fleet: {mqtt: {host: mq.example}}\n"
+    for wanting_fleet in (secured + fleet, secured + "run: {services: [broker, fleet]}\n"):
+        site.write_text(wanting_fleet)
+        assert main(["config", "check", str(site)]) == 2
+        assert f"bus.curve.client_key: {keys}/fleet.key_secret does not exist" in capsys.readouterr().err
+    site.write_text(secured + "run: {services: [broker, rules]}\n" + fleet)  # run.services leaves fleet out
+    assert main(["config", "check", str(site)]) == 0
+
+
 RULE_TYPES = "zone, line, dwell, crowd, ppe, presence"
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config
+from common.config.site_file import RulesRejected, SiteFile
 from contracts import Event, Snapshot, TrackedObject
 from services.console.auth import LoginLimiter
 from services.console.history import NS_PER_DAY, EventHistory, EventQuery
-from services.console.site_file import RulesRejected, SiteFile
 
 NOW = 1_800_000_000 * 10**9
 

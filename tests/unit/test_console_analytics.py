@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from common.analytics import SeriesWriter
 from common.config import SiteConfig, load_config
+from common.config.site_file import SiteFile
 from services.console.analytics import Analytics
 from services.console.apps import Apps
 from services.console.auth import Auth
@@ -31,7 +32,6 @@ from services.console.context import ConsoleContext
 from services.console.history import EventHistory
 from services.console.live import Live
 from services.console.mjpeg import Changes
-from services.console.site_file import SiteFile
 from services.console.web import build_app
 from tests.conftest import write_site
 from tests.support import frame_ref

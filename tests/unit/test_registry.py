@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 from typing import get_args
+from unittest import mock
 
 import pytest
 
@@ -19,6 +20,7 @@ from common.cli import main, supervisor
 from common.config import RunConfig, SiteConfig, site
 from common.config.metrics import DEFAULT_PORTS, MetricsConfig
 from common.registry import PEERS, SERVICES, Peer, Service
+from contracts import Control, encode, topic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,8 +102,55 @@ def test_derived_lists_have_nothing_the_registry_lacks() -> None:
 
 def test_the_security_policy_is_unchanged() -> None:
     """Deriving the Curve lists changed nobody's rights."""
-    assert dict(security.CONTROL_SENDERS) == {"run": None, "cli": None, "console": {"rules": frozenset({"reload"})}}
+    shutdown, both = frozenset({"shutdown"}), frozenset({"shutdown", "reload"})
+    fleet = {"ingest": shutdown, "inference": both, "rules": both, "uplink": shutdown, "apps": both}
+    fleet |= {"console": shutdown, "fleet": shutdown}
+    assert dict(security.CONTROL_SENDERS) == {
+        "run": None,
+        "cli": None,
+        "console": {"rules": frozenset({"reload"})},
+        "fleet": fleet,
+    }
     assert dict(security.STREAM_SENDERS) == {b"apps/": frozenset({"apps", "run", "cli"})}
+
+
+class _Frame:
+    """What ControlGuard reads of a zmq.Frame: its bytes and the key name its connection authenticated with."""
+
+    def __init__(self, data: bytes, user: str | None = None) -> None:
+        self.bytes = data
+        self.user = user
+
+    def get(self, _: str) -> str:
+        assert self.user is not None
+        return self.user
+
+
+@pytest.mark.parametrize(
+    ("sender", "target", "command", "allowed"),
+    [
+        ("fleet", "ingest", "shutdown", True),  # restart_service ingest@east: the instance is in the body
+        ("fleet", "inference", "reload", True),
+        ("fleet", "rules", "reload", True),
+        ("fleet", "apps", "reload", True),
+        ("fleet", "console", "shutdown", True),
+        ("fleet", "broker", "shutdown", False),  # the bus itself: never from a job
+        ("fleet", "*", "shutdown", False),  # control/*/ reaches the broker too
+        ("fleet", "ingest", "pause", False),
+        ("fleet", "uplink", "reload", False),
+        ("console", "rules", "reload", True),
+        ("console", "rules", "shutdown", False),
+        ("ingest", "rules", "reload", False),
+    ],
+)
+def test_the_broker_lets_through_only_the_control_a_key_may_send(
+    sender: str, target: str, command: str, allowed: bool
+) -> None:
+    keys = mock.Mock(names={}, service="broker")
+    guard = security.ControlGuard(keys)
+    body = encode(Control(id="job-1", command=command, instance="ingest-east"))  # type: ignore[arg-type]
+    frames = [_Frame(topic("control", target), sender), _Frame(body)]
+    assert guard.allows(frames) is allowed  # type: ignore[arg-type]
 
 
 def test_every_service_folder_is_registered() -> None:
@@ -124,13 +173,14 @@ def test_optional_services_follow_their_section() -> None:
     """`edgesight run` without a list leaves out apps and console where the site file lacks their section;
     `config check` still checks an empty apps, never an absent console."""
     bare = SiteConfig.model_validate({"site": {"name": "s"}})
-    assert [s.name for s in SERVICES if s.needs_section] == ["apps", "console"]
+    assert [s.name for s in SERVICES if s.needs_section] == ["apps", "console", "fleet"]
     started = [name for name in registry.SERVICE_NAMES if main._section(bare, name)]
     assert started == ["broker", "ingest", "inference", "rules", "uplink"]
     checked = [name for name in main.DEEP_CHECKS if main._section(bare, name) is not None]
     assert checked == ["ingest", "inference", "apps"]
     console = SiteConfig.model_validate({"site": {"name": "s"}, "console": {}})
     assert main._section(console, "console") and main._section(console, "console") is not None
+    assert not main._section(console, "fleet"), "a site without fleet: never starts the fleet service"
 
 
 def test_the_registry_imports_nothing_of_the_project() -> None:

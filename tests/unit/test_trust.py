@@ -35,6 +35,7 @@ from common.trust import (
     seal,
     version_key,
 )
+from common.trust.package import read_index
 from tests.conftest import write_site
 
 MANIFEST = b"name: people\nversion: '1'\nfile: model.onnx\ndecoder: yolox\nlabels: labels.txt\n"
@@ -86,6 +87,22 @@ def test_a_package_opens_with_its_members_and_describes_itself(signer: Ed25519Pr
     assert (opened.name, opened.version, opened.signer) == ("people", "1", key_id(signer.public_key()))
     text = "\n".join(opened.describe())
     assert "people 1" in text and "model.onnx 512 bytes" in text
+
+
+def test_the_index_is_read_unverified_and_its_name_still_checked(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    """read_index names a package for a tool that sends it on (edgesight fleet deploy): no key needed."""
+    path = tmp_path / "people-1.espkg"
+    path.write_bytes(package(signer))
+    index = read_index(path)
+    assert (index["name"], index["version"], index["signer"]) == ("people", "1", key_id(signer.public_key()))
+    path.write_bytes(b"not a package")
+    with pytest.raises(PackageError, match="not an EdgeSight model package"):
+        read_index(path)
+    path.write_bytes(sealed(signer, "../people", "1"))
+    with pytest.raises(PackageError, match="is not 1-64 letters"):
+        read_index(path)
+    with pytest.raises(PackageError, match="No such file"):
+        read_index(tmp_path / "missing.espkg")
 
 
 def test_a_flipped_byte_anywhere_is_refused(signer: Ed25519PrivateKey, trusted: dict) -> None:

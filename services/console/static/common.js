@@ -52,7 +52,9 @@ export function fromNs(ns) {
 export async function start(current) {
   const me = await getJSON("/api/session");
   csrf = me.csrf;
-  const links = [["/", "Overview"], ["/analytics", "Analytics"], ["/apps", "Apps"], ["/events", "Events"], ["/audit", "Audit"]];
+  const links = [["/", "Overview"], ["/analytics", "Analytics"]];
+  if (me.fleet) links.push(["/fleet", "Fleet"]); // console.fleet: a console that follows no fleet has no Fleet page
+  links.push(["/apps", "Apps"], ["/events", "Events"], ["/audit", "Audit"]);
   const header = el("header", {},
     el("div", { class: "brand" }, "EdgeSight", el("small", {}, me.site)),
     el("nav", {}, links.map(([href, text]) => el("a", { href, class: href === current ? "current" : null }, text))),

@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from common._compat import wait_at_most
 from common.config import SiteConfig
 from common.config.uplink import MqttSink
+from common.mqtt import client_options
 from contracts import CameraStatus
 from services.uplink import metrics
 from services.uplink.home_assistant import Availability
@@ -66,15 +66,6 @@ class MqttPublisher(Sink):
             HomeAssistantFeed.for_site(site_config, self.base, availability) if site_config is not None else None
         )
 
-    def _tls(self) -> ssl.SSLContext | None:
-        tls = self.config.tls
-        if tls is None:
-            return None
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file and tls.key_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        return context
-
     async def _connect(self) -> Any:
         async with self._connecting:
             if self._client is None:
@@ -86,16 +77,9 @@ class MqttPublisher(Sink):
 
         will = aiomqtt.Will(self.available_topic, OFFLINE, qos=1, retain=True)
         client = aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            identifier=self.config.client_id or f"edgesight-{self.site}",
-            username=self.config.username,
-            password=self.config.password,
+            **client_options(self.config, self.config.client_id or f"edgesight-{self.site}"),
             will=will,
-            keepalive=self.config.keepalive_s,
-            tls_context=self._tls(),
             clean_session=False,
-            timeout=10,
             max_inflight_messages=INFLIGHT,
         )
         # a whole batch (each event with its retained messages, Home Assistant's configs after a reconnect, the

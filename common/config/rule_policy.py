@@ -1,18 +1,30 @@
-"""What the console may change in a camera's rules, and what it may not.
+"""What a rule editor on the network may change in a camera's rules, and what it may not.
 
-A console login or an API token is not root on the appliance. Through the editor and
-``PUT /api/cameras/<name>/rules`` a client may change geometry, names, classes, thresholds, the
-in-side, schedules and cooldowns. It may not add or change what executes or sends:
+A console login, an API token or a fleet operator's signed ``update_rules`` job is not root on the
+appliance. Through the console's editor, ``PUT /api/cameras/<name>/rules`` and the fleet, a client may
+change geometry, names, classes, thresholds, the in-side, schedules and cooldowns. It may not add or
+change what executes or sends:
 
 - ``command`` and ``gpio`` actions stay as the site file on disk has them (an identical action of one
   of the camera's rules on disk may be kept, also under a renamed rule);
-- a webhook is kept as written on disk, or points at a host the site file allows in
-  ``console.webhook_hosts`` (with no credentials in its URL);
+- a webhook is kept as written on disk, or (the console only) points at a host the site file allows in
+  ``console.webhook_hosts`` (with no credentials in its URL); ``allow_new_webhooks=False`` (the fleet)
+  allows no webhook URL the camera's rules on disk do not already have, whatever the hosts;
 - ``${...}`` placeholders are text from the network, never expanded: a value holding one is refused
   unless the same rule key on disk already holds exactly that value (an unchanged round trip).
 
-Refusals raise :class:`RulesRefused` (HTTP 403, audited); shapes and sizes a request cannot have raise
-:class:`~services.console.site_file.RulesRejected` (HTTP 422) before the site file is touched.
+Refusals raise :class:`RulesRefused` (HTTP 403 in the console, REJECTED in the fleet; audited); shapes
+and sizes a request cannot have raise :class:`~common.config.site_file.RulesRejected` (HTTP 422) before
+the site file is touched.
+
+>>> on_disk = {"door": {"type": "line", "actions": [{"type": "webhook", "url": "https://hooks.example/a"}]}}
+>>> check_rules("lobby", on_disk, {"entry": on_disk["door"]}, [], allow_new_webhooks=False)  # renamed: kept
+>>> moved = {"door": {"type": "line", "actions": [{"type": "webhook", "url": "https://hooks.example/b"}]}}
+>>> try:
+...     check_rules("lobby", on_disk, moved, ["hooks.example"], allow_new_webhooks=False)
+... except RulesRefused as refused:
+...     print(refused.key)
+cameras.lobby.rules.door.actions[0].url
 """
 
 from __future__ import annotations
@@ -22,17 +34,17 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from common.config import MAX_RULES_PER_CAMERA
-from services.console.site_file import RulesRejected
+from common.config.loader import MAX_RULES_PER_CAMERA
+from common.config.site_file import RulesRejected
 
-__all__ = ["MAX_DEPTH", "RulesRefused", "check_rules"]
+__all__ = ["MAX_DEPTH", "RulesRefused", "check_rules", "check_shape"]
 
 MAX_DEPTH = 8  # rules -> rule -> actions -> action -> ... : a rule is never deeper than this
 _PROTECTED = ("command", "gpio")
 
 
 class RulesRefused(Exception):
-    """The request asks for something the console may not do; ``key`` names where."""
+    """The request asks for something an editor on the network may not do; ``key`` names where."""
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
@@ -49,10 +61,21 @@ def check_shape(camera: str, rules: Any) -> None:
         raise RulesRejected([_problem(camera, "", message)])
 
 
-def check_rules(camera: str, on_disk: dict[str, Any], wanted: dict[str, Any], webhook_hosts: list[str]) -> None:
-    """Raises RulesRefused when ``wanted`` adds or changes anything the console may not (see the module)."""
+def check_rules(
+    camera: str,
+    on_disk: dict[str, Any],
+    wanted: dict[str, Any],
+    webhook_hosts: list[str],
+    *,
+    allow_new_webhooks: bool = True,
+) -> None:
+    """Raises RulesRefused when ``wanted`` adds or changes anything an editor may not (see the module).
+    ``allow_new_webhooks=False``: a webhook's URL must be one the camera's rules on disk already send to."""
     written = {(path, value) for rule in on_disk.values() for path, value in _strings(rule, ())}
     disk_actions = {_canonical(action) for rule in on_disk.values() for action in _actions(rule)}
+    disk_urls = {
+        action.get("url") for rule in on_disk.values() for action in _actions(rule) if isinstance(action, dict)
+    }
     for name, rule in wanted.items():
         key = f"cameras.{camera}.rules.{name}"
         if "${" in str(name):
@@ -70,8 +93,18 @@ def check_rules(camera: str, on_disk: dict[str, Any], wanted: dict[str, Any], we
             kind = action.get("type")
             if kind in _PROTECTED:
                 raise RulesRefused(where, f"a {kind} action can only be added or changed in the site file itself")
-            if kind == "webhook":
+            if kind == "webhook" and not allow_new_webhooks:
+                _check_known_webhook(where, action.get("url"), disk_urls)
+            elif kind == "webhook":
                 _check_webhook(where, action.get("url"), webhook_hosts)
+
+
+def _check_known_webhook(where: str, url: Any, disk_urls: set[Any]) -> None:
+    """The stricter mode: the URL exactly as the camera's rules on disk already have it (placeholders too)."""
+    if isinstance(url, str) and url not in disk_urls:
+        raise RulesRefused(
+            f"{where}.url", "a webhook URL the camera's rules do not already send to can only be added in the site file"
+        )
 
 
 def _check_webhook(where: str, url: Any, webhook_hosts: list[str]) -> None:

@@ -4,6 +4,8 @@ The file is edited with ruamel.yaml's round-trip mode: only the keys that change
 are handed out as written (``${VAR}`` not substituted), so a secret never reaches a page and an
 unchanged value is written back exactly. The whole new file is validated with the same loader as
 ``edgesight config check`` before it replaces the old one; nothing is written when it does not validate.
+Its writers are the console's rule editor and the fleet's ``update_rules`` job; what either may change is
+decided first by :mod:`common.config.rule_policy`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from common.config import SiteConfig, parse_config
+from common.config.loader import parse_config
+from common.config.site import SiteConfig
 from common.errors import ConfigError
 from common.urls import REDACTED, redact
 
-__all__ = ["Problem", "RulesRejected", "SavedRules", "SiteFile", "SiteFileError", "rule_changes"]
+__all__ = ["Problem", "RulesRejected", "SavedRules", "SiteFile", "SiteFileError", "rule_changes", "save_record"]
 
 # "file:line: key: message", as ConfigError words each problem
 _PROBLEM = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<key>[^:]+): (?P<message>.*)$", re.DOTALL)
@@ -133,7 +136,7 @@ class SiteFile:
                 config: SiteConfig = parse_config(text, str(self.path))
             except ConfigError as exc:
                 raise RulesRejected([_parse_problem(p) for p in exc.problems]) from None
-            self._write(text)
+            self.write_text(text)
             return SavedRules(config, before, json.loads(json.dumps(rules)), unshared_from)
 
     def _load(self) -> Any:
@@ -146,7 +149,7 @@ class SiteFile:
             raise SiteFileError(f"{self.path} is not a mapping of sections")
         return data
 
-    def _write(self, text: str) -> None:
+    def write_text(self, text: str) -> None:
         """Atomically where the folder allows (a temporary file renamed over the old); in place where the
         file itself is a mount (docker's single-file bind mounts refuse a rename over them)."""
         if not os.access(self.path, os.W_OK):
@@ -273,6 +276,26 @@ def rule_changes(camera: str, before: dict[str, Any], after: dict[str, Any]) -> 
 
 
 _ABSENT = object()
+
+
+def save_record(camera: str, saved: SavedRules) -> dict[str, Any]:
+    """The audit record's detail of a save of ``camera``'s rules (``config.save`` on
+    ``cameras.<camera>.rules``, from the console's editor or a fleet job): which rules came, went and
+    changed, the YAML anchors the save left (``unshared_from``), and each key's change (``changes``).
+
+    >>> saved = SavedRules(None, {"door": {"line": [[0, 0], [1, 1]]}}, {"bay": {"zone": "a"}}, [])
+    >>> record = save_record("dock", saved)
+    >>> record["added"], record["removed"], record["changed"], record["unshared_from"], len(record["changes"])
+    ('bay', 'door', '', None, 2)
+    """
+    before, after = saved.before, saved.after
+    return {
+        "added": ",".join(sorted(set(after) - set(before))),
+        "removed": ",".join(sorted(set(before) - set(after))),
+        "changed": ",".join(sorted(r for r in set(after) & set(before) if after[r] != before[r])),
+        "unshared_from": ",".join(saved.unshared_from) or None,
+        "changes": rule_changes(camera, before, after),
+    }
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
