@@ -24,11 +24,12 @@ from common.errors import EdgeSightError
 from common.fleet.fleet_file import FleetFile
 from common.fleet.roster import SiteRow, roster
 from common.fleet.signing import MAX_TTL_S
-from common.trust.keys import generate_key_pair
+from common.trust.keys import generate_key_pair, key_id, load_signing_key
 
 __all__ = ["add_commands"]
 
 Commands = Any  # argparse's _SubParsersAction (private): what main's helpers make and take
+REASON_WIDTH = 80  # the jobs table's REASON column; --json has it whole
 
 
 def _ago(seconds: float | None) -> str:
@@ -55,13 +56,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     try:
-        private, public = generate_key_pair(Path(args.out), args.name)
+        private, public = generate_key_pair(Path(args.out).expanduser().absolute(), args.name)
+        identity = key_id(load_signing_key(private).public_key())
     except EdgeSightError as exc:
         print(f"edgesight fleet keygen: {exc}", file=sys.stderr)
         return deploy.EXIT_FAILED
     print(f"operator key {private}: keep it secret; in fleet.yaml:\n  operator_key: {private}")
     print(f"public key {public}: copy it to each site and name it in its site file:")
     print(f"  fleet:\n    trusted_operators: [{public.name}]")
+    print(
+        f'key id {identity}: how sites name this operator in audit records and refusals ("unknown operator {identity}")'
+    )
     return 0
 
 
@@ -122,6 +127,19 @@ def _job_row(fleet: FleetFile, record: JobRecord, now: float) -> dict[str, Any]:
     }
 
 
+def _oldest_first(record: JobRecord) -> tuple[bool, float, str]:
+    """By queuedAt; a job whose document is gone (finished, in retained mode) has none: those first, by job id."""
+    return (record.queued_at is not None, record.queued_at or 0.0, record.job_id)
+
+
+def _cut(text: str, width: int) -> str:
+    """
+    >>> _cut("rules did not answer", 12)
+    'rules did n…'
+    """
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 @deploy.fleet_command
 async def cmd_jobs(args: argparse.Namespace, fleet: FleetFile) -> int:
     async with open_link(fleet) as link:
@@ -130,6 +148,7 @@ async def cmd_jobs(args: argparse.Namespace, fleet: FleetFile) -> int:
             thing = fleet.thing(args.site) if args.site in fleet.sites else args.site
             records = [record for record in records if record.thing == thing]
         pruned = await link.prune(records) if args.prune else 0
+    records = sorted(records, key=_oldest_first)
     rows = [_job_row(fleet, record, time.time()) for record in records]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -141,7 +160,7 @@ async def cmd_jobs(args: argparse.Namespace, fleet: FleetFile) -> int:
                 row["site"],
                 row["operation"] or "?",
                 row["status"],
-                row["reason"] or "",
+                _cut(row["reason"] or "", REASON_WIDTH),
                 _ago(row["age_s"]),
             ]
             for row in rows
@@ -221,7 +240,10 @@ def add_commands(fleet: argparse.ArgumentParser, commands_of: Callable[..., Comm
     desire = commands_of(command(commands, "desire", "set the models sites should run, kept until changed"), "what")
     model = command(desire, "model", "sites should run this model version (one offline gets it later)", parents=[sites])
     model.add_argument("name", help="the model's name")
-    model.add_argument("version", help="its version (the sites fetch it through their fleet.packages)")
+    model.add_argument(
+        "version",
+        help=f"its version (the sites fetch it through their fleet.packages); {deploy.NOT_DESIRED}: no longer desired",
+    )
     model.add_argument(
         "--valid-for",
         type=float,
@@ -240,8 +262,13 @@ def _add_rollouts(
     model.add_argument("package", help="the .espkg file (`edgesight models package`)")
     model.add_argument("--url", help="where the sites download it (default: upload to fleet.yaml's bucket)")
     model.set_defaults(func=deploy.cmd_deploy_model)
-    rules = command(deploys, "rules", "replace the rules of cameras on sites", parents=[rollout])
+    rules = command(deploys, "rules", "add or change rules of cameras on sites (checked here first)", parents=[rollout])
     rules.add_argument("rules", help="a YAML file: {camera: {rule name: {rule settings}}}")
+    rules.add_argument(
+        "--replace",
+        action="store_true",
+        help="each camera's rules become exactly the file's (default: merged into them; others are kept)",
+    )
     rules.set_defaults(func=deploy.cmd_deploy_rules)
     app = command(
         deploys, "app", "install a Panorama app on sites (their fleet.allow_apps must be true)", parents=[rollout]

@@ -174,10 +174,18 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise LinkError(f"broker {self.broker.host}:{self.broker.port}: {exc}") from None
 
+    @property
+    def all_reported(self) -> str:
+        return FleetTopics.all_reported(self.root)
+
+    @property
+    def all_desired(self) -> str:
+        return f"{self.root}/things/+/shadow/name/{SHADOW_NAME}/update/delta"
+
     async def reported(self, things: Iterable[str], seconds: float) -> dict[str, dict[str, Any]]:
-        await self.subscribe(FleetTopics.all_reported(self.root), seconds=seconds)
+        await self.subscribe(self.all_reported, seconds=seconds)
         found: dict[str, dict[str, Any]] = {}
-        for topic, payload in self.matching(FleetTopics.all_reported(self.root)).items():
+        for topic, payload in self.matching(self.all_reported).items():
             thing = thing_of(topic, self.root)
             reported = _decoded(payload, shapes.parse_reported)
             if thing is not None and reported is not None:
@@ -208,7 +216,7 @@ class MqttLink:
 
     async def desired(self, thing: str, seconds: float) -> dict[str, str]:
         # every site's at once: a rollout to many sites waits for one burst of retained messages, not one each
-        await self.subscribe(f"{self.root}/things/+/shadow/name/{SHADOW_NAME}/update/delta", seconds=seconds)
+        await self.subscribe(self.all_desired, seconds=seconds)
         topic = FleetTopics(self.root, thing).desired_delta
         payload = self.heard.get(topic)
         desired = None if payload is None else _decoded(payload, shapes.parse_desired)
@@ -349,7 +357,15 @@ class AwsLink:
         return dict(desired.models or {}) if desired is not None else {}
 
     async def set_desired(self, thing: str, models: dict[str, str], document: dict[str, Any]) -> None:
-        payload = shapes.encode(shapes.desired_update(models, document))
+        # a shadow update is merged into the desired state: a model no longer desired is deleted with a null,
+        # in the models and in the signed document's args (else the site would read a document never signed)
+        gone: dict[str, Any] = {name: None for name in await self.desired(thing, 0) if name not in models}
+        update = shapes.desired_update(models, document)
+        if gone:
+            desired = update["state"]["desired"]
+            desired["models"] = {**models, **gone}
+            desired["signed"] = {**document, "args": {**document["args"], "models": {**models, **gone}}}
+        payload = shapes.encode(update)
         await self._call(
             f"UpdateThingShadow {thing}",
             self.data.update_thing_shadow,

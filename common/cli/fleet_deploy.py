@@ -5,6 +5,8 @@ sites in the group ``canary`` of fleet.yaml) and waits for their final statuses;
 refused or does not answer stops the rollout before any other site gets a job. Then the rest, with the same
 wait. Exit 0 only when every site succeeded; 1 when one failed; 3 when every answer was a success but some
 site did not answer in time: its job stays queued (retained, or in AWS IoT Jobs) and runs when it is back.
+Before the first job, the operator hears which canaries were chosen and why, which targets are offline, and
+(model jobs) which desire another version of the model: their desired state would undo the job.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.cli.fleet_broker import FleetLink, JobStatus, LinkError, open_link
+from common.cli.fleet_rules import read_rules
+from common.cli.fleet_survey import CANARY_GROUP, canary_note, survey
 from common.errors import ConfigError, EdgeSightError, PackageError
 from common.fleet.fleet_file import BucketConfig, FleetFile, load_fleet_file
 from common.fleet.signing import MAX_TTL_S, JobRefused, sign_document
@@ -36,7 +39,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_QUEUED", "Change", "FleetUsageErr
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_QUEUED = 1, 2, 3
 FLEET_FILE_VARIABLE = "EDGESIGHT_FLEET_FILE"
-CANARY_GROUP = "canary"
+NOT_DESIRED = "none"  # `desire model NAME none`: NAME is no longer desired
 
 
 class FleetUsageError(EdgeSightError):
@@ -56,12 +59,28 @@ def fleet_file_path(given: str | None) -> str:
     return given or os.environ.get(FLEET_FILE_VARIABLE) or "fleet.yaml"
 
 
+def missing_fleet_file(given: str | None) -> str | None:
+    """Why there is no fleet file to read, and how to name one; None when the file is there."""
+    path = fleet_file_path(given)
+    if Path(path).exists():
+        return None
+    if given:
+        return f"no fleet file at {path} (--file)"
+    if os.environ.get(FLEET_FILE_VARIABLE):
+        return f"no fleet file at {path} (${FLEET_FILE_VARIABLE})"
+    return f"no fleet file at ./{path}: pass --file FILE or set {FLEET_FILE_VARIABLE}"
+
+
 def fleet_command(body: Callable[[Any, FleetFile], Coroutine[Any, Any, int]]) -> Callable[[Any], int]:
     """A command on ``--file``'s fleet: its problems as one line each on stderr and an exit code
     (2: the fleet file or the arguments, 1: the broker, AWS or a site)."""
 
     @functools.wraps(body)
     def command(args: Any) -> int:
+        missing = missing_fleet_file(args.file)
+        if missing is not None:
+            print(f"edgesight fleet: {missing}", file=sys.stderr)
+            return EXIT_CONFIG
         try:
             fleet = load_fleet_file(fleet_file_path(args.file))
             return asyncio.run(body(args, fleet))
@@ -301,26 +320,6 @@ async def package_url(
     return await asyncio.to_thread(upload, fleet.bucket, path, key, sha256, say)
 
 
-def read_rules(path: Path) -> dict[str, Any]:
-    """A rules file: ``{camera: {rule: {settings}}}`` (as under cameras.<camera>.rules in a site file)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise FleetUsageError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if (
-        not isinstance(data, dict)
-        or not data
-        or not all(
-            isinstance(rules, dict) and all(isinstance(rule, dict) for rule in rules.values())
-            for rules in data.values()
-        )
-    ):
-        raise FleetUsageError(
-            f"{path}: expected {{camera: {{rule name: {{rule settings}}}}}}, e.g. dock: {{door: {{...}}}}"
-        )
-    return data
-
-
 def desired_ttl(valid_for: float | None) -> float:
     return MAX_TTL_S if valid_for is None else valid_for
 
@@ -328,21 +327,34 @@ def desired_ttl(valid_for: float | None) -> float:
 async def desire_models(
     link: FleetLink, fleet: FleetFile, things: list[str], models: dict[str, str], ttl_s: float
 ) -> int:
-    """Publishes each site's desired models (what it already desired, with ``models`` over it), signed."""
+    """Publishes each site's desired models (what it already desired, with ``models`` over it; a model
+    desired at version ``none`` taken out), signed."""
     key = operator_key(fleet)
     progress = Progress(fleet)
     for thing in things:
         wanted = {**await link.desired(thing, 3.0), **models}
+        wanted = {name: version for name, version in wanted.items() if version != NOT_DESIRED}
         document = sign_document("set_desired", {"models": wanted}, [thing], key, ttl_s=ttl_s)
         await link.set_desired(thing, wanted, document)
-        shown = ", ".join(f"{name} {version}" for name, version in sorted(wanted.items()))
+        shown = ", ".join(f"{name} {version}" for name, version in sorted(wanted.items())) or "none"
         progress.say(f"{progress.site(thing)}: desired models {shown}")
     return 0
 
 
-async def _rollout(args: Any, fleet: FleetFile, change: Change, things: list[str]) -> int:
+async def _rollout(
+    args: Any, fleet: FleetFile, change: Change, things: list[str], model: tuple[str, str | None] | None = None
+) -> int:
+    """``change`` to ``things``, after what the operator should know; ``model``: (name, version) the job
+    leaves the sites with (version None: unknown here), for the desired state that would undo it."""
+    operator_key(fleet)  # a missing key stops here, before the broker is asked anything
     phases = canary_split(fleet, things, args.canary)
+    note = canary_note(fleet.things(), fleet.groups, things, args.canary, phases[0])
+    if note is not None:
+        print(note)
     async with open_link(fleet) as link:
+        sites = {thing: fleet.things().get(thing, thing) for thing in things}
+        for line in await survey(link, sites, *(model or (None, None))):
+            print(line, flush=True)
         return await roll_out(link, fleet, change, phases, timeout_s=args.timeout, ttl_s=args.valid_for)
 
 
@@ -356,7 +368,7 @@ async def cmd_deploy_model(args: Any, fleet: FleetFile) -> int:
     change = Change(
         "install_model", {"url": url, "sha256": sha256, "name": name, "version": version}, f"{name}-{version}"
     )
-    return await _rollout(args, fleet, change, things)
+    return await _rollout(args, fleet, change, things, (name, version))
 
 
 @fleet_command
@@ -381,7 +393,12 @@ async def cmd_deploy_app(args: Any, fleet: FleetFile) -> int:
 async def cmd_deploy_rules(args: Any, fleet: FleetFile) -> int:
     things = targets(fleet, args)
     path = Path(args.rules)
-    change = Change("update_rules", {"cameras": read_rules(path)}, path.stem)
+    try:
+        cameras = read_rules(path, replace=args.replace)
+    except ConfigError as exc:  # not the fleet file's: said here, as the rules file's
+        raise FleetUsageError(f"{path}: invalid (nothing was sent)\n{exc}") from None
+    # without --replace the key is left out: each site merges these rules into the camera's own
+    change = Change("update_rules", {"cameras": cameras} | ({"replace": True} if args.replace else {}), path.stem)
     return await _rollout(args, fleet, change, things)
 
 
@@ -391,7 +408,7 @@ async def cmd_rollback(args: Any, fleet: FleetFile) -> int:
     change = Change(
         "rollback_model", {"name": args.model, "version": args.version}, f"{args.model}-{args.version or 'previous'}"
     )
-    return await _rollout(args, fleet, change, things)
+    return await _rollout(args, fleet, change, things, (args.model, args.version))
 
 
 @fleet_command

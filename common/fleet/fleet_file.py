@@ -1,6 +1,7 @@
 """The operator's ``fleet.yaml``: the broker, the sites and groups of sites, and the key jobs are signed
 with; what ``edgesight fleet ...`` reads. Loaded as the site file is (``${VAR}`` and ``${file:...}``
-substituted, every problem as ``file:line: key: message``).
+substituted, every problem as ``file:line: key: message``). Relative paths in it (``operator_key``, the
+broker's TLS files) are relative to the fleet file's folder, wherever the command runs.
 
 >>> fleet = parse_fleet_file('''
 ... broker: {host: mosquitto.example, port: 1883}
@@ -16,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -50,7 +51,9 @@ class FleetFile(Section):
     jobs: Literal["auto", "aws", "retained"] = Field("auto", description="As the sites' fleet.jobs.")
     bucket: BucketConfig | None = Field(None, description="Where `edgesight fleet` uploads model packages.")
     operator_key: Path | None = Field(
-        None, description="This operator's ed25519 private key (`edgesight models keygen`), which signs jobs."
+        None,
+        description="This operator's ed25519 private key (`edgesight fleet keygen`), which signs jobs; "
+        "relative to the fleet file's folder.",
     )
     sites: dict[Name, FleetSite] = Field(default_factory=dict)
     groups: dict[Name, list[Name]] = Field(default_factory=dict, description="Named lists of sites.")
@@ -121,11 +124,35 @@ def _problem(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
     return InitErrorDetails(type=PydanticCustomError("fleet_file", message), loc=loc, input=None)
 
 
-def parse_fleet_file(text: str, source: str = "<string>", environ: Mapping[str, str] | None = None) -> FleetFile:
-    """Validate YAML text as a fleet file; every problem is reported at once (:class:`ConfigError`)."""
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """``operator_key`` and the broker's TLS files, when relative, made relative to ``folder`` (``~`` expanded).
+
+    >>> data = {"operator_key": "keys/op.key", "broker": {"tls": {"ca_file": "/etc/ca.pem", "cert_file": "c.pem"}}}
+    >>> _resolve_paths(data, Path("/home/me/fleet"))
+    >>> data["operator_key"], data["broker"]["tls"]
+    ('/home/me/fleet/keys/op.key', {'ca_file': '/etc/ca.pem', 'cert_file': '/home/me/fleet/c.pem'})
+    """
+    broker = data.get("broker")
+    tls = broker.get("tls") if isinstance(broker, dict) else None
+    for holder, key in [(data, "operator_key"), *((tls, key) for key in _TLS_FILES if isinstance(tls, dict))]:
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(value, str) and value:
+            holder[key] = str(folder / Path(value).expanduser())  # an absolute one stays as it is
+
+
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def parse_fleet_file(
+    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None, folder: Path | None = None
+) -> FleetFile:
+    """Validate YAML text as a fleet file; every problem is reported at once (:class:`ConfigError`).
+    ``folder``: where its relative paths start (the file's own folder); None leaves them as they are."""
     data, lines = load_yaml(text, source, environ)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: (top): expected a mapping (broker, sites, ...), got {type(data).__name__}"])
+    if folder is not None:
+        _resolve_paths(data, folder)
     fleet: FleetFile | None = None
     try:
         fleet = FleetFile.model_validate(data)
@@ -150,4 +177,4 @@ def load_fleet_file(path: str | Path, environ: Mapping[str, str] | None = None) 
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{file}: (file): not UTF-8 text (byte {exc.start}); save the file as UTF-8"]) from None
-    return parse_fleet_file(text, str(file), environ)
+    return parse_fleet_file(text, str(file), environ, file.absolute().parent)

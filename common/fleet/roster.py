@@ -68,7 +68,9 @@ def _row(thing: str, report: Mapping[str, Any], now: float) -> SiteRow:
     reported_at = _number(report.get("reported_at"))
     interval = _number(report.get("interval_s"))
     last_seen = None if reported_at is None else max(0.0, now - reported_at)
-    online = last_seen is not None and interval is not None and interval > 0 and last_seen <= 2 * interval
+    stopped = report.get("state") == "stopped"  # the site's fleet service said so as it stopped
+    heard = last_seen is not None and interval is not None and interval > 0 and last_seen <= 2 * interval
+    online = heard and not stopped
     cameras = _map(report, "cameras")
     streaming, total = _counts(report, "cameras", cameras)
     return SiteRow(
@@ -82,7 +84,7 @@ def _row(thing: str, report: Mapping[str, Any], now: float) -> SiteRow:
         ),
         cameras=f"{streaming}/{total}",
         events_per_hour=int(_number(report.get("events_last_hour")) or 0),
-        problems=_problems(report, online),
+        problems=("stopped",) if stopped else _problems(report, online),
         console_url=_text(report.get("console_url"), 256),
         job=_job(report),
     )

@@ -310,6 +310,10 @@ def _object(value: object) -> str | None:
     return None if isinstance(value, dict) else "is a JSON object"
 
 
+def _boolean(value: object) -> str | None:
+    return None if isinstance(value, bool) else "is true or false"
+
+
 def _map_of(check: Callable[[object], str | None]) -> Callable[[object], str | None]:
     """A JSON object of at most 256 entries whose keys are names and whose values pass ``check``."""
 
@@ -333,7 +337,7 @@ def _installed_package(value: object) -> str | None:
 
 
 # arguments an operation may leave out
-_OPTIONAL_ARGS: dict[str, set[str]] = {"install_app": {"models"}}
+_OPTIONAL_ARGS: dict[str, set[str]] = {"install_app": {"models"}, "update_rules": {"replace"}}
 
 _ARGS: dict[str, dict[str, Callable[[object], str | None]]] = {
     "install_model": {"url": _url, "sha256": _sha256, "name": _name, "version": _text},
@@ -345,7 +349,8 @@ _ARGS: dict[str, dict[str, Callable[[object], str | None]]] = {
         "cameras": _map_of(_name),
         "models": _map_of(_installed_package),
     },
-    "update_rules": {"cameras": _map_of(_map_of(_object))},
+    # replace: the cameras' rules become exactly the given ones; without it they are merged into them
+    "update_rules": {"cameras": _map_of(_map_of(_object)), "replace": _boolean},
     "restart_service": {"service": _service},
     "set_desired": {"models": _map_of(_text)},
 }

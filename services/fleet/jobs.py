@@ -318,7 +318,6 @@ class JobRunner:
         if status == "SUCCEEDED":
             await self.audit("fleet.job_succeeded", job_id, **detail, version=details.get("version"))
         else:
-            self.context.watch.note_error(f"job {job_id} failed: {details['reason']}")
             await self.audit("fleet.job_failed", job_id, **detail, reason=details["reason"])
         await self._end(execution, job.operation, status, details)
 

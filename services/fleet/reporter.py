@@ -132,7 +132,8 @@ class Reporter:
     async def final(self) -> None:
         """One last report, on a clean stop (bounded: a broker gone does not hold the stop up)."""
         try:
-            await wait_at_most(self._send(await self.build()), FINAL_TIMEOUT_S)
+            # "stopped": operators see a clean stop at once, not two report intervals later
+            await wait_at_most(self._send(await self.build() | {"state": "stopped"}), FINAL_TIMEOUT_S)
         except Exception as exc:  # a stop goes on whatever the broker says
             log.debug("last report not sent", extra={"error": str(exc)})
 
@@ -155,6 +156,7 @@ class Reporter:
             "site": self.site,
             "thing": self.fleet.thing,
             "edgesight": self.version,
+            "state": "running",
             "reported_at": round(time.time(), 3),
             "interval_s": self.settings.report_interval_s,
             "console_url": self.settings.console_url,

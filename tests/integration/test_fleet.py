@@ -361,14 +361,21 @@ def test_status_and_the_console_fleet_page_list_every_site_and_a_stopped_one_goe
     assert "people 3" in table and "people 2" in table, table
     browser.save_screenshot(str(tmp_path / "fleet-three-sites.png"))
 
-    fleet.stop("site-c.run")  # the whole site C stops
+    fleet.stop("site-c.run")  # site C stops cleanly: its fleet service says so as it goes
     stopped = time.monotonic()
+    rows = fleet.status()
+    assert not rows["site-c"]["online"] and rows["site-c"]["problems"] == ["stopped"], rows["site-c"]
+    assert time.monotonic() - stopped < scaled(5)
+    wait(lambda d: "stopped" in d.find_element(By.TAG_NAME, "table").text, 10, "site C stopped on the page")
+
+    fleet.processes["site-b.fleet"].kill()  # site B's fleet service dies without a word: silence tells
+    killed = time.monotonic()
     while True:
         rows = fleet.status()
-        if not rows["site-c"]["online"]:
+        if not rows["site-b"]["online"]:
             break
-        assert time.monotonic() - stopped < 2 * REPORT_INTERVAL_S + scaled(8), rows["site-c"]  # status takes ~1 s
+        assert time.monotonic() - killed < 2 * REPORT_INTERVAL_S + scaled(4), rows["site-b"]  # status takes ~1 s
         time.sleep(0.5)
-    assert "offline" in rows["site-c"]["problems"] and rows["site-a"]["online"] and rows["site-b"]["online"]
-    wait(lambda d: "offline" in d.find_element(By.TAG_NAME, "table").text, 2 * REPORT_INTERVAL_S + 10, "C offline")
-    browser.save_screenshot(str(tmp_path / "fleet-c-offline.png"))
+    assert "offline" in rows["site-b"]["problems"] and rows["site-a"]["online"]
+    wait(lambda d: "offline" in d.find_element(By.TAG_NAME, "table").text, 2 * REPORT_INTERVAL_S + 10, "B offline")
+    browser.save_screenshot(str(tmp_path / "fleet-offline.png"))

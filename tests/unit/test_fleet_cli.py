@@ -25,10 +25,18 @@ import yaml
 from common._compat import timeout
 from common.cli import fleet_broker
 from common.cli.main import main
-from common.fleet.shapes import encode, parse_desired, parse_execution, reported_update, status_update
-from common.fleet.signing import JobRefused, SignedJob, verify_document
+from common.fleet.shapes import (
+    encode,
+    job_execution,
+    notify_next,
+    parse_desired,
+    parse_execution,
+    reported_update,
+    status_update,
+)
+from common.fleet.signing import JobRefused, SignedJob, sign_document, verify_document
 from common.fleet.topics import FleetTopics, thing_of
-from common.trust.keys import load_trusted_keys
+from common.trust.keys import load_signing_key, load_trusted_keys
 from common.trust.package import build_package
 from tests.integration.conftest import Mosquitto
 from tests.integration.test_uplink import make_certificates, moto_server  # noqa: F401 - a fixture
@@ -49,7 +57,9 @@ def keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """An operator key pair made by `edgesight fleet keygen`; returns the folder."""
     assert main(["fleet", "keygen", "--out", str(tmp_path / "keys")]) == 0
     out = capsys.readouterr().out
-    assert "operator_key:" in out and "trusted_operators: [operator.pub]" in out
+    assert f"operator_key: {tmp_path / 'keys' / 'operator.key'}" in out and "trusted_operators: [operator.pub]" in out
+    [identity] = load_trusted_keys([tmp_path / "keys" / "operator.pub"])
+    assert f"key id {identity}: " in out  # the id in the sites' audit records and "unknown operator <id>"
     return tmp_path / "keys"
 
 
@@ -94,6 +104,9 @@ def publish_retained(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> No
                 await client.publish(topic, payload, qos=1, retain=True)
 
     asyncio.run(publish())
+
+
+SITE_STEP = "hall: added door; changed -; removed -"  # what a site says an update_rules did
 
 
 class FakeSites:
@@ -143,7 +156,8 @@ class FakeSites:
                     steps = [("REJECTED", {"reason": refused.reason})]
                 else:
                     self.jobs[thing].append(job)
-                    last = ("SUCCEEDED", {}) if self.answers[thing] == "succeed" else ("FAILED", {"reason": "no GPU"})
+                    done = {"step": SITE_STEP} if job.operation == "update_rules" else {}
+                    last = ("SUCCEEDED", done) if self.answers[thing] == "succeed" else ("FAILED", {"reason": "no GPU"})
                     steps = [("IN_PROGRESS", {"step": "installing"}), last]
                 for status, details in steps:
                     update = encode(status_update(status, {"operation": job.operation, **details}))
@@ -170,6 +184,7 @@ def test_a_failed_canary_stops_the_rollout(
         code = fleet(path, "restart", "rules", "--to", "all", "--to", "plant-c", "--timeout", "30")
     out = capsys.readouterr().out
     assert code == 1, out
+    assert "canary: plant-b (the fleet.yaml group canary)" in out
     assert "plant-b: FAILED  no GPU" in out and "canary failed (plant-b FAILED: no GPU)" in out
     assert "the other 2 site(s) get no job" in out
     assert list(sites.jobs) == ["plant-b"] and sites.jobs["plant-b"][0].args == {"service": "rules"}
@@ -202,11 +217,14 @@ def test_a_model_rolls_out_canary_first_through_s3(
     bucket = {"name": "fleet-models", "endpoint_url": moto_server}
     path = write_fleet(tmp_path, broker.port, keys, bucket=bucket)
     monkeypatch.setenv("EDGESIGHT_FLEET_FILE", str(path))  # no --file: the variable names it
+    assert main(["fleet", "desire", "model", "people", "4", "--to", "plant-b"]) == 0
     answers = {"plant-a": "succeed", "plant-b": "succeed", "thing-c": "succeed"}
     with FakeSites(broker, keys, answers) as sites:
         code = main(["fleet", "deploy", "model", str(package), "--to", "plant-a", "--to", "plant-b", "--canary", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert "canary: the first 1 of --to/--group in order: plant-a" in out
+    assert "site plant-b desires people 4: it will go back to it; `edgesight fleet desire model people none" in out
     lines = out.splitlines()
     canary_done = next(i for i, line in enumerate(lines) if "plant-a: SUCCEEDED" in line)
     assert any("plant-b: queued install_model-people-5-plant-b-" in line for line in lines[canary_done:]), out
@@ -335,7 +353,7 @@ def test_the_fleet_file_and_the_arguments_are_checked_before_anything_is_sent(
 ) -> None:
     missing = tmp_path / "nowhere.yaml"
     assert fleet(missing, "status") == 2
-    assert f"{missing}: cannot read" in capsys.readouterr().err
+    assert f"no fleet file at {missing} (--file)" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     for text, message in (
         (
@@ -442,6 +460,17 @@ def test_aws_mode_creates_jobs_and_reads_the_named_shadow(
     assert desired["models"] == {"people": "6"}
     job = verify_document(desired["signed"], load_trusted_keys([keys / "operator.pub"]), "plant-a")
     assert job.args == {"models": {"people": "6"}}
+    capsys.readouterr()
+    assert fleet(path, "rollback", "people", "--to", "plant-a", "--timeout", "0.5") == 3  # nobody answers here
+    assert "site plant-a desires people 6: it will go back to it" in capsys.readouterr().out
+    assert fleet(path, "desire", "model", "vehicles", "1", "--to", "plant-a") == 0
+    assert fleet(path, "desire", "model", "people", "none", "--to", "plant-a") == 0
+    assert "plant-a: desired models vehicles 1" in capsys.readouterr().out
+    shadow = json.loads(data.get_thing_shadow(thingName="plant-a", shadowName="edgesight")["payload"].read())
+    desired = shadow["state"]["desired"]  # merged by the shadow: people deleted with a null, signed args too
+    assert desired["models"] == {"vehicles": "1"}
+    job = verify_document(desired["signed"], load_trusted_keys([keys / "operator.pub"]), "plant-a")
+    assert job.args == {"models": {"vehicles": "1"}}
 
 
 def test_the_broker_is_reached_over_mutual_tls(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -465,3 +494,111 @@ def test_the_broker_is_reached_over_mutual_tls(tmp_path: Path, keys: Path, capsy
         assert f"edgesight fleet: broker 127.0.0.1:{broker.port}:" in capsys.readouterr().err
     finally:
         broker.stop()
+
+
+def test_rules_are_checked_here_then_merged_or_replaced(
+    tmp_path: Path, broker: Mosquitto, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_fleet(tmp_path, broker.port, keys)
+    rules = tmp_path / "rules.yaml"
+    door = "  door:\n    type: zone\n    polygon: [[0, 0], [1, 0], [1, 1]]\n"
+    rules.write_text(f"hall:\n{door}    min_scor: 0.5\n  exit:\n    type: dwell\n    zone: lobby\n    seconds: 5\n")
+    assert fleet(path, "deploy", "rules", str(rules), "--to", "plant-a") == 2
+    err = capsys.readouterr().err
+    assert f"{rules}:5: hall.door.min_scor: unknown key (check its spelling)" in err and "nothing was sent" in err
+    assert "lobby" not in err  # merged: the zone may be among the camera's rules on the site
+    assert fleet(path, "deploy", "rules", str(rules), "--replace", "--to", "plant-a") == 2
+    assert f"{rules}:8: hall.exit.zone: names zone 'lobby', which is not a zone rule here" in capsys.readouterr().err
+    rules.write_text(f"hall:\n{door}  entry:\n    tpye: line\n")
+    assert fleet(path, "deploy", "rules", str(rules), "--to", "plant-a") == 2
+    assert f"{rules}:6: hall.entry.tpye: unknown key (did you mean 'type'?)" in capsys.readouterr().err
+    assert documents(broker) == {}
+
+    rules.write_text(f"hall:\n{door}")
+    with FakeSites(broker, keys, {"plant-a": "succeed", "plant-b": "succeed"}) as sites:
+        assert fleet(path, "deploy", "rules", str(rules), "--to", "plant-a") == 0
+        assert fleet(path, "deploy", "rules", str(rules), "--to", "plant-b", "--replace") == 0
+    out = capsys.readouterr().out
+    assert f"plant-a: SUCCEEDED  {SITE_STEP}" in out and f"plant-b: SUCCEEDED  {SITE_STEP}" in out
+    cameras = {"hall": {"door": {"type": "zone", "polygon": [[0, 0], [1, 0], [1, 1]]}}}
+    assert sites.jobs["plant-a"][0].args == {"cameras": cameras}  # no replace key: the site merges
+    assert sites.jobs["plant-b"][0].args == {"cameras": cameras, "replace": True}
+
+
+def test_desire_none_and_what_a_rollback_would_meet(
+    tmp_path: Path, broker: Mosquitto, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_fleet(tmp_path, broker.port, keys)
+    publish_retained(
+        broker,
+        [
+            (FleetTopics(ROOT, "plant-a").reported, reported("plant-a", "plant-a", 5)),
+            (FleetTopics(ROOT, "plant-b").reported, reported("plant-b", "plant-b", 600)),  # offline
+        ],
+    )
+    assert fleet(path, "desire", "model", "people", "2", "--to", "plant-a") == 0
+    assert fleet(path, "desire", "model", "vehicles", "1", "--to", "plant-a") == 0
+    capsys.readouterr()
+    with FakeSites(broker, keys, {"plant-a": "succeed"}):
+        assert fleet(path, "rollback", "people", "--to", "plant-a", "--to", "plant-b", "--timeout", "3") == 3
+        out = capsys.readouterr().out
+        assert fleet(path, "rollback", "people", "--version", "2", "--to", "plant-a") == 0
+        assert "desires" not in capsys.readouterr().out  # the version it desires: nothing undoes it
+    notes = [
+        "site plant-b last heard 10 min ago: its job waits until it is back",
+        "site plant-a desires people 2: it will go back to it; "
+        "`edgesight fleet desire model people none --to plant-a` to stop",
+    ]
+    lines = out.splitlines()
+    assert lines[:2] == notes, out  # before the first job is sent
+    assert not any("site plant-a last heard" in line for line in lines)  # online: nothing to say
+
+    assert fleet(path, "desire", "model", "people", "none", "--to", "plant-a") == 0
+    assert "plant-a: desired models vehicles 1" in capsys.readouterr().out
+    topic = FleetTopics(ROOT, "plant-a").desired_delta
+    desired = parse_desired(retained(broker, topic)[topic])
+    assert desired is not None and desired.models == {"vehicles": "1"} and desired.signed is not None
+    job = verify_document(desired.signed, load_trusted_keys([keys / "operator.pub"]), "plant-a")
+    assert job.operation == "set_desired" and job.args == {"models": {"vehicles": "1"}}
+    assert fleet(path, "desire", "model", "vehicles", "none", "--to", "plant-a") == 0
+    assert "plant-a: desired models none" in capsys.readouterr().out
+
+
+def test_jobs_are_listed_oldest_first_with_the_reason_cut(
+    tmp_path: Path, broker: Mosquitto, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_fleet(tmp_path, broker.port, keys)
+    key, now = load_signing_key(keys / "operator.key"), int(time.time())
+    messages = []
+    for job_id, thing, age_s in (("job-new", "plant-a", 60), ("job-old", "plant-b", 7200), ("job-mid", "thing-c", 600)):
+        document = sign_document("restart_service", {"service": "rules"}, [thing], key)
+        execution = job_execution(job_id, thing, document, queued_at=now - age_s)
+        messages.append((FleetTopics(ROOT, thing).job_document(job_id), encode(notify_next(execution))))
+    reason = "rules did not answer the reload within 30 s; " * 5
+    done = encode(status_update("FAILED", {"reason": reason}))  # its document cleared: no queuedAt any more
+    publish_retained(broker, [*messages, (FleetTopics(ROOT, "plant-a").job_update("job-done"), done)])
+    assert fleet(path, "jobs") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["JOB", "job-done", "job-old", "job-mid", "job-new"]
+    assert reason[:79] + "…" in lines[1] and reason not in lines[1]
+    assert fleet(path, "jobs", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["job_id"] for row in rows] == ["job-done", "job-old", "job-mid", "job-new"]
+    assert rows[0]["reason"] == reason  # whole
+
+
+def test_paths_in_fleet_yaml_are_its_folders_and_a_missing_one_says_how(
+    tmp_path: Path, broker: Mosquitto, keys: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_fleet(tmp_path, broker.port, None, operator_key="keys/operator.key")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("EDGESIGHT_FLEET_FILE", raising=False)
+    assert fleet(path, "desire", "model", "people", "5", "--to", "plant-a") == 0
+    assert "plant-a: desired models people 5" in capsys.readouterr().out
+    assert main(["fleet", "status"]) == 2
+    assert "no fleet file at ./fleet.yaml: pass --file FILE or set EDGESIGHT_FLEET_FILE" in capsys.readouterr().err
+    monkeypatch.setenv("EDGESIGHT_FLEET_FILE", "nowhere.yaml")
+    assert main(["fleet", "status"]) == 2
+    assert "no fleet file at nowhere.yaml ($EDGESIGHT_FLEET_FILE)" in capsys.readouterr().err

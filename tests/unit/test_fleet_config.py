@@ -129,7 +129,9 @@ def test_fleet_yaml_loads_and_names_targets(tmp_path: Path) -> None:
     fleet = load_fleet_file(path, environ={})
     assert fleet.source == str(path) and fleet.broker.host == "mosquitto.example" and fleet.jobs_mode == "retained"
     assert fleet.bucket is not None and fleet.bucket.prefix == "edgesight/models"
-    assert fleet.operator_key == Path("keys/ops.key")
+    assert fleet.operator_key == tmp_path / "keys/ops.key"  # relative: to fleet.yaml's folder, not the cwd
+    assert fleet.broker.tls is not None and fleet.broker.tls.ca_file == str(tmp_path / "ca.pem")
+    assert parse_fleet_file(FLEET_YAML, "fleet.yaml", {}).operator_key == Path("keys/ops.key")  # no file, no folder
     assert fleet.targets(["north", "plant-11", "plant-7"]) == ["plant-7", "p9", "plant-11"]
     assert fleet.things() == {"plant-7": "plant-7", "p9": "plant-9", "plant-11": "plant-11"}
     assert fleet.topics("plant-9").reported == "acme/things/p9/shadow/name/edgesight/update"
@@ -180,3 +182,20 @@ def test_fleet_yaml_on_aws_needs_aws_thing_names_and_root(tmp_path: Path) -> Non
     (tmp_path / "latin1.yaml").write_bytes(b"broker: {host: \xe9}\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_fleet_file(tmp_path / "latin1.yaml")
+
+
+def test_fleet_yaml_paths_absolute_or_home_stay_theirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tls = "tls: {ca_file: /etc/ssl/ca.pem, cert_file: certs/op.crt, key_file: ~/op.pem}"
+    path = tmp_path / "ops" / "fleet.yaml"
+    path.parent.mkdir()
+    path.write_text(f"broker: {{host: mq.example, {tls}}}\noperator_key: ~/.edgesight/operator.key\n")
+    monkeypatch.chdir(tmp_path)
+    fleet = load_fleet_file(Path("ops/fleet.yaml"), environ={})
+    assert fleet.operator_key == tmp_path / "home/.edgesight/operator.key"
+    assert fleet.broker.tls is not None
+    assert (fleet.broker.tls.ca_file, fleet.broker.tls.cert_file, fleet.broker.tls.key_file) == (
+        "/etc/ssl/ca.pem",
+        str(tmp_path / "ops/certs/op.crt"),
+        str(tmp_path / "home/op.pem"),
+    )

@@ -413,7 +413,7 @@ def test_update_rules_saves_reloads_and_succeeds_once_rules_applied_them(rules_s
     moved = {"door": {**RULES["door"], "line": [[0.1, 0.6], [0.9, 0.6]]}}
     rules_site.answer = reply_to_rules("applied")
     details = rules_site.run("update_rules", {"cameras": {"hall": moved}})
-    assert details["operation"] == "update_rules" and details["step"] == "applied"
+    assert details["operation"] == "update_rules" and details["step"] == "hall: added -; changed door; removed -"
     assert SiteFile(rules_site.path).rules("hall") == moved
     assert [(key, control.command) for key, control in rules_site.sent] == [("rules", "reload")]
     saved = [r for r in rules_site.audit() if r["action"] == "config.save"]
@@ -436,6 +436,44 @@ def test_update_rules_of_a_camera_not_in_the_file_puts_back_the_ones_saved(rules
     with pytest.raises(JobFailed, match="camera 'yard' is not in the site file itself; the previous rules are back"):
         rules_site.run("update_rules", {"cameras": {"hall": moved, "yard": {}}})
     assert SiteFile(rules_site.path).rules("hall") == RULES and rules_site.sent == []
+
+
+BAY = {"bay": {"type": "zone", "polygon": [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]}}
+
+
+def test_update_rules_merges_a_new_rule_into_the_cameras_rules(rules_site: Site) -> None:
+    rules_site.answer = reply_to_rules("applied")
+    details = rules_site.run("update_rules", {"cameras": {"hall": BAY}})
+    assert SiteFile(rules_site.path).rules("hall") == {**RULES, **BAY}  # door kept, with its command action
+    assert details["step"] == "hall: added bay; changed -; removed -" and "merged" in details["note"]
+    moved = {"door": {**RULES["door"], "line": [[0.1, 0.6], [0.9, 0.6]]}}
+    details = rules_site.run("update_rules", {"cameras": {"hall": moved}, "replace": False})
+    assert SiteFile(rules_site.path).rules("hall") == {**moved, **BAY}  # same name: replaced; bay kept
+    assert details["step"] == "hall: added -; changed door; removed -"
+
+
+def test_update_rules_with_replace_makes_the_rules_exactly_the_given_ones(rules_site: Site) -> None:
+    rules_site.answer = reply_to_rules("applied")
+    details = rules_site.run("update_rules", {"cameras": {"hall": BAY}, "replace": True})
+    assert SiteFile(rules_site.path).rules("hall") == BAY
+    assert details["step"] == "hall: added bay; changed -; removed door" and "replaced" in details["note"]
+    saved = [r for r in rules_site.audit() if r["action"] == "config.save"]
+    assert saved[-1]["detail"]["removed"] == "door" and saved[-1]["detail"]["added"] == "bay"
+
+
+def test_update_rules_checks_the_merged_rules_and_what_is_on_disk_when_it_saves(
+    rules_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = rules_site.path.read_bytes()
+    hook = {"bay": {**BAY["bay"], "actions": [{"type": "webhook", "url": "https://hooks.example/new"}]}}
+    with pytest.raises(JobFailed, match="webhook URL"):
+        rules_site.run("update_rules", {"cameras": {"hall": hook}})
+    with pytest.raises(JobFailed, match=r"malformed: args\.replace is not true or false"):
+        rules_site.run("update_rules", {"cameras": {"hall": BAY}, "replace": "yes"})
+    monkeypatch.setattr(SiteFile, "rules", lambda self, camera: {})  # as read before the console saved door
+    with pytest.raises(JobFailed, match="the rules of hall changed on disk while the job saved them; run it again"):
+        rules_site.run("update_rules", {"cameras": {"hall": BAY}})
+    assert rules_site.path.read_bytes() == before and rules_site.sent == []
 
 
 # -- install_model and rollback_model ----------------------------------------------------------------
@@ -521,6 +559,38 @@ def test_install_model_installs_and_confirms_inference_loaded_it(model_site: Sit
     ]
     installed = [r for r in model_site.audit() if r["action"] == "model.install"]
     assert installed[0]["actor"] == f"fleet:{OPERATOR}" and installed[0]["detail"]["version"] == "2"
+
+
+def test_a_model_of_that_name_running_another_file_fails_the_job_and_keeps_the_store(
+    model_site: Site, shared_dir: Path
+) -> None:
+    inference_serving(model_site, "2")
+    install(model_site, people(shared_dir, "2", model_site.signer))  # type: ignore[attr-defined]
+    model_site.path.write_text(model_site.path.read_text().replace("people.espkg", "yolox_nano.onnx"))
+    store = ModelStore(model_site.state_dir / "models")
+    kept, model_site.sent = store.list(), []
+    reason = (
+        "models.people.path is yolox_nano.onnx, not people.espkg: the package would not be used; "
+        "set models.people.path: people.espkg"
+    )
+    with pytest.raises(JobFailed) as failed:
+        install(model_site, people(shared_dir, "3", model_site.signer), version="3")  # type: ignore[attr-defined]
+    assert failed.value.reason == reason
+    with pytest.raises(JobFailed) as failed:
+        model_site.run("rollback_model", {"name": "people", "version": None})
+    assert failed.value.reason == reason
+    assert store.list() == kept and kept[0]["current"] == "2" and model_site.sent == []
+    assert list((model_site.state_dir / "fleet" / "downloads").iterdir()) == []  # nothing was downloaded
+
+
+def test_a_model_no_entry_of_models_names_is_installed_for_later(model_site: Site, shared_dir: Path) -> None:
+    from services.inference.packages import collect
+
+    members, _ = collect(shared_dir / "models" / "yolov8n_int8.onnx", "crowd", "1")
+    signed = build_package(members, name="crowd", version="1", signing_key=model_site.signer)  # type: ignore[attr-defined]
+    details = install(model_site, signed, version="1", name="crowd")
+    assert details["note"] == "no model of this site uses crowd.espkg: installed, not loaded"
+    assert ModelStore(model_site.state_dir / "models").list()[0]["current"] == "1" and model_site.sent == []
 
 
 def test_install_model_waits_for_detections_of_the_new_version(model_site: Site, shared_dir: Path) -> None:

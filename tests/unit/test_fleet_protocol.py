@@ -63,6 +63,7 @@ def _refusal(doc: object, thing: str = "site-a", now: float = NOW + 60) -> str:
         ("rollback_model", {"name": "people", "version": None}),
         ("install_app", {"url": "https://x/app.tar", "sha256": SHA, "app": "counter", "cameras": {"cam": "dock"}}),
         ("update_rules", {"cameras": {"dock": {"door": {"type": "line"}}}}),
+        ("update_rules", {"cameras": {"dock": {"door": {"type": "line"}}}, "replace": True}),
         ("restart_service", {"service": "inference@1"}),
         ("set_desired", {"models": {"people": "5"}}),
     ],
@@ -155,6 +156,9 @@ def test_malformed_documents_signed_by_a_trusted_key_are_refused(change: dict[st
         ("rollback_model", {"name": "p", "version": 3}, "args.version"),
         ("install_app", {"url": "s3://b/k", "sha256": SHA, "app": "a", "cameras": {"n": 1}}, "args.cameras"),
         ("update_rules", {"cameras": {"dock": {"door": "line"}}}, "args.cameras"),
+        ("update_rules", {"cameras": {}, "replace": "yes"}, "args.replace is true or false"),
+        ("update_rules", {"cameras": {}, "replace": None}, "args.replace is true or false"),
+        ("update_rules", {"cameras": {}, "merge": True}, "update_rules args have no 'merge'"),
         ("set_desired", {"models": {"people": "../5"}}, "version '../5'"),
     ],
 )
@@ -427,6 +431,12 @@ def test_online_until_exactly_twice_the_interval() -> None:
     assert at_edge.online and at_edge.problems == () and at_edge.last_seen_s == 120.0
     past = roster(reported, NOW + 120.001)[0]
     assert not past.online and past.problems == ("offline",)
+
+
+def test_a_site_that_said_it_stopped_is_offline_at_once() -> None:
+    row = roster({"site-a": _reported(state="stopped")}, NOW + 1)[0]
+    assert not row.online and row.problems == ("stopped",)
+    assert roster({"site-a": _reported(state="running")}, NOW + 1)[0].online
 
 
 def test_problems_an_operator_acts_on() -> None:

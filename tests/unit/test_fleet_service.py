@@ -561,4 +561,5 @@ def test_the_service_serves_metrics_reports_and_says_a_last_report_on_a_clean_st
     assert 'edgesight_fleet_jobs_total{result="rejected"}' in text
     assert reports[0]["console_url"] == "https://site.example/console"
     assert kept is not None and kept["state"]["reported"]["reported_at"] == reports[-1]["reported_at"]
+    assert kept["state"]["reported"]["state"] == "stopped" and reports[0]["state"] == "running"
     assert not service.link.connected

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from contracts.messages import NAME_PATTERN
 from services.fleet.context import JobFailed
 
-__all__ = ["argument", "name_argument", "names_map", "optional_argument"]
+__all__ = ["argument", "flag_argument", "name_argument", "names_map", "optional_argument"]
 
 Wanted = TypeVar("Wanted")
 
@@ -37,6 +37,22 @@ def optional_argument(args: dict[str, Any], key: str, kind: type[Wanted]) -> Wan
     if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
     raise JobFailed(f"malformed: args.{key} is not a {kind.__name__}")
+
+
+def flag_argument(args: dict[str, Any], key: str) -> bool:
+    """``args[key]`` where it is true or false; False where it is missing.
+
+    >>> flag_argument({"replace": True}, "replace"), flag_argument({}, "replace")
+    (True, False)
+    >>> flag_argument({"replace": "yes"}, "replace")
+    Traceback (most recent call last):
+    ...
+    services.fleet.context.JobFailed: malformed: args.replace is not true or false
+    """
+    value = args.get(key, False)
+    if isinstance(value, bool):
+        return value
+    raise JobFailed(f"malformed: args.{key} is not true or false")
 
 
 def name_argument(args: dict[str, Any], key: str) -> str:

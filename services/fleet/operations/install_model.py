@@ -3,9 +3,11 @@
 The package is downloaded (its SHA-256 must be the one the signed job names; no larger than
 ``site.max_package_mb``), then installed into the site's ``ModelStore`` under the site's own trust:
 signed by one of ``site.trusted_keys``, loading as inference loads it, and being the name and version
-the job names. A refusal leaves the store as it was. Once installed, inference reloads it and the job
-waits until it is live (:mod:`services.fleet.operations.model_live`); if it is not, the version that
-was current before is made current again and inference reloads that one.
+the job names. A refusal leaves the store as it was, and so does a site whose ``models.<name>`` runs
+another file (``path: yolox_nano.onnx``): the package would not be used, and the job fails saying so
+before downloading. Once installed, inference reloads it and the job waits until it is live
+(:mod:`services.fleet.operations.model_live`); if it is not, the version that was current before is
+made current again and inference reloads that one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.fleet.operations.model_live import (
     loads,
     make_current,
     model_store,
+    must_be_used,
     site_models,
     trust_policy,
     wait_loaded,
@@ -40,6 +43,7 @@ async def install_model(args: dict[str, Any], context: JobContext, step: Step) -
     url, sha256 = argument(args, "url", str), optional_argument(args, "sha256", str)
     name, version = name_argument(args, "name"), argument(args, "version", str)
     site = await context.load_site()
+    must_be_used(site, name)  # before anything is downloaded or installed: the store stays as it is
     policy = trust_policy(site)
     store = model_store(context)
     if await asyncio.to_thread(current_version, store, name) == version:

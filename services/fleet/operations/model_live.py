@@ -31,6 +31,7 @@ __all__ = [
     "loads",
     "make_current",
     "model_store",
+    "must_be_used",
     "serving",
     "site_models",
     "streaming_cameras",
@@ -82,6 +83,20 @@ def site_models(site: SiteConfig, package: str) -> list[str]:
     """The site's models that run the package ``package`` (``models.<m>.path`` is ``<package>.espkg``)."""
     wanted = f"{package}{PACKAGE_SUFFIX}"
     return [name for name, model in site.models.items() if Path(model.path).name == wanted]
+
+
+def must_be_used(site: SiteConfig, package: str) -> None:
+    """JobFailed where the site has a model named ``package`` that runs another file and no model runs the
+    package: installing it would change nothing that runs, and a job must not say it did. A name no
+    ``models:`` entry has is fine (installed for later; :func:`confirm_live` notes it)."""
+    model = site.models.get(package)
+    if model is None or site_models(site, package):
+        return
+    wanted = f"{package}{PACKAGE_SUFFIX}"
+    raise JobFailed(
+        f"models.{package}.path is {model.path}, not {wanted}: the package would not be used; "
+        f"set models.{package}.path: {wanted}"
+    )
 
 
 async def confirm_live(context: JobContext, site: SiteConfig, package: str, version: str, step: Step) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """``rollback_model``: make an installed earlier version current again (the one before the current, or the
 one named), as ``edgesight models rollback`` does, and confirm it is live; if it is not, the version
-that was current is made current again."""
+that was current is made current again. As for ``install_model``, a site whose ``models.<name>`` runs
+another file fails the job and leaves the store as it is."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from services.fleet.operations.model_live import (
     loads,
     make_current,
     model_store,
+    must_be_used,
     trust_policy,
 )
 
@@ -27,6 +29,7 @@ __all__ = ["rollback_model"]
 async def rollback_model(args: dict[str, Any], context: JobContext, step: Step) -> dict[str, str]:
     name, version = name_argument(args, "name"), optional_argument(args, "version", str)
     site = await context.load_site()
+    must_be_used(site, name)  # a version made current that no model runs would change nothing
     policy = trust_policy(site)
     store = model_store(context)
     current = await asyncio.to_thread(current_version, store, name)

@@ -1,13 +1,19 @@
-"""``update_rules``: replace cameras' rules in the site file within the console editor's limits, and have
+"""``update_rules``: change cameras' rules in the site file within the console editor's limits, and have
 rules apply them.
+
+By default the job's rules are merged into each camera's rules on disk: a rule of the same name is
+replaced, the camera's other rules are kept (a file holding one new line must not delete the rest).
+With ``replace: true`` the camera's rules become exactly the job's, and only then can rules go.
 
 A signed job is no more root on the appliance than a console login: the same checks refuse it
 (:mod:`common.config.rule_policy`: no new or changed ``command``/``gpio`` action, no ``${...}``), and
 stricter on webhooks: no webhook URL the camera's rules on disk do not already send to
-(``allow_new_webhooks=False``). Each camera is saved as the console saves it (comments and order kept,
-the whole file validated first, audited as ``config.save``). Then rules reloads, and answers in its
-Health detail ``reload`` (``"<control id> applied"`` or ``"<control id> refused: <why>"``); a refusal
-or no answer puts every camera's rules back as they were, and rules reloads those.
+(``allow_new_webhooks=False``); they apply to the rules the camera would have. Each camera is saved as
+the console saves it (comments and order kept, the whole file validated first, audited as
+``config.save``). Then rules reloads, and answers in its Health detail ``reload`` (``"<control id>
+applied"`` or ``"<control id> refused: <why>"``); a refusal or no answer puts every camera's rules
+back as they were, and rules reloads those. On success, ``step`` says per camera what was added,
+changed and removed (``hall: added door; changed -; removed -``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from common.config.rule_policy import RulesRefused, check_rules, check_shape
 from common.config.site_file import RulesRejected, SavedRules, SiteFile, SiteFileError, save_record
 from contracts.messages import NAME_PATTERN
 from services.fleet.context import JobContext, JobFailed, reason_of
-from services.fleet.operations.arguments import argument
+from services.fleet.operations.arguments import argument, flag_argument
 from services.fleet.operations.model_live import Step
 
 __all__ = ["update_rules"]
@@ -30,12 +36,13 @@ RELOAD_WAIT_S = 30.0  # rules reads the site file and rebuilds its cameras' rule
 
 async def update_rules(args: dict[str, Any], context: JobContext, step: Step) -> dict[str, str]:
     wanted = _cameras(argument(args, "cameras", dict))
+    replace = flag_argument(args, "replace")
     site_file = SiteFile(context.site_file)
     saved: list[tuple[str, SavedRules]] = []
-    await step("saving")
+    await step("saving" if replace else "saving (merged into the rules on disk)")
     for camera, rules in wanted.items():
         try:
-            saved.append((camera, await asyncio.to_thread(_save, site_file, camera, rules)))
+            saved.append((camera, await asyncio.to_thread(_save, site_file, camera, rules, replace=replace)))
         except (RulesRefused, RulesRejected, SiteFileError, KeyError) as exc:
             if isinstance(exc, RulesRefused):
                 await context.record("config.save_refused", f"cameras.{camera}.rules", key=exc.key, reason=exc.message)
@@ -50,7 +57,8 @@ async def update_rules(args: dict[str, Any], context: JobContext, step: Step) ->
         put_back = await _put_back(context, site_file, saved)
         reload_again = await _reload(context)
         raise JobFailed(refused + put_back + (f"; reloading those: {reload_again}" if reload_again else ""))
-    return {"step": "applied", "note": f"rules of {', '.join(wanted)} applied"}
+    how = "replaced" if replace else "merged"
+    return {"step": " | ".join(_summary(camera, done) for camera, done in saved), "note": f"rules {how}, applied"}
 
 
 def _cameras(value: dict[Any, Any]) -> dict[str, dict[str, Any]]:
@@ -62,14 +70,26 @@ def _cameras(value: dict[Any, Any]) -> dict[str, dict[str, Any]]:
     return value
 
 
-def _save(site_file: SiteFile, camera: str, rules: dict[str, Any]) -> SavedRules:
-    """The console's save, with the fleet's stricter webhook rule (see the module)."""
+def _save(site_file: SiteFile, camera: str, rules: dict[str, Any], *, replace: bool) -> SavedRules:
+    """The console's save of the camera's resulting rules (the job's, or the job's merged into those on
+    disk), with the fleet's stricter webhook rule (see the module)."""
     check_shape(camera, rules)
+    on_disk = site_file.rules(camera)
+    result = dict(rules) if replace else {**on_disk, **rules}
+    check_shape(camera, result)
 
-    def policy(on_disk: dict[str, Any], wanted: dict[str, Any]) -> None:
-        check_rules(camera, on_disk, wanted, [], allow_new_webhooks=False)
+    def policy(now_on_disk: dict[str, Any], wanted: dict[str, Any]) -> None:
+        if now_on_disk != on_disk:  # edited meanwhile (the console): merging into the old would undo that
+            raise SiteFileError(f"the rules of {camera} changed on disk while the job saved them; run it again")
+        check_rules(camera, now_on_disk, wanted, [], allow_new_webhooks=False)
 
-    return site_file.replace_rules(camera, rules, policy)
+    return site_file.replace_rules(camera, result, policy)
+
+
+def _summary(camera: str, saved: SavedRules) -> str:
+    """What the save changed, short, for the operator's CLI: ``hall: added door; changed -; removed -``."""
+    record = save_record(camera, saved)
+    return f"{camera}: " + "; ".join(f"{what} {record[what] or '-'}" for what in ("added", "changed", "removed"))
 
 
 def _refusal(camera: str, exc: Exception) -> str:
