@@ -4,6 +4,12 @@ Every MQTT client of ours (the uplink's sink, the fleet service, the console's f
 fleet``) connects from an ``MqttSink`` section the same way: TLS with the given CA bundle (else the
 system's), a client certificate for mutual TLS (AWS IoT Core's), the section's credentials and keepalive.
 aiomqtt is imported where a connection is made, not here: ``edgesight`` starts without it.
+
+A client that reads what anyone on the broker may publish (the fleet's retained documents and states)
+gives ``max_packet_bytes``: it then speaks MQTT v5 and sends the Maximum Packet Size property with its
+CONNECT, so that the broker drops a larger message for it instead of sending it (MQTT v5 3.1.2.11.4;
+Mosquitto 2 does; AWS IoT Core takes no message over 128 kB anyway): paho, under aiomqtt, reads a packet
+whole before anyone can look at its size. The uplink, which only publishes, keeps MQTT v3.1.1.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any, NoReturn
 from common.backoff import RestartBackoff
 from common.config.uplink import MqttSink, TlsConfig
 
-__all__ = ["CONNECT_TIMEOUT_S", "client_options", "keep_connected", "tls_context"]
+__all__ = ["CONNECT_TIMEOUT_S", "NEVER_EXPIRES", "client_options", "keep_connected", "tls_context"]
 
 CONNECT_TIMEOUT_S = 10.0  # connecting, subscribing: a broker that does not answer in this long is down
+NEVER_EXPIRES = 0xFFFFFFFF  # MQTT v5's Session Expiry Interval for a session kept as v3.1.1 keeps one
+MQTT_V5 = 5  # paho's MQTTv5, aiomqtt's ProtocolVersion.V5
 
 
 def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
@@ -40,16 +48,30 @@ def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
     return context
 
 
-def client_options(settings: MqttSink, client_id: str | None) -> dict[str, Any]:
+def client_options(
+    settings: MqttSink,
+    client_id: str | None,
+    *,
+    clean_session: bool | None = None,
+    max_packet_bytes: int | None = None,
+) -> dict[str, Any]:
     """``aiomqtt.Client``'s keyword arguments for ``settings`` as ``client_id`` (None: one the client
-    makes up); the caller adds its own (``clean_session``, a will, queue sizes). Opens the TLS files now:
-    an unreadable one raises OSError (``ssl.SSLError`` is one) here, where a connection attempt fails.
+    makes up); the caller adds its own (a will, queue sizes). Opens the TLS files now: an unreadable one
+    raises OSError (``ssl.SSLError`` is one) here, where a connection attempt fails.
+
+    ``max_packet_bytes``: MQTT v5, and the broker told to send nothing larger (see the module). v5 has no
+    ``clean_session``: pass it here, not to the client, and it becomes v5's clean start and session expiry.
 
     >>> options = client_options(MqttSink(host="mq.example", username="site"), "edgesight-a")
     >>> options["hostname"], options["port"], options["identifier"], options["tls_context"]
     ('mq.example', 1883, 'edgesight-a', None)
+    >>> "protocol" in options  # MQTT v3.1.1, aiomqtt's default
+    False
+    >>> limited = client_options(MqttSink(host="mq.example"), "f", clean_session=True, max_packet_bytes=262_144)
+    >>> limited["protocol"].value, limited["clean_start"], limited["properties"].MaximumPacketSize
+    (5, True, 262144)
     """
-    return {
+    options: dict[str, Any] = {
         "hostname": settings.host,
         "port": settings.port,
         "identifier": client_id,
@@ -58,6 +80,27 @@ def client_options(settings: MqttSink, client_id: str | None) -> dict[str, Any]:
         "keepalive": settings.keepalive_s,
         "tls_context": tls_context(settings.tls),
         "timeout": CONNECT_TIMEOUT_S,
+    }
+    if max_packet_bytes is None:
+        if clean_session is not None:
+            options["clean_session"] = clean_session
+        return options
+    if not 0 < max_packet_bytes <= 0xFFFFFFFF:  # a four-byte integer, never 0 (v5 3.1.2.11.4)
+        raise ValueError(f"max_packet_bytes {max_packet_bytes}: not between 1 and 2**32 - 1")
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.MaximumPacketSize = max_packet_bytes
+    if clean_session is False:  # the session outlives the connection, as v3.1.1's does
+        properties.SessionExpiryInterval = NEVER_EXPIRES
+    # clean_session True or None: a clean start, and the session ends with the connection (v5's default)
+    return {
+        **options,
+        "protocol": aiomqtt.ProtocolVersion(MQTT_V5),
+        "clean_start": clean_session is not False,
+        "properties": properties,
     }
 
 

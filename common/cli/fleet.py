@@ -24,12 +24,14 @@ from common.errors import EdgeSightError
 from common.fleet.fleet_file import FleetFile
 from common.fleet.roster import SiteRow, roster
 from common.fleet.signing import MAX_TTL_S
+from common.fleet.untrusted import printable
 from common.trust.keys import generate_key_pair, key_id, load_signing_key
 
 __all__ = ["add_commands"]
 
 Commands = Any  # argparse's _SubParsersAction (private): what main's helpers make and take
 REASON_WIDTH = 80  # the jobs table's REASON column; --json has it whole
+MAX_CELL = 1000  # characters of any table cell (they are cut before, each to its own width)
 
 
 def _ago(seconds: float | None) -> str:
@@ -47,10 +49,11 @@ def _ago(seconds: float | None) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = [header, *rows]
+    """Columns padded to their widest cell; every cell made printable (most came off the network)."""
+    lines = [[printable(str(cell), MAX_CELL) or "" for cell in line] for line in [header, *rows]]
+    widths = [max(len(cell) for cell in column) for column in zip(*lines, strict=True)]
     return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
     )
 
 
@@ -147,7 +150,7 @@ async def cmd_jobs(args: argparse.Namespace, fleet: FleetFile) -> int:
         if args.site:
             thing = fleet.thing(args.site) if args.site in fleet.sites else args.site
             records = [record for record in records if record.thing == thing]
-        pruned = await link.prune(records) if args.prune else 0
+        pruned, kept = await link.prune(records) if args.prune else (0, 0)
     records = sorted(records, key=_oldest_first)
     rows = [_job_row(fleet, record, time.time()) for record in records]
     if args.json:
@@ -169,7 +172,13 @@ async def cmd_jobs(args: argparse.Namespace, fleet: FleetFile) -> int:
     else:
         print("no jobs on the broker" if fleet.jobs_mode == "retained" else "no jobs in AWS IoT")
     if args.prune:
-        print(f"pruned {pruned} finished job(s)", file=sys.stderr if args.json else sys.stdout)
+        said = sys.stderr if args.json else sys.stdout
+        print(f"pruned {pruned} finished job(s)", file=said)
+        if kept:  # a final status alone may be anyone's: clearing the document would take the job from the site
+            print(
+                f"kept {kept} finished job(s) whose site's own report does not confirm the status: still queued",
+                file=said,
+            )
     return 0
 
 

@@ -1,76 +1,50 @@
 """The operator's side of the fleet's wire, for ``edgesight fleet``: a broker that keeps job documents,
-statuses and reported states retained (``jobs: retained``), or AWS IoT itself (``jobs: aws``: Jobs and the
-``edgesight`` named shadow, through boto3).
+statuses and reported states retained (``jobs: retained``, :class:`MqttLink`), or AWS IoT itself (``jobs: aws``:
+Jobs and the ``edgesight`` named shadow, through boto3: :class:`common.cli.fleet_aws.AwsLink`).
 
 Both links answer the same questions — what does each site report, what is the desired state, what jobs are
 there — and send and follow jobs; ``edgesight fleet`` never asks which one it holds (:func:`open_link`).
-A retained job document stays on the broker until its site answers with a final status: a site that is
-offline now runs it when it comes back.
+A retained job document stays on the broker until its site's own reported state confirms the job's final
+status (:func:`common.cli.fleet_wire.reported_end`): a site that is offline now runs it when it comes back,
+and a status someone else published cannot take the job away. A message that does not parse is ignored and
+counted (:func:`open_link` says how many on leaving), never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
-import re
+import functools
 import secrets
+import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from common._compat import timeout
+from common.cli.fleet_aws import AwsLink, aws_region
+from common.cli.fleet_wire import (
+    UNPARSABLE,
+    JobRecord,
+    JobStatus,
+    LinkError,
+    expiry,
+    heard_status,
+    operation_of,
+    reported_end,
+    said,
+)
 from common.config.uplink import MqttSink
-from common.errors import EdgeSightError
 from common.fleet import shapes
 from common.fleet.fleet_file import FleetFile
-from common.fleet.signing import OPERATIONS
+from common.fleet.signing import CLOCK_SKEW_S
 from common.fleet.topics import SHADOW_NAME, FleetTopics, job_id_of, thing_of
 from common.mqtt import client_options
 
 __all__ = ["AwsLink", "FleetLink", "JobRecord", "JobStatus", "LinkError", "MqttLink", "open_link"]
 
 QUIET_S = 1.0  # retained messages come in one burst after a subscription: this long without one ends it
-POLL_S = 2.0  # how often AWS IoT is asked about a job execution (DescribeJobExecution allows 10/s per account)
-MAX_AWS_JOBS = 100  # `fleet jobs` lists at most the newest this many jobs in aws mode
-
-
-class LinkError(EdgeSightError):
-    """The broker or AWS IoT cannot be reached or refused a request; says which and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStatus:
-    """A job's latest status as its site (or AWS IoT) says it; ``details`` are its statusDetails."""
-
-    job_id: str
-    thing: str
-    status: str
-    details: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def final(self) -> bool:
-        return self.status in shapes.TERMINAL_STATUSES
-
-
-@dataclasses.dataclass(frozen=True)
-class JobRecord:
-    """A job the wire still holds, for ``fleet jobs``: its document (None once cleared) and status."""
-
-    job_id: str
-    thing: str
-    operation: str | None
-    queued_at: float | None
-    status: JobStatus | None
-
-
-def _decoded(payload: bytes, parse: Callable[[bytes], Any]) -> Any:
-    """A payload parsed, or None when it is not the shape it should be (someone else's message)."""
-    try:
-        return parse(payload)
-    except shapes.MalformedMessage:
-        return None
+T = TypeVar("T")
 
 
 class MqttLink:
@@ -81,6 +55,8 @@ class MqttLink:
         self.broker = broker
         self.root = root
         self.heard: dict[str, bytes] = {}
+        self.heard_at: dict[str, float] = {}  # topic -> when its message was read (epoch seconds)
+        self._malformed: set[str] = set()  # topics whose message did not parse
         self._heard_count = 0  # messages so far: a waiter wakes when it moves (no message lost in between)
         self._changed = asyncio.Condition()
         self._subscribed: set[str] = set()
@@ -95,7 +71,9 @@ class MqttLink:
         try:
             # never the sites' ids: a second connection with an id takes the first one over
             operator = f"edgesight-operator-{secrets.token_hex(4)}"
-            client = aiomqtt.Client(**client_options(self.broker, operator), clean_session=True)
+            # MQTT v5 with a Maximum Packet Size: the broker drops a larger message instead of sending it
+            limit = 2 * shapes.MAX_PAYLOAD_BYTES
+            client = aiomqtt.Client(**client_options(self.broker, operator, clean_session=True, max_packet_bytes=limit))
             await self._stack.enter_async_context(client)
         except (aiomqtt.MqttError, OSError) as exc:  # ssl.SSLError is an OSError: a CA file, a refused certificate
             raise LinkError(f"broker {self.broker.host}:{self.broker.port}: {exc}") from None
@@ -115,10 +93,12 @@ class MqttLink:
         try:
             async for message in self._client.messages:
                 payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+                topic = message.topic.value
+                self._malformed.discard(topic)
                 if payload:
-                    self.heard[message.topic.value] = payload
+                    self.heard[topic], self.heard_at[topic] = payload, time.time()
                 else:
-                    self.heard.pop(message.topic.value, None)
+                    self.heard.pop(topic, None)
                 await self._woken()
         except Exception as exc:  # the connection dropped: waiters are told instead of waiting on
             self._lost = str(exc) or type(exc).__name__
@@ -156,6 +136,22 @@ class MqttLink:
         ):
             pass
 
+    @property
+    def malformed(self) -> int:
+        """Messages heard that did not parse (the newest of each topic)."""
+        return len(self._malformed)
+
+    def _parsed(self, topic: str, parse: Callable[[bytes], T | None]) -> T | None:
+        """The message on ``topic`` parsed; None when there is none or it does not parse (counted)."""
+        payload = self.heard.get(topic)
+        if payload is None:
+            return None
+        try:
+            return parse(payload)
+        except UNPARSABLE:
+            self._malformed.add(topic)
+            return None
+
     def matching(self, pattern: str) -> dict[str, bytes]:
         import aiomqtt
 
@@ -185,27 +181,35 @@ class MqttLink:
     async def reported(self, things: Iterable[str], seconds: float) -> dict[str, dict[str, Any]]:
         await self.subscribe(self.all_reported, seconds=seconds)
         found: dict[str, dict[str, Any]] = {}
-        for topic, payload in self.matching(self.all_reported).items():
+        for topic in self.matching(self.all_reported):
             thing = thing_of(topic, self.root)
-            reported = _decoded(payload, shapes.parse_reported)
+            reported = self._reported(topic)
             if thing is not None and reported is not None:
                 found[thing] = reported
         return found
 
+    def _reported(self, topic: str) -> dict[str, Any] | None:
+        # as of when it was read: a report stamped later is one from then
+        return self._parsed(topic, functools.partial(shapes.parse_reported, read_at=self.heard_at.get(topic)))
+
+    async def site_reported(self, thing: str, job_id: str) -> str | None:
+        """The final status the site's own reported state gives ``job_id`` (:func:`reported_end`)."""
+        return reported_end(self._reported(FleetTopics(self.root, thing).reported), thing, job_id)
+
     async def submit(self, thing: str, job_id: str, document: dict[str, Any]) -> None:
-        # statuses are retained: none is missed whether subscribed before or after
-        await self.subscribe(FleetTopics.all_job_updates(self.root), seconds=0)
+        # statuses and reports are retained: none is missed whether subscribed before or after
+        await self.subscribe(FleetTopics.all_job_updates(self.root), self.all_reported, seconds=0)
         now = int(time.time())
         execution = shapes.job_execution(job_id, thing, document, queued_at=now)
         await self.publish(FleetTopics(self.root, thing).job_document(job_id), shapes.notify_next(execution))
 
     async def status(self, thing: str, job_id: str) -> JobStatus | None:
-        payload = self.heard.get(FleetTopics(self.root, thing).job_update(job_id))
-        update = None if payload is None else _decoded(payload, shapes.parse_status_update)
-        return None if update is None else JobStatus(job_id, thing, update.status, update.details)
+        update = self._parsed(FleetTopics(self.root, thing).job_update(job_id), shapes.parse_status_update)
+        return None if update is None else heard_status(job_id, thing, update.status, update.details)
 
     async def finished(self, thing: str, job_id: str) -> None:
-        """A job's site is done with it: its retained document goes (its status stays, for ``fleet jobs``)."""
+        """A job's site is done with it, as its own report confirms: its retained document goes (its status
+        stays, for ``fleet jobs``)."""
         await self.publish(FleetTopics(self.root, thing).job_document(job_id), None)
 
     def mark(self) -> int:
@@ -217,9 +221,7 @@ class MqttLink:
     async def desired(self, thing: str, seconds: float) -> dict[str, str]:
         # every site's at once: a rollout to many sites waits for one burst of retained messages, not one each
         await self.subscribe(self.all_desired, seconds=seconds)
-        topic = FleetTopics(self.root, thing).desired_delta
-        payload = self.heard.get(topic)
-        desired = None if payload is None else _decoded(payload, shapes.parse_desired)
+        desired = self._parsed(FleetTopics(self.root, thing).desired_delta, shapes.parse_desired)
         return dict(desired.models or {}) if desired is not None else {}
 
     async def set_desired(self, thing: str, models: dict[str, str], document: dict[str, Any]) -> None:
@@ -235,189 +237,56 @@ class MqttLink:
             thing, job_id = thing_of(topic, self.root), job_id_of(topic, self.root)
             if thing is None or job_id is None or (thing, job_id) in records:
                 continue
-            document = self.heard.get(FleetTopics(self.root, thing).job_document(job_id))
-            execution = None if document is None else _decoded(document, shapes.parse_execution)
+            document = FleetTopics(self.root, thing).job_document(job_id)
+            execution = self._parsed(document, shapes.parse_execution)
             records[(thing, job_id)] = JobRecord(
                 job_id,
                 thing,
-                _operation(execution.document if execution is not None else None, job_id),
+                operation_of(execution.document if execution is not None else None, job_id),
                 execution.queued_at if execution is not None else None,
                 await self.status(thing, job_id),
+                None if document not in self.heard else expiry(execution),
             )
         return sorted(records.values(), key=lambda record: (record.queued_at or 0, record.job_id))
 
-    async def prune(self, records: Iterable[JobRecord]) -> int:
-        """Clears the retained document and status of each finished job; how many."""
-        pruned = 0
+    async def prune(self, records: Iterable[JobRecord]) -> tuple[int, int]:
+        """Clears the retained document and status of each finished job: (how many, how many kept). A job
+        whose document a site may still run is finished only when its site's report confirms the status: a
+        status alone may be someone else's, and clearing the document would take the job from the site.
+        One whose document expired (and the sites' clocks may be ``CLOCK_SKEW_S`` behind) runs nowhere."""
+        await self.subscribe(self.all_reported)
+        pruned = kept = 0
         for record in records:
-            if record.status is not None and record.status.final:
-                topics = FleetTopics(self.root, record.thing)
-                await self.publish(topics.job_document(record.job_id), None)
-                await self.publish(topics.job_update(record.job_id), None)
-                pruned += 1
-        return pruned
-
-
-def _operation(document: object, job_id: str) -> str | None:
-    """The document's operation; without one, the operation its id begins with (ids of `edgesight fleet`)."""
-    operation = document.get("operation") if isinstance(document, dict) else None
-    if isinstance(operation, str):
-        return operation
-    return next((name for name in OPERATIONS if job_id.startswith(f"{name}-")), None)
-
-
-class AwsLink:
-    """The operator on AWS IoT (aws mode): jobs through AWS IoT Jobs (CreateJob, DescribeJobExecution), reported
-    and desired state through the ``edgesight`` named shadow (the IoT data plane). boto3 finds credentials
-    as everywhere (environment, profile, role); ``AWS_ENDPOINT_URL`` points both clients elsewhere (moto)."""
-
-    def __init__(self, region: str | None, data_endpoint_url: str | None) -> None:
-        self.region = region
-        self.data_endpoint_url = data_endpoint_url
-        self._arns: dict[str, str] = {}
-        self.iot: Any = None
-        self.data: Any = None
-
-    async def __aenter__(self) -> AwsLink:
-        import boto3  # type: ignore[import-untyped]
-
-        self.iot = boto3.client("iot", region_name=self.region)
-        self.data = boto3.client("iot-data", region_name=self.region, endpoint_url=self.data_endpoint_url)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for client in (self.iot, self.data):
-            client.close()
-
-    async def _call(self, what: str, method: Callable[..., Any], **arguments: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-
-        try:
-            return await asyncio.to_thread(method, **arguments)
-        except (BotoCoreError, ClientError) as exc:
-            if (
-                isinstance(exc, ClientError)
-                and exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
-            ):
-                return None  # no such thing, shadow or job: the caller says what that means
-            raise LinkError(f"AWS IoT {what}: {exc}") from None
-
-    async def _shadow(self, thing: str) -> bytes | None:
-        answer = await self._call(
-            f"GetThingShadow {thing}", self.data.get_thing_shadow, thingName=thing, shadowName=SHADOW_NAME
-        )
-        return None if answer is None else bytes(answer["payload"].read())
-
-    async def reported(self, things: Iterable[str], seconds: float) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for thing in things:
-            payload = await self._shadow(thing)
-            reported = None if payload is None else _decoded(payload, shapes.parse_reported)
-            if reported is not None:
-                found[thing] = reported
-        return found
-
-    async def submit(self, thing: str, job_id: str, document: dict[str, Any]) -> None:
-        if thing not in self._arns:
-            described = await self._call(f"DescribeThing {thing}", self.iot.describe_thing, thingName=thing)
-            if described is None:
-                raise LinkError(f"AWS IoT has no thing {thing!r} (fleet.yaml sites: thing)")
-            self._arns[thing] = described["thingArn"]
-        await self._call(
-            f"CreateJob {job_id}",
-            self.iot.create_job,
-            jobId=job_id,
-            targets=[self._arns[thing]],
-            document=json.dumps(document, separators=(",", ":")),
-            description=f"edgesight {_operation(document, job_id)} for {thing}",
-        )
-
-    async def status(self, thing: str, job_id: str) -> JobStatus | None:
-        answer = await self._call(
-            f"DescribeJobExecution {job_id}", self.iot.describe_job_execution, jobId=job_id, thingName=thing
-        )
-        if answer is None:
-            return None
-        execution = answer["execution"]
-        details = (execution.get("statusDetails") or {}).get("detailsMap") or {}
-        return JobStatus(job_id, thing, str(execution["status"]), {str(k): str(v) for k, v in details.items()})
-
-    async def finished(self, thing: str, job_id: str) -> None:
-        """Nothing to do: AWS IoT keeps a job's execution until the job is deleted (``fleet jobs --prune``)."""
-
-    def mark(self) -> int:
-        return 0
-
-    async def wait_news(self, mark: int, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, min(POLL_S, seconds)))  # AWS IoT tells nothing: it is asked again
-
-    async def desired(self, thing: str, seconds: float) -> dict[str, str]:
-        payload = await self._shadow(thing)
-        desired = None if payload is None else _decoded(payload, shapes.parse_desired)
-        return dict(desired.models or {}) if desired is not None else {}
-
-    async def set_desired(self, thing: str, models: dict[str, str], document: dict[str, Any]) -> None:
-        # a shadow update is merged into the desired state: a model no longer desired is deleted with a null,
-        # in the models and in the signed document's args (else the site would read a document never signed)
-        gone: dict[str, Any] = {name: None for name in await self.desired(thing, 0) if name not in models}
-        update = shapes.desired_update(models, document)
-        if gone:
-            desired = update["state"]["desired"]
-            desired["models"] = {**models, **gone}
-            desired["signed"] = {**document, "args": {**document["args"], "models": {**models, **gone}}}
-        payload = shapes.encode(update)
-        await self._call(
-            f"UpdateThingShadow {thing}",
-            self.data.update_thing_shadow,
-            thingName=thing,
-            shadowName=SHADOW_NAME,
-            payload=payload,
-        )
-
-    async def jobs(self, things: Iterable[str], seconds: float) -> list[JobRecord]:
-        listed = await self._call("ListJobs", self.iot.list_jobs, maxResults=MAX_AWS_JOBS)
-        records: list[JobRecord] = []
-        for job in (listed or {}).get("jobs", []):
-            job_id = job["jobId"]
-            operation = _operation(None, job_id)
-            executions = await self._call(
-                f"ListJobExecutionsForJob {job_id}", self.iot.list_job_executions_for_job, jobId=job_id
-            )
-            for summary in (executions or {}).get("executionSummaries", []):
-                thing = str(summary.get("thingArn", "")).rsplit("/", 1)[-1]
-                execution = summary.get("jobExecutionSummary", {})
-                status = JobStatus(job_id, thing, str(execution.get("status", "QUEUED")))
-                queued = execution.get("queuedAt")
-                queued_at = float(queued.timestamp()) if hasattr(queued, "timestamp") else None  # boto3: a datetime
-                records.append(JobRecord(job_id, thing, operation, queued_at, status))
-        return sorted(records, key=lambda record: (record.queued_at or 0, record.job_id))
-
-    async def prune(self, records: Iterable[JobRecord]) -> int:
-        """Deletes each finished job; how many."""
-        finished = {record.job_id for record in records if record.status is not None and record.status.final}
-        for job_id in finished:  # one thing a job (job_id_for): its execution's end is the job's
-            await self._call(f"DeleteJob {job_id}", self.iot.delete_job, jobId=job_id)
-        return len(finished)
+            if record.status is None or not record.status.final:
+                continue
+            topics = FleetTopics(self.root, record.thing)
+            runnable = record.expires_at is not None and record.expires_at + CLOCK_SKEW_S > time.time()
+            if runnable and await self.site_reported(record.thing, record.job_id) != record.status.status:
+                kept += 1
+                continue
+            await self.publish(topics.job_document(record.job_id), None)
+            await self.publish(topics.job_update(record.job_id), None)
+            pruned += 1
+        return pruned, kept
 
 
 FleetLink = MqttLink | AwsLink
 
 
-def aws_region(host: str) -> str | None:
-    """The region of an AWS IoT endpoint (``abc-ats.iot.eu-west-1.amazonaws.com``); None for any other host.
-
-    >>> aws_region("a1b2c3-ats.iot.eu-west-1.amazonaws.com"), aws_region("mosquitto.local")
-    ('eu-west-1', None)
-    """
-    match = re.fullmatch(r"[^.]+\.iot\.([a-z0-9-]+)\.amazonaws\.com", host)
-    return match[1] if match else None
-
-
-def open_link(fleet: FleetFile) -> contextlib.AbstractAsyncContextManager[FleetLink]:
+@contextlib.asynccontextmanager
+async def open_link(fleet: FleetFile) -> AsyncIterator[FleetLink]:
     """The link ``fleet.yaml`` asks for: AWS IoT in aws mode (its data plane at the broker's host, the
-    account's own endpoint), else its broker."""
+    account's own endpoint), else its broker. On leaving, one line on stderr says how many messages heard
+    did not parse and were ignored (reports, documents or statuses someone else published, or a site's bug)."""
+    link: FleetLink
     if fleet.jobs_mode == "aws":
         host = fleet.broker.host
-        data_endpoint = f"https://{host}" if aws_region(host) else None
-        return AwsLink(aws_region(host), data_endpoint)
-    return MqttLink(fleet.broker, fleet.topic_root)
+        link = AwsLink(aws_region(host), f"https://{host}" if aws_region(host) else None)
+    else:
+        link = MqttLink(fleet.broker, fleet.topic_root)
+    async with link:
+        try:
+            yield link
+        finally:
+            if link.malformed:
+                print(f"edgesight fleet: {said(link.malformed)}", file=sys.stderr)

@@ -1,10 +1,12 @@
 """``edgesight fleet deploy|rollback|restart|desire``: one signed job per site, canaries first.
 
 A rollout sends its job to the canaries (``--canary N``: the first N sites of the target; else the target's
-sites in the group ``canary`` of fleet.yaml) and waits for their final statuses; a canary that fails, is
-refused or does not answer stops the rollout before any other site gets a job. Then the rest, with the same
-wait. Exit 0 only when every site succeeded; 1 when one failed; 3 when every answer was a success but some
-site did not answer in time: its job stays queued (retained, or in AWS IoT Jobs) and runs when it is back.
+sites in the group ``canary`` of fleet.yaml) and waits for their final statuses, each confirmed by the site's
+own reported state (:mod:`common.cli.fleet_follow`); a canary that fails, is refused, does not answer or whose
+report does not confirm its status stops the rollout before any other site gets a job. Then the rest, with the
+same wait. Exit 0 only when every site succeeded; 1 when one failed; 3 when every answer was a success but
+some site did not answer in time, or its report did not confirm the status heard: its job stays queued
+(retained, or in AWS IoT Jobs) and runs when it is back.
 Before the first job, the operator hears which canaries were chosen and why, which targets are offline, and
 (model jobs) which desire another version of the model: their desired state would undo the job.
 """
@@ -26,7 +28,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.cli.fleet_broker import FleetLink, JobStatus, LinkError, open_link
+from common.cli.fleet_broker import FleetLink, LinkError, open_link
+from common.cli.fleet_follow import Answer, Progress, follow, outcome_line
 from common.cli.fleet_rules import read_rules
 from common.cli.fleet_survey import CANARY_GROUP, canary_note, survey
 from common.errors import ConfigError, EdgeSightError, PackageError
@@ -40,6 +43,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_QUEUED", "Change", "FleetUsageErr
 EXIT_FAILED, EXIT_CONFIG, EXIT_QUEUED = 1, 2, 3
 FLEET_FILE_VARIABLE = "EDGESIGHT_FLEET_FILE"
 NOT_DESIRED = "none"  # `desire model NAME none`: NAME is no longer desired
+KINDS = ("succeeded", "failed", "unconfirmed", "queued")  # of a site's answer (fleet_follow.Answer.kind)
 
 
 class FleetUsageError(EdgeSightError):
@@ -149,29 +153,6 @@ def job_id_for(operation: str, label: str, thing: str) -> str:
     return f"{readable}-{secrets.token_hex(3)}"
 
 
-class Progress:
-    """Lines as statuses come, each with the seconds since the rollout began and the site's name."""
-
-    def __init__(self, fleet: FleetFile) -> None:
-        self.sites = fleet.things()
-        self.started = time.monotonic()
-        self.last: dict[str, tuple[str, str]] = {}
-
-    def site(self, thing: str) -> str:
-        return self.sites.get(thing, thing)
-
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started:5.0f}s] {text}", flush=True)
-
-    def status(self, status: JobStatus) -> None:
-        detail = status.details.get("reason") or status.details.get("step") or ""
-        if status.status == "QUEUED":  # said already, when it was sent
-            return
-        if self.last.get(status.job_id) != (status.status, detail):
-            self.last[status.job_id] = (status.status, detail)
-            self.say(f"{self.site(status.thing)}: {status.status}{'  ' + detail if detail else ''}")
-
-
 async def roll_out(
     link: FleetLink,
     fleet: FleetFile,
@@ -185,72 +166,40 @@ async def roll_out(
     key = operator_key(fleet)
     progress = Progress(fleet)
     canaries, rest = phases
-    outcome: dict[str, JobStatus | None] = {}
+    outcome: dict[str, Answer] = {}
     for phase, things in (("canary", canaries), ("rollout", rest)):
         if not things:
             continue
         jobs = {job_id_for(change.operation, change.label, thing): thing for thing in things}
         # every document of a phase signed before any is sent: signing checks the args, a malformed one stops all
         documents = {
-            job_id: sign_document(change.operation, change.args, [thing], key, ttl_s=ttl_s)
+            job_id: sign_document(change.operation, change.args, [thing], key, ttl_s=ttl_s, job_id=job_id)
             for job_id, thing in jobs.items()
         }
         for job_id, thing in jobs.items():
             await link.submit(thing, job_id, documents[job_id])
             progress.say(f"{progress.site(thing)}: queued {job_id}" + ("  (canary)" if phase == "canary" else ""))
-        finals = await follow(link, jobs, time.monotonic() + timeout_s, progress.status)
-        for job_id, thing in jobs.items():
-            status = finals.get(job_id)
-            outcome[thing] = status if status is not None and status.final else None
-        failed = [thing for thing in things if not _succeeded(outcome[thing])]
+        answers = await follow(link, jobs, time.monotonic() + timeout_s, progress)
+        outcome.update((thing, answers[job_id]) for job_id, thing in jobs.items())
+        failed = [thing for thing in things if outcome[thing].kind != "succeeded"]  # confirmed by its report
         if phase == "canary" and failed:
-            why = "; ".join(_outcome(progress.site(thing), outcome[thing], timeout_s) for thing in failed)
+            why = "; ".join(outcome_line(progress.site(thing), outcome[thing], timeout_s) for thing in failed)
             progress.say(f"canary failed ({why}): stopped, the other {len(rest)} site(s) get no job")
             return EXIT_FAILED
     return _summary(progress, outcome, timeout_s)
 
 
-async def follow(
-    link: FleetLink, jobs: dict[str, str], deadline: float, on_status: Callable[[JobStatus], None]
-) -> dict[str, JobStatus]:
-    """Statuses of ``jobs`` (job id -> thing) as they come, until each is final or ``deadline`` (monotonic)
-    passes; ``on_status`` hears each change."""
-    latest: dict[str, JobStatus] = {}
-    while True:
-        mark = link.mark()
-        for job_id, thing in jobs.items():
-            status = None if job_id in latest and latest[job_id].final else await link.status(thing, job_id)
-            if status is not None and latest.get(job_id) != status:
-                latest[job_id] = status
-                on_status(status)
-                if status.final:
-                    await link.finished(thing, job_id)
-        if all(job_id in latest and latest[job_id].final for job_id in jobs) or time.monotonic() >= deadline:
-            return latest
-        await link.wait_news(mark, deadline - time.monotonic())
-
-
-def _succeeded(status: JobStatus | None) -> bool:
-    return status is not None and status.status == "SUCCEEDED"
-
-
-def _outcome(site: str, status: JobStatus | None, timeout_s: float) -> str:
-    if status is None:
-        return f"{site} did not answer within {timeout_s:g} s: queued (offline?)"
-    reason = status.details.get("reason")
-    return f"{site} {status.status}" + (f": {reason}" if reason else "")
-
-
-def _summary(progress: Progress, outcome: dict[str, JobStatus | None], timeout_s: float) -> int:
-    succeeded = [thing for thing, status in outcome.items() if _succeeded(status)]
-    queued = [thing for thing, status in outcome.items() if status is None]
-    failed = [thing for thing in outcome if thing not in succeeded and thing not in queued]
-    for thing in failed + queued:
-        progress.say(_outcome(progress.site(thing), outcome[thing], timeout_s))
-    parts = [f"{len(succeeded)} succeeded"] + [f"{len(failed)} failed"] * bool(failed)
-    parts += [f"{len(queued)} queued (offline?): their jobs run when they are back"] * bool(queued)
+def _summary(progress: Progress, outcome: dict[str, Answer], timeout_s: float) -> int:
+    kinds = {kind: [thing for thing, answer in outcome.items() if answer.kind == kind] for kind in KINDS}
+    for kind in ("failed", "unconfirmed", "queued"):
+        for thing in kinds[kind]:
+            progress.say(outcome_line(progress.site(thing), outcome[thing], timeout_s))
+    parts = [f"{len(kinds['succeeded'])} succeeded"] + [f"{len(kinds['failed'])} failed"] * bool(kinds["failed"])
+    unconfirmed, queued = len(kinds["unconfirmed"]), len(kinds["queued"])
+    parts += [f"{unconfirmed} not confirmed by their own report: their jobs stay queued"] * bool(unconfirmed)
+    parts += [f"{queued} queued (offline?): their jobs run when they are back"] * bool(queued)
     progress.say(f"{len(outcome)} site(s): {', '.join(parts)}")
-    return EXIT_FAILED if failed else EXIT_QUEUED if queued else 0
+    return EXIT_FAILED if kinds["failed"] else EXIT_QUEUED if unconfirmed or queued else 0
 
 
 def file_sha256(path: Path) -> str:

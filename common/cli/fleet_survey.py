@@ -11,7 +11,8 @@ from typing import Any
 
 from common.cli.fleet_broker import FleetLink, MqttLink
 from common.errors import EdgeSightError
-from common.fleet.roster import roster
+from common.fleet.roster import roster, span
+from common.fleet.untrusted import printable
 
 __all__ = ["CANARY_GROUP", "SURVEY_S", "canary_note", "desired_notes", "offline_notes", "survey"]
 
@@ -50,17 +51,6 @@ def canary_note(
     return None
 
 
-def heard_ago(seconds: float) -> str:
-    """
-    >>> heard_ago(45), heard_ago(400), heard_ago(3 * 3600), heard_ago(5 * 86400)
-    ('45 s', '7 min', '3 h', '5 days')
-    """
-    for unit, size, above in (("days", 86400, 2 * 86400), ("h", 3600, 2 * 3600), ("min", 60, 120)):
-        if seconds >= above:
-            return f"{round(seconds / size)} {unit}"
-    return f"{round(seconds)} s"
-
-
 def offline_notes(reported: Mapping[str, Mapping[str, Any]], sites: Mapping[str, str], now: float) -> list[str]:
     """A line per site of ``sites`` (thing -> site) that is not online now, in their order.
 
@@ -79,7 +69,7 @@ def offline_notes(reported: Mapping[str, Mapping[str, Any]], sites: Mapping[str,
         when = (
             "has never reported"
             if row is None or row.last_seen_s is None
-            else f"last heard {heard_ago(row.last_seen_s)} ago"
+            else f"last heard {span(row.last_seen_s)} ago"
         )
         notes.append(f"site {site} {when}: its job waits until it is back")
     return notes
@@ -99,7 +89,7 @@ def desired_notes(
         wanted = desired.get(thing, {}).get(model)
         if wanted is not None and wanted != version:
             notes.append(
-                f"site {site} desires {model} {wanted}: it will go back to it; "
+                f"site {site} desires {model} {printable(wanted, 64) or '?'}: it will go back to it; "
                 f"`edgesight fleet desire model {model} none --to {site}` to stop"
             )
     return notes

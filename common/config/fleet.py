@@ -50,7 +50,8 @@ class FleetConfig(Section):
         default_factory=list,
         description="ed25519 public keys (.pub files or folders of them, as site.trusted_keys) of the operators "
         "whose signed jobs and desired state this site takes. In retained mode nothing unsigned is ever taken "
-        "(none listed: no job runs); in aws mode, unsigned jobs run only while this list is empty.",
+        "(none listed: no job runs); in aws mode, unsigned jobs run only while this list is empty, and only "
+        "on AWS IoT Core itself (jobs: aws on another broker needs this list).",
     )
     report_interval_s: float = Field(
         60.0, ge=1, le=86400, description="Reported state at least this often; offline after twice this unheard."
@@ -140,8 +141,17 @@ def fill_from_site(fleet: FleetConfig, info: ValidationInfo) -> FleetConfig:
 
 def _check_against_aws(fleet: FleetConfig) -> None:
     """AWS IoT answers jobs and shadows only under ``$aws``, for thing names of its pattern, and keeps
-    ``$aws`` to itself: retained documents there would go to its services, not to the site."""
+    ``$aws`` to itself: retained documents there would go to its services, not to the site. Unsigned
+    jobs are taken only from AWS IoT itself, whose policies decide who creates jobs: on any other
+    broker any client could answer ``start-next`` with one."""
     on_aws = jobs_mode("auto", fleet.mqtt.host if fleet.mqtt else None) == "aws"
+    if fleet.jobs == "aws" and not on_aws and not fleet.trusted_operators:
+        host = fleet.mqtt.host if fleet.mqtt else None
+        raise _problem(
+            "trusted_operators",
+            f"jobs: aws on a broker that is not AWS IoT Core ({host}) would run unsigned jobs any client sends: "
+            "list the operators' keys in fleet.trusted_operators (or use jobs: retained)",
+        )
     if fleet.jobs == "aws":
         if fleet.topic_root != DEFAULT_ROOT:
             raise _problem("topic_root", "jobs: aws needs topic_root $aws (AWS IoT answers only there)")

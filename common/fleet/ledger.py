@@ -4,7 +4,8 @@ Each nonce of a verified document stays until that document expires (a document 
 life is a replay, refused); each finished job keeps its status, so a retained document or a
 notify-next heard again is not run twice; the ``issued_at`` of the desired state applied last, so an
 older one is ignored. Written whole to a private temporary file, flushed and renamed over the old one:
-a crash leaves the old ledger or the new, never half of one.
+a crash leaves the old ledger or the new, never half of one. A document no trusted operator is known
+to have sent is never written here (services.fleet.jobs): junk costs the site no write.
 
 >>> import pathlib, tempfile, time
 >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "ledger.json")
@@ -83,6 +84,8 @@ class Ledger:
 
     @desired_issued_at.setter
     def desired_issued_at(self, value: float | None) -> None:
+        if value == self._desired_issued_at:
+            return  # the same desired state heard again (each reconnect): no write
         self._desired_issued_at = value
         self._save(time.time())
 

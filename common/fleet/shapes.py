@@ -1,7 +1,8 @@
 """The fleet's messages in AWS IoT's shapes: job executions and their status updates (the Jobs MQTT
 API), reported and desired state (a shadow's update and delta). Builders return dicts to send as JSON
 (:func:`encode`); parsers take a payload off the network and never raise but :class:`MalformedMessage`,
-which the caller counts and drops. A parser returns None for a payload that says "nothing": empty (a
+which the caller counts and drops (the reading of untrusted values themselves: :mod:`common.fleet.untrusted`,
+whose names are here too). A parser returns None for a payload that says "nothing": empty (a
 retained message cleared) or without an execution (no job queued).
 
 >>> execution = job_execution("job-1", "site-a", {"edgesight_job": 1}, queued_at=1_800_000_000)
@@ -20,19 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from common.errors import EdgeSightError
 from common.fleet.topics import JOB_ID_PATTERN, THING_PATTERN
+from common.fleet.untrusted import MAX_NUMBER, MAX_PAYLOAD_BYTES, MalformedMessage, decode_object, number, printable
 
 __all__ = [
     "DEVICE_STATUSES",
     "JOB_STATUSES",
+    "MAX_INTERVAL_S",
+    "MAX_NUMBER",
     "MAX_PAYLOAD_BYTES",
     "MAX_REPORTED_BYTES",
     "OK_STATES",
@@ -50,18 +52,20 @@ __all__ = [
     "fit_reported",
     "job_execution",
     "notify_next",
+    "number",
     "parse_desired",
     "parse_execution",
     "parse_reported",
     "parse_status_update",
+    "printable",
     "reported_update",
     "shadow_get",
     "start_next",
     "status_update",
 ]
 
-MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT Core's largest message
 MAX_REPORTED_BYTES = 8 * 1024  # a shadow's reported section
+MAX_INTERVAL_S = 86400.0  # a report's interval_s above this reads as this (fleet.report_interval_s's bound)
 REPORTED_SCHEMA = 1
 JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED")
 DEVICE_STATUSES = ("IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED")  # what a device may set
@@ -70,19 +74,10 @@ OK_STATES = {"cameras": "streaming", "services": "ready", "apps": "running"}  # 
 _MAX_DETAILS = 10  # statusDetails: AWS keeps 10 pairs, values of 1-1024 characters without control characters
 _MAX_DETAIL_CHARS = 1024
 _FIRST_DETAILS = ("operation", "step", "reason", "site", "version")
-_MAX_DEPTH = 12
 _MAX_MODELS = 256
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 _THING = re.compile(THING_PATTERN)
 _DETAIL_KEY = re.compile(r"[A-Za-z0-9:_-]{1,128}")
-
-
-class MalformedMessage(EdgeSightError, ValueError):
-    """A payload that is not the shape its topic carries; ``reason`` is a short label fit for a metric."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def client_token() -> str:
@@ -94,46 +89,13 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _reject_constant(name: str) -> Any:
-    raise MalformedMessage("not JSON", f"{name} is no JSON number")
-
-
-def decode_object(payload: object) -> dict[str, Any] | None:
-    """A JSON object from a payload; None for an empty one (a retained message cleared)."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    if not isinstance(payload, bytes | bytearray | memoryview):
-        raise MalformedMessage("not JSON", f"a payload of type {type(payload).__name__}")
-    if len(payload) == 0:
-        return None
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise MalformedMessage("too large", f"{len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
-    try:
-        value = json.loads(bytes(payload), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise MalformedMessage("not JSON") from None
-    if not isinstance(value, dict):
-        raise MalformedMessage("not an object", f"a JSON {type(value).__name__}")
-    if _depth(value) > _MAX_DEPTH:
-        raise MalformedMessage("too deep", f"nested over {_MAX_DEPTH} levels")
-    return value
-
-
-def _depth(value: object, level: int = 0) -> int:
-    if level > _MAX_DEPTH:
-        return level
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
-    if items is None:
-        return level
-    return max((_depth(item, level + 1) for item in items), default=level + 1)
-
-
 def _number(value: object, what: str, default: float | None = None) -> float:
     if value is None and default is not None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise MalformedMessage("wrong type", f"{what} is not a number")
-    return float(value)
+    checked = number(value)
+    if checked is None:
+        raise MalformedMessage("wrong type", f"{what} is not a number (finite, at most {MAX_NUMBER:g})")
+    return checked
 
 
 def _integer(value: object, what: str) -> int | None:
@@ -225,9 +187,9 @@ def status_update(
     ordered = sorted(details, key=lambda key: (_FIRST_DETAILS.index(key) if key in _FIRST_DETAILS else 99, key))
     clean: dict[str, str] = {}
     for key in ordered:
-        value = "".join(" " if not char.isprintable() else char for char in str(details[key]))
+        value = printable(str(details[key]), _MAX_DETAIL_CHARS) or ""
         if _DETAIL_KEY.fullmatch(key) and value.strip() and len(clean) < _MAX_DETAILS:
-            clean[key] = value[:_MAX_DETAIL_CHARS]
+            clean[key] = value
     message: dict[str, Any] = {"status": status, "statusDetails": clean, "clientToken": token or client_token()}
     if expected_version is not None:
         message["expectedVersion"] = expected_version
@@ -329,22 +291,37 @@ def _is_ok(name: str, entry: object) -> bool:
     return wanted is None or (isinstance(entry, dict) and entry.get("state") == wanted)
 
 
-def parse_reported(payload: object) -> dict[str, Any] | None:
+def parse_reported(payload: object, *, read_at: float | None = None) -> dict[str, Any] | None:
     """REPORTED out of a shadow update, its keys' types checked where a reader relies on them
-    (schema, site, thing, reported_at, interval_s); None when cleared."""
+    (schema, site, thing, reported_at, interval_s); None when cleared. What a reader decides on is
+    bounded: ``interval_s`` above :data:`MAX_INTERVAL_S` reads as that, and ``reported_at`` after
+    ``read_at`` (when the message was read) reads as ``read_at``, by how much it was ahead kept in
+    ``clock_ahead_s``: a report from the future is one from now, and a silent site still goes offline.
+
+    >>> message = encode({"state": {"reported": {"schema": 1, "site": "s", "thing": "t", "reported_at": 9e9,
+    ...     "interval_s": 1e12}}})
+    >>> reported = parse_reported(message, read_at=1000.0)
+    >>> reported["reported_at"], reported["interval_s"], reported["clock_ahead_s"]
+    (1000.0, 86400.0, 8999999000.0)
+    """
     message = decode_object(payload)
     if message is None:
         return None
-    reported = _object(_object(message.get("state"), "state").get("reported"), "state.reported")
+    reported = dict(_object(_object(message.get("state"), "state").get("reported"), "state.reported"))
     schema = _integer(reported.get("schema"), "schema")
     if schema is None or schema < REPORTED_SCHEMA:
         raise MalformedMessage("wrong type", f"schema is not {REPORTED_SCHEMA} or later")
     _text(reported.get("site"), "site", 128)
     if not _THING.fullmatch(_text(reported.get("thing"), "thing", 128)):
         raise MalformedMessage("wrong type", "thing is not a thing name")
-    _number(reported.get("reported_at"), "reported_at")
-    if _number(reported.get("interval_s"), "interval_s") <= 0:
+    reported_at = _number(reported.get("reported_at"), "reported_at")
+    interval_s = _number(reported.get("interval_s"), "interval_s")
+    if interval_s <= 0:
         raise MalformedMessage("wrong type", "interval_s is not above 0")
+    reported["interval_s"] = min(interval_s, MAX_INTERVAL_S)
+    reported.pop("clock_ahead_s", None)  # the reader's finding, never the sender's word
+    if read_at is not None and reported_at > read_at:
+        reported["reported_at"], reported["clock_ahead_s"] = read_at, reported_at - read_at
     return reported
 
 

@@ -1,10 +1,15 @@
 """Signed job documents: what an operator's key allows a site to do, checked before anything runs.
 
 A document (what AWS IoT Jobs calls the job document) names one operation, its arguments, the sites
-(thing names) it is for, the operator's key id, a validity window and a nonce; ``signature`` is ed25519
-over the canonical JSON of every other key. A site runs a document only when the signer is among its
-``fleet.trusted_operators``, the signature holds, the window is open, it names this site and its nonce
-was never seen (the ledger's part, :mod:`common.fleet.ledger`).
+(thing names) it is for, the operator's key id, a validity window, a nonce and, optionally, the job id
+it is for (``job_id``: a copy retained under another id is refused, not run in the operator's job's
+place); ``signature`` is ed25519 over the canonical JSON of every other key. A site runs a document
+only when the signer is among its ``fleet.trusted_operators``, the signature holds, the window is open,
+it names this site and its nonce was never seen (the ledger's part, :mod:`common.fleet.ledger`).
+
+A refusal says whether the document was a trusted operator's for this site (``JobRefused.verified``):
+only those are worth remembering and answering in full; the others (unsigned, an unknown key, a bad
+signature, malformed, another site's) are what anyone on the broker can send by the thousand.
 
 >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 >>> from common.trust.keys import key_id
@@ -41,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.config._types import NAME_PATTERN, NAME_RULE
 from common.errors import EdgeSightError, PackageError
+from common.fleet.topics import JOB_ID_PATTERN
 from common.trust.keys import key_id
 from common.trust.package import check_identity, check_name
 
@@ -65,7 +71,11 @@ OPERATIONS = ("install_model", "rollback_model", "install_app", "update_rules", 
 MAX_DOCUMENT_BYTES = 32 * 1024  # AWS IoT Jobs' limit on a job document
 MAX_TTL_S = 30 * 86400  # the ledger keeps a nonce until its document expires: a bounded life bounds the ledger
 CLOCK_SKEW_S = 300.0  # an operator's laptop and a site's clock may disagree this much
-_KEYS = {"edgesight_job", "operation", "args", "targets", "operator", "issued_at", "expires_at", "nonce", "signature"}
+_KEYS = {
+    "edgesight_job", "operation", "args", "targets", "operator", "issued_at", "expires_at", "nonce", "job_id",
+    "signature",
+}  # fmt: skip
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -79,11 +89,14 @@ _MAX_DEPTH = 8  # args nest at most this deep (update_rules: cameras/camera/rule
 
 
 class JobRefused(EdgeSightError):
-    """A document a site will not run; ``reason`` is short, fit for a job's statusDetails and the audit."""
+    """A document a site will not run; ``reason`` is short, fit for a job's statusDetails and the audit.
+    ``verified``: the document was a trusted operator's, for this site (refused later: expired, not yet
+    valid, replayed, not allowed here); False when nothing says anyone trusted sent it."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, verified: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.verified = verified
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +110,7 @@ class SignedJob:
     issued_at: float
     expires_at: float
     targets: tuple[str, ...] = ()
+    job_id: str | None = None  # the job id the signature binds it to; None: any (AWS console-made jobs)
 
 
 def canonical(doc: Mapping[str, Any]) -> bytes:
@@ -131,9 +145,11 @@ def sign_document(
     *,
     ttl_s: float = 86400,
     now: float | None = None,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
-    """A document for ``targets`` (thing names), valid from ``now`` for ``ttl_s``; the same checks a site
-    makes refuse a malformed one here, before it leaves the operator (:class:`JobRefused`)."""
+    """A document for ``targets`` (thing names), valid from ``now`` for ``ttl_s``, and (``job_id``
+    given) for that job id only; the same checks a site makes refuse a malformed one here, before it
+    leaves the operator (:class:`JobRefused`)."""
     if not 0 < ttl_s <= MAX_TTL_S:
         raise JobRefused(f"malformed: ttl_s must be over 0 and at most {MAX_TTL_S} (30 days)")
     issued = int(time.time() if now is None else now)
@@ -147,6 +163,8 @@ def sign_document(
         "expires_at": format_time(issued + math.ceil(ttl_s)),
         "nonce": secrets.token_hex(16),
     }
+    if job_id is not None:
+        doc["job_id"] = job_id
     _check_fields(doc)
     doc["signature"] = base64.b64encode(key.sign(canonical(doc))).decode()
     _check_size(doc)
@@ -163,7 +181,8 @@ def verify_document(
 ) -> SignedJob:
     """The job ``doc`` allows on ``thing``, or :class:`JobRefused` with the reason: ``unsigned``,
     ``unknown operator <id>``, ``bad signature``, ``expired``, ``not yet valid``, ``not for this site``,
-    ``malformed: ...``. The signature is checked before anything it covers is believed."""
+    ``malformed: ...``. The signature is checked before anything it covers is believed. Whether the
+    document is bound to the job id it came under is the caller's to check (``SignedJob.job_id``)."""
     if not isinstance(doc, Mapping):
         raise JobRefused("malformed: a document is a JSON object")
     _check_size(doc)
@@ -183,12 +202,12 @@ def verify_document(
         raise JobRefused("bad signature") from None
     issued_at, expires_at = _check_fields(doc)
     current = time.time() if now is None else now
-    if issued_at > current + skew_s:
-        raise JobRefused("not yet valid")
-    if current >= expires_at:
-        raise JobRefused("expired")
-    if thing not in doc["targets"]:
+    if thing not in doc["targets"]:  # another site's, copied here: not this site's operator's wish
         raise JobRefused("not for this site")
+    if issued_at > current + skew_s:
+        raise JobRefused("not yet valid", verified=True)
+    if current >= expires_at:
+        raise JobRefused("expired", verified=True)
     return SignedJob(
         operation=doc["operation"],
         args=dict(doc["args"]),
@@ -197,6 +216,7 @@ def verify_document(
         issued_at=issued_at,
         expires_at=expires_at,
         targets=tuple(doc["targets"]),
+        job_id=doc.get("job_id"),
     )
 
 
@@ -225,6 +245,9 @@ def _check_fields(doc: Mapping[str, Any]) -> tuple[float, float]:
         raise JobRefused(f"malformed: targets is a list of 1 to {_MAX_TARGETS} thing names")
     if not all(isinstance(target, str) and _TARGET.fullmatch(target) for target in targets):
         raise JobRefused("malformed: a target is not a thing name")
+    job_id = doc.get("job_id")
+    if job_id is not None and not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
+        raise JobRefused("malformed: job_id is not a job id (1 to 64 letters, digits, _ -)")
     issued_at, expires_at = parse_time(doc.get("issued_at")), parse_time(doc.get("expires_at"))
     if not 0 < expires_at - issued_at <= MAX_TTL_S:
         raise JobRefused("malformed: expires_at is not within 30 days after issued_at")

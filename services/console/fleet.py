@@ -3,11 +3,15 @@
 With ``console.fleet: true`` the console subscribes to ``<topic_root>/things/+/shadow/name/edgesight/update``
 (each site's fleet service publishes its REPORTED state there: retained on a plain broker, so a console that
 starts late sees every site at once) and keeps the newest message per thing. Everything heard is untrusted:
-a payload over ``MAX_PAYLOAD`` bytes, one that does not parse, one naming another thing than its topic, and
-a new thing beyond ``MAX_THINGS`` are dropped and counted (``dropped``, and
-``edgesight_console_fleet_messages_dropped_total{reason}``; one log line a minute with the counts). Memory
-is bounded by those two numbers. A site's console_url is kept only as an http(s) link
-without credentials (:func:`safe_link`); the page escapes every other string it shows.
+a payload over ``MAX_PAYLOAD`` bytes, one that does not parse (numbers included: no count or time of ours is
+beyond 1e15) and one naming another thing than its topic are dropped and counted (``dropped``, and
+``edgesight_console_fleet_messages_dropped_total{reason}``; one log line a minute with the counts). A report
+stamped after it arrived counts as made when it arrived, and an ``interval_s`` over a day as a day
+(:func:`common.fleet.shapes.parse_reported`), so a silent site goes offline. With ``MAX_THINGS`` sites kept, a
+new one takes the place of the stalest (oldest report; counted as ``too_many_things``): a flood of made-up
+things hides a real new site only while it keeps coming, never for good. Memory is bounded by those two
+numbers. A site's console_url is kept only as an http(s) link without credentials (:func:`safe_link`); the
+page escapes every other string it shows.
 
 The broker is ``fleet.mqtt`` (else ``uplink.mqtt``), connected as every MQTT client of ours (common/mqtt.py);
 the client id is the broker's own with ``-console-fleet`` instead of ``-fleet``, so that it never takes over
@@ -30,6 +34,7 @@ from common.config.uplink import MqttSink
 from common.fleet.roster import SiteRow, roster
 from common.fleet.shapes import MalformedMessage, parse_reported
 from common.fleet.topics import FleetTopics, thing_of
+from common.fleet.untrusted import number
 from common.logging import DropTally
 from common.mqtt import client_options, keep_connected
 from services.console import metrics
@@ -47,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_THINGS = 1000  # sites kept; a new one beyond this is dropped (a real fleet this large wants its own tool)
+MAX_THINGS = 1000  # sites kept; a new one beyond this evicts the stalest (a real fleet this large wants its own tool)
 MAX_PAYLOAD = 16 * 1024  # bytes of one reported state; a site sends at most 8 kB
 MAX_LINK = 256  # characters of a console_url (a site cuts it there: common.fleet.shapes.fit_reported)
 DROP_REASONS = ("too_large", "malformed", "wrong_thing", "too_many_things")
@@ -147,8 +152,8 @@ class FleetFollower:
             return self._drop("malformed")
         if reported.get("thing", thing) != thing:
             return self._drop("wrong_thing")  # a site speaking for another on a broker that lets it
-        if thing not in self.reported and len(self.reported) >= self.max_things:
-            return self._drop("too_many_things")
+        if thing not in self.reported and self.reported and len(self.reported) >= self.max_things:
+            self._evict_stalest()
         self.reported[thing] = reported
         self.heard += 1
         metrics.FLEET_SITES.set(len(self.reported))
@@ -163,23 +168,28 @@ class FleetFollower:
 
     def _parsed(self, thing: str, payload: bytes, now: float) -> dict[str, Any] | None:
         """The REPORTED of ``payload``, made safe to show, or None: it must parse, and the roster must make
-        a row of it (a shape that parses but breaks the table is no better than one that does not)."""
+        a row of it (a shape that parses but breaks the table is no better than one that does not). A
+        report from after ``now`` reads as from ``now``: a clock ahead of ours does not keep a silent site
+        online."""
         try:
-            reported = parse_reported(payload)
-        except (MalformedMessage, ValueError, TypeError, RecursionError):
+            reported = parse_reported(payload, read_at=now)
+        except (MalformedMessage, ValueError, TypeError, ArithmeticError, RecursionError):
             return None
         if not isinstance(reported, dict):
             return None
-        reported = dict(reported)
-        at = reported.get("reported_at")
-        if isinstance(at, (int, float)) and not isinstance(at, bool) and at > now:
-            reported["reported_at"] = now  # a clock ahead of ours does not keep a silent site online
         reported["console_url"] = safe_link(reported.get("console_url"))
         try:
             roster({thing: reported}, now)
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError):
             return None
         return reported
+
+    def _evict_stalest(self) -> None:
+        """Makes room for a new thing: the one whose report is oldest goes (made-up things that stop
+        coming go first; a real site that keeps reporting stays), counted as ``too_many_things``."""
+        stalest = min(self.reported, key=lambda thing: number(self.reported[thing].get("reported_at")) or 0.0)
+        del self.reported[stalest]
+        self._drop("too_many_things")
 
     def _drop(self, reason: str) -> bool:
         self.dropped[reason] += 1
@@ -217,7 +227,9 @@ class FleetFollower:
     async def _follow(self) -> None:
         mqtt = self.broker.mqtt
         # clean session: the retained states come again with each subscription, nothing to resume
-        client = aiomqtt.Client(**client_options(mqtt, self.broker.client_id), clean_session=True)
+        # MQTT v5 with a Maximum Packet Size: a larger message is dropped by the broker, never read whole here
+        options = client_options(mqtt, self.broker.client_id, clean_session=True, max_packet_bytes=2 * self.max_payload)
+        client = aiomqtt.Client(**options)
         async with client:
             await client.subscribe(self.topic, qos=1)
             self.connected, self.error = True, None

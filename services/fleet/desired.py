@@ -5,8 +5,12 @@ mode), or as AWS IoT's delta and its answer to ``.../get`` at connect (aws mode)
 is the signed ``set_desired`` document in it (``signed``), verified as a job is (a trusted operator, in
 its window, naming this thing); ``state.models`` is for people. A document not newer than the one held
 (by ``issued_at``) is ignored, one older than the last applied (the ledger) too: a retained message
-heard again at every reconnect is no replay. In aws mode without trusted operators, ``state.models``
-is taken as AWS IoT's policies let it be written.
+heard again at every reconnect is no replay. Only a newer verified ``set_desired`` changes what is
+held (one with no models empties it); a cleared retained message (anyone on the broker can send one)
+withdraws nothing and is said once. In aws mode without trusted operators, ``state.models`` is taken
+as AWS IoT's policies let it be written. Audit records of a verified document's changes have the
+operator as actor (``fleet:<key id>``); a refused document's claimed operator is only
+``claimed_operator``, in plain text.
 
 Each model whose current version differs is changed through ``run_operation``, taking turns with jobs:
 a version the store still keeps is made current again (``rollback_model``), any other is fetched from
@@ -26,14 +30,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common._compat import timeout, wait_at_most
+from common._compat import TaskGroup, timeout, wait_at_most
 from common.errors import EdgeSightError
 from common.fleet.ledger import Ledger, LedgerError
 from common.fleet.shapes import Desired, encode, parse_desired, shadow_get
 from common.fleet.signing import JobRefused, SignedJob, check_args, verify_document
 from common.trust.store import ModelStore
 from services.fleet.context import JobContext, JobFailed
-from services.fleet.jobs import GRACE_S, Audit, FleetSite, Operate, Publish
+from services.fleet.fleet_site import FleetSite
+from services.fleet.jobs import GRACE_S, Audit, Operate, Publish
+from services.fleet.refusals import RefusalTally, plain
 
 __all__ = ["RETRY_S", "DesiredModels"]
 
@@ -65,6 +71,8 @@ class DesiredModels:
         self._document: SignedJob | None = None  # what the models came in
         self._failed: dict[tuple[str, str], float] = {}  # (name, version) -> when it failed (monotonic)
         self._refused: str | None = None  # the last refusal, said once
+        self.refusals = RefusalTally(audit, "fleet.desired_refused")  # of documents no trusted operator sent
+        self._cleared_said = False  # a cleared retained message, said once until desired state comes
         self._changed = asyncio.Event()
 
     def reported(self) -> dict[str, Any] | None:
@@ -93,10 +101,10 @@ class DesiredModels:
         if topic not in (topics.desired_delta, topics.shadow_get_accepted):
             return False
         desired = parse_desired(payload)
-        if desired is None:
-            if self.fleet.retained and topic == topics.desired_delta:  # the operator withdrew it
-                self.models, self._document = None, None
-                self.on_change()
+        if desired is None:  # cleared, or empty: no signed word of an operator's, so nothing changes
+            if not self._cleared_said:
+                self._cleared_said = True
+                log.warning("desired state message cleared or empty; the signed desired state held stays")
             return True
         await self._adopt(desired)
         return True
@@ -105,8 +113,12 @@ class DesiredModels:
         try:
             document = self._verify(desired)
         except JobRefused as refused:
-            operator = desired.signed.get("operator") if desired.signed else None
-            await self._refuse(refused.reason, str(operator)[:64] if operator else None)
+            said = plain(desired.signed.get("operator")) if desired.signed else None
+            if refused.verified:  # a trusted operator's document, refused for what it is
+                await self._refuse(refused.reason, operator=said)
+            elif refused.reason != self._refused:  # anyone's: a few records a minute, however many come
+                self._refused = refused.reason
+                await self.refusals.add(self.fleet.thing, refused.reason, said)
             return
         if document is None:
             return  # not newer than what is held
@@ -115,7 +127,7 @@ class DesiredModels:
                 await asyncio.to_thread(setattr, self.ledger, "desired_issued_at", document.issued_at)
             except LedgerError as exc:
                 log.error("fleet ledger not writable", extra={"error": str(exc)})
-        self._document, self._refused = document, None
+        self._document, self._refused, self._cleared_said = document, None, False
         self.models = dict(document.args["models"])
         self._failed.clear()
         log.info("desired state taken", extra={"models": self.models, "operator": document.operator})
@@ -135,28 +147,37 @@ class DesiredModels:
             raise JobRefused("unsigned")
         job = verify_document(desired.signed, fleet.trusted, fleet.thing)
         if job.operation != "set_desired":
-            raise JobRefused(f"not allowed: a {job.operation} document is no desired state")
+            raise JobRefused(f"not allowed: a {job.operation} document is no desired state", verified=True)
         applied = self.ledger.desired_issued_at
         held = self._document.issued_at if self._document is not None else None
         if (applied is not None and job.issued_at < applied) or (held is not None and job.issued_at <= held):
             return None
         return job
 
-    async def _refuse(self, reason: str, operator: str | None) -> None:
+    async def _refuse(self, reason: str, *, operator: str | None) -> None:
+        """Said once per reason (the same retained message is heard again at each reconnect)."""
         if reason == self._refused:
-            return  # the same retained message, heard again on reconnect
+            return
         self._refused = reason
         log.warning("desired state refused", extra={"reason": reason, "operator": operator})
-        await self.audit("fleet.desired_refused", self.fleet.thing, reason=reason, operator=operator)
+        await self.audit(
+            "fleet.desired_refused", self.fleet.thing, **self._by(operator), reason=reason, operator=operator
+        )
+
+    def _by(self, operator: str | None) -> dict[str, str]:
+        """The audit's actor for a verified document's operator (AWS IoT's word is no key id)."""
+        return {"actor": f"fleet:{operator}"} if operator and self.fleet.signatures_required else {}
 
     # -- keeping the store at it -----------------------------------------------------------------
     async def run(self) -> None:
         """Forever: reconciles when desired state arrives, and every RETRY_S (what failed goes again)."""
-        while True:
-            await wait_at_most(self._changed.wait(), RETRY_S)
-            self._changed.clear()
-            if self.models is not None and self._document is not None:
-                await self.reconcile()
+        async with TaskGroup() as group:
+            group.create_task(self.refusals.run(), name="desired refusals")
+            while True:
+                await wait_at_most(self._changed.wait(), RETRY_S)
+                self._changed.clear()
+                if self.models is not None and self._document is not None:
+                    await self.reconcile()
 
     async def reconcile(self) -> None:
         """Each desired model not at its version is changed, one at a time; newer desired state stops
@@ -176,7 +197,7 @@ class DesiredModels:
                 self._failed[name, version] = time.monotonic()
                 await self._refuse(
                     f"{name} {version}: not kept here and no fleet.packages to fetch it from",
-                    document.operator if document else None,
+                    operator=document.operator if document else None,
                 )
                 continue
             async with self.lock:
@@ -228,15 +249,18 @@ class DesiredModels:
         else:
             log.info("desired model applied", extra={"model": name, "version": version})
             await self.audit(
-                "fleet.desired_applied", name, version=version, operation=job.operation, operator=job.operator,
-                previous=details.get("previous"),
+                "fleet.desired_applied", name, **self._by(job.operator), version=version, operation=job.operation,
+                operator=job.operator, previous=details.get("previous"),
             )  # fmt: skip
             self.on_change()
             return
         self._failed[name, version] = time.monotonic()
         self.context.watch.note_error(f"desired {name} {version} failed: {reason}")
         log.warning("desired model not applied", extra={"model": name, "version": version, "reason": reason})
-        await self.audit("fleet.desired_refused", name, version=version, reason=reason, operator=job.operator)
+        await self.audit(
+            "fleet.desired_refused", name, **self._by(job.operator), version=version, reason=reason,
+            operator=job.operator,
+        )  # fmt: skip
         self.on_change()
 
 

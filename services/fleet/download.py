@@ -8,8 +8,18 @@ signed job names is it renamed to ``<sha256>`` and handed over; a file that does
 deleted, never used. Without a digest (desired state names a model by version only: the package's
 own signature is checked instead) the file is named by its URL's digest.
 
+A transfer slower than ``MIN_RATE_BPS`` over a ``RATE_WINDOW_S`` window is cut off as ``too slow``
+(final): a server that trickles a byte now and then (never long enough for the read timeout) would
+otherwise hold the site's one change at a time until the job's own timeout.
+
+An HTTP redirect is not followed, to any host: the signed job names the URL fetched, and a server (or
+anyone between, for ``http://``) could otherwise turn the appliance's GET to a host it can reach that
+the operator never named (the site's own ``/metrics``, a cloud metadata address). A 3xx is a final
+failure that says so: a job names the package's final URL (the object store's, not a page redirecting).
+
 Errors are :class:`DownloadFailed`: ``transient`` ones (a dropped connection, HTTP 5xx, a timeout)
-are tried again within :func:`download`, the others (HTTP 4xx, too large, a wrong digest) are final.
+are tried again within :func:`download`, the others (HTTP 4xx, too large, too slow, a wrong digest)
+are final.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from common._compat import timeout
 from common.files import private_dir, private_open
 from common.urls import redact
 
@@ -39,6 +50,8 @@ ATTEMPTS = 4  # tries in a row without progress
 FIRST_RETRY_S = 1.0
 CONNECT_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 60.0  # no byte for this long: the connection is dead
+MIN_RATE_BPS = 1024.0  # bytes a second, averaged over RATE_WINDOW_S: slower is cut off as too slow
+RATE_WINDOW_S = 60.0
 KEEP_PARTIAL_S = 7 * 86400.0  # a partial download no job came back for in a week is dropped
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -76,6 +89,7 @@ async def download(
         return done  # fetched before (a job tried again): the digest says it is the same file
     done.unlink(missing_ok=True)
     wait, failures = FIRST_RETRY_S, 0
+    began, first = time.monotonic(), _size(partial)
     while True:
         before = _size(partial)
         try:
@@ -90,6 +104,9 @@ async def download(
             failures += 1
             if not exc.transient or failures >= attempts:
                 raise
+            took, gained = time.monotonic() - began, _size(partial) - first
+            if took >= RATE_WINDOW_S and gained < MIN_RATE_BPS * took:  # a byte per try is no progress
+                raise DownloadFailed(_too_slow(redact(url), gained, took, MIN_RATE_BPS)) from exc
             log.warning("download interrupted; resuming", extra={"url": redact(url), "error": str(exc)})
             await asyncio.sleep(wait)
             wait *= 2
@@ -125,8 +142,10 @@ async def _from_http(url: str, partial: Path, max_bytes: int) -> None:
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, headers=headers, auto_decompress=False) as response,
+            session.get(url, headers=headers, auto_decompress=False, allow_redirects=False) as response,
         ):
+            if 300 <= response.status < 400:  # never followed: see the module
+                raise DownloadFailed(f"{shown}: HTTP {response.status}: a redirect, not followed; give the final URL")
             if response.status == 416 and offset:
                 return  # nothing after what we have: the file is whole (its digest says whether it is right)
             if response.status >= 500 or response.status in (408, 429):
@@ -173,7 +192,7 @@ async def _from_s3(url: str, partial: Path, max_bytes: int, endpoint_url: str | 
             answer = await s3.get_object(Bucket=bucket, Key=key, **extra)
             body = answer["Body"]
             try:
-                await _write(_s3_chunks(body), partial, offset, max_bytes, url)
+                await _write(_S3Chunks(body), partial, offset, max_bytes, url)
             finally:
                 body.close()
     except ClientError as exc:
@@ -184,24 +203,69 @@ async def _from_s3(url: str, partial: Path, max_bytes: int, endpoint_url: str | 
         raise DownloadFailed(f"{url}: {type(exc).__name__}: {exc}", transient=True) from None
 
 
-async def _s3_chunks(body: Any) -> AsyncIterator[bytes]:
-    while chunk := await body.read(CHUNK):
-        yield chunk
+class _S3Chunks:
+    """An S3 body's chunks; an iterator of its own, not a generator, so that a read cancelled at a
+    window's end (:func:`_at_least`) leaves it usable."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def __aiter__(self) -> _S3Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk: bytes = await self.body.read(CHUNK)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 async def _write(chunks: AsyncIterator[bytes], partial: Path, start: int, max_bytes: int, shown: str) -> None:
-    """Appends ``chunks`` to ``partial`` from ``start`` (0: the file starts over), never past ``max_bytes``."""
+    """Appends ``chunks`` to ``partial`` from ``start`` (0: the file starts over), never past ``max_bytes``,
+    never slower than ``MIN_RATE_BPS`` over a window of ``RATE_WINDOW_S`` (what came is kept to resume)."""
     written = start
     with private_open(partial, "ab" if start else "wb") as file:
-        async for chunk in chunks:
-            written += len(chunk)
-            if written > max_bytes:
-                break
-            file.write(chunk)
-        file.flush()
+        try:
+            async for chunk in _at_least(chunks, MIN_RATE_BPS, RATE_WINDOW_S, shown):
+                written += len(chunk)
+                if written > max_bytes:
+                    break
+                file.write(chunk)
+        finally:
+            file.flush()
     if written > max_bytes:
         await asyncio.to_thread(partial.unlink, missing_ok=True)
         raise DownloadFailed(f"{shown}: more than the limit of {max_bytes} bytes")
+
+
+async def _at_least(chunks: AsyncIterator[bytes], rate: float, window_s: float, shown: str) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, or :class:`DownloadFailed` ``too slow`` at the end of a window of
+    ``window_s`` that brought fewer than ``rate * window_s`` bytes: checked on time, a chunk not coming
+    is waited for only until the window ends (``chunks``' reads may be cancelled: aiohttp's are)."""
+    iterator = aiter(chunks)
+    window_end, brought = time.monotonic() + window_s, 0
+    while True:
+        chunk = b""
+        waiting = timeout(max(0.0, window_end - time.monotonic()))
+        try:
+            async with waiting:
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except (TimeoutError, asyncio.TimeoutError):
+            if not waiting.expired():
+                raise  # the connection's own read timeout: the caller's to say
+        if chunk:
+            brought += len(chunk)
+            yield chunk
+        if time.monotonic() >= window_end:
+            if brought < rate * window_s:
+                raise DownloadFailed(_too_slow(shown, brought, window_s, rate))
+            window_end, brought = time.monotonic() + window_s, 0
+
+
+def _too_slow(shown: str, brought: int, seconds: float, rate: float) -> str:
+    return f"{shown}: too slow: {brought} bytes in {seconds:g} s, under {rate:g} bytes a second"
 
 
 def _size(path: Path) -> int:

@@ -3,17 +3,21 @@
 Two sources, one runner. ``aws``: AWS IoT Jobs' MQTT API: ``start-next`` on connect, on ``notify-next``
 and after each job, its answer on ``start-next/accepted``. ``retained``: on any broker, the operator
 retains each job's document at ``R/things/T/jobs/<jobId>/document``; the runner takes them oldest
-``queuedAt`` first, once they stopped arriving for a moment (a reconnect delivers them one by one).
+``queuedAt`` first, once they stopped arriving for a moment (a reconnect delivers them one by one),
+and never later than ``MAX_SETTLE_S`` after the first of them came: a document sent again and again
+(or a flood of new ones) cannot hold the others back.
 
 A job runs only once its document is verified (:func:`common.fleet.signing.verify_document`: a
 trusted operator's signature, in its window, naming this thing), its nonce was never seen (the
-ledger's part) and its operation is allowed here; anything else is answered ``REJECTED`` with the
-reason and audited as ``fleet.job_refused``. Nothing of a message ever reads a file, runs a command or
-expands ``${...}``: only the verified document's operation does, through ``run_operation``. One job at
-a time; statuses are ``IN_PROGRESS`` (each step), then ``SUCCEEDED`` or ``FAILED``, retained in
-retained mode so that ``edgesight fleet jobs`` reads them later. A job whose id the ledger has
-finished is not run again; one the ledger saw start but not finish was cut short by a stop and is
-answered ``FAILED`` (never run twice: it may be what stopped the service).
+ledger's part), it is bound to no other job id, and its operation is allowed here; anything else is
+answered ``REJECTED`` with the reason and audited as ``fleet.job_refused`` (actor ``fleet:<key id>``
+once the document is known to be that operator's; one no trusted operator is known to have sent
+costs nothing that lasts: :mod:`services.fleet.refusals`). Nothing of a message ever reads a file,
+runs a command or expands ``${...}``: only the verified document's operation does, through
+``run_operation``. One job at a time; statuses are ``IN_PROGRESS`` (each step), then ``SUCCEEDED`` or
+``FAILED``, retained in retained mode so that ``edgesight fleet jobs`` reads them later. A job whose
+id the ledger has finished is not run again; one the ledger saw start but not finish was cut short by
+a stop and is answered ``FAILED`` (never run twice: it may be what stopped the service).
 """
 
 from __future__ import annotations
@@ -23,64 +27,35 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from common._compat import timeout
+from common._compat import TaskGroup, timeout
 from common.fleet.ledger import Ledger, LedgerError
 from common.fleet.shapes import TERMINAL_STATUSES, Execution, MalformedMessage, decode_object, encode, parse_execution
 from common.fleet.shapes import start_next as start_next_request
 from common.fleet.shapes import status_update as status_message
 from common.fleet.signing import JobRefused, SignedJob, check_args, verify_document
-from common.fleet.topics import FleetTopics
 from services.fleet import metrics
 from services.fleet.context import JobContext, JobFailed
+from services.fleet.fleet_site import FleetSite
+from services.fleet.refusals import Answered, RefusalTally, plain
 
 __all__ = ["Audit", "FleetSite", "JobRunner", "JobState", "Operate", "Publish", "Step"]
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["aws", "retained"]
 Step = Callable[[str], Awaitable[None]]
 Operate = Callable[[SignedJob, JobContext, Step], Awaitable[dict[str, str]]]
 Publish = Callable[[str, bytes, bool], Awaitable[bool]]  # (topic, payload, retain) -> delivered (PUBACK)
 Audit = Callable[..., Awaitable[None]]  # Service.audit(action, target, **detail)
 
 SETTLE_S = 0.5  # retained documents stop arriving this long before the oldest is picked
+MAX_SETTLE_S = 2.0  # ... or the oldest is picked this long after the first of them came, whatever comes
 GRACE_S = 120.0  # past job_timeout_s: an operation's own rollback has its time; then it is given up
 STARTED = "IN_PROGRESS"  # in the ledger while a job runs: found at start, it was cut short
 INTERRUPTED = "interrupted: the fleet service stopped while the job ran"
 MAX_PENDING = 1000  # jobs queued at once (each document up to 32 kB); more are heard on a later reconnect
 MAX_RESENDS = 3  # a final status AWS refused (a version mismatch) is sent again this often
-
-
-@dataclasses.dataclass(frozen=True)
-class FleetSite:
-    """What jobs and desired state need to know of this site: its names, topics, mode and trust."""
-
-    site: str
-    topics: FleetTopics
-    mode: Mode
-    trusted: Mapping[str, Ed25519PublicKey]
-    allow_apps: bool = False
-    job_timeout_s: float = 300.0
-    packages: str | None = None  # desired models' URL template: {name}, {version}
-
-    @property
-    def thing(self) -> str:
-        return self.topics.thing
-
-    @property
-    def retained(self) -> bool:
-        """Statuses and reported state are retained (the retained mode), never on AWS IoT."""
-        return self.mode == "retained"
-
-    @property
-    def signatures_required(self) -> bool:
-        """Always in retained mode; on AWS IoT (whose policies already say who may queue jobs) when
-        operators are listed."""
-        return self.retained or bool(self.trusted)
 
 
 @dataclasses.dataclass
@@ -118,16 +93,20 @@ class JobRunner:
         *,
         one_at_a_time: asyncio.Lock | None = None,
         settle_s: float = SETTLE_S,
+        max_settle_s: float = MAX_SETTLE_S,
     ) -> None:
         self.fleet, self.ledger, self.context = fleet, ledger, context
         self.operate, self.publish, self.audit = operate, publish, audit
         self.lock = one_at_a_time or asyncio.Lock()  # desired state's installs take turns with jobs
-        self.settle_s = settle_s
+        self.settle_s, self.max_settle_s = settle_s, max_settle_s
         self.state = JobState()
         self.pending: dict[str, Execution] = {}
         self.on_change: Callable[[], None] = lambda: None  # the reporter's nudge
+        self.refusals = RefusalTally(audit)  # of documents no trusted operator is known to have sent
+        self._answered = Answered()  # ... and the job ids their REJECTED went to lately
         self._arrived = asyncio.Event()
-        self._last_arrival = 0.0
+        self._last_arrival = 0.0  # monotonic, of the last job id not pending before
+        self._first_arrival = 0.0  # monotonic, of the first job id pending since the queue was empty
         self._versions: dict[str, int] = {}  # job id -> the execution's version AWS expects next
         self._unsent: dict[str, tuple[str, dict[str, str]]] = {}  # final statuses not delivered yet
         self._final: tuple[str, str, dict[str, str], int] | None = None  # (job, status, details, resends)
@@ -196,11 +175,17 @@ class JobRunner:
         if execution.status in TERMINAL_STATUSES:  # an operator's CANCELED, say: nothing to run
             self.pending.pop(execution.job_id, None)
             return
-        if len(self.pending) >= MAX_PENDING and execution.job_id not in self.pending:
+        if execution.job_id in self.pending:  # sent again: the newest copy, no new wait for anyone
+            self.pending[execution.job_id] = execution
+            return
+        if len(self.pending) >= MAX_PENDING:
             log.warning("fleet jobs: too many queued; the rest wait for a reconnect", extra={"queued": MAX_PENDING})
             return
+        now = time.monotonic()
+        if not self.pending:
+            self._first_arrival = now
         self.pending[execution.job_id] = execution
-        self._last_arrival = time.monotonic()
+        self._last_arrival = now
         self._arrived.set()
 
     async def _request_next(self) -> None:
@@ -223,19 +208,21 @@ class JobRunner:
     # -- the runner ----------------------------------------------------------------------------
     async def run(self) -> None:
         """Forever: the next job (oldest first), handled whole, then the next."""
-        while True:
-            execution = await self._next()
-            async with self.lock:
-                await self._handle(execution)
-            if not self.fleet.retained:
-                await self._request_next()
+        async with TaskGroup() as group:
+            group.create_task(self.refusals.run(), name="refusals")
+            while True:
+                execution = await self._next()
+                async with self.lock:
+                    await self._handle(execution)
+                if not self.fleet.retained:
+                    await self._request_next()
 
     async def _next(self) -> Execution:
         while True:
             if self.pending:
-                quiet = self.settle_s - (time.monotonic() - self._last_arrival)
-                if quiet > 0:
-                    await asyncio.sleep(quiet)
+                due = min(self._last_arrival + self.settle_s, self._first_arrival + self.max_settle_s)
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
                     continue
                 oldest = min(self.pending, key=lambda job: (self.pending[job].queued_at, job))
                 return self.pending.pop(oldest)
@@ -247,7 +234,8 @@ class JobRunner:
         self._versions.setdefault(job_id, execution.version or 1)
         finished = self.ledger.finished(job_id)
         if finished == STARTED:
-            await self.audit("fleet.job_failed", job_id, reason=INTERRUPTED)
+            claimed = plain(execution.document.get("operator"))
+            await self.audit("fleet.job_failed", job_id, reason=INTERRUPTED, claimed_operator=claimed)
             await self._end(execution, _text(execution.document.get("operation")), "FAILED", {"reason": INTERRUPTED})
             return
         if finished is not None:
@@ -256,15 +244,19 @@ class JobRunner:
             return
         try:
             job = self._verify(execution)
+        except JobRefused as refused:
+            if refused.verified or not self.fleet.signatures_required:
+                await self._refuse(execution, refused.reason, verified=refused.verified)
+            else:
+                await self._refuse_unverified(execution, refused.reason)
+            return
+        try:
             if self.fleet.signatures_required:
                 await asyncio.to_thread(self.ledger.remember, job.nonce, job.expires_at)
             await asyncio.to_thread(self.ledger.finish, job_id, STARTED)
-        except JobRefused as refused:
-            await self._refuse(execution, refused.reason)
-            return
         except LedgerError as exc:  # a job the site cannot remember could run twice: none runs
             log.error("fleet ledger not writable", extra={"error": str(exc)})
-            await self._refuse(execution, f"the site cannot record jobs: {exc}", remember=False)
+            await self._refuse(execution, f"the site cannot record jobs: {exc}", verified=True, remember=False)
             return
         await self._run(execution, job)
 
@@ -273,28 +265,56 @@ class JobRunner:
         document, fleet = execution.document, self.fleet
         if fleet.signatures_required:
             job = verify_document(document, fleet.trusted, fleet.thing)
+            if job.job_id is not None and job.job_id != execution.job_id:  # a copy, as cheap to make as junk
+                raise JobRefused("signed for another job id")
             if self.ledger.seen(job.nonce):
-                raise JobRefused("replayed")
+                raise JobRefused("replayed", verified=True)
         else:
             job = _unsigned(execution, fleet)
         if job.operation == "install_app" and not fleet.allow_apps:
-            raise JobRefused("not allowed: install_app (fleet.allow_apps is false on this site)")
+            raise JobRefused("not allowed: install_app (fleet.allow_apps is false on this site)", verified=True)
         if job.operation == "set_desired":
-            raise JobRefused("not allowed: set_desired is sent as desired state, not as a job")
+            raise JobRefused("not allowed: set_desired is sent as desired state, not as a job", verified=True)
         return job
 
-    async def _refuse(self, execution: Execution, reason: str, *, remember: bool = True) -> None:
-        job_id, operator = execution.job_id, _text(execution.document.get("operator"))
-        log.warning("fleet job refused", extra={"job_id": job_id, "reason": reason, "operator": operator})
-        await self.audit("fleet.job_refused", job_id, job_id=job_id, reason=reason, operator=operator)
-        await self._end(execution, _text(execution.document.get("operation")), "REJECTED", {"reason": reason}, remember)
+    async def _refuse(
+        self, execution: Execution, reason: str, *, verified: bool = False, remember: bool = True
+    ) -> None:
+        """Refused, remembered (the ledger) and said in full: a trusted operator's document (or, in aws
+        mode without trusted operators, one AWS IoT's policies let be queued)."""
+        job_id, document = execution.job_id, execution.document
+        operator = document.get("operator") if verified and self.fleet.signatures_required else None
+        claimed = None if operator else plain(document.get("operator"))
+        log.warning("fleet job refused", extra={"job_id": job_id, "reason": reason, "operator": operator or claimed})
+        await self.audit(
+            "fleet.job_refused", job_id, **_by(operator), job_id=job_id, reason=reason, operator=operator,
+            claimed_operator=claimed,
+        )  # fmt: skip
+        await self._end(execution, _text(document.get("operation")), "REJECTED", {"reason": reason}, remember)
+
+    async def _refuse_unverified(self, execution: Execution, reason: str) -> None:
+        """Refused at no lasting cost (:mod:`services.fleet.refusals`): a document no trusted operator
+        is known to have sent. Not in the ledger, nor in the job the site reports."""
+        job_id, document = execution.job_id, execution.document
+        self.state.rejected += 1
+        metrics.JOBS.labels("rejected").inc()
+        await self.refusals.add(job_id, reason, plain(document.get("operator")), job_id=job_id)
+        details = {"operation": plain(document.get("operation")) or "", "site": self.fleet.site, "reason": reason}
+        if not self.fleet.retained:  # AWS hands it over until it hears an end: say it each time
+            await self._send(job_id, "REJECTED", details)
+            return
+        self._versions.pop(job_id, None)  # nothing of it is kept
+        if self._answered.first_in_a_while(job_id):
+            message = status_message("REJECTED", details, expected_version=execution.version or 1)
+            await self.publish(self.fleet.topics.job_update(job_id), encode(message), False)
 
     async def _run(self, execution: Execution, job: SignedJob) -> None:
         job_id = execution.job_id
         self.state.current = job_id
         self.on_change()
         log.info("fleet job started", extra={"job_id": job_id, "operation": job.operation, "operator": job.operator})
-        await self.audit("fleet.job_received", job_id, operation=job.operation, operator=job.operator)
+        by = _by(job.operator if self.fleet.signatures_required else None)
+        await self.audit("fleet.job_received", job_id, **by, operation=job.operation, operator=job.operator)
         shown = {"operation": job.operation, "site": self.fleet.site}
 
         async def step(text: str) -> None:
@@ -314,7 +334,7 @@ class JobRunner:
             status, details = "FAILED", {"reason": f"{type(exc).__name__}: {exc}"}
         else:
             status, details = "SUCCEEDED", {key: str(value) for key, value in result.items()}
-        detail = {"operation": job.operation, "operator": job.operator}
+        detail = {**by, "operation": job.operation, "operator": job.operator}
         if status == "SUCCEEDED":
             await self.audit("fleet.job_succeeded", job_id, **detail, version=details.get("version"))
         else:
@@ -380,8 +400,13 @@ def _unsigned(execution: Execution, fleet: FleetSite) -> SignedJob:
     )
 
 
+def _by(operator: str | None) -> dict[str, str]:
+    """The audit's actor for a trusted operator's (verified) document: ``fleet:<key id>``; none other."""
+    return {} if operator is None else {"actor": f"fleet:{operator}"}
+
+
 def _text(value: Any) -> str:
-    return value[:128] if isinstance(value, str) else ""
+    return plain(value, 128) or ""
 
 
 def _answer(payload: bytes) -> str:

@@ -25,7 +25,8 @@ from common.fleet.shapes import REPORTED_SCHEMA, encode, reported_update
 from common.trust.store import ModelStore
 from common.version import edgesight_version
 from services.fleet import metrics
-from services.fleet.jobs import FleetSite, JobState, Publish
+from services.fleet.fleet_site import FleetSite
+from services.fleet.jobs import JobState, Publish
 from services.fleet.watch import SiteWatch
 
 __all__ = ["Reporter", "steady"]

@@ -41,7 +41,8 @@ from contracts.topics import Stream
 from services.fleet import metrics
 from services.fleet.context import JobContext, JobFailed
 from services.fleet.desired import DesiredModels
-from services.fleet.jobs import FleetSite, JobRunner, Operate
+from services.fleet.fleet_site import FleetSite
+from services.fleet.jobs import JobRunner, Operate
 from services.fleet.operations import run_operation
 from services.fleet.reporter import Reporter
 from services.fleet.watch import SiteWatch
@@ -54,6 +55,7 @@ HEARD: tuple[Stream, ...] = ("health", "cameras", "apps", "detections", "events"
 STABLE_S = 30.0  # a connection that lasted this long starts the next reconnect's backoff afresh
 PUBLISH_TIMEOUT_S = 10.0
 MAX_QUEUED = 1000  # messages received and not yet handled; past it the client drops (a flood is not ours)
+MAX_PACKET_BYTES = 2 * MAX_PAYLOAD_BYTES  # the broker sends nothing larger: room for the topic and headers
 DROPPED_LOG_S = 60.0  # dropped messages are said at most this often, with how many of each reason
 
 
@@ -121,8 +123,11 @@ class MqttLink:
 
     def _client(self) -> aiomqtt.Client:
         return aiomqtt.Client(
-            **client_options(self.settings, self.settings.client_id),
-            clean_session=True,  # subscribed afresh each time; what is retained comes again, AWS is asked again
+            # subscribed afresh each time (clean): what is retained comes again, AWS is asked again. MQTT v5 with
+            # a Maximum Packet Size: the broker drops a larger message for us instead of paho reading it whole
+            **client_options(
+                self.settings, self.settings.client_id, clean_session=True, max_packet_bytes=MAX_PACKET_BYTES
+            ),
             max_queued_incoming_messages=MAX_QUEUED,
         )
 

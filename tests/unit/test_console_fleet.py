@@ -161,23 +161,110 @@ def test_a_javascript_link_is_never_kept() -> None:
 
 def test_memory_is_bounded_and_a_clock_ahead_does_not_stay_online() -> None:
     follower = FleetFollower(FleetBroker(MqttSink(host="localhost"), "x", ROOT, "fleet.mqtt"), max_things=3)
-    too_many_before = dropped_metric("too_many_things")
+    evicted_before = dropped_metric("too_many_things")
     now = 1_000_000.0
-    for name in ("a", "b", "c"):
-        assert follower.on_message(topic(name), update(reported(name, at=now)), now=now)
-    assert not follower.on_message(topic("d"), update(reported("d", at=now)), now=now)
-    assert follower.on_message(topic("a"), update(reported("a", at=now + 1)), now=now + 1)  # a known one: kept
-    assert follower.dropped["too_many_things"] == 1 and sorted(follower.reported) == ["a", "b", "c"]
-    assert dropped_metric("too_many_things") == too_many_before + 1
+    for offset, name in enumerate(("a", "b", "c")):
+        assert follower.on_message(topic(name), update(reported(name, at=now + offset)), now=now + offset)
+    assert follower.on_message(topic("a"), update(reported("a", at=now + 5)), now=now + 5)  # a known one: kept
+    assert follower.on_message(topic("d"), update(reported("d", at=now + 6)), now=now + 6)  # b, the stalest, goes
+    assert follower.dropped["too_many_things"] == 1 and sorted(follower.reported) == ["a", "c", "d"]
+    assert dropped_metric("too_many_things") == evicted_before + 1
     assert REGISTRY.get_sample_value("edgesight_console_fleet_sites") == 3
     # a site whose clock runs a day ahead: as if it reported when heard, so it goes offline when it falls silent
-    follower.on_message(topic("b"), update(reported("b", at=now + 86_400, interval_s=10.0)), now=now)
+    follower.on_message(topic("c"), update(reported("c", at=now + 86_400, interval_s=10.0)), now=now)
     rows = {row["thing"]: row for row in follower.rows(now + 21)}
-    assert not rows["b"]["online"]
+    assert not rows["c"]["online"] and "clock 24 h ahead" in rows["c"]["problems"]
     # topics that are not a reported state, or name no plausible thing
     for wrong in ("$aws/things/a/shadow/name/other/update", "$aws/things/a b/shadow/name/edgesight/update", "x"):
         assert not follower.on_message(wrong, update(reported("a")))
     assert follower.dropped["wrong_thing"] == 3
+
+
+def test_a_flood_of_made_up_things_hides_a_new_site_only_while_it_keeps_coming() -> None:
+    follower = FleetFollower(FleetBroker(MqttSink(host="localhost"), "x", ROOT, "fleet.mqtt"), max_things=1000)
+    now = 1_000_000.0
+    fakes = [f"fake-{index}" for index in range(1000)]
+    for index, fake in enumerate(fakes):
+        assert follower.on_message(topic(fake), update(reported(fake, at=now)), now=now + index / 1000)
+    assert follower.on_message(topic("real"), update(reported("real")), now=now + 1)  # room made: a fake went
+    assert "real" in follower.reported and len(follower.reported) == 1000
+    for index, fake in enumerate(fakes):  # the flood goes on: every fake again, each newer than the real site
+        follower.on_message(topic(fake), update(reported(fake, at=now + 2)), now=now + 2 + index / 1000)
+    assert "real" not in follower.reported  # hidden while the flood keeps coming...
+    assert follower.on_message(topic("real"), update(reported("real")), now=now + 60)  # ...its next report is back
+    for fake in fakes[:10]:  # fakes that come again now push other fakes out, not the newest report
+        follower.on_message(topic(fake), update(reported(fake, at=now + 61)), now=now + 61)
+    assert "real" in follower.reported and len(follower.reported) == 1000
+    assert {row["thing"]: row for row in follower.rows(now + 70)}["real"]["online"]
+    assert follower.dropped["too_many_things"] >= 1 + 1000 + 1  # each new name made room: counted
+
+
+BIG = "1" + "0" * 400  # an int of 401 digits: JSON and Python read it, no float holds it
+
+
+def raw(thing: str, **numbers: str) -> bytes:
+    """A reported state with ``numbers`` written into the JSON as they are (no Python float would write them)."""
+    marked = {name: f"@{name}@" for name in numbers}
+    text = update(reported(thing, **marked)).decode()
+    for name, value in numbers.items():
+        text = text.replace(f'"@{name}@"', value)
+    return text.encode()
+
+
+HUGE = [
+    {"reported_at": BIG},
+    {"reported_at": "-" + BIG},
+    {"reported_at": "1e400"},  # JSON's 1e400 is Python's inf
+    {"reported_at": "true"},
+    {"interval_s": BIG},
+    {"interval_s": "1e400"},
+    {"reported_at": "1e16"},
+]
+KEPT_BOUNDED = [
+    {"events_last_hour": BIG},
+    {"events_last_hour": "1e308"},
+    {"spool": '{"depth": 1, "oldest_s": ' + BIG + "}"},
+]
+
+
+def test_numbers_no_float_holds_never_break_the_follower(mosquitto: Mosquitto) -> None:
+    """One retained report with a huge number used to crash-loop every console (OverflowError)."""
+    retained = [(topic(f"huge-{index}"), raw(f"huge-{index}", **numbers)) for index, numbers in enumerate(HUGE)]
+    retained += [(topic(f"big-{index}"), raw(f"big-{index}", **numbers)) for index, numbers in enumerate(KEPT_BOUNDED)]
+
+    async def scenario() -> FleetFollower:
+        await publish(mosquitto, retained)
+        follower = follower_for(mosquitto)
+        task = asyncio.create_task(follower.run())
+        try:
+            await until(lambda: sum(follower.dropped.values()) + follower.heard >= len(retained), 20, "every message")
+            await publish(mosquitto, [(topic("site-a"), update(reported("site-a")))])
+            await until(lambda: "site-a" in follower.reported, 10, "a good report after the bad ones")
+            assert follower.connected and follower.error is None  # never lost: nothing raised
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return follower
+
+    follower = asyncio.run(scenario())
+    assert follower.dropped["malformed"] == len(HUGE)
+    rows = {row["thing"]: row for row in follower.rows()}
+    assert sorted(rows) == ["big-0", "big-1", "big-2", "site-a"]
+    assert rows["big-0"]["events_per_hour"] == rows["big-1"]["events_per_hour"] == 0  # beyond any count: absent
+    assert rows["big-2"]["problems"] == ("camera dock stalled",)
+    for index, numbers in enumerate(HUGE):  # fed directly too: dropped, never raised
+        assert not follower.on_message(topic(f"h{index}"), raw(f"h{index}", **numbers))
+
+
+def test_a_dead_site_with_a_huge_interval_or_a_report_from_the_future_goes_offline() -> None:
+    follower = FleetFollower(FleetBroker(MqttSink(host="localhost"), "x", ROOT, "fleet.mqtt"))
+    now = 1_000_000.0
+    assert follower.on_message(topic("liar"), update(reported("liar", at=now + 1e9, interval_s=1e12)), now=now)
+    kept = follower.reported["liar"]
+    assert (kept["reported_at"], kept["interval_s"]) == (now, 86400.0)  # read as when it came; a day at most
+    assert {row["thing"]: row for row in follower.rows(now + 3600)}["liar"]["online"]
+    row = {row["thing"]: row for row in follower.rows(now + 2 * 86400 + 1)}["liar"]
+    assert not row["online"] and row["problems"][:2] == ("offline", "clock 11574 days ahead")
 
 
 def dropped_metric(reason: str) -> float:

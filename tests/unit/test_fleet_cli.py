@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from common._compat import timeout
-from common.cli import fleet_broker
+from common.cli import fleet_aws, fleet_follow
 from common.cli.main import main
 from common.fleet.shapes import (
     encode,
@@ -109,15 +109,25 @@ def publish_retained(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> No
 SITE_STEP = "hall: added door; changed -; removed -"  # what a site says an update_rules did
 
 
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202egnp.exe\u2028\ud800"  # clears a screen, titles it, reverses text
+
+
 class FakeSites:
     """The sites' side of retained mode, in short: each retained job document for a thing of ``answers`` is
     verified with the operator's public key and answered with retained statuses (``succeed``: IN_PROGRESS
-    then SUCCEEDED; ``fail``: IN_PROGRESS then FAILED), as services/fleet does."""
+    then SUCCEEDED; ``fail``: IN_PROGRESS then FAILED with ``reason``), then the site's reported state naming
+    the job as its last, as services/fleet does. ``forge``: an attacker on the broker instead, who answers
+    every document at once with retained statuses it makes up (SUCCEEDED, texts full of terminal escapes)
+    and cannot publish the site's reported state. ``raw``: statuses as written, not through the builder that
+    makes their texts printable (a site with a bug, or an attacker who may publish as the site)."""
 
-    def __init__(self, broker: Mosquitto, keys: Path, answers: dict[str, str]) -> None:
+    def __init__(
+        self, broker: Mosquitto, keys: Path, answers: dict[str, str], reason: str = "no GPU", raw: bool = False
+    ) -> None:
         self.broker = broker
         self.trusted = load_trusted_keys([keys / "operator.pub"])
         self.answers = answers
+        self.reason, self.raw = reason, raw
         self.jobs: dict[str, list[SignedJob]] = defaultdict(list)
         self.answered: list[str] = []  # job ids whose last status is out
         self.loop = asyncio.new_event_loop()
@@ -150,6 +160,14 @@ class FakeSites:
                 execution = parse_execution(bytes(message.payload))  # type: ignore[arg-type]
                 if execution is None or thing not in self.answers:
                     continue
+                topic = FleetTopics(ROOT, thing).job_update(execution.job_id)
+                if self.answers[thing] == "forge":
+                    for status, details in (("IN_PROGRESS", {"step": HOSTILE}), ("SUCCEEDED", {"reason": HOSTILE})):
+                        forged = json.dumps({"status": status, "statusDetails": details}).encode()
+                        await client.publish(topic, forged, qos=1, retain=True)
+                    self.answered.append(execution.job_id)
+                    continue
+                operation = execution.document.get("operation")
                 try:
                     job = verify_document(execution.document, self.trusted, thing)
                 except JobRefused as refused:
@@ -157,12 +175,20 @@ class FakeSites:
                 else:
                     self.jobs[thing].append(job)
                     done = {"step": SITE_STEP} if job.operation == "update_rules" else {}
-                    last = ("SUCCEEDED", done) if self.answers[thing] == "succeed" else ("FAILED", {"reason": "no GPU"})
-                    steps = [("IN_PROGRESS", {"step": "installing"}), last]
+                    failed = ("FAILED", {"reason": self.reason})
+                    succeeded = ("SUCCEEDED", done)
+                    steps = [
+                        ("IN_PROGRESS", {"step": "installing"}),
+                        succeeded if self.answers[thing] == "succeed" else failed,
+                    ]
                 for status, details in steps:
-                    update = encode(status_update(status, {"operation": job.operation, **details}))
-                    topic = FleetTopics(ROOT, thing).job_update(execution.job_id)
+                    shown = {"operation": operation, **details}
+                    raw = {"status": status, "statusDetails": shown}
+                    update = json.dumps(raw).encode() if self.raw else encode(status_update(status, shown))
                     await client.publish(topic, update, qos=1, retain=True)
+                last = {"current": None, "last": execution.job_id, "last_status": steps[-1][0], "last_reason": None}
+                report = reported(thing, thing, 0, job=last)  # right after the final status, as a site's reporter
+                await client.publish(FleetTopics(ROOT, thing).reported, report, qos=1, retain=True)
                 self.answered.append(execution.job_id)
 
 
@@ -412,7 +438,7 @@ def test_aws_mode_creates_jobs_and_reads_the_named_shadow(
     environment = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "eu-west-1"}
     for name, value in {**environment, "AWS_ENDPOINT_URL": moto_server}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(fleet_broker, "POLL_S", 0.1)
+    monkeypatch.setattr(fleet_aws, "POLL_S", 0.1)
     iot, data = boto3.client("iot"), boto3.client("iot-data")
     for thing in ("plant-a", "plant-b", "thing-c"):
         iot.create_thing(thingName=thing)
@@ -420,12 +446,20 @@ def test_aws_mode_creates_jobs_and_reads_the_named_shadow(
     executions = iot_backends[DEFAULT_ACCOUNT_ID]["eu-west-1"].job_executions
     stop = threading.Event()
 
-    def devices() -> None:  # AWS IoT Jobs as the sites would leave it: plant-a succeeds, plant-b fails
+    def devices() -> (
+        None
+    ):  # AWS IoT Jobs and the shadows as the sites would leave them: plant-a succeeds, plant-b fails
+        shadows = boto3.client("iot-data")
         while not stop.wait(0.05):
-            for (_, thing), execution in list(executions.items()):
+            for (job_id, thing), execution in list(executions.items()):
                 if execution.status == "QUEUED":
                     execution.status = "SUCCEEDED" if thing == "plant-a" else "FAILED"
                     execution.status_details_map = {} if thing == "plant-a" else {"reason": "model did not load"}
+                    last = {"current": None, "last": job_id, "last_status": execution.status, "last_reason": None}
+                    report = reported(
+                        thing, thing, 0 if thing == "plant-a" else 600, job=last
+                    )  # plant-b: offline since
+                    shadows.update_thing_shadow(thingName=thing, shadowName="edgesight", payload=report)
 
     worker = threading.Thread(target=devices, daemon=True)
     worker.start()
@@ -602,3 +636,142 @@ def test_paths_in_fleet_yaml_are_its_folders_and_a_missing_one_says_how(
     monkeypatch.setenv("EDGESIGHT_FLEET_FILE", "nowhere.yaml")
     assert main(["fleet", "status"]) == 2
     assert "no fleet file at nowhere.yaml ($EDGESIGHT_FLEET_FILE)" in capsys.readouterr().err
+
+
+def until(condition: Any, seconds: float) -> None:
+    end = time.monotonic() + scaled(seconds)
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+def test_a_status_alone_is_no_proof_the_sites_own_report_must_confirm_it(
+    tmp_path: Path, broker: Mosquitto, keys: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet_follow, "CONFIRM_S", 0.5)
+    path = write_fleet(tmp_path, broker.port, keys)
+    with FakeSites(broker, keys, {"plant-a": "forge", "plant-b": "forge"}):  # an attacker answers, no site does
+        code = fleet(path, "restart", "rules", "--to", "plant-a", "--to", "plant-b", "--canary", "1", "--timeout", "2")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "canary failed (plant-a SUCCEEDED: status heard but not confirmed by the site's report: its job" in out
+    assert "the other 1 site(s) get no job" in out and "plant-a: SUCCEEDED" not in out
+    assert "plant-a: IN_PROGRESS   [2J ]0;owned  31m gnp.exe" in out  # the attacker's step, defanged
+    assert all(line.isprintable() for line in out.splitlines()), out
+    assert [thing_of(topic, ROOT) for topic in documents(broker)] == ["plant-a"]  # the site still gets its job
+    with FakeSites(broker, keys, {"plant-b": "forge", "thing-c": "forge"}):
+        code = fleet(path, "restart", "rules", "--to", "plant-b", "--to", "plant-c", "--timeout", "2")
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "plant-c SUCCEEDED: status heard but not confirmed by the site's report" in out
+    assert "2 site(s): 0 succeeded, 2 not confirmed by their own report: their jobs stay queued" in out
+    assert len(documents(broker)) == 3
+    assert fleet(path, "jobs", "--prune") == 0  # a final status alone does not prune either
+    out = capsys.readouterr().out
+    assert "pruned 0 finished job(s)" in out and "kept 3 finished job(s) whose site's own report does not" in out
+    assert len(documents(broker)) == 3 and all(line.isprintable() for line in out.splitlines())
+
+    with FakeSites(broker, keys, {"plant-a": "succeed", "plant-b": "succeed", "thing-c": "succeed"}) as sites:
+        until(lambda: len(sites.answered) == 3, 30)  # the real sites run the documents left for them
+        assert sorted(sites.jobs) == ["plant-a", "plant-b", "thing-c"]
+        started = time.monotonic()
+        assert fleet(path, "restart", "rules", "--to", "plant-a", "--timeout", "60") == 0
+        assert time.monotonic() - started < scaled(10)  # confirmed by the report right after: no wait
+    assert "plant-a: SUCCEEDED" in capsys.readouterr().out
+    assert fleet(path, "jobs", "--prune") == 0
+    out = capsys.readouterr().out  # plant-a's first job: its report names the newer one now, and it has not expired
+    assert "pruned 3 finished job(s)" in out and "kept 1 finished job(s)" in out
+    key = load_signing_key(keys / "operator.key")
+    old = sign_document("restart_service", {"service": "rules"}, ["plant-b"], key, now=time.time() - 2 * 86400)
+    execution = job_execution("job-old", "plant-b", old, queued_at=int(time.time()) - 2 * 86400)
+    forged = json.dumps({"status": "SUCCEEDED", "statusDetails": {}}).encode()
+    publish_retained(
+        broker,
+        [
+            (FleetTopics(ROOT, "plant-b").job_document("job-old"), encode(notify_next(execution))),
+            (FleetTopics(ROOT, "plant-b").job_update("job-old"), forged),
+        ],
+    )
+    assert fleet(path, "jobs", "--prune") == 0  # an expired document runs nowhere: no report needed
+    assert "pruned 1 finished job(s)" in capsys.readouterr().out
+    assert [thing_of(topic, ROOT) for topic in documents(broker)] == ["plant-a"]
+
+
+def test_texts_from_the_network_are_printed_defanged(
+    tmp_path: Path, broker: Mosquitto, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_fleet(tmp_path, broker.port, keys)
+    with FakeSites(broker, keys, {"plant-a": "fail"}, reason=HOSTILE, raw=True):  # a site's own report confirms
+        assert fleet(path, "restart", "rules", "--to", "plant-a", "--to", "plant-b", "--timeout", "3") == 1
+    out = capsys.readouterr().out
+    assert "plant-a: FAILED   [2J ]0;owned  31m gnp.exe" in out and "plant-a FAILED:  [2J ]0;owned" in out, out
+    junk = json.dumps({"execution": {"jobId": "junk-1", "jobDocument": {"operation": HOSTILE}, "queuedAt": 5}})
+    status = json.dumps({"status": "REJECTED", "statusDetails": {"reason": HOSTILE, HOSTILE: "x"}})
+    publish_retained(
+        broker,
+        [
+            (FleetTopics(ROOT, "plant-a").job_document("junk-1"), junk.encode()),
+            (FleetTopics(ROOT, "plant-a").job_update("junk-1"), status.encode()),
+        ],
+    )
+    assert fleet(path, "jobs") == 0
+    out = capsys.readouterr().out
+    assert all(line.isprintable() for line in out.splitlines()), out
+    [junk_line] = [line for line in out.splitlines() if line.startswith("junk-1")]
+    assert junk_line.split()[:4] == ["junk-1", "plant-a", "[2J", "]0;owned"] and "REJECTED" in junk_line
+    assert fleet(path, "jobs", "--json") == 0  # JSON escapes every control character: safe as it is
+    assert "\x1b" not in capsys.readouterr().out
+
+
+BIG = "1" + "0" * 400  # an int JSON and Python read, and no float holds
+
+
+def with_numbers(message: dict[str, Any], **numbers: str) -> bytes:
+    """``message`` as JSON with ``numbers`` (dotted paths) written as they are: numbers no Python float writes."""
+    text = json.dumps(message)
+    for name, value in numbers.items():
+        text = text.replace(f'"@{name}@"', value)
+    return text.encode()
+
+
+def test_numbers_no_float_holds_are_ignored_and_counted_never_a_traceback(
+    tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_fleet(tmp_path, broker.port, None)
+
+    def report(thing: str, **fields: Any) -> dict[str, Any]:
+        return json.loads(reported(thing, thing, 5, **fields))  # type: ignore[no-any-return]
+
+    documents = {"jobId": "job-big", "thingName": "plant-a", "jobDocument": {}, "queuedAt": "@queued@"}
+    publish_retained(
+        broker,
+        [
+            (FleetTopics(ROOT, "plant-a").reported, with_numbers(report("plant-a", reported_at="@at@"), at=BIG)),
+            (FleetTopics(ROOT, "plant-b").reported, with_numbers(report("plant-b", interval_s="@i@"), i="1e400")),
+            (FleetTopics(ROOT, "thing-c").reported, with_numbers(report("thing-c", events_last_hour="@e@"), e=BIG)),
+            (FleetTopics(ROOT, "dead").reported, reported("dead", "dead", 3 * 86400, interval_s=1e12)),
+            (FleetTopics(ROOT, "liar").reported, reported("liar", "liar", -1e9, interval_s=1e12)),
+            (FleetTopics(ROOT, "busy").reported, reported("busy", "busy", 5, events_last_hour=1e12)),
+            (FleetTopics(ROOT, "absurd").reported, reported("absurd", "absurd", 5, events_last_hour=1e308)),
+            (FleetTopics(ROOT, "plant-a").job_document("job-big"), with_numbers({"execution": documents}, queued=BIG)),
+            (
+                FleetTopics(ROOT, "plant-a").job_update("job-v"),
+                with_numbers({"status": "FAILED", "expectedVersion": "@v@"}, v=BIG),
+            ),
+        ],
+    )
+    assert fleet(path, "status") == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "edgesight fleet: 2 malformed messages ignored" in captured.err
+    lines = {line.split()[0]: line for line in captured.out.splitlines()}
+    assert "never seen" in lines["plant-a"] and "never seen" in lines["plant-b"]  # their reports were dropped
+    assert re.search(r"online \d+s ago +1\.4\.0 +people 5 +1/2 +0 ", lines["thing-c"]), lines["thing-c"]
+    assert "offline 3d ago" in lines["dead"]  # an interval of 1e12 s reads as a day
+    assert re.search(r"online \ds ago .* clock 11574 days ahead", lines["liar"]), lines["liar"]
+    assert " 1000000000 " in lines["busy"]  # events an hour: shown bounded
+    assert re.search(r"1/2 +0 ", lines["absurd"]) and len(lines["absurd"]) < 200  # 1e308: beyond any count, absent
+    assert fleet(path, "jobs", "--json") == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "edgesight fleet: 2 malformed messages ignored" in captured.err
+    rows = {row["job_id"]: row for row in json.loads(captured.out)}
+    assert rows["job-big"]["status"] == "QUEUED" and rows["job-big"]["age_s"] is None
+    assert rows["job-v"]["status"] == "QUEUED"  # its status did not parse: as if none

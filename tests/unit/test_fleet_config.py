@@ -105,6 +105,21 @@ def test_fleet_problems_name_file_line_and_key(fleet: str, uplink: str | None, n
     assert any(problem.startswith(expected) or expected in problem for problem in problems), problems
 
 
+def test_jobs_aws_on_another_broker_needs_trusted_operators() -> None:
+    """Unsigned jobs come only from AWS IoT itself (its policies say who creates jobs): on any other
+    broker, any client could answer start-next with one."""
+    problems = _problems(_site("jobs: aws\n"))
+    assert problems == [
+        "site.yaml:4: fleet.trusted_operators: jobs: aws on a broker that is not AWS IoT Core (mosquitto) would "
+        "run unsigned jobs any client sends: list the operators' keys in fleet.trusted_operators (or use jobs: "
+        "retained)"
+    ]
+    signed = parse_config(_site("jobs: aws\ntrusted_operators: [ops.pub]\n"), "site.yaml", {}).fleet
+    assert signed is not None and signed.jobs == "aws"
+    on_aws = parse_config(_site("jobs: aws\n", ON_AWS, "p7"), "site.yaml", {}).fleet  # AWS's policies decide
+    assert on_aws is not None and on_aws.jobs == "aws" and on_aws.trusted_operators == []
+
+
 FLEET_YAML = """\
 broker:
   host: ${FLEET_BROKER:-mosquitto.example}

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.fleet import shapes
 from common.fleet.ledger import FINISHED_KEEP_S, MAX_FINISHED, Ledger, LedgerError
-from common.fleet.roster import roster
-from common.fleet.shapes import MAX_PAYLOAD_BYTES, MAX_REPORTED_BYTES, MalformedMessage
+from common.fleet.roster import MAX_EVENTS_PER_HOUR, roster
+from common.fleet.shapes import MAX_PAYLOAD_BYTES, MAX_REPORTED_BYTES, MalformedMessage, printable
 from common.fleet.signing import (
     CLOCK_SKEW_S,
     MAX_DOCUMENT_BYTES,
@@ -291,6 +291,28 @@ def test_jobs_mode_follows_the_host() -> None:
 # Shapes --------------------------------------------------------------------------------------------
 
 PARSERS = [shapes.parse_execution, shapes.parse_reported, shapes.parse_desired, shapes.parse_status_update]
+BIG = b"1" + b"0" * 400  # an int Python reads (under 4300 digits) and no float holds: math.isfinite raises
+REPORT = b'{"schema": 1, "site": "s", "thing": "t", "reported_at": %s, "interval_s": %s, "events_last_hour": %s}'
+HUGE: list[object] = [  # numbers an attacker on the broker sends, each where a reader takes a number
+    b'{"state": {"reported": ' + REPORT % (BIG, b"60", b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"1e400", b"60", b"1") + b"}}",  # JSON's 1e400 is Python's inf
+    b'{"state": {"reported": ' + REPORT % (b"-" + BIG, b"60", b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"true", b"60", b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"1", BIG, b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"1", b"1e400", b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"1", b"false", b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"1", b"-1e400", b"1") + b"}}",
+    b'{"state": {"reported": ' + REPORT % (b"1e16", b"60", b"1") + b"}}",
+    b'{"execution": {"jobId": "j", "jobDocument": {}, "queuedAt": ' + BIG + b"}}",
+    b'{"execution": {"jobId": "j", "jobDocument": {}, "lastUpdatedAt": 1e400}}',
+    b'{"execution": {"jobId": "j", "jobDocument": {}, "versionNumber": ' + BIG + b"}}",
+    b'{"execution": {"jobId": "j", "jobDocument": {}, "queuedAt": true}}',
+    b'{"state": {"models": {"people": "5"}}, "timestamp": ' + BIG + b"}",
+    b'{"state": {"models": {"people": "5"}}, "version": ' + BIG + b"}",
+    b'{"state": {"models": {"people": "5"}}, "timestamp": -1e400}',
+    b'{"status": "FAILED", "statusDetails": {}, "expectedVersion": ' + BIG + b"}",
+    b'{"status": "FAILED", "statusDetails": {}, "expectedVersion": 1e400}',
+]
 HOSTILE: list[object] = [
     b"not json",
     b"\xff\xfe\x00",
@@ -319,6 +341,7 @@ HOSTILE: list[object] = [
     b'{"state": {"desired": []}}',
     b'{"status": "SUCCEEDED", "statusDetails": {"a": 1}}',
     b'{"status": "SUCCEEDED", "statusDetails": [], "expectedVersion": -1}',
+    *HUGE,
     "text, not bytes",
     12,
     None,
@@ -354,6 +377,46 @@ def test_parsers_given_mutated_valid_payloads_raise_nothing_else(parse: Any) -> 
             parse(bytes(payload))
         except MalformedMessage:
             pass
+
+
+@pytest.mark.parametrize("payload", HUGE, ids=range(len(HUGE)))
+def test_numbers_no_float_holds_are_malformed_never_an_arithmetic_error(payload: bytes) -> None:
+    if payload.startswith(b'{"state": {"reported"'):
+        parse: Any = shapes.parse_reported
+    elif payload.startswith(b'{"execution"'):
+        parse = shapes.parse_execution
+    else:
+        parse = shapes.parse_desired if b"models" in payload else shapes.parse_status_update
+    with pytest.raises(MalformedMessage) as bad:
+        parse(payload)
+    assert bad.value.reason == "wrong type"
+
+
+def test_numbers_are_bounded_and_text_made_printable() -> None:
+    assert [shapes.number(value) for value in (7, -2.5, 1e15, 10**15, 10**15 + 1, 1e308, 10**400, True)] == [
+        7.0, -2.5, 1e15, 1e15, None, None, None, None,
+    ]  # fmt: skip
+    hostile = "ok\x1b[2J\x1b]0;owned\x07\x9b31m\u202egnp.exe\u2066\u2028\u200b\ud800\x00end"
+    assert printable(hostile) == "ok [2J ]0;owned  31m gnp.exe     end"
+    assert all(char.isprintable() for char in printable(hostile) or "")
+    assert printable("é 中文 ok") == "é 中文 ok" and printable("x" * 500, 10) == "x" * 10
+    assert printable("") is None and printable(None) is None and printable(b"bytes") is None
+
+
+def test_a_report_is_read_as_of_when_it_was_read_with_its_interval_at_most_a_day() -> None:
+    from_the_future = shapes.encode(shapes.reported_update(_reported(reported_at=NOW + 1e9, interval_s=1e12)))
+    reported = shapes.parse_reported(from_the_future, read_at=NOW)
+    assert reported is not None
+    assert (reported["reported_at"], reported["interval_s"], reported["clock_ahead_s"]) == (NOW, 86400.0, 1e9)
+    row = roster({"site-a": reported}, NOW + 2 * 86400 + 1)[0]
+    assert not row.online and row.problems == ("offline", "clock 11574 days ahead")  # not online for ever
+    assert roster({"site-a": reported}, NOW + 60)[0].online
+    said = shapes.encode(shapes.reported_update(_reported(clock_ahead_s=5e9)))
+    assert "clock_ahead_s" not in (shapes.parse_reported(said, read_at=NOW + 1) or {})  # the reader's, never the site's
+    in_time = shapes.parse_reported(shapes.encode(shapes.reported_update(_reported())), read_at=NOW + 1)
+    assert in_time is not None and in_time["reported_at"] == NOW and "clock_ahead_s" not in in_time
+    huge = roster({"site-a": _reported(interval_s=1e12, reported_at=NOW - 3 * 86400)}, NOW)[0]  # not parsed first
+    assert not huge.online and huge.last_seen_s == 3 * 86400
 
 
 def test_job_shapes_round_trip() -> None:
@@ -477,3 +540,37 @@ def test_roster_survives_hostile_reports_and_lists_silent_sites() -> None:
     assert rows[0].problems == ("never reported",) and not rows[0].online
     x = rows[1]
     assert not x.online and x.problems == ("offline", " [2Jboom") and x.events_per_hour == 0 and x.cameras == "0/0"
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [
+        {"reported_at": 10**400},
+        {"reported_at": -(10**400), "interval_s": 10**400},
+        {"events_last_hour": 10**400, "spool": {"depth": 10**400, "oldest_s": 10**400}},
+        {"events_last_hour": 1e308, "cut": {"cameras": {"ok": 10**400, "total": 10**400}}},
+        {"reported_at": float("inf"), "interval_s": float("nan"), "events_last_hour": -float("inf")},
+        {"reported_at": True, "interval_s": True, "events_last_hour": True, "cut": {"cameras": {"ok": 5, "total": 2}}},
+        {"cameras": {"dock": {"state": "streaming", "fps": 10**400}}, "services": {"s": {"uptime_s": 1e400}}},
+    ],
+    ids=range(7),
+)
+def test_roster_reads_numbers_no_float_holds_as_absent(numbers: dict[str, Any]) -> None:
+    row = roster({"site-a": _reported(**numbers)}, NOW)[0]  # no OverflowError, no ValueError
+    assert 0 <= row.events_per_hour <= MAX_EVENTS_PER_HOUR and len(row.cameras) < 10
+    assert row.last_seen_s is None or row.last_seen_s <= 2 * shapes.MAX_NUMBER
+
+
+def test_roster_shows_bounded_counts_and_only_printable_text() -> None:
+    row = roster({"site-a": _reported(events_last_hour=1e12)}, NOW)[0]
+    assert row.events_per_hour == MAX_EVENTS_PER_HOUR == 10**9
+    bidi = "\u202e" + "exe.txt"
+    hostile = _reported(
+        site="plant\x1b[31m7", edgesight=bidi, models={"peo\x9bple": {"version": "2\x07"}},
+        services={"in\u2028ference": {"state": "dead\x1b]0;x\x07"}}, console_url="https://x\x1b[0m/",
+        job={"current": None, "last": "job\x1b", "last_status": "FAILED\x1b", "last_reason": "r\x1b[2J"},
+    )  # fmt: skip
+    row = roster({"site-a": hostile}, NOW)[0]
+    texts = [row.site, row.version, row.models, row.console_url or "", row.job or "", *row.problems]
+    assert all(text.isprintable() for text in texts), texts
+    assert row.site == "plant [31m7" and row.models == "peo ple 2 " and row.version == " exe.txt"

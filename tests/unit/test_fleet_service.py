@@ -222,6 +222,7 @@ def test_refused_jobs_are_rejected_with_their_reason_and_audited(
 ) -> None:
     key, public = operator_key
     config, stub = site(tmp_path, broker, [public]), Stub()
+    service = service_for(config, stub)
     stranger = Ed25519PrivateKey.generate()
     first = signed(key)
     unsigned = {k: v for k, v in signed(key).items() if k != "signature"}
@@ -242,27 +243,39 @@ def test_refused_jobs_are_rejected_with_their_reason_and_audited(
         "apps": "not allowed: install_app (fleet.allow_apps is false on this site)",
     }
 
-    async def scenario() -> Operator:
-        async with Operator(broker) as operator, mqtt_side(service_for(config, stub)):
+    async def scenario() -> tuple[Operator, dict[str, dict[str, Any] | None]]:
+        async with Operator(broker) as operator, mqtt_side(service):
             now = int(time.time())
             await operator.queue("job-0", first, queued_at=now - 10)
             await eventually(lambda: operator.final("job-0"), what="the first job ended")
             for number, document in enumerate(refused.values()):
                 await operator.queue(f"bad-{number}", document, queued_at=now + number)
             await eventually(lambda: all(operator.final(f"bad-{n}") for n in range(len(refused))), what="all refused")
-        return operator
+            kept = {name: await retained(broker, TOPICS.job_update(f"bad-{n}")) for n, name in enumerate(refused)}
+        return operator, kept
 
-    operator = asyncio.run(scenario())
+    operator, kept = asyncio.run(scenario())
     assert len(stub.jobs) == 1  # job-0 only
     for number, name in enumerate(refused):
         final = operator.final(f"bad-{number}")
         assert final is not None and final["status"] == "REJECTED", name
         assert final["statusDetails"]["reason"] == reasons[name], name
         assert [s["status"] for s in operator.statuses(f"bad-{number}")] == ["REJECTED"], name
-    records = {r["target"]: r["detail"] for r in audited(config, "fleet.job_refused")}
-    assert {records[f"bad-{n}"]["reason"] for n in range(len(refused))} == set(reasons.values())
-    assert records["bad-2"]["operator"] == key_id(stranger.public_key())
+    records = {r["target"]: r for r in audited(config, "fleet.job_refused")}
+    assert {records[f"bad-{n}"]["detail"]["reason"] for n in range(len(refused))} == set(reasons.values())
     assert metrics.JOBS.labels("rejected")._value.get() >= len(refused)
+    # a trusted operator's document (refused as replayed, expired, not allowed): remembered, retained, their act
+    for number, name in enumerate(refused):
+        trusted = name in ("replayed", "expired", "apps")
+        assert (kept[name] is not None) == trusted, name
+        assert (service.ledger.finished(f"bad-{number}") == "REJECTED") == trusted, name
+        record = records[f"bad-{number}"]
+        assert record["actor"] == (f"fleet:{key_id(key.public_key())}" if trusted else "fleet:fleet-t"), name
+        assert ("claimed_operator" in record["detail"]) == (not trusted), name
+    # no trusted operator's: the claim is only a claim
+    assert records["bad-2"]["detail"]["claimed_operator"] == key_id(stranger.public_key())
+    assert "operator" not in records["bad-2"]["detail"] and records["bad-2"]["detail"]["count"] == 1
+    assert service.jobs.state.last == "bad-5"  # the last trusted one; junk is not the site's last job
 
 
 def test_retained_jobs_queued_while_it_was_away_run_oldest_first_when_it_comes(
