@@ -4,6 +4,7 @@
 - :mod:`~common.fleet.ledger`: what a site remembers (nonces, finished jobs) against replays;
 - :mod:`~common.fleet.topics`: every topic, AWS IoT's named shadow and Jobs API under a topic root;
 - :mod:`~common.fleet.shapes`: the messages, built and parsed (parsers raise only ``MalformedMessage``);
+- :mod:`~common.fleet.untrusted`: values off the network read safely (payloads, numbers, printable text);
 - :mod:`~common.fleet.roster`: one row per site from its reported state;
 - :mod:`~common.fleet.fleet_file`: the operator's ``fleet.yaml``.
 

@@ -21,7 +21,7 @@ APP_MESSAGES_IGNORED = Counter(
 FLEET_DROPPED = Counter(
     "edgesight_console_fleet_messages_dropped_total",
     "Reported states heard on the fleet's broker and not kept (console.fleet): too_large, malformed, "
-    "wrong_thing (another thing than its topic's), too_many_things.",
+    "wrong_thing (another thing than its topic's), too_many_things (the stalest site evicted for a new one).",
     ["reason"],
 )
 FLEET_CONNECTED = Gauge(

@@ -342,6 +342,14 @@ def test_rules_deployed_to_two_sites_count_without_a_restart_and_what_may_not_ru
     assert saves and saves[-1]["actor"].startswith("fleet:"), saves
 
 
+def row_of(browser: Any, site: str) -> str:
+    """The text of the Fleet page's row for ``site`` ("" while it has none)."""
+    from selenium.webdriver.common.by import By
+
+    rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "table tbody tr")]
+    return next((text for text in rows if text.startswith(site)), "")
+
+
 def test_status_and_the_console_fleet_page_list_every_site_and_a_stopped_one_goes_offline(
     fleet: Fleet, browser: Any, tmp_path: Path
 ) -> None:
@@ -370,7 +378,7 @@ def test_status_and_the_console_fleet_page_list_every_site_and_a_stopped_one_goe
     rows = fleet.status()
     assert not rows["site-c"]["online"] and rows["site-c"]["problems"] == ["stopped"], rows["site-c"]
     assert time.monotonic() - stopped < scaled(5)
-    wait(lambda d: "stopped" in d.find_element(By.TAG_NAME, "table").text, 10, "site C stopped on the page")
+    wait(lambda d: "stopped" in row_of(d, "site-c"), 10, "site C stopped on the page")
 
     fleet.processes["site-b.fleet"].kill()  # site B's fleet service dies without a word: silence tells
     killed = time.monotonic()
@@ -381,5 +389,5 @@ def test_status_and_the_console_fleet_page_list_every_site_and_a_stopped_one_goe
         assert time.monotonic() - killed < 2 * REPORT_INTERVAL_S + scaled(4), rows["site-b"]  # status takes ~1 s
         time.sleep(0.5)
     assert "offline" in rows["site-b"]["problems"] and rows["site-a"]["online"]
-    wait(lambda d: "offline" in d.find_element(By.TAG_NAME, "table").text, 2 * REPORT_INTERVAL_S + 10, "B offline")
+    wait(lambda d: "offline" in row_of(d, "site-b"), 2 * REPORT_INTERVAL_S + 10, "site B offline on the page")
     browser.save_screenshot(str(tmp_path / "fleet-offline.png"))
