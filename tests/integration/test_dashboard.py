@@ -34,7 +34,7 @@ def local_scrape_config(site: Path, rules: Path) -> str:
     job["static_configs"] = [
         {"targets": [f"127.0.0.1:{ports.port(c['labels']['service'])}"], "labels": c["labels"]}
         for c in job["static_configs"]
-        if c["labels"]["service"] != "console"  # this site has no console
+        if c["labels"]["service"] not in ("console", "fleet")  # this site has neither
     ] + [{"targets": [f"127.0.0.1:{ports.port('run')}"], "labels": {"service": "run"}}]
     config["scrape_configs"] = [job]
     return yaml.safe_dump(config)

@@ -344,10 +344,9 @@ def test_rules_deployed_to_two_sites_count_without_a_restart_and_what_may_not_ru
 
 def row_of(browser: Any, site: str) -> str:
     """The text of the Fleet page's row for ``site`` ("" while it has none)."""
-    from selenium.webdriver.common.by import By
-
-    rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "table tbody tr")]
-    return next((text for text in rows if text.startswith(site)), "")
+    # read in one script: the page redraws its rows every few seconds (an element found, then read, goes stale)
+    rows = browser.execute_script("return [...document.querySelectorAll('table tbody tr')].map(r => r.innerText)")
+    return next((text for text in rows if text.strip().startswith(site)), "")
 
 
 def test_status_and_the_console_fleet_page_list_every_site_and_a_stopped_one_goes_offline(
