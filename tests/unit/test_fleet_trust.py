@@ -5,12 +5,13 @@ desired state with an empty message, hold the one-change-at-a-time lock with a t
 server, or write its own text as the operator of an audit record. Real Mosquitto and a real aiohttp
 server; ``run_operation`` is test_fleet_service's stand-in."""
 
+# ruff: noqa: F811  (the fixtures broker and operator_key are imported from test_fleet_service, then used)
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.fleet.shapes import encode
 from common.fleet.signing import JobRefused, sign_document, verify_document
-from common.trust.keys import generate_key_pair, key_id, load_signing_key
+from common.trust.keys import key_id
 from services.fleet import download as downloads
 from services.fleet.jobs import SETTLE_S
 from services.fleet.refusals import RefusalTally
 from tests.integration.conftest import Mosquitto
 from tests.support import scaled
-from tests.unit.test_fleet_service import (
+from tests.unit.test_fleet_service import (  # noqa: F401  (broker, operator_key: the fixtures, shared)
     THING,
     TOPICS,
     Operator,
     Stub,
     audited,
+    broker,
     eventually,
     mqtt_side,
+    operator_key,
     retained,
     service_for,
     signed,
@@ -41,21 +44,6 @@ from tests.unit.test_fleet_service import (
 )
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "mosquitto").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def operator_key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
-    private, public = generate_key_pair(tmp_path / "keys", "operator")
-    return load_signing_key(private), public
 
 
 def junk(operator: str = "0123456789abcdef") -> dict[str, Any]:
