@@ -15,6 +15,7 @@ BENCHMARKS = {
     "model_package": "benchmarks.model_package",
     "app_channel": "benchmarks.app_channel",
     "analytics": "benchmarks.analytics",
+    "rules_cpu": "benchmarks.rules_cpu",
     "fleet": "benchmarks.fleet",
     "soak": "benchmarks.soak",
 }

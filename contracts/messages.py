@@ -103,6 +103,10 @@ class FrameRef(Message, tag="frame_ref", kw_only=True, frozen=True):
     motion: Unit = 1.0  # share of the frame that changed; 1.0 when motion gating is off
     motion_box: Box | None = None
 
+    def __post_init__(self) -> None:
+        if self.pixel_format == "nv12" and (self.width % 2 or self.height % 2):
+            raise ValueError(f"an nv12 frame has even sides, got {self.width}x{self.height}")
+
 
 class InferenceTiming(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     preprocess_ns: NonNegative = 0
@@ -149,6 +153,8 @@ class Detections(Message, tag="detections", kw_only=True, frozen=True):
                 f"expected boxes [N, 4], class_ids [N], scores [N] with one N, got "
                 f"{list(self.boxes.shape)}, {list(self.class_ids.shape)}, {list(self.scores.shape)}"
             )
+        if not (np.isfinite(self.boxes.to_numpy()).all() and np.isfinite(self.scores.to_numpy()).all()):
+            raise ValueError("boxes and scores must be finite numbers (no NaN, no infinity)")
 
     @classmethod
     def from_arrays(

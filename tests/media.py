@@ -47,7 +47,7 @@ def elementary_stream(source: Path, target: Path, frames: int) -> None:
 
 def frame_digests(path: Path, pixel_format: str = "bgr24") -> set[str]:
     """The digest of every decoded frame of ``path`` in ``pixel_format``, converted as ingest documents it
-    (4:2:0 by OpenCV's I420 conversion; see services.ingest.pixels.write_pixels), computed here on its own."""
+    (4:2:0 by OpenCV's I420 conversion; see services.ingest.pixels.PixelWriter), computed here on its own."""
     import cv2
 
     codes = {"bgr24": cv2.COLOR_YUV2BGR_I420, "rgb24": cv2.COLOR_YUV2RGB_I420}

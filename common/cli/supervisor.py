@@ -86,8 +86,8 @@ class Supervisor:
                 for group in ingest_groups(config):
                     name = service if group == DEFAULT_INGEST_GROUP else f"{service}@{group}"
                     self.children[name] = _Child(name, service, group)
-            elif service == "inference" and config.run.inference_replicas > 1:
-                count = config.run.inference_replicas
+            elif service == "inference" and config.run.inference_processes > 1:
+                count = config.run.inference_processes
                 for index in range(count):
                     name = service if index == 0 else f"{service}@{index}"
                     self.children[name] = _Child(name, service, shard=(index, count))
@@ -124,13 +124,15 @@ class Supervisor:
                 watchers = [
                     group.create_task(self._keep_running(child), name=child.name) for child in self.children.values()
                 ]
-                watchers += [
+                probes = [
                     group.create_task(self._check_liveness(child), name=f"{child.name}-liveness")
                     for child in self.children.values()
                 ]
                 status = group.create_task(self._status_loop(), name="status")
                 await self._stopping.wait()
                 status.cancel()
+                for probe in probes:  # before the children go: a probe of a closing port is no error
+                    probe.cancel()
                 await asyncio.gather(*(self._terminate(child) for child in self.children.values()))
                 for watcher in [*watchers, heartbeat]:
                     watcher.cancel()

@@ -5,9 +5,21 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-__all__ = ["NAME_PATTERN", "NAME_RULE", "HttpUrl", "Line", "Name", "Point", "Polygon", "Section", "Unit"]
+__all__ = [
+    "NAME_PATTERN",
+    "NAME_RULE",
+    "HttpUrl",
+    "Line",
+    "Name",
+    "Point",
+    "Polygon",
+    "Section",
+    "Unit",
+    "auto_or_count",
+    "auto_or_count_schema",
+]
 
 
 class Section(BaseModel):
@@ -56,3 +68,20 @@ def _http_url(url: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]  # a link shown to people: a site's console
+
+
+def auto_or_count(low: int, high: int) -> PlainValidator:
+    """Accepts ``auto`` or a whole number from ``low`` to ``high``, with one error that says both (a
+    union's error would name each branch): ``Annotated[int | Literal["auto"], auto_or_count(1, 64),
+    auto_or_count_schema(1, 64)]``."""
+
+    def check(value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            return value
+        raise ValueError(f"expected auto or a whole number from {low} to {high}")
+
+    return PlainValidator(check)
+
+
+def auto_or_count_schema(low: int, high: int) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": low, "maximum": high}]})

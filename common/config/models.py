@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from common.config._types import Section, Unit
+from common.config._types import Section, Unit, auto_or_count, auto_or_count_schema
 
 __all__ = ["INFERENCE_SHARD_VARIABLE", "ModelConfig"]
 
@@ -38,12 +38,16 @@ class ModelConfig(Section):
         4, ge=1, le=64, description="Frames batched across cameras. Larger uses the accelerator better, adds latency."
     )
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait to fill a batch.")
-    threads: int = Field(
-        0,
-        ge=0,
-        le=256,
-        description="CPU threads ONNX Runtime runs one batch on; 0 is one per core. On a small CPU shared with "
-        "decoding, 1 leaves the other cores to ingest and rules (see the README's pipeline benchmark).",
+    engines: Annotated[int | Literal["auto"], auto_or_count(1, 64), auto_or_count_schema(1, 64)] = Field(
+        "auto",
+        description="Copies of the model in the inference process that run frames at once, each frame going to "
+        "whichever is free (busy cameras use several, frames stay in order). auto: one per core the process may "
+        "use, up to the cameras it serves; 1 on a GPU. See the README's Models.",
+    )
+    threads: Annotated[int | Literal["auto"], auto_or_count(0, 256), auto_or_count_schema(0, 256)] = Field(
+        "auto",
+        description="CPU threads ONNX Runtime runs one frame (or batch) on, per engine; 0 is ONNX Runtime's own "
+        "choice (every core). auto: the cores the process may use shared out between its engines.",
     )
     skip_still_frames: bool = Field(
         False, description="Skip frames ingest saw no motion in; every camera is still checked every recheck_s."

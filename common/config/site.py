@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from common.config._types import Name, Section
+from common.config._types import Name, Section, auto_or_count, auto_or_count_schema
 from common.config.analytics import AnalyticsConfig
 from common.config.apps import AppConfig
 from common.config.bus import BusConfig
@@ -45,13 +46,11 @@ class RunConfig(Section):
     services: list[ServiceName] = Field(
         default_factory=list, description="Services `edgesight run` starts; empty means every installed one."
     )
-    inference_replicas: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Inference processes; they split the cameras between them. `edgesight run` starts them, "
-        "compose and k3s are held to this count by tests/deploy. On a CPU-only box, one per core with the "
-        "models' threads: 1 runs several frames at once where one process would run one frame on every core.",
+    inference_replicas: Annotated[int | Literal["auto"], auto_or_count(1, 64), auto_or_count_schema(1, 64)] = Field(
+        "auto",
+        description="Inference processes; they split the cameras between them (replica i serves every n-th "
+        "camera). auto: one process, whose models run several engines fed by load (models.<name>.engines); "
+        "a number scales out across GPUs, nodes or pods (compose and k3s run as many).",
     )
     restart_backoff_s: float = Field(1.0, gt=0, le=60, description="First wait before restarting a dead service.")
     max_restart_backoff_s: float = Field(30.0, gt=0, le=3600)
@@ -59,6 +58,11 @@ class RunConfig(Section):
     liveness_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="A service whose /healthz fails this long is killed and restarted."
     )
+
+    @property
+    def inference_processes(self) -> int:
+        """How many inference processes split the cameras: ``inference_replicas``, auto being one."""
+        return 1 if self.inference_replicas == "auto" else int(self.inference_replicas)
 
 
 class SiteConfig(Section):

@@ -120,6 +120,8 @@ class FrameRingReader:
         """A zero-copy view of ``ref``'s frame, or StaleFrameError if the slot moved on."""
         if ref.slot >= self.layout.slots and not self._replaced():
             raise ShmError(f"slot {ref.slot} is outside {self.name} ({self.layout.slots} slots)")
+        if ref.camera != self.camera:  # another camera's ring: its pixels would be published as this camera's
+            raise ShmError(f"{self.name} holds camera {self.camera!r}, not {ref.camera!r}")
         for attempt in range(2):
             assert self._map is not None and self._bytes is not None
             if ref.slot < self.layout.slots:

@@ -1,6 +1,6 @@
 """One batch of FrameRefs through a model: frames read zero-copy from shared memory, privacy masks
 where a camera asks for them, the detector, and one Detections per frame that was not overwritten
-meanwhile. Runs on a model worker's thread."""
+meanwhile. Runs on worker threads: several at once, for one model's engines as for several models."""
 
 from __future__ import annotations
 
@@ -28,14 +28,15 @@ MAX_UNREADABLE_LOGGED = 1024  # segments whose read error is remembered, so that
 
 
 class BatchRunner:
-    """Runs batches for every model of the service; thread-safe across models (one thread per model)."""
+    """Runs batches for every model of the service, from any number of threads at once (each call with
+    its own detector: an engine runs one batch at a time)."""
 
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
-        self._readers: dict[str, FrameReaders] = {}  # model -> its readers
+        self._local = threading.local()  # .readers: this thread's FrameReaders (a reader is one thread's)
+        self._lock = threading.Lock()  # guards what threads share: the smoothed times, the errors logged
         self._unreadable: dict[str, str] = {}  # segment -> the error last logged for it
         self._inference_ms: dict[str, float] = {}  # model -> smoothed backend time per frame
-        self._inference_ms_lock = threading.Lock()  # written on worker threads, read on the loop
 
     def infer(self, model: str, detector: Detector, refs: list[FrameRef]) -> list[Detections]:
         """Views into shared memory, one batch through ``model``, torn reads dropped (blocking).
@@ -62,7 +63,7 @@ class BatchRunner:
 
     def inference_ms(self) -> dict[str, float]:
         """Model -> smoothed backend milliseconds per frame, for Health."""
-        with self._inference_ms_lock:
+        with self._lock:
             return dict(self._inference_ms)
 
     def _views(self, model: str, refs: list[FrameRef]) -> list[FrameView]:
@@ -71,17 +72,24 @@ class BatchRunner:
         now = time.monotonic_ns()
         for ref in refs:
             try:
-                views.append(self._reader(model, ref.segment).view(ref))
+                views.append(self._reader(ref.segment).view(ref))
             except StaleFrameError:
                 metrics.SKIPPED.labels(model, "stale").inc()
             except ShmError as exc:  # a forged, missing or foreign segment: not a frame we can trust
                 metrics.SKIPPED.labels(model, "rejected").inc()
-                if self._unreadable.get(ref.segment) != str(exc) and len(self._unreadable) < MAX_UNREADABLE_LOGGED:
-                    self._unreadable[ref.segment] = str(exc)  # logged once per segment and reason
+                if self._first_report(ref.segment, str(exc)):
                     log.warning("cannot read frame", extra={"camera": ref.camera, "error": str(exc)})
             else:
                 metrics.FRAME_AGE.labels(model).observe(max(0, now - ref.monotonic_ns) / 1e9)
         return views
+
+    def _first_report(self, segment: str, error: str) -> bool:
+        """True the first time ``segment`` fails with ``error``: logged once per segment and reason."""
+        with self._lock:
+            if self._unreadable.get(segment) == error or len(self._unreadable) >= MAX_UNREADABLE_LOGGED:
+                return False
+            self._unreadable[segment] = error
+            return True
 
     def _observe(self, model: str, backend: Backend, timings: list[Timing]) -> None:
         for timing in timings:
@@ -89,7 +97,7 @@ class BatchRunner:
             labels = (model, backend.name, backend.provider, str(timing.batch_size))
             metrics.INFERENCE_SECONDS.labels(*labels).observe(timing.inference_ns / 1e9)
             per_frame_ms = timing.inference_ns / 1e6 / timing.batch_size
-            with self._inference_ms_lock:
+            with self._lock:
                 previous = self._inference_ms.get(model, per_frame_ms)
                 self._inference_ms[model] = 0.9 * previous + 0.1 * per_frame_ms  # smoothed for Health
 
@@ -103,12 +111,12 @@ class BatchRunner:
             frame = apply_privacy_masks(frame.copy() if frame is view.array else frame, masks)
         return frame, order
 
-    def _reader(self, model: str, segment: str) -> FrameRingReader:
-        """Readers per model: each model's batches run on their own thread, and a reader (which may
-        remap after a writer restart) is used by one thread at a time."""
-        readers = self._readers.get(model)
+    def _reader(self, segment: str) -> FrameRingReader:
+        """This thread's reader of ``segment``: readers per thread, since a reader (which may remap after
+        its writer restarts) is used by one thread at a time, and batches of one model run on several."""
+        readers: FrameReaders | None = getattr(self._local, "readers", None)
         if readers is None:
-            readers = self._readers[model] = FrameReaders(self.config.site.shm_dir)
+            readers = self._local.readers = FrameReaders(self.config.site.shm_dir)
         return readers.reader(segment)
 
 
@@ -126,7 +134,7 @@ def _inference_timing(timing: Timing, backend: Backend) -> InferenceTiming:
 def _detections(
     ref: FrameRef, model: str, detector: Detector, result: FrameDetections, timing: InferenceTiming
 ) -> Detections:
-    present = {int(c) for c in np.unique(result.class_ids)}
+    present = set(result.class_ids.tolist())
     return Detections.from_arrays(
         ref,
         model,

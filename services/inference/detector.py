@@ -14,6 +14,7 @@ from common.config import ModelConfig
 from common.errors import ModelError
 from common.models import Backend, open_backend
 from common.models.loading import ModelSpec, load_model_spec
+from common.models.sizing import cpu_threads
 from common.shm import ChannelOrder
 from common.trust import TrustPolicy
 from services.inference.processing import Letterbox, Placement, decode_outputs, nms_per_class, to_source
@@ -73,7 +74,7 @@ class Detector:
     ) -> Detector:
         spec = load_model_spec(config.path, asset_paths, trust, allow_unsigned=config.allow_unsigned, what=what)
         backend = open_backend(
-            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=config.threads
+            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=cpu_threads(config)
         )
         return cls(
             spec, backend, score_threshold=config.score_threshold, nms_iou=config.nms_iou, classes=config.classes
@@ -117,14 +118,13 @@ class Detector:
         mask = scores >= self.score_threshold
         if self.keep is not None:
             mask &= np.isin(class_ids, self.keep)
-        boxes, class_ids, scores = boxes[mask], class_ids[mask], scores[mask]
-        kept = nms_per_class(boxes, class_ids, scores, self.nms_iou)
-        boxes, class_ids, scores = boxes[kept], class_ids[kept], scores[kept]
-        order = np.argsort(-scores, kind="stable")
+        selected = np.flatnonzero(mask)
+        kept = selected[nms_per_class(boxes[selected], class_ids[selected], scores[selected], self.nms_iou)]
+        kept = kept[np.argsort(-scores[kept], kind="stable")]  # best first
         return FrameDetections(
-            to_source(boxes[order], placement),
-            class_ids[order].astype(np.int32),
-            scores[order].astype(np.float32),
+            to_source(boxes[kept], placement),
+            class_ids[kept].astype(np.int32, copy=False),
+            scores[kept].astype(np.float32, copy=False),
         )
 
     def close(self) -> None:

@@ -38,3 +38,9 @@ MODEL_INFO = Gauge(
     "edgesight_model_info", "1 for the model version in use.", ["model", "version", "backend", "provider"]
 )
 RELOADS = Counter("edgesight_model_reloads_total", "Model reloads by outcome.", ["model", "outcome"])
+ENGINES = Gauge(
+    "edgesight_model_engines", "Copies of the model running frames at once (models.<name>.engines).", ["model"]
+)
+THREADS = Gauge(
+    "edgesight_model_threads", "CPU threads per engine (models.<name>.threads; 0: ONNX Runtime's choice).", ["model"]
+)

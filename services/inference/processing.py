@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -29,7 +30,9 @@ class Placement:
 
 class Letterbox:
     """Resizes frames into the model's input, keeping the aspect ratio, into a batch tensor that is
-    allocated once per batch size (``[B, 3, H, W]`` float32)."""
+    allocated once per batch size (``[B, 3, H, W]`` float32). Of a frame that fills the input's width,
+    only its rows are converted: the padding above and below stays in a batch row from the last frame
+    of that size. One thread at a time (an engine runs one batch at a time)."""
 
     def __init__(self, manifest: ModelManifest, width: int, height: int) -> None:
         self.width, self.height = width, height
@@ -38,12 +41,16 @@ class Letterbox:
         self.pad = manifest.pad_value
         scale = np.float32(manifest.scale)
         std = np.asarray(manifest.std, np.float32)
-        # x * scale - mean, divided by std, folded into one multiply and one add per pixel
-        self._multiplier = (scale / std).reshape(3, 1, 1).astype(np.float32)
-        self._offset = (-np.asarray(manifest.mean, np.float32) / std).reshape(3, 1, 1).astype(np.float32)
-        self._plain = not np.any(self._offset) and np.all(self._multiplier == self._multiplier[0])
+        # x * scale - mean, divided by std, folded into one multiply and one add per pixel and channel
+        multipliers = (scale / std).astype(np.float32)
+        offsets = (-np.asarray(manifest.mean, np.float32) / std).astype(np.float32)
+        self._multipliers, self._offsets = tuple(multipliers), tuple(offsets) if np.any(offsets) else None
+        self._raw = self._offsets is None and bool(np.all(multipliers == 1))  # pixels as they are (YOLOX)
         self._batches: dict[int, FloatArray] = {}
         self._canvas = np.empty((height, width, 3), np.uint8)
+        self._planes = [np.empty((height, width), np.uint8) for _ in range(3)]
+        self._pad_values = self._convert([np.full((1, 1), self.pad, np.uint8)] * 3, np.empty((3, 1, 1), np.float32))
+        self._padded: dict[int, tuple[int, int]] = {}  # address of a row of our batches -> rows its padding surrounds
 
     def batch(self, size: int) -> FloatArray:
         tensor = self._batches.get(size)
@@ -61,39 +68,58 @@ class Letterbox:
         y0 = (self.height - new_h) // 2 if self.center else 0
         canvas = self._canvas
         region = canvas[y0 : y0 + new_h, x0 : x0 + new_w]
-        if region.flags.c_contiguous:  # a full-width band: resized straight into it, only the rest padded
+        if region.flags.c_contiguous:  # a full-width band: resized straight into it, only its rows converted
             cv2.resize(frame, (new_w, new_h), dst=region, interpolation=cv2.INTER_LINEAR)
-            canvas[:y0] = self.pad
-            canvas[y0 + new_h :] = self.pad
+            rows = slice(y0, y0 + new_h)
+            self._convert(cv2.split(region, [plane[rows] for plane in self._planes]), out[:, rows], order)
+            self._pad_rows(out, y0, new_h)
         else:
             canvas.fill(self.pad)
             region[...] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        channels = canvas[..., ::-1] if order != self.color else canvas
-        chw = channels.transpose(2, 0, 1)
-        if self._plain and self._multiplier[0, 0, 0] == 1:
-            np.copyto(out, chw, casting="unsafe")  # pixels as they are (YOLOX): a cast, no multiply
-        elif self._plain:
-            np.multiply(chw, self._multiplier[0, 0, 0], out=out, casting="unsafe")
-        else:
-            np.multiply(chw, self._multiplier, out=out, casting="unsafe")
-            out += self._offset
+            self._convert(cv2.split(canvas, self._planes), out, order)
+            self._padded.pop(out.__array_interface__["data"][0], None)
         return Placement(scale, x0, y0, width, height)
 
+    def _convert(self, planes: Sequence[npt.ArrayLike], out: FloatArray, order: ChannelOrder = "bgr") -> FloatArray:
+        """uint8 planes (OpenCV's split: each cast on its own is 3x faster than one cast through a
+        transpose) into ``out``'s channels, in the model's order, scaled as the model wants."""
+        if order != self.color:
+            planes = planes[::-1]
+        for channel, (plane, target) in enumerate(zip(planes, out, strict=True)):
+            if self._raw:
+                np.copyto(target, plane, casting="unsafe")  # pixels as they are: a cast, no multiply
+                continue
+            np.multiply(plane, self._multipliers[channel], out=target, casting="unsafe")
+            if self._offsets is not None:
+                target += self._offsets[channel]
+        return out
 
-_grids: dict[tuple[int, int], tuple[FloatArray, FloatArray]] = {}
+    def _pad_rows(self, out: FloatArray, y0: int, new_h: int) -> None:
+        """Pads the rows of ``out`` above and below the frame, unless they hold that padding already:
+        a camera's frames keep their size, and nothing else writes those rows of our batches."""
+        address = out.__array_interface__["data"][0]
+        ours = any(out.base is tensor for tensor in self._batches.values())
+        if ours and self._padded.get(address) == (y0, new_h):
+            return
+        out[:, :y0] = self._pad_values
+        out[:, y0 + new_h :] = self._pad_values
+        if ours:
+            self._padded[address] = (y0, new_h)
 
 
-def _yolox_grid(width: int, height: int) -> tuple[FloatArray, FloatArray]:
-    """Per-anchor (x, y) grid offsets and strides for a YOLOX input size, computed once."""
+_anchors: dict[tuple[int, int], FloatArray] = {}
+
+
+def _yolox_anchors(width: int, height: int) -> FloatArray:
+    """Per anchor its grid x, grid y and stride (``[N, 3]``) for a YOLOX input size, computed once."""
     key = (width, height)
-    if key not in _grids:
-        cells, strides = [], []
+    if key not in _anchors:
+        tables = []
         for stride in YOLOX_STRIDES:
             ys, xs = np.meshgrid(np.arange(height // stride), np.arange(width // stride), indexing="ij")
-            cells.append(np.stack((xs, ys), -1).reshape(-1, 2))
-            strides.append(np.full((cells[-1].shape[0], 1), stride))
-        _grids[key] = (np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32))
-    return _grids[key]
+            tables.append(np.stack((xs, ys, np.full_like(xs, stride)), -1).reshape(-1, 3))
+        _anchors[key] = np.concatenate(tables).astype(np.float32)
+    return _anchors[key]
 
 
 def decode_outputs(
@@ -106,31 +132,34 @@ def decode_outputs(
 ) -> tuple[FloatArray, npt.NDArray[np.int32], FloatArray]:
     """One image's candidates: xyxy boxes in input pixels, class ids, scores (before NMS).
 
-    Candidates under ``score_threshold`` may already be left out where that saves work.
+    Candidates under ``score_threshold`` may already be left out where that saves work: anchors are
+    pruned first, and only the few left are decoded.
     """
     if manifest.decoder == "yolox":
-        raw = outputs[0][index].astype(np.float32, copy=False)
-        grid, strides = _yolox_grid(width, height)
-        # score = objectness x class score <= objectness: most anchors go before the class product
-        candidates = raw[:, 4] >= score_threshold
-        raw, grid, strides = raw[candidates], grid[candidates], strides[candidates]
-        xy = (raw[:, :2] + grid) * strides
+        raw = outputs[0][index].astype(np.float32, copy=False)  # [N, 5 + C]
+        # score = objectness x class score <= objectness: most anchors go before anything is computed
+        rows = np.flatnonzero(raw[:, 4] >= score_threshold)
+        raw = raw[rows]
+        anchors = _yolox_anchors(width, height)[rows]
+        strides = anchors[:, 2:]
+        xy = (raw[:, :2] + anchors[:, :2]) * strides
         wh = np.exp(raw[:, 2:4]) * strides
         class_scores = raw[:, 5:] * raw[:, 4:5]
-        boxes = np.concatenate((xy - wh / 2, xy + wh / 2), axis=1)
     elif manifest.decoder == "yolov8":
-        raw = outputs[0][index].astype(np.float32, copy=False).T  # [N, 4 + C]
+        raw = outputs[0][index].astype(np.float32, copy=False)  # [4 + C, N]
+        best = raw[4:].max(axis=0)  # each anchor's best class score, a reduction over contiguous rows
+        raw = raw[:, np.flatnonzero(best >= score_threshold)].T  # [n, 4 + C], the anchors that may pass
         xy, wh = raw[:, :2], raw[:, 2:4]
         class_scores = raw[:, 4:]
-        boxes = np.concatenate((xy - wh / 2, xy + wh / 2), axis=1)
     else:  # end2end: boxes [N, 4] xyxy in input pixels, scores [N], classes [N]
         boxes = outputs[0][index].reshape(-1, 4).astype(np.float32, copy=False)
         scores = outputs[1][index].reshape(-1).astype(np.float32, copy=False)
         class_ids = outputs[2][index].reshape(-1).astype(np.int32)
         return boxes, class_ids, scores
+    half = wh / 2
+    boxes = np.concatenate((xy - half, xy + half), axis=1)
     class_ids = class_scores.argmax(axis=1).astype(np.int32)
-    scores = np.take_along_axis(class_scores, class_ids[:, None], axis=1)[:, 0]
-    return boxes, class_ids, scores
+    return boxes, class_ids, class_scores.max(axis=1)
 
 
 def nms_per_class(
@@ -146,7 +175,8 @@ def nms_per_class(
 
 def to_source(boxes: FloatArray, placement: Placement) -> FloatArray:
     """Input-pixel xyxy boxes -> 0..1 of the source frame, clipped."""
-    out = np.empty_like(boxes)
-    out[:, [0, 2]] = (boxes[:, [0, 2]] - placement.pad_x) / (placement.scale * placement.width)
-    out[:, [1, 3]] = (boxes[:, [1, 3]] - placement.pad_y) / (placement.scale * placement.height)
+    offset = np.asarray([placement.pad_x, placement.pad_y] * 2, np.float32)
+    size = np.asarray([placement.scale * placement.width, placement.scale * placement.height] * 2, np.float32)
+    out = np.subtract(boxes, offset)
+    out /= size
     return np.clip(out, 0.0, 1.0, out=out)

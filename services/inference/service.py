@@ -1,8 +1,10 @@
 """The inference service: FrameRefs in, frames read zero-copy from shared memory, Detections out.
 
-Each model has a worker (:mod:`services.inference.worker`) that batches the newest pending frame of
-each camera; a batch runs through :class:`~services.inference.batch.BatchRunner`. Replicas split the
-cameras (:mod:`services.inference.shard`), so no frame is processed twice.
+Each model has a worker (:mod:`services.inference.worker`) that feeds the newest pending frame of
+each camera to the model's engines as they come free; a batch runs through
+:class:`~services.inference.batch.BatchRunner`. How many engines and threads, when the site file says
+``auto``, is :mod:`common.models.sizing`'s choice. Replicas (separate processes) split the cameras
+(:mod:`services.inference.shard`), so no frame is processed twice.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import SiteConfig
 from common.errors import ConfigError
+from common.models.sizing import Sizing, size_model, usable_cores
 from common.service import Service, ServiceState, control_reply
 from common.trust import TrustWatch, load_installed, model_search_path, site_trust
 from contracts import Control, Detections, FrameRef, topic
+from services.inference import metrics
 from services.inference.batch import BatchRunner
 from services.inference.detector import Detector
 from services.inference.shard import assignment, replica_shard
@@ -42,6 +46,7 @@ class InferenceService(Service):
         self.routes: dict[str, list[ModelWorker]] = {}  # camera -> the workers of its models
         self.batches = BatchRunner(self.config)
         self.frames_done = 0
+        self.sizing: dict[str, Sizing] = {}  # model -> its engines and threads, as chosen at start
         self._last_reload: str | None = None  # how the last reload Control ended, for its sender (Health detail)
         self.trust = TrustWatch(self.config)  # site.trusted_keys, read again when it changes
         self._links = WorkerLinks(
@@ -52,19 +57,41 @@ class InferenceService(Service):
         """Model ``name`` of the site file (or its package at ``path``), under the site's trust policy as
         it is now (blocking: run it on a thread)."""
         config = self.config.models[name]
+        sizing = self.sizing.get(name)
+        if sizing is not None:  # each engine on its share of the cores
+            config = config.model_copy(update={"threads": sizing.threads})
         if path is not None:
             config = config.model_copy(update={"path": path})
         search = model_search_path(self.config.site)
         return Detector.from_config(config, search, trust=self.trust.policy, what=f"models.{name}")
 
-    async def start_model(self, name: str) -> ModelWorker:
-        """Loads model ``name``; if its current installed package is refused (a key taken out of the site,
-        a package changed on disk), the newest installed version that verifies serves instead of none:
-        a service that cannot start would only be restarted to fail again."""
+    async def start_model(self, name: str, cameras: int = 1) -> ModelWorker:
+        """Loads model ``name`` on as many engines as its sizing says for ``cameras``; if its current
+        installed package is refused (a key taken out of the site, a package changed on disk), the newest
+        installed version that verifies serves instead of none: a service that cannot start would only be
+        restarted to fail again."""
+        sizing = self.sizing[name] = size_model(
+            self.config.models[name], cameras=cameras, cores=usable_cores(), processes=self.shard[1]
+        )
+        sized = {
+            "model": name,
+            "engines": sizing.engines,
+            "threads": sizing.threads or "onnxruntime",
+            "why": sizing.why,
+        }
+        if sizing.crowded:
+            log.warning("model sized: more threads than cores", extra=sized | {"fix": sizing.crowded})
+        else:
+            log.info("model sized", extra=sized)
+        metrics.ENGINES.labels(name).set(sizing.engines)
+        metrics.THREADS.labels(name).set(sizing.threads)
         reference = self.config.models[name].path
         site = self.config.site
         detector, fallback = await asyncio.to_thread(load_installed, reference, site, lambda p: self.load(name, p))
-        worker = ModelWorker(name, self.config.models[name], detector, self._links)
+        engines = [detector]
+        for _ in range(sizing.engines - 1):  # copies of exactly what loaded (the fallback's file, if it is one)
+            engines.append(await asyncio.to_thread(self.load, name, detector.spec.source))
+        worker = ModelWorker(name, self.config.models[name], engines, self._links)
         if fallback is not None:
             worker.refused = fallback.refused
             log.error(
@@ -122,10 +149,15 @@ class InferenceService(Service):
             enabled = [name for name, camera in self.config.cameras.items() if camera.enabled]
             if len(enabled) > self.shard[0]:  # cameras, but no model for them: a site file to fix
                 log.warning("no models to run for this replica's cameras", extra={"shard": shard})
-            else:  # more replicas than cameras: expected, this one waits
-                log.info("no cameras for this replica (more replicas than cameras)", extra={"shard": shard})
+            else:  # more replicas than cameras: this one waits, doing nothing
+                log.warning(
+                    "no cameras for this replica: run.inference_replicas is more than the cameras; "
+                    "auto (one process whose engines share the cores) needs none idle",
+                    extra={"shard": shard, "cameras": len(enabled)},
+                )
         for name in used:  # load (and check) every model before serving: errors now, not at the first frame
-            self.workers[name] = await self.start_model(name)
+            served = sum(name in models for models in cameras.values())
+            self.workers[name] = await self.start_model(name, served)
         for camera, models in cameras.items():
             self.routes[camera] = [self.workers[m] for m in models]
         topics = [topic("frames", camera) for camera in self.routes]
@@ -201,6 +233,8 @@ class InferenceService(Service):
 
     def health_counters(self) -> dict[str, float]:
         counters = {"models": len(self.workers), "cameras": len(self.routes), "frames": self.frames_done}
+        for model, sizing in self.sizing.items():  # shown in `edgesight run`'s table: what auto chose
+            counters |= {f"engines.{model}": sizing.engines, f"threads.{model}": sizing.threads}
         smoothed = self.batches.inference_ms()
         return counters | {f"inference_ms.{model}": round(ms, 2) for model, ms in smoothed.items()}
 

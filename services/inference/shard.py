@@ -1,7 +1,7 @@
 """Which cameras an inference replica serves: replica ``i`` of ``n`` takes the enabled cameras whose
 index (sorted by name) is ``i`` modulo ``n``, so no frame is processed twice.
 
-``n`` has one source, the site file's ``run.inference_replicas``. A replica learns its share from
+``n`` has one source, the site file's ``run.inference_replicas`` (``auto``: 1). A replica learns its share from
 its environment, whoever starts it:
 
 - ``EDGESIGHT_INFERENCE_REPLICA=i`` (compose: a service per replica; k3s: the StatefulSet pod's
@@ -48,7 +48,7 @@ def replica_shard(environment: Mapping[str, str], config: SiteConfig) -> Shard:
     replica = environment.get(INFERENCE_REPLICA_VARIABLE)
     if replica is None:
         return 0, 1
-    count = config.run.inference_replicas
+    count = config.run.inference_processes
     if not replica.isdigit() or int(replica) >= count:
         raise ConfigError(
             [

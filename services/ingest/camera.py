@@ -31,7 +31,7 @@ from services.ingest import metrics
 from services.ingest.decode import DecodeSession, SourceError, StallError, StreamInfo
 from services.ingest.gates import ConsumerGate, SourceRateGate
 from services.ingest.motion import MotionDetector, luma_width, small_luma
-from services.ingest.pixels import output_size, write_pixels
+from services.ingest.pixels import PixelWriter, output_size
 from services.ingest.source import Source
 
 __all__ = ["CameraWorker"]
@@ -108,7 +108,11 @@ class CameraWorker:
         self._logged_error = ""
         self._fallback_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # calls from the decode thread waiting for the event loop, in order, and whether it has been woken for them
+        self._handover: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+        self._handover_scheduled = False
         self._thread: threading.Thread | None = None
+        self._frames_published = metrics.FRAMES_PUBLISHED.labels(name)
         for state in STATES:
             metrics.CAMERA_STATE.labels(name, state).set(0)
         metrics.CAMERA_STATE.labels(name, self.state).set(1)
@@ -268,15 +272,18 @@ class CameraWorker:
     def _stream(self, abort: threading.Event) -> bool:
         """One connection, decoded until it ends or ``abort``; True when a file ended."""
         config = self.config
-        with DecodeSession(
-            self.source,
-            timeout_s=config.stall_timeout_s,
-            decoder=config.decoder,
-            loop=config.loop,
-            realtime=config.realtime,
-            abort=abort,
-            camera=self.name,
-        ) as session:
+        with (
+            DecodeSession(
+                self.source,
+                timeout_s=config.stall_timeout_s,
+                decoder=config.decoder,
+                loop=config.loop,
+                realtime=config.realtime,
+                abort=abort,
+                camera=self.name,
+            ) as session,
+            PixelWriter(config.pixel_format) as pixels,
+        ):
             info = self._open(session)
             source_size = (info.width, info.height)
             sizes = _Sizes.of(config, info.width, info.height)
@@ -304,7 +311,7 @@ class CameraWorker:
                     self._wait_for_room(self.consumer, abort, meters)
                 if abort.is_set():
                     break
-                self._write(frame, sizes, motion, meters)
+                self._write(frame, sizes, motion, pixels, meters)
             return not self.source.is_live and not abort.is_set()
 
     def _open(self, session: DecodeSession) -> StreamInfo:
@@ -334,7 +341,7 @@ class CameraWorker:
         meters.consumer_wait.inc(time.perf_counter() - waiting)
         self._last_frame = time.monotonic()  # waiting for inference is not a stalled camera
 
-    def _write(self, frame: Any, sizes: _Sizes, motion: MotionDetector, meters: _Meters) -> None:
+    def _write(self, frame: Any, sizes: _Sizes, motion: MotionDetector, pixels: PixelWriter, meters: _Meters) -> None:
         """The frame's motion scored, its pixels written once into the ring, its FrameRef handed to the loop."""
         config = self.config
         started = time.perf_counter()
@@ -344,7 +351,7 @@ class CameraWorker:
         with self.ring.fill(
             sizes.width, sizes.height, config.pixel_format, motion=min(1.0, score), motion_box=box
         ) as slot:
-            write_pixels(frame, slot.array, config.pixel_format)
+            pixels.write(frame, slot.array)
         meters.convert_seconds.observe(time.perf_counter() - started)
         assert slot.ref is not None
         if self.consumer is not None:
@@ -352,9 +359,23 @@ class CameraWorker:
         self._call(self._publish, slot.ref)
 
     def _call(self, function: Callable[..., None], *args: Any) -> None:
+        """``function(*args)`` on the event loop, after every call made before it. The loop is woken once for
+        all the calls queued until it gets round to them, not once per frame (a wake-up is a write to its
+        self-pipe and a turn of the loop, on a core the decoders want)."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(function, *args)
+        if loop is None or loop.is_closed():
+            return
+        self._handover.append((function, args))
+        if not self._handover_scheduled:
+            self._handover_scheduled = True
+            loop.call_soon_threadsafe(self._run_handed_over)
+
+    def _run_handed_over(self) -> None:
+        # Cleared before draining: a call queued meanwhile is either drained here or wakes the loop again.
+        self._handover_scheduled = False
+        while self._handover:
+            function, args = self._handover.popleft()
+            function(*args)
 
     def _streaming(self, width: int, height: int) -> None:
         info = self.info
@@ -374,5 +395,5 @@ class CameraWorker:
 
     def _publish(self, ref: FrameRef) -> None:
         self._published.append(time.monotonic())
-        metrics.FRAMES_PUBLISHED.labels(self.name).inc()
+        self._frames_published.inc()
         self._deliver(ref)

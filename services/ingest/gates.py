@@ -6,38 +6,9 @@ import collections
 import threading
 import time
 
-__all__ = ["ConsumerGate", "FrameRateGate", "SourceRateGate"]
+from common.pacing import FrameRateGate
 
-
-class FrameRateGate:
-    """Lets through at most ``fps`` frames per second, spread evenly.
-
-    Each admitted frame books the next slot one period later, so a 25 fps source limited to
-    10 fps passes frames 0, 2, 5, 7, 10, … rather than bursts. A frame up to a quarter period
-    early still takes its slot, which absorbs network jitter; after a pause the schedule restarts
-    instead of letting a backlog through.
-
-    >>> gate = FrameRateGate(10)
-    >>> [gate.admit(i / 25) for i in range(6)]
-    [True, False, True, False, False, True]
-    """
-
-    def __init__(self, fps: float) -> None:
-        self.period = 1.0 / fps
-        self._next: float | None = None
-
-    def admit(self, t: float) -> bool:
-        """Whether the frame at ``t`` seconds (any monotonic clock) should be published."""
-        if self._next is None or t - self._next >= self.period:
-            self._next = t + self.period
-            return True
-        if t >= self._next - self.period / 4:
-            self._next += self.period
-            return True
-        return False
-
-    def reset(self) -> None:
-        self._next = None
+__all__ = ["ConsumerGate", "SourceRateGate"]
 
 
 class SourceRateGate:
@@ -79,7 +50,7 @@ class ConsumerGate:
     none at all slow the file down to ``window`` frames per ``timeout_s``; they never stop it.
     """
 
-    def __init__(self, window: int = 2, timeout_s: float = 0.5) -> None:
+    def __init__(self, window: int = 1, timeout_s: float = 0.5) -> None:
         self.window = window
         self.timeout_s = timeout_s
         self._unanswered: collections.deque[tuple[int, float]] = collections.deque()  # (seq, sent at)

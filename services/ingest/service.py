@@ -10,6 +10,8 @@ import asyncio
 import logging
 import os
 
+import cv2
+
 from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import DEFAULT_INGEST_GROUP, INGEST_GROUP_VARIABLE, CameraConfig, SiteConfig
@@ -36,6 +38,9 @@ class IngestService(Service):
 
     def setup(self) -> None:
         self.group = os.environ.get(INGEST_GROUP_VARIABLE, DEFAULT_INGEST_GROUP)
+        # OpenCV converts the frames FFmpeg's scaler cannot write into a slot, on the camera's own thread:
+        # its worker pool would only spin on the cores the decoders' threads need (pixels.PixelWriter)
+        cv2.setNumThreads(1)
         self.workers: dict[str, CameraWorker] = {}
         self._outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_LIMIT)
 
@@ -135,10 +140,15 @@ class IngestService(Service):
         assert self.publisher is not None
         while True:
             message = await self._outbox.get()
-            if isinstance(message, FrameRef):
-                await self.publisher.publish("frames", message.camera, message)
-            elif isinstance(message, CameraStatus):
-                await self.publisher.publish("cameras", message.camera, message)
+            while True:  # everything queued meanwhile in this turn of the loop: no wake-up per message
+                if isinstance(message, FrameRef):
+                    await self.publisher.publish("frames", message.camera, message)
+                elif isinstance(message, CameraStatus):
+                    await self.publisher.publish("cameras", message.camera, message)
+                try:
+                    message = self._outbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
 
     async def _status_loop(self) -> None:
         """Every camera's status with each Health, so a late subscriber learns it without a change."""

@@ -33,3 +33,8 @@ SERIES_FLUSH_FAILED = Counter(
     "edgesight_series_flush_failed_total",
     "Flushes of the counts over time (analytics) that failed; what they held is tried again at the next.",
 )
+DETECTIONS_DROPPED = Counter(
+    "edgesight_rules_detections_dropped_total",
+    "Detections messages rules did not handle: models (the camera already tracks MAX_MODELS_PER_CAMERA models).",
+    ["camera", "reason"],
+)

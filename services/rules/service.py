@@ -16,8 +16,10 @@ import uuid
 import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import numpy.typing as npt
 
 from common._compat import TaskGroup
 from common.bus import EventSender, Subscriber
@@ -33,8 +35,6 @@ from contracts import (
     Detections,
     Event,
     FrameRef,
-    LineCounts,
-    Scene,
     TrackedObject,
     decode,
     encode,
@@ -47,6 +47,7 @@ from services.rules.moment import Draft, Moment, Observed
 from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
 from services.rules.reports import IntervalReporter
+from services.rules.scene import SceneRate, scene_of, unit_box
 from services.rules.tracker import ByteTracker, Track
 
 __all__ = ["RulesService"]
@@ -54,19 +55,13 @@ __all__ = ["RulesService"]
 log = logging.getLogger(__name__)
 
 ITEM_MAX_AGE_S = 1.0  # detections of another model count for PPE this long
+MAX_MODELS_PER_CAMERA = 16  # trackers (models) one camera keeps; Detections of more models are dropped
 MAX_RUNNING_ACTIONS = 64  # local actions (webhook, command, GPIO) running at once; past it they are dropped
 EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")
 
 
-def _box(values: object) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = (float(v) for v in values)  # type: ignore[attr-defined]
-    return x1, y1, x2, y2
-
-
-def _unit_box(values: object) -> tuple[float, float, float, float]:
-    """A track's box is its last detection's, and ``Detections`` does not bound boxes (our inference
-    clips them, another sender may not); a Scene's and an Event's boxes are 0-1."""
-    x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in _box(values))
+def _box(values: npt.NDArray[Any]) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = values.tolist()  # Python floats in one call, not four float()s (per track, per frame)
     return x1, y1, x2, y2
 
 
@@ -87,6 +82,7 @@ class _Camera:
         self.zone_labels: dict[str, set[str]] = {}  # zone -> every label seen in it: gauges go back to 0
         # track -> rule -> the object at that rule's last event about it: the "before" of the next one
         self.last_seen: dict[int, dict[str, TrackedObject]] = {}
+        self.scene_rate = SceneRate()
 
 
 def _now_and_before(camera: _Camera, draft: Draft) -> tuple[TrackedObject | None, TrackedObject | None]:
@@ -96,7 +92,7 @@ def _now_and_before(camera: _Camera, draft: Draft) -> tuple[TrackedObject | None
     if track is None:
         return None, None
     after = TrackedObject(
-        track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=_unit_box(track.box)
+        track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=unit_box(track.box)
     )
     seen = camera.last_seen.setdefault(track.track_id, {})
     before = seen.get(draft.rule) if draft.lifecycle != "new" else None
@@ -147,6 +143,7 @@ class RulesService(Service):
         self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=_outbox_max_bytes(self.config))
         self.outbox_changed = asyncio.Event()
         self.events_sent = 0
+        self.frames_handled = 0  # Detections messages handled: frames through rules (benchmarks' rate)
         self._readers = FrameReaders(self.config.site.shm_dir)  # snapshots, on a worker thread
         self._actions: set[asyncio.Task[None]] = set()
         self._group: TaskGroup | None = None
@@ -192,6 +189,12 @@ class RulesService(Service):
         camera = self.cameras.get(detections.frame.camera)
         if camera is None:
             return
+        tracker = camera.trackers.get(detections.model)
+        if tracker is None:
+            if len(camera.trackers) >= MAX_MODELS_PER_CAMERA:  # a sender inventing model names: bounded
+                metrics.DETECTIONS_DROPPED.labels(camera.name, "models").inc()
+                return
+            tracker = camera.trackers[detections.model] = ByteTracker(self.config.tracker, camera.ids)
         frame = detections.frame
         t = frame.monotonic_ns / 1e9
         boxes = detections.boxes.to_numpy()
@@ -201,10 +204,8 @@ class RulesService(Service):
             t,
             [(detections.labels.get(int(c), str(int(c))), _box(b)) for c, b in zip(class_ids, boxes, strict=True)],
         )
-        tracker = camera.trackers.get(detections.model)
-        if tracker is None:
-            tracker = camera.trackers[detections.model] = ByteTracker(self.config.tracker, camera.ids)
         seen, gone = tracker.update(boxes, class_ids, scores, t, aspect=frame.width / frame.height)
+        self.frames_handled += 1
         metrics.ACTIVE_TRACKS.labels(camera.name, detections.model).set(len(seen))
 
         def observed(track: Track) -> Observed:
@@ -214,7 +215,7 @@ class RulesService(Service):
         items = [
             item
             for model_t, model_items in camera.items.values()
-            if t - model_t <= ITEM_MAX_AGE_S
+            if abs(t - model_t) <= ITEM_MAX_AGE_S  # a frame dated in the future does not stay forever
             for item in model_items
         ]
         wall = dt.datetime.fromtimestamp(frame.capture_ns / 1e9, self.timezone)
@@ -235,30 +236,13 @@ class RulesService(Service):
     async def _publish_scene(
         self, camera: _Camera, detections: Detections, seen: list[Track], zones: dict[str, dict[str, int]]
     ) -> None:
-        """The camera as rules sees it now, for local consumers (the console); newest wins."""
+        """The camera as rules sees it now, for local consumers (the console; newest wins), at most at the
+        camera's fps (``SceneRate``): nothing of it is built for a frame that gets none."""
         if self.publisher is None:
             return
-        labels = detections.labels
-        scene = Scene(
-            camera=camera.name,
-            model=detections.model,
-            frame=detections.frame,
-            tracks=[
-                TrackedObject(
-                    track_id=track.track_id,
-                    label=labels.get(track.class_id, str(track.class_id)),
-                    score=min(1.0, round(track.score, 4)),
-                    box=_unit_box(track.box),
-                )
-                for track in seen
-            ],
-            lines={
-                rule: {label: LineCounts(in_=c.get("in", 0), out=c.get("out", 0)) for label, c in by_label.items()}
-                for rule, by_label in camera.rules.line_counts().items()
-            },
-            zones=zones,
-        )
-        await self.publisher.publish("scene", camera.name, scene)
+        if camera.scene_rate.due(detections.model, detections.frame.monotonic_ns / 1e9, camera.config.fps):
+            scene = scene_of(camera.name, detections, seen, camera.rules.line_counts(), zones)
+            await self.publisher.publish("scene", camera.name, scene)
 
     async def _emit(self, camera: _Camera, detections: Detections, draft: Draft, t: float) -> None:
         """Makes ``draft`` an Event and hands it on: outbox (for the uplink), the console's copy,
@@ -410,7 +394,12 @@ class RulesService(Service):
         metrics.EVENTS_QUEUED.set(len(self.outbox))
 
     def health_counters(self) -> dict[str, float]:
-        return {"cameras": len(self.cameras), "events": self.events_sent, "queued": len(self.outbox)}
+        return {
+            "cameras": len(self.cameras),
+            "frames": self.frames_handled,
+            "events": self.events_sent,
+            "queued": len(self.outbox),
+        }
 
     def health_detail(self) -> dict[str, str]:
         detail = {} if self._last_reload is None else {"reload": self._last_reload}

@@ -6,7 +6,8 @@ implementation (``supervision``'s ByteTrack) brings matplotlib, Pillow and reque
 for a Jetson image, and it matches by IoU alone, which fails at the frame rates edge boxes run.
 
 - **Motion**: a constant-velocity Kalman filter per track whose velocity is per *second* of capture
-  time, so a skipped frame, a slow inference or a camera at 5 fps only lengthens the prediction.
+  time, so a skipped frame, a slow inference or a camera at 5 fps only lengthens the prediction
+  (``services.rules.kalman``: in closed form, every track of the tracker in one set of arrays).
 - **Association**, ByteTrack's two stages: confident detections (``high_score``) are matched to every
   live track, lost ones included; weak ones (``low_score``..``high_score``) only continue confirmed
   tracks. A pair is scored by IoU with the track's predicted box when that reaches ``match_iou``;
@@ -32,6 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import statistics
 from collections.abc import Iterator
 
 import numpy as np
@@ -39,19 +41,20 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from common.config import TrackerConfig
+from services.rules.kalman import BoxMotion
 
 __all__ = ["ByteTracker", "Track", "iou_matrix"]
 
 FloatArray = npt.NDArray[np.float64]
 
-MEASUREMENT_STD = 0.05  # a detection's centre and size jitter, in box sizes
-ACCELERATION_STD = 2.0  # how fast velocity changes, in box sizes per second squared
 KNOWN_VELOCITY_SLACK = 0.25  # once a track's velocity is known: how wrong it may be, as a share of its speed
 SPEED_SAMPLES = 256  # speeds of moving confirmed tracks kept per class, for the gate of newborn tracks
 MIN_SPEED_SAMPLES = 16  # until then a newborn track's gate uses max_speed
 MOVING = 0.25  # box sizes per second: slower tracks are parked, not evidence of how fast things move
 MAX_SIZE_RATIO = 2.0  # a distance match pairs boxes whose sides (geometric mean) differ at most this much
 INFEASIBLE = 1e6
+MAX_DETECTIONS_TRACKED = 512  # the most confident detections of a frame that the tracker takes
+MAX_TRACKS = 2048  # live tracks of one tracker (one camera and model); past it, no new track starts
 
 
 def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
@@ -60,67 +63,15 @@ def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
         return np.zeros((len(a), len(b)))
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)  # type: ignore[no-any-return]
+    overlap = np.maximum(bottom_right - top_left, 0)
+    inter = overlap[..., 0] * overlap[..., 1]
+    return inter / np.maximum(_areas(a)[:, None] + _areas(b)[None, :] - inter, 1e-12)  # type: ignore[no-any-return]
 
 
-def _measure(box: FloatArray) -> FloatArray:
-    """xyxy -> (cx, cy, w, h)."""
-    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]])
-
-
-class _Kalman:
-    """Constant-velocity Kalman filter on (cx, cy, w, h) and their rates per second (square-pixel space).
-
-    Noise scales with the box, so the same settings serve a far-away person and a near truck. The
-    velocity starts unknown (a spread of ``max_speed`` box sizes per second), which makes the second
-    match set it to the displacement between the first two, however far apart in time they were.
-    """
-
-    H = np.hstack([np.eye(4), np.zeros((4, 4))])
-
-    def __init__(self, box: FloatArray, max_speed: float) -> None:
-        self.x = np.concatenate([_measure(box), np.zeros(4)])
-        size = _size(self.x)
-        position, velocity = (MEASUREMENT_STD * size) ** 2, (max_speed * size) ** 2
-        self.P = np.diag([position, position, position, position, velocity, velocity, velocity / 4, velocity / 4])
-
-    def predict(self, dt: float) -> FloatArray:
-        if dt > 0:
-            F = np.eye(8)
-            F[:4, 4:] = np.eye(4) * dt
-            # white-noise acceleration: position gains dt^4/4, velocity dt^2, per unit of variance
-            q = (ACCELERATION_STD * _size(self.x)) ** 2
-            G = np.concatenate([np.full(4, dt * dt / 2), np.full(4, dt)])
-            Q = np.diag(G * G * q)
-            Q[:4, 4:] = Q[4:, :4] = np.diag(np.full(4, dt**3 / 2 * q))
-            self.x = F @ self.x
-            self.P = F @ self.P @ F.T + Q
-        return self.box()
-
-    def update(self, box: FloatArray) -> None:
-        z = _measure(box)
-        R = np.eye(4) * (MEASUREMENT_STD * _size(z)) ** 2
-        S = self.H @ self.P @ self.H.T + R
-        K = self.P @ self.H.T @ np.linalg.inv(S)
-        self.x = self.x + K @ (z - self.H @ self.x)
-        self.P = (np.eye(8) - K @ self.H) @ self.P
-
-    def speed(self) -> float:
-        """Box sizes per second."""
-        return float(np.hypot(self.x[4], self.x[5])) / _size(self.x)
-
-    def box(self) -> FloatArray:
-        cx, cy, w, h = self.x[:4]
-        w, h = max(w, 1e-6), max(h, 1e-6)
-        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-
-
-def _size(state: FloatArray) -> float:
-    """A box's size: the geometric mean of its sides (cx, cy, w, h, ...)."""
-    return float(np.sqrt(max(state[2] * state[3], 1e-8)))
+def _areas(boxes: FloatArray) -> FloatArray:
+    """Of xyxy boxes [N, 4]: two products, not np.prod's reduction (a hot path: every frame, every pair)."""
+    sides = boxes[:, 2:] - boxes[:, :2]
+    return sides[:, 0] * sides[:, 1]  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass
@@ -134,7 +85,6 @@ class Track:
     origin: FloatArray  # the first matched box: where the object was before it was confirmed
     hits: int = 1
     confirmed: bool = False
-    kalman: _Kalman = dataclasses.field(repr=False, default=None)  # type: ignore[assignment]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +110,21 @@ class _Frame:
             t=t,
         )
 
+    def strongest(self, count: int) -> _Frame:
+        """The ``count`` most confident detections (a frame with more is no scene a camera shows: a
+        sender's flood would cost the tracker quadratic time)."""
+        if len(self.scores) <= count:
+            return self
+        keep = np.sort(np.argsort(-self.scores, kind="stable")[:count])
+        return _Frame(self.boxes[keep], self.square[keep], self.class_ids[keep], self.scores[keep], self.t)
+
 
 class ByteTracker:
     def __init__(self, config: TrackerConfig, ids: Iterator[int] | None = None) -> None:
         """``ids`` may be shared by the trackers of one camera (one per model) so track ids never collide."""
         self.config = config
         self.tracks: list[Track] = []
+        self._motion = BoxMotion(config.max_speed)  # row i: the motion of tracks[i]
         self._ids = ids or itertools.count(1)
         self._last_t: float | None = None
         self._speeds: dict[int, collections.deque[float]] = {}  # class -> speeds of moving confirmed tracks
@@ -180,7 +139,10 @@ class ByteTracker:
     ) -> tuple[list[Track], list[Track]]:
         """One frame's detections at capture time ``t`` (seconds) from a frame ``aspect`` (width / height)
         wide: (confirmed tracks seen in it, confirmed tracks gone)."""
-        frame = _Frame.of(boxes, class_ids, scores, t, aspect)
+        frame = _Frame.of(boxes, class_ids, scores, t, aspect).strongest(MAX_DETECTIONS_TRACKED)
+        restarted: list[Track] = []
+        if self._last_t is not None and t < self._last_t - self.config.max_age_s:
+            restarted = self._restart()  # the clock went back: tracks dated after it would never age out
         predicted = self._predict(t)
         high = np.flatnonzero(frame.scores >= self.config.high_score)
         low = np.flatnonzero((frame.scores >= self.config.low_score) & (frame.scores < self.config.high_score))
@@ -188,19 +150,26 @@ class ByteTracker:
         # weak ones only a confirmed track the first stage left unmatched
         every = list(range(len(self.tracks)))
         continued, unmatched = self._associate(frame, high, every, predicted)
-        confirmed_left = [i for i in every if i not in continued and self.tracks[i].confirmed]
+        matched = set(continued)
+        confirmed_left = [i for i in every if i not in matched and self.tracks[i].confirmed]
         continued_weak, _ = self._associate(frame, low, confirmed_left, predicted)
-        started = self._start_tracks(frame, unmatched)
         seen = [self.tracks[i] for i in continued + continued_weak if self.tracks[i].confirmed]
-        seen += [track for track in started if track.confirmed]
-        self.tracks += started
-        return seen, self._end_tracks(t)
+        seen += [track for track in self._start_tracks(frame, unmatched) if track.confirmed]
+        return seen, restarted + self._end_tracks(t)
+
+    def _restart(self) -> list[Track]:
+        """Ends every track at once; returns the confirmed ones (gone)."""
+        gone = [track for track in self.tracks if track.confirmed]
+        self.tracks = []
+        self._motion.keep(np.zeros(len(self._motion), bool))
+        self._last_t = None
+        return gone
 
     def _predict(self, t: float) -> FloatArray:
         """Every track's box at ``t`` (square pixels), from its motion since the last frame."""
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
-        return np.array([track.kalman.predict(dt) for track in self.tracks]).reshape(-1, 4)
+        return self._motion.predict(dt)
 
     def _associate(
         self, frame: _Frame, detections: npt.NDArray[np.intp], candidates: list[int], predicted: FloatArray
@@ -209,33 +178,33 @@ class ByteTracker:
         (the tracks continued, in the order matched; the detections left)."""
         if len(detections) == 0 or not candidates:
             return [], list(detections)
-        tracks = [self.tracks[i] for i in candidates]
-        cost = self._cost(tracks, predicted[candidates], frame.square[detections], frame.t)
-        same_class = frame.class_ids[detections][None, :] == np.array([track.class_id for track in tracks])[:, None]
-        cost[~same_class] = INFEASIBLE
+        cost = self._cost(candidates, predicted[candidates], frame.square[detections], frame.t)
+        track_classes = np.array([self.tracks[i].class_id for i in candidates])
+        cost[frame.class_ids[detections][None, :] != track_classes[:, None]] = INFEASIBLE
         rows, cols = linear_sum_assignment(cost)
-        continued: list[int] = []
-        matched_detections: set[int] = set()
-        for row, col in zip(rows, cols, strict=True):
-            if cost[row, col] >= INFEASIBLE:
-                continue
-            self._continue(self.tracks[candidates[row]], frame, detections[col])
-            continued.append(candidates[row])
-            matched_detections.add(col)
-        return continued, [detections[i] for i in range(len(detections)) if i not in matched_detections]
+        feasible = cost[rows, cols] < INFEASIBLE
+        continued = [candidates[row] for row in rows[feasible].tolist()]
+        self._continue(continued, frame, detections[cols[feasible]])
+        left = np.ones(len(detections), bool)
+        left[cols[feasible]] = False
+        return continued, list(detections[left])
 
-    def _continue(self, track: Track, frame: _Frame, detection: int) -> None:
-        """``track`` matched ``detection``: its motion, box, score and proof of life follow."""
-        track.kalman.update(frame.square[detection])
-        track.box, track.score, track.last_seen = frame.boxes[detection].copy(), float(frame.scores[detection]), frame.t
-        track.hits += 1
-        track.confirmed = track.confirmed or self._confirms(track)
-        speed = track.kalman.speed()
-        if track.hits >= self.config.min_hits and speed >= MOVING:
-            self._speeds.setdefault(track.class_id, collections.deque(maxlen=SPEED_SAMPLES)).append(speed)
+    def _continue(self, rows: list[int], frame: _Frame, detections: npt.NDArray[np.intp]) -> None:
+        """``tracks[rows[i]]`` matched ``detections[i]``: their motion, box, score and proof of life follow."""
+        self._motion.update(np.array(rows, np.intp), frame.square[detections])
+        speeds = self._motion.speeds(np.array(rows, np.intp)).tolist()
+        for row, detection, speed in zip(rows, detections.tolist(), speeds, strict=True):
+            track = self.tracks[row]
+            track.box, track.score = frame.boxes[detection].copy(), float(frame.scores[detection])
+            track.last_seen = frame.t
+            track.hits += 1
+            track.confirmed = track.confirmed or self._confirms(track)
+            if track.hits >= self.config.min_hits and speed >= MOVING:
+                self._speeds.setdefault(track.class_id, collections.deque(maxlen=SPEED_SAMPLES)).append(speed)
 
     def _start_tracks(self, frame: _Frame, detections: list[int]) -> list[Track]:
-        """A new track for each confident detection no track continued."""
+        """A new track for each confident detection no track continued (while there is room for one)."""
+        detections = detections[: max(0, MAX_TRACKS - len(self.tracks))]
         started = []
         for detection in detections:
             track = Track(
@@ -246,10 +215,11 @@ class ByteTracker:
                 first_seen=frame.t,
                 last_seen=frame.t,
                 origin=frame.boxes[detection].copy(),
-                kalman=_Kalman(frame.square[detection], self.config.max_speed),
             )
             track.confirmed = self.config.min_hits <= 1
             started.append(track)
+        self.tracks += started
+        self._motion.add(frame.square[np.array(detections, np.intp)])
         return started
 
     def _end_tracks(self, t: float) -> list[Track]:
@@ -257,12 +227,13 @@ class ByteTracker:
         # ByteTrack's rule: a track not yet confirmed lives only while matched in every frame; a false
         # positive must not linger with a widening gate and take over a real object's detection later
         alive = [
-            track
+            t - track.last_seen <= self.config.max_age_s and (track.confirmed or track.last_seen == t)
             for track in self.tracks
-            if t - track.last_seen <= self.config.max_age_s and (track.confirmed or track.last_seen == t)
         ]
         gone = [track for track in self.tracks if track.confirmed and t - track.last_seen > self.config.max_age_s]
-        self.tracks = alive
+        if not all(alive):
+            self.tracks = [track for track, kept in zip(self.tracks, alive, strict=True) if kept]
+            self._motion.keep(np.array(alive, bool))
         return gone
 
     def _confirms(self, track: Track) -> bool:
@@ -279,30 +250,31 @@ class ByteTracker:
         speeds = self._speeds.get(class_id)
         if speeds is None or len(speeds) < MIN_SPEED_SAMPLES:
             return self.config.max_speed
-        return min(self.config.max_speed, 1.0 + 3.0 * float(np.median(speeds)))
+        return min(self.config.max_speed, 1.0 + 3.0 * statistics.median(speeds))
 
-    def _cost(self, tracks: list[Track], predicted: FloatArray, detections: FloatArray, t: float) -> FloatArray:
+    def _cost(self, candidates: list[int], predicted: FloatArray, detections: FloatArray, t: float) -> FloatArray:
         """[tracks, detections]: 1 - IoU where the IoU with the prediction reaches ``match_iou``; else
         1 + the centre distance in box sizes where it is inside the track's gate; else infeasible."""
         iou = iou_matrix(predicted, detections)
         centre_detection = (detections[:, :2] + detections[:, 2:]) / 2
-        size_track = np.sqrt(np.maximum(np.prod(predicted[:, 2:] - predicted[:, :2], axis=1), 1e-12))
-        size_detection = np.sqrt(np.maximum(np.prod(detections[:, 2:] - detections[:, :2], axis=1), 1e-12))
+        size_track = np.sqrt(np.maximum(_areas(predicted), 1e-12))
+        size_detection = np.sqrt(np.maximum(_areas(detections), 1e-12))
         size = np.sqrt(size_track[:, None] * size_detection[None, :])
-        distance = (
-            np.linalg.norm((predicted[:, None, :2] + predicted[:, None, 2:]) / 2 - centre_detection, axis=2) / size
-        )
+        offset = (predicted[:, None, :2] + predicted[:, None, 2:]) / 2 - centre_detection
+        distance = np.sqrt(offset[..., 0] ** 2 + offset[..., 1] ** 2) / size
         size_ratio = np.maximum(
             size_track[:, None] / size_detection[None, :], size_detection[None, :] / size_track[:, None]
         )
+        tracks = [self.tracks[i] for i in candidates]
         lost_for = np.array([t - track.last_seen for track in tracks])
-        newborn = {class_id: self.newborn_speed(class_id) for class_id in {track.class_id for track in tracks}}
-        speed = np.array(
-            [
-                newborn[track.class_id] if track.hits == 1 else KNOWN_VELOCITY_SLACK * track.kalman.speed()
-                for track in tracks
-            ]
-        )
+        # a track seen once has no velocity yet: its gate widens by how fast its class goes here
+        speed = KNOWN_VELOCITY_SLACK * self._motion.speeds(np.array(candidates, np.intp))
+        newborn: dict[int, float] = {}
+        for index, track in enumerate(tracks):
+            if track.hits == 1:
+                if track.class_id not in newborn:
+                    newborn[track.class_id] = self.newborn_speed(track.class_id)
+                speed[index] = newborn[track.class_id]
         gate = self.config.match_distance + speed * lost_for
         near = (distance <= gate[:, None]) & (size_ratio <= MAX_SIZE_RATIO) & (self.config.match_distance > 0)
         cost = np.where(near, 1.0 + distance, INFEASIBLE)

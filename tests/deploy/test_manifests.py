@@ -223,7 +223,7 @@ def test_k3s_runs_as_many_inference_replicas_as_the_site_file_says(
     configmap = next(doc for doc in manifests if doc["kind"] == "ConfigMap")
     site = tmp_path / "site.yaml"
     site.write_text(configmap["data"]["site.yaml"])
-    replicas = load_config(site).run.inference_replicas
+    replicas = load_config(site).run.inference_processes
     inference = next(doc for doc in manifests if doc["kind"] == "StatefulSet")
     assert inference["spec"]["replicas"] == replicas, "the StatefulSet's replicas differ from run.inference_replicas"
     (container,) = inference["spec"]["template"]["spec"]["containers"]
@@ -238,7 +238,7 @@ def test_compose_runs_as_many_inference_replicas_as_the_site_file_says() -> None
     config = load_config(COMPOSE / "site.yaml")
     replicas = [s for s in edgesight_services(compose).values() if service_module(s["command"]) == "inference"]
     numbers = sorted(int(s["environment"][INFERENCE_REPLICA_VARIABLE]) for s in replicas)
-    assert numbers == list(range(config.run.inference_replicas)), "one inference service per replica, numbered"
+    assert numbers == list(range(config.run.inference_processes)), "one inference service per replica, numbered"
     assert not any(_replica_counts(s) for s in replicas), "an inference service sets a replica count of its own"
 
 
@@ -292,3 +292,22 @@ def test_the_fleet_writes_the_site_file_and_the_models_where_the_others_read_the
         "mountPath": "/etc/edgesight",
         "readOnly": True,
     }
+
+
+def test_compose_and_k3s_let_inference_size_itself(manifests: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The same rule everywhere: the shipped site files leave replicas, engines and threads to `auto`, which
+    the inference process resolves itself (common/models/sizing.py), as under `edgesight run`; no container
+    pins ONNX Runtime's threads behind the site file's back."""
+    configmap = next(doc for doc in manifests if doc["kind"] == "ConfigMap")
+    k3s_site = tmp_path / "site.yaml"
+    k3s_site.write_text(configmap["data"]["site.yaml"])
+    for config in (load_config(COMPOSE / "site.yaml"), load_config(k3s_site)):
+        assert config.run.inference_replicas == "auto"
+        for model in config.models.values():
+            assert (model.engines, model.threads) == ("auto", "auto")
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    inference = next(doc for doc in manifests if doc["kind"] == "StatefulSet")
+    workloads = [*edgesight_services(compose).values(), *inference["spec"]["template"]["spec"]["containers"]]
+    for workload in workloads:
+        environment = workload.get("environment") or {e["name"]: e.get("value") for e in workload.get("env", [])}
+        assert not {"OMP_NUM_THREADS", "ORT_NUM_THREADS"} & set(environment), workload

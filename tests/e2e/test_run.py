@@ -193,6 +193,31 @@ def test_run_starts_inference_replicas_that_split_the_cameras(tmp_path: Path, py
     assert "EDGESIGHT_INFERENCE_SHARD" not in stderr  # no complaint about the shard it was given
 
 
+def test_run_shows_how_inference_sized_itself(tmp_path: Path, python_env: dict[str, str]) -> None:
+    """No threads, engines or replicas in the site file: inference chooses them from the cores and its
+    cameras (common/models/sizing.py), logs the choice once and shows it in the table."""
+    from common.config import ModelConfig
+    from common.models.sizing import size_model, usable_cores
+
+    cameras = {name: {"url": "people.mp4", "loop": True, "fps": 5} for name in ("dock", "gate")}
+    models = {"people": {"path": "yolox_nano.onnx", "classes": ["person"]}}
+    site = site_with_run(
+        tmp_path, {"services": ["broker", "ingest", "inference"]}, {"cameras": cameras, "models": models}
+    )
+    expected = size_model(ModelConfig(path="yolox_nano.onnx"), cameras=2, cores=usable_cores())
+
+    def inferring(rows: Table) -> bool:
+        found = re.search(r"frames=(\S+)", rows.get("inference", ""))
+        return found is not None and float(found.group(1)) > 5
+
+    stderr, _, rows = run_until(site, python_env, inferring)
+    assert f"engines.people={expected.engines}" in rows["inference"], rows
+    assert f"threads.people={expected.threads}" in rows["inference"], rows
+    assert "inference@1" not in rows  # auto: one process, its engines share the cores
+    sized = [line for line in stderr.splitlines() if "model sized" in line]
+    assert len(sized) == 1 and f"engines={expected.engines}" in sized[0] and "why=" in sized[0], sized
+
+
 def site_with_run(tmp_path: Path, run: dict[str, object], extra: dict[str, object] | None = None) -> Path:
     """A test site (see write_site) whose ``run:`` section also holds ``run``."""
     import yaml

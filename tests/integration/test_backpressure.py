@@ -1,5 +1,5 @@
 """A recording read faster than real time (``realtime: false``) goes at inference's pace: ingest publishes a
-frame only when inference has answered all but two before it, so no decoded frame is thrown away and
+frame only when inference has answered the one before it, so no decoded frame is thrown away and
 decoding never starves the model. With no inference at all the file slows down; it never stops."""
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def test_without_inference_the_recording_slows_down_but_never_stops(
     time.sleep(4.0)
     published = metric(site, "ingest", "edgesight_camera_frames_total", 'camera="archive"')
     timeouts = metric(site, "ingest", "edgesight_camera_consumer_timeouts_total", 'camera="archive"')
-    # Two frames in flight, each given up after 0.5 s: about 4 frames a second, not the 150+ it decodes.
-    assert 6 <= published <= 30, published
+    # One frame in flight, given up after 0.5 s: about 2 frames a second, not the 150+ it decodes.
+    assert 5 <= published <= 16, published
     assert timeouts >= published - 4, (timeouts, published)
     assert camera_state(site) == "streaming"  # waiting for an answer is not a stalled camera
 

@@ -97,7 +97,8 @@ def test_two_cameras_two_models_batched(
     site = services(
         {
             "models": {
-                "people": {"path": str(manifest), "max_batch": 4, "max_wait_ms": 100},
+                # one engine, as a GPU gets: two engines would each take one camera's frame, not a batch
+                "people": {"path": str(manifest), "max_batch": 4, "max_wait_ms": 100, "engines": 1},
                 "v8": {"path": "yolov8n_int8.onnx", "classes": ["person"]},
             },
             "cameras": {"dock-1": {"url": "rtsp://unused/1"}, "dock-2": {"url": "rtsp://unused/2"}},

@@ -264,7 +264,7 @@ def test_still_frames_are_skipped_but_every_camera_is_rechecked(monkeypatch: pyt
 
     links = inference.WorkerLinks(infer=unused, publish=unused, load=unused, audit=unused)
     worker = inference.ModelWorker(
-        "people", config.models["people"], Detector.from_config(config.models["people"]), links
+        "people", config.models["people"], [Detector.from_config(config.models["people"])], links
     )
 
     def ref(seq: int, motion: float) -> FrameRef:
@@ -283,41 +283,3 @@ def test_still_frames_are_skipped_but_every_camera_is_rechecked(monkeypatch: pyt
     clock[0] += 5
     worker.offer(ref(3, 0.0))  # still, but not run for 5 s: rechecked
     assert worker.pending["gate"].seq == 3
-
-
-@pytest.mark.parametrize(
-    ("letterbox", "color", "scale", "mean", "size"),
-    [
-        ("top_left", "bgr", 1.0, (0.0, 0.0, 0.0), (480, 854)),  # YOLOX: resized straight into the canvas
-        ("center", "rgb", 1 / 255, (0.0, 0.0, 0.0), (480, 854)),
-        ("center", "rgb", 1 / 255, (0.485, 0.456, 0.406), (900, 600)),  # taller than wide: a column band
-        ("top_left", "rgb", 1 / 255, (0.0, 0.0, 0.0), (416, 416)),  # exactly the input size
-    ],
-)
-def test_letterbox_matches_a_plain_implementation(
-    letterbox: str, color: str, scale: float, mean: tuple[float, float, float], size: tuple[int, int]
-) -> None:
-    import cv2
-
-    from common.models.manifest import ModelManifest
-    from services.inference.processing import Letterbox
-
-    manifest = ModelManifest(
-        name="m", file="m.onnx", decoder="yolox", letterbox=letterbox, color=color, scale=scale, mean=mean
-    )
-    frame = np.random.default_rng(3).integers(0, 255, (*size, 3), dtype=np.uint8)
-    boxer = Letterbox(manifest, 416, 416)
-    out = boxer.batch(1)[0]
-    out.fill(-1)  # whatever a previous frame left
-    boxer.place(frame, out)
-
-    height, width = size
-    ratio = min(416 / width, 416 / height)
-    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-    x0, y0 = ((416 - new_w) // 2, (416 - new_h) // 2) if letterbox == "center" else (0, 0)
-    canvas = np.full((416, 416, 3), 114, np.uint8)
-    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    if color == "rgb":
-        canvas = canvas[..., ::-1]
-    expected = canvas.transpose(2, 0, 1).astype(np.float32) * np.float32(scale) - np.float32(mean).reshape(3, 1, 1)
-    assert np.allclose(out, expected, atol=1e-5)

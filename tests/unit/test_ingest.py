@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from common.errors import AssetError
-from services.ingest.gates import ConsumerGate, FrameRateGate
+from common.pacing import FrameRateGate
+from services.ingest.gates import ConsumerGate
 from services.ingest.motion import MotionDetector
 from services.ingest.pixels import output_size
 from services.ingest.source import Source
@@ -51,6 +52,7 @@ def test_motion_detector_scores_and_boxes_the_change() -> None:
     moved = still.copy()
     moved[20:40, 150:190] = 200
     score, box = detector.update(moved)
+    assert type(score) is float  # the FrameRef's field: the bus encodes no numpy scalar
     assert score == pytest.approx(20 * 40 / (100 * 200))
     assert box == pytest.approx((0.75, 0.2, 0.95, 0.4))
     # noise below the threshold is not motion
@@ -126,30 +128,6 @@ def test_ingest_groups_split_the_cameras(monkeypatch: pytest.MonkeyPatch) -> Non
     assert list(IngestService(config).cameras()) == ["a"]
     monkeypatch.setenv(INGEST_GROUP_VARIABLE, "east")
     assert list(IngestService(config).cameras()) == ["b", "c"]
-
-
-@pytest.mark.parametrize("pixel_format", ["bgr24", "rgb24"])
-def test_pixels_written_into_the_slot_are_ffmpegs_colours(shared_dir: Path, pixel_format: str) -> None:
-    """The I420 path converts by OpenCV straight into the slot; against FFmpeg's scaler on the same frames
-    no value is more than 2 apart (rounding), and a frame needing a resize still goes through FFmpeg."""
-    import av
-    import numpy as np
-
-    from services.ingest.pixels import write_pixels
-
-    with av.open(str(shared_dir / "media" / "people.mp4")) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index % 40:
-                continue
-            reference = frame.to_ndarray(format=pixel_format).astype(np.int16)
-            slot = np.zeros((frame.height, frame.width, 3), np.uint8)
-            write_pixels(frame, slot, pixel_format)
-            assert np.abs(slot.astype(np.int16) - reference).max() <= 2
-            assert np.abs(slot.astype(np.int16) - reference).mean() < 1.0
-            half = np.zeros((frame.height // 2, frame.width // 2, 3), np.uint8)
-            write_pixels(frame, half, pixel_format)
-            expected = frame.to_ndarray(format=pixel_format, width=frame.width // 2, height=frame.height // 2)
-            assert np.array_equal(half, expected)
 
 
 def test_consumer_gate_holds_the_decoder_two_frames_ahead_of_the_answers() -> None:
