@@ -51,10 +51,6 @@ class Sizing:
     why: str  # what it was chosen from, for the log and `edgesight run`
     crowded: str = ""  # set when the site file's values run more threads than the cores: what to change
 
-    def __str__(self) -> str:
-        threads = "ONNX Runtime's threads" if self.threads == 0 else f"{self.threads} thread(s)"
-        return f"{self.engines} engine(s) x {threads} ({self.why})"
-
 
 def size_model(model: ModelConfig, *, cameras: int, cores: int, processes: int = 1) -> Sizing:
     """Engines and threads for ``model`` serving ``cameras`` in one of ``processes`` inference processes
