@@ -7,10 +7,11 @@ broker is reconnected. Then /api/fleet on the console's real web application (th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,6 +100,20 @@ async def until(condition: Callable[[], object], seconds: float, what: str) -> N
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def following(mosquitto: Mosquitto, retained: list[tuple[str, bytes]]) -> AsyncIterator[FleetFollower]:
+    """``retained`` published, then a follower running until it heard (or dropped) every one of them."""
+    await publish(mosquitto, retained)
+    follower = follower_for(mosquitto)
+    task = asyncio.create_task(follower.run())
+    try:
+        await until(lambda: sum(follower.dropped.values()) + follower.heard >= len(retained), 20, "every message")
+        yield follower
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def test_the_follower_keeps_every_sites_newest_state_and_drops_what_is_hostile(mosquitto: Mosquitto) -> None:
     hostile = "<script>alert('site')</script>"
     retained = [
@@ -113,20 +128,13 @@ def test_the_follower_keeps_every_sites_newest_state_and_drops_what_is_hostile(m
     ]
 
     async def scenario() -> FleetFollower:
-        await publish(mosquitto, retained)
-        follower = follower_for(mosquitto)
-        task = asyncio.create_task(follower.run())
-        try:
-            await until(lambda: sum(follower.dropped.values()) + follower.heard >= len(retained), 20, "every message")
+        async with following(mosquitto, retained) as follower:
             # live: a newer state replaces the retained one; an empty payload (a cleared retained state) forgets
             await publish(mosquitto, [(topic("site-a"), update(reported("site-a", version="1.5.0")))])
             await until(lambda: follower.reported["site-a"]["edgesight"] == "1.5.0", 10, "site-a's update")
             await publish(mosquitto, [(topic("site-b"), b"")])
             await until(lambda: "site-b" not in follower.reported, 10, "site-b forgotten")
             assert follower.connected and follower.error is None
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         return follower
 
     follower = asyncio.run(scenario())
@@ -233,17 +241,10 @@ def test_numbers_no_float_holds_never_break_the_follower(mosquitto: Mosquitto) -
     retained += [(topic(f"big-{index}"), raw(f"big-{index}", **numbers)) for index, numbers in enumerate(KEPT_BOUNDED)]
 
     async def scenario() -> FleetFollower:
-        await publish(mosquitto, retained)
-        follower = follower_for(mosquitto)
-        task = asyncio.create_task(follower.run())
-        try:
-            await until(lambda: sum(follower.dropped.values()) + follower.heard >= len(retained), 20, "every message")
+        async with following(mosquitto, retained) as follower:
             await publish(mosquitto, [(topic("site-a"), update(reported("site-a")))])
             await until(lambda: "site-a" in follower.reported, 10, "a good report after the bad ones")
             assert follower.connected and follower.error is None  # never lost: nothing raised
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         return follower
 
     follower = asyncio.run(scenario())

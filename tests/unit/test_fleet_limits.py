@@ -305,6 +305,16 @@ def test_the_default_options_are_unchanged_and_a_v5_session_can_outlive_its_conn
         client_options(settings, "a", max_packet_bytes=0)
 
 
+async def _serve(path: str, handler: Any) -> tuple[web.AppRunner, str]:
+    """An HTTP server on a free local port answering GET ``path``: its runner (to clean up) and base URL."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 def test_a_redirect_is_not_followed_to_any_host(tmp_path: Path) -> None:
     """A package server answering 302 to another host (the site's own /metrics, say): never fetched."""
     body = b"package" * 100
@@ -315,22 +325,13 @@ def test_a_redirect_is_not_followed_to_any_host(tmp_path: Path) -> None:
             fetched.append(request.path)
             return web.Response(body=body)
 
-        other = web.Application()
-        other.router.add_get("/metrics", elsewhere)
-        other_runner = web.AppRunner(other)
-        await other_runner.setup()
-        await web.TCPSite(other_runner, "127.0.0.1", 0).start()
-        other_url = f"http://127.0.0.1:{other_runner.addresses[0][1]}/metrics"
+        other_runner, other_base = await _serve("/metrics", elsewhere)
+        other_url = f"{other_base}/metrics"
 
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPFound(other_url if request.path == "/away" else "/here")
 
-        server = web.Application()
-        server.router.add_get("/{name}", redirect)
-        runner = web.AppRunner(server)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        runner, url = await _serve("/{name}", redirect)
         try:
             for name in ("away", "same-host"):
                 with pytest.raises(DownloadFailed, match="HTTP 302: a redirect, not followed") as failed:
