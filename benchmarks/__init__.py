@@ -1,6 +1,7 @@
 """EdgeSight's benchmarks: ``python -m benchmarks [NAME ...] [--quick] [--json FILE]``.
 
-Each benchmark is a module here with ``run(quick: bool) -> dict[str, float]`` and a ``TITLE``.
+Each benchmark is a module here with ``run(quick: bool) -> dict[str, float]`` (a dict among them is a status,
+printed as text: ``inference_throughput``'s ``tensorrt``) and a ``TITLE``.
 A benchmark that compares with a baseline measured in the same run also returns ``ratio``
 (ours / baseline). Figures are never asserted: this is a 2-core, noisy machine.
 """

@@ -1,5 +1,6 @@
 """Runs benchmarks, prints one table per benchmark and one summary of their ratios and goals, and writes
-``{"<name>": {"<figure>": number}}``."""
+``{"<name>": {"<figure>": number}}`` (a status beside the figures, such as inference_throughput's ``tensorrt``,
+as an object)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import BENCHMARKS, ON_REQUEST
-from benchmarks._summary import table
+from benchmarks._summary import Figure, as_text, table
 
 
 @contextlib.contextmanager
@@ -59,7 +60,7 @@ def main() -> int:
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         args.log.write_text("")
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Figure]] = {}
     failed: list[str] = []
     for name in args.names or [name for name in BENCHMARKS if name not in ON_REQUEST]:
         module = importlib.import_module(BENCHMARKS[name])
@@ -80,7 +81,7 @@ def main() -> int:
                 results[name] = figures
             width = max(map(len, figures), default=0)
             for figure, value in figures.items():
-                print(f"  {figure:<{width}}  {value:>12,.3f}")
+                print(f"  {figure:<{width}}  {as_text(value):>12}")
             print(f"  ({time.monotonic() - started:.1f} s)", flush=True)
         if args.log:
             print(f"{'failed' if name in failed else 'done'} ({time.monotonic() - started:.0f} s)", flush=True)

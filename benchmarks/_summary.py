@@ -9,13 +9,28 @@ its figures in the docs (README's *Benchmarks*); none where no goal is written.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["GOALS", "Goal", "table"]
+__all__ = ["GOALS", "Figure", "Goal", "as_text", "table"]
 
-Figures = Mapping[str, float]
+# A number, or not a figure but a status beside them (inference_throughput's ``tensorrt``: measured or why not).
+Figure = float | Mapping[str, Any]
+Figures = Mapping[str, Figure]
+
+
+def as_text(value: Figure, number: str = ",.3f") -> str:
+    """A figure as the tables print it: a number in ``number``'s format, a status as plain ``key: value`` text.
+
+    >>> as_text(1234.5), as_text({"measured": False, "reason": "no GPU"})
+    ('1,234.500', 'measured: false, reason: no GPU')
+    """
+    if isinstance(value, (int, float)):
+        return format(value, number)
+    return ", ".join(f"{key}: {item if isinstance(item, str) else json.dumps(item)}" for key, item in value.items())
 
 
 @dataclass(frozen=True)
@@ -26,7 +41,7 @@ class Goal:
     at_least: float | None = None
     at_most: float | None = None  # neither: README sets no goal for it
 
-    def value(self, figures: Figures) -> float | None:
+    def value(self, figures: Figures) -> Figure | None:
         try:
             return figures[self.figure] if isinstance(self.figure, str) else self.figure(figures)
         except (KeyError, ValueError):
@@ -50,7 +65,11 @@ class Goal:
 
 
 def _worst_growth(figures: Figures) -> float:
-    return max(value for name, value in figures.items() if name.endswith("_growth_mb_per_h"))
+    return max(
+        value
+        for name, value in figures.items()
+        if name.endswith("_growth_mb_per_h") and isinstance(value, (int, float))
+    )
 
 
 GOALS = (
@@ -85,8 +104,9 @@ def table(results: Mapping[str, Figures], failed: Collection[str] = ()) -> str:
             rows.append((goal.benchmark, "failed", goal.goal(), goal.met(math.nan), goal.compares))
         elif goal.benchmark in results:
             value = goal.value(results[goal.benchmark])
-            shown = "-" if value is None else f"{value:.2f}"
-            rows.append((goal.benchmark, shown, goal.goal(), "-" if value is None else goal.met(value), goal.compares))
+            shown = "-" if value is None else as_text(value, ".2f")
+            met = goal.met(value) if isinstance(value, (int, float)) else "-"  # a status meets no goal
+            rows.append((goal.benchmark, shown, goal.goal(), met, goal.compares))
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return "\n".join(
         f"{name:<{widths[0]}}  {ratio:>{widths[1]}}  {goal:<{widths[2]}}  {met:<{widths[3]}}  {what}".rstrip()

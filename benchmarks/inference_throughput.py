@@ -11,6 +11,13 @@ batch 1 is the shared model as it is (a static batch of 1), batches 4 and 8 a co
 dynamic batch dimension. ``one_session`` is the baseline as it was before engines: one session on
 ONNX Runtime's own threads (every core).
 
+Where TensorRT and a GPU are present, TensorRT's rows stand beside ONNX Runtime's: the TensorRT backend's
+``run`` alone at batch 1 and at the largest batch, on the same pre-made tensor of the same frame, and its
+speed-up over ``session.run`` at that batch (``tensorrt_batch<N>_speedup``); its engines are built once
+into the engine cache (``$EDGESIGHT_ENGINE_CACHE``). Where they are not, the run says why, and the JSON
+holds ``"tensorrt": {"measured": false, "reason": ...}``. The test stand-in of TensorRT (tests/standin)
+is never measured: its figures would be ONNX Runtime's on the CPU.
+
 Beside frames/s, CPU milliseconds per frame of each side (``/proc``): the baseline's sessions, and
 the inference service, the broker and the feeder (which stands in for ingest) in the service run.
 They move much less than frames/s with what else the machine runs, and say where the time goes.
@@ -30,10 +37,13 @@ import av
 import numpy as np
 import yaml
 
+from benchmarks._backend_bench import dynamic_batch_copy, frames_per_second
 from benchmarks._site import start, stop, write_site
+from benchmarks.gpu_machine import tensorrt_unavailable
 from common.assets import find_asset
 from common.bus import Publisher, Subscriber
 from common.config import ModelConfig, SiteConfig
+from common.errors import ModelError
 from common.models.sizing import Sizing, size_model, usable_cores
 from common.shm import FrameRingWriter, frame_bytes
 from contracts import Detections, topic
@@ -66,13 +76,7 @@ def _model(folder: Path, batch: int) -> Path:
     """A manifest for YOLOX-Nano; for batches above 1 over a copy with a dynamic batch dimension."""
     model = find_asset("yolox_nano.onnx")
     if batch > 1:
-        import onnx  # only the benchmark needs it (test extra)
-
-        graph = onnx.load(str(model))
-        for tensor in [*graph.graph.input, *graph.graph.output]:
-            tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-        model = folder / "yolox_nano_dynamic.onnx"
-        onnx.save(graph, str(model))
+        model = dynamic_batch_copy(model, folder / "yolox_nano_dynamic.onnx")
     manifest = folder / f"yolox_b{batch}.yaml"
     fields = {
         "name": "people",
@@ -122,6 +126,22 @@ def bare_loop(manifest: Path, batch: int, sizing: Sizing, seconds: float) -> tup
     for engine in engines:
         engine.close()
     return frames / elapsed, cpu_ms
+
+
+def tensorrt_loop(manifest: Path, batch: int, seconds: float) -> tuple[float, str]:
+    """(frames/s, what ran it) of the TensorRT backend's ``run`` alone on a pre-made tensor of ``batch``
+    frames: the model as the service opens it (``backend: tensorrt``), its engine from the cache."""
+    detector = Detector.from_config(ModelConfig(path=str(manifest), backend="tensorrt", max_batch=batch))
+    try:
+        if detector.backend.name != "tensorrt":  # open_backend fell back, and warned why
+            raise ModelError(f"TensorRT could not run the model; {detector.backend.provider} ran it instead")
+        tensor = detector.letterbox.batch(batch)
+        frame = _frame()
+        for row in range(batch):
+            detector.letterbox.place(frame, tensor[row])
+        return frames_per_second(detector.backend, tensor, seconds), detector.backend.provider
+    finally:
+        detector.close()
 
 
 async def _feed(
@@ -196,14 +216,19 @@ def service_loop(manifest: Path, batch: int, cameras: list[str], seconds: float,
         stop([inference, broker])
 
 
-def run(quick: bool) -> dict[str, float]:
+def run(quick: bool) -> dict[str, float | dict[str, Any]]:
     seconds = 4.0 if quick else 10.0
-    figures: dict[str, float] = {}
+    figures: dict[str, float | dict[str, Any]] = {}
     cores = usable_cores()
     one_session = Sizing(engines=1, threads=0, why="one session on ONNX Runtime's threads (every core)")
+    batches = (1, 4) if quick else (1, 4, 8)
+    unmeasured = tensorrt_unavailable()
+    if unmeasured:
+        print(f"tensorrt: not measured — {unmeasured}", flush=True)
+    provider = ""
     with tempfile.TemporaryDirectory(prefix="edgesight-bench-") as temporary:
         folder = Path(temporary)
-        for batch in (1, 4) if quick else (1, 4, 8):
+        for batch in batches:
             manifest = _model(folder, batch)
             cameras = [f"cam{i}" for i in range(2 * batch * cores)]  # two batches pending per engine (1 per core)
             sizing = size_model(ModelConfig(path=str(manifest), max_batch=batch), cameras=len(cameras), cores=cores)
@@ -224,6 +249,22 @@ def run(quick: bool) -> dict[str, float]:
                 f"batch{batch}_ratio": ours["fps"] / bare,
                 f"batch{batch}_ratio_one_session": ours["fps"] / single,
             }
+            if unmeasured is None and batch in (batches[0], batches[-1]):
+                try:
+                    tensorrt_fps, provider = tensorrt_loop(manifest, batch, seconds)
+                except ModelError as exc:
+                    unmeasured = str(exc)
+                    print(f"tensorrt: not measured — {unmeasured}", flush=True)
+                else:
+                    figures[f"tensorrt_batch{batch}_fps"] = tensorrt_fps
+                    figures[f"tensorrt_batch{batch}_speedup"] = tensorrt_fps / bare  # over session.run, same batch
     figures["ratio"] = figures["batch1_ratio"]  # the issue's figure: per-frame overhead at batch 1
-    figures["ratio_worst"] = min(value for name, value in figures.items() if name.endswith("_ratio"))
+    figures["ratio_worst"] = min(
+        value for name, value in figures.items() if name.endswith("_ratio") and isinstance(value, float)
+    )
+    figures["tensorrt"] = (  # not a figure: whether TensorRT was measured, on what, or why not
+        {"measured": False, "reason": unmeasured}
+        if unmeasured
+        else {"measured": True, "provider": provider, "batches": [batches[0], batches[-1]]}
+    )
     return figures

@@ -22,6 +22,7 @@ __all__ = [
     "BUS_SKIPPED",
     "EVENTS_RESENT",
     "EVENTS_UNACKED",
+    "MODEL_BACKEND_FALLBACKS",
     "SERVICE_UP",
     "SHM_STALE_READS",
     "SUPERVISOR_RESTARTS",
@@ -53,6 +54,12 @@ EVENTS_UNACKED = Gauge("edgesight_events_unacked", "Events sent and not yet ackn
 EVENTS_RESENT = Counter("edgesight_events_resent_total", "Events sent again after no acknowledgement.", ["service"])
 SHM_STALE_READS = Counter(
     "edgesight_shm_stale_reads_total", "Frame reads dropped because the writer overwrote the slot.", ["camera"]
+)
+MODEL_BACKEND_FALLBACKS = Counter(
+    "edgesight_model_backend_fallbacks_total",
+    "Models loaded on another backend than their config names, because it could not run them here "
+    "(TensorRT: no GPU visible, the model refused by its parser or builder); the log line says why.",
+    ["model", "wanted", "running"],
 )
 SERVICE_UP = Gauge("edgesight_service_ready", "1 while the service is connected and serving.", ["service"])
 SUPERVISOR_RESTARTS = Counter(

@@ -32,6 +32,8 @@ class ModelFile:
     digest: str = ""
     input_size: tuple[int, int] | None = None
     content: bytes | None = dataclasses.field(default=None, repr=False)  # from a package: never written to disk
+    # the key a backend seals what it derives from the model (a TensorRT engine) with: the site's device key's
+    seal: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def read(self) -> bytes:
         if self.content is not None:
@@ -40,10 +42,12 @@ class ModelFile:
         return self.path.read_bytes()
 
     @classmethod
-    def at(cls, path: Path, name: str, input_size: tuple[int, int] | None = None) -> ModelFile:
+    def at(
+        cls, path: Path, name: str, input_size: tuple[int, int] | None = None, seal: bytes | None = None
+    ) -> ModelFile:
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
-        return cls(path, name, hashlib.sha256(path.read_bytes()).hexdigest(), input_size)
+        return cls(path, name, hashlib.sha256(path.read_bytes()).hexdigest(), input_size, seal=seal)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,8 +38,10 @@ class ModelSpec:
         labels: list[str],
         source: str,
         package: Package | None = None,
+        seal: bytes | None = None,
     ) -> None:
         self.manifest = manifest
+        self.seal = seal  # what a backend seals derived files with (the site's device key's)
         self.model_path = model_path  # for a package: the package file
         self.labels = labels
         self.source = source  # the manifest file, the .onnx it was suggested from, or the package
@@ -54,9 +56,9 @@ class ModelSpec:
     def file(self) -> ModelFile:
         """What a backend needs of this model."""
         if self.package is None:
-            return ModelFile(self.model_path, self.name, self.digest, self.manifest.input_size)
+            return ModelFile(self.model_path, self.name, self.digest, self.manifest.input_size, seal=self.seal)
         inside = self.model_path / self.manifest.file  # for messages only: the bytes never touch the disk
-        return ModelFile(inside, self.name, self.digest, self.manifest.input_size, self.content)
+        return ModelFile(inside, self.name, self.digest, self.manifest.input_size, self.content, self.seal)
 
 
 def load_model_spec(
@@ -74,6 +76,14 @@ def load_model_spec(
     corrupt file, an input size or class count that differs from the model's shapes.
     """
     trust = trust or TrustPolicy()
+    spec = _find_spec(reference, asset_paths, trust, allow_unsigned, what)
+    spec.seal = trust.engine_seal
+    return spec
+
+
+def _find_spec(
+    reference: str | Path, asset_paths: tuple[Path, ...], trust: TrustPolicy, allow_unsigned: bool, what: str
+) -> ModelSpec:
     try:
         path = find_asset(reference, asset_paths)
     except EdgeSightError as exc:
@@ -163,13 +173,14 @@ def open_model(
     path = find_asset(reference, model_search_path(site))
     if path.suffix != PACKAGE_SUFFIX:
         policy.check_plain(path, allow_unsigned=allow_unsigned, what=what)
-        return ModelFile.at(path, what), None
+        return ModelFile.at(path, what, seal=policy.engine_seal), None
     package = policy.open(path)
     manifest = read_manifest(path / MANIFEST, package.manifest)
     if manifest.file not in package.members:
         raise PackageError(f"{path}: its manifest names no model file of the package")
     content = package.members[manifest.file]
-    return ModelFile(path / manifest.file, what, hashlib.sha256(content).hexdigest(), None, content), package.signer
+    digest = hashlib.sha256(content).hexdigest()
+    return ModelFile(path / manifest.file, what, digest, None, content, policy.engine_seal), package.signer
 
 
 def model_file(reference: str, site: SiteSection, policy: TrustPolicy, *, allow_unsigned: bool, what: str) -> ModelFile:

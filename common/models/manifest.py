@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,6 +34,10 @@ Decoder = Literal["yolox", "yolov8", "end2end"]
 YOLOX_STRIDES = (8, 16, 32)
 
 
+# A model's input side in pixels: bounded, so a manifest cannot ask a backend for buffers of any size.
+Side = Annotated[int, Field(ge=16, le=4096)]
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,7 +47,7 @@ class ModelManifest(BaseModel):
     decoder: Decoder = Field(
         ..., description="yolox: [B,N,5+C] raw grid; yolov8: [B,4+C,N] (also YOLO11); end2end: boxes, scores, classes"
     )
-    input_size: tuple[int, int] | None = Field(None, description="(width, height); default: the model's input shape.")
+    input_size: tuple[Side, Side] | None = Field(None, description="(width, height); default: the model's input shape.")
     color: Literal["bgr", "rgb"] = "rgb"
     scale: float = Field(1 / 255, gt=0, description="Pixels are multiplied by this (1/255 maps to 0..1).")
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)

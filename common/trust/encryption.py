@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from common.errors import PackageError
 from common.trust.keys import key_id, raw_public
 
-__all__ = ["SCHEME", "decrypt_members", "encrypt_members"]
+__all__ = ["SCHEME", "decrypt_members", "encrypt_members", "engine_cache_key_of"]
 
 SCHEME = "x25519-hkdf-sha256-aes256gcm"
 _WRAP_INFO = b"edgesight espkg 1 data key"
+_ENGINE_CACHE_INFO = b"edgesight engine cache 1"
 
 
 def encrypt_members(
@@ -89,3 +90,13 @@ def decrypt_members(
             except InvalidTag:
                 raise PackageError(f"{label}: member {name!r} does not decrypt") from None
     return plain
+
+
+def engine_cache_key_of(device_key: X25519PrivateKey) -> bytes:
+    """The AES-256-GCM key that seals this device's cached TensorRT engines: derived from the device key,
+    so an engine another process planted (or another device built) does not load, and the engine of an
+    encrypted model is no plainer on disk than the model."""
+    raw = device_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_ENGINE_CACHE_INFO).derive(raw)

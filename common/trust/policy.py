@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.config.loader import load_config
 from common.errors import ConfigError, EdgeSightError, PackageError
+from common.trust.encryption import engine_cache_key_of
 from common.trust.keys import key_files, key_id, load_device_key, load_trusted_keys
 from common.trust.package import Package, open_package
 
@@ -55,6 +56,11 @@ class TrustPolicy:
             max_bytes=site.max_package_mb << 20,
             required=bool(site.trusted_keys),
         )
+
+    @property
+    def engine_seal(self) -> bytes | None:
+        """The key cached engines are sealed with (``site.device_key``'s); None: they are checked only."""
+        return engine_cache_key_of(self.device_key) if self.device_key is not None else None
 
     @property
     def enforcing(self) -> bool:

@@ -25,6 +25,7 @@ from common.config import AppConfig, SiteConfig
 from common.errors import ConfigError, EdgeSightError
 from common.models import open_backend
 from common.models.loading import model_file
+from common.models.tensorrt_build import cancel_builds
 from common.service import Service, ServiceState
 from common.shm import FrameReaders
 from common.trust import TrustPolicy, site_trust
@@ -102,12 +103,13 @@ class AppsService(Service):
                         logs = app_dirs(self.apps_dir.parent, app.name)[LOGS]
                         group.create_task(follow_log_files(logs, gate), name=f"logs-{app.name}")
         finally:
+            cancel_builds()  # an app model's TensorRT engine being built at a stop is abandoned, not waited for
             for server in servers:
                 server.close()
             for app in self.apps.values():
                 await self.supervisor.kill(app)
                 app.state = "stopped"
-                app.models.close()
+                await asyncio.to_thread(app.models.close)  # a GPU backend's close waits for its stream
             self.readers.close()
 
     async def _publish_video(self, app: str, video: AppVideo) -> None:
@@ -162,7 +164,15 @@ def _app_problems(config: SiteConfig, name: str, app: AppConfig, policy: TrustPo
         try:
             what = f"apps.{name}.models.{node}"
             file = model_file(model.path, config.site, policy, allow_unsigned=model.allow_unsigned, what=what)
-            open_backend(file, model.backend, model.providers).close()
+            backend = model.backend
+            if backend == "tensorrt":  # checked without a build of minutes; the model itself on ONNX Runtime
+                from common.models.tensorrt import tensorrt_problems
+
+                where = config.where("apps", name, "models", node, "backend")
+                problems += [f"{where}: {problem}" for problem in tensorrt_problems()]
+                backend = "onnxruntime"
+            if file.path.suffix != ".engine":  # a serialized engine only TensorRT reads: checked above
+                open_backend(file, backend, model.providers).close()
         except EdgeSightError as exc:
             problems.append(f"{config.where('apps', name, 'models', node, 'path')}: {exc}")
     return problems

@@ -73,12 +73,22 @@ class Detector:
         what: str = "the model",
     ) -> Detector:
         spec = load_model_spec(config.path, asset_paths, trust, allow_unsigned=config.allow_unsigned, what=what)
+        # logs and metrics of the backend (a build, a fallback) name the model as the site file does
+        file = (
+            dataclasses.replace(spec.file(), name=what.removeprefix("models."))
+            if what.startswith("models.")
+            else spec.file()
+        )
         backend = open_backend(
-            spec.file(), config.backend, config.providers, max_batch=config.max_batch, threads=cpu_threads(config)
+            file, config.backend, config.providers, max_batch=config.max_batch, threads=cpu_threads(config)
         )
-        return cls(
-            spec, backend, score_threshold=config.score_threshold, nms_iou=config.nms_iou, classes=config.classes
-        )
+        try:
+            return cls(
+                spec, backend, score_threshold=config.score_threshold, nms_iou=config.nms_iou, classes=config.classes
+            )
+        except BaseException:
+            backend.close()  # a GPU backend's buffers and stream: a refused model must not keep them
+            raise
 
     @property
     def max_batch(self) -> int:

@@ -17,10 +17,12 @@ from pathlib import Path
 from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import SiteConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, ModelError
+from common.models.loading import load_model_spec
 from common.models.sizing import Sizing, size_model, usable_cores
+from common.models.tensorrt_build import cancel_builds
 from common.service import Service, ServiceState, control_reply
-from common.trust import TrustWatch, load_installed, model_search_path, site_trust
+from common.trust import TrustPolicy, TrustWatch, load_installed, model_search_path, site_trust
 from contracts import Control, Detections, FrameRef, topic
 from services.inference import metrics
 from services.inference.batch import BatchRunner
@@ -113,22 +115,17 @@ class InferenceService(Service):
     def check(cls, config: SiteConfig) -> list[str]:
         """Every model file exists and loads, its classes are among its labels, and every class a rule
         names is a label of one of its camera's models."""
-        problems = []
+        problems: list[str] = []
         labels: dict[str, set[str]] = {}
         try:
             trust = site_trust(config)
         except ConfigError as exc:
             return exc.problems
-        for name, model in config.models.items():
+        for name in config.models:
             try:
-                detector = Detector.from_config(
-                    model, model_search_path(config.site), trust=trust, what=f"models.{name}"
-                )
+                labels[name] = cls._check_model(config, name, trust, problems)
             except Exception as exc:  # whatever the loader raises, it is this model's problem
                 problems.append(f"{config.where('models', name, 'path')}: {exc}")
-                continue
-            labels[name] = set(detector.labels)
-            detector.close()
         for camera_name, camera in config.cameras.items():
             models = [m for m in (camera.models or list(config.models)) if m in labels]
             if len(models) < len(camera.models or config.models):
@@ -140,6 +137,28 @@ class InferenceService(Service):
                         where = config.where("cameras", camera_name, "rules", rule_name, "classes", index)
                         problems.append(f"{where}: no model of this camera has the class {label!r}")
         return problems
+
+    @staticmethod
+    def _check_model(config: SiteConfig, name: str, trust: TrustPolicy, problems: list[str]) -> set[str]:
+        """Model ``name`` loaded as the service would, its labels returned. TensorRT is checked without a
+        build of minutes: the machine (``tensorrt_problems``), then an ONNX model on ONNX Runtime; a
+        serialized ``.engine``, which only TensorRT reads, by its manifest."""
+        model, what, search = config.models[name], f"models.{name}", model_search_path(config.site)
+        if model.backend == "tensorrt":
+            from common.models.tensorrt import tensorrt_problems
+
+            where = config.where("models", name, "backend")
+            problems += [f"{where}: {problem}" for problem in tensorrt_problems()]
+            spec = load_model_spec(model.path, search, trust, allow_unsigned=model.allow_unsigned, what=what)
+            if spec.manifest.file.endswith(".engine") or spec.model_path.suffix == ".engine":
+                unknown = sorted(set(model.classes) - set(spec.labels))
+                if unknown:
+                    raise ModelError(f"model {spec.name!r} has no classes {unknown} (it has {len(spec.labels)} labels)")
+                return set(spec.labels)
+            model = model.model_copy(update={"backend": "onnxruntime"})
+        detector = Detector.from_config(model, search, trust=trust, what=what)
+        detector.close()
+        return set(detector.labels)
 
     async def main(self) -> None:
         cameras = assignment(self.config, self.shard)
@@ -155,6 +174,14 @@ class InferenceService(Service):
                     "auto (one process whose engines share the cores) needs none idle",
                     extra={"shard": shard, "cameras": len(enabled)},
                 )
+        try:
+            await self._serve(used, cameras)
+        finally:  # a GPU's buffers and streams are freed on every way out, off the event loop
+            cancel_builds()  # an engine being built at a stop is abandoned, not waited for
+            for worker in self.workers.values():
+                await worker.close()
+
+    async def _serve(self, used: list[str], cameras: dict[str, list[str]]) -> None:
         for name in used:  # load (and check) every model before serving: errors now, not at the first frame
             served = sum(name in models for models in cameras.values())
             self.workers[name] = await self.start_model(name, served)

@@ -137,7 +137,7 @@ class ModelWorker:
     async def _run_engine(self, index: int) -> None:
         while True:
             await self.wakeup.wait()
-            self._close_retired()
+            await self._close_retired()
             refs = await self._next_batch()
             if not refs:  # another engine took them first
                 continue
@@ -156,14 +156,17 @@ class ModelWorker:
                 self._finished[ticket] = by_camera.get(ref.camera)  # a stale frame has none
             await self._send_in_order()
 
-    def _close_retired(self) -> None:
+    async def _close_retired(self) -> None:
         """Closes the models a reload replaced, once no engine runs a batch on them."""
         busy = {id(engine) for engine in self._running if engine is not None}
-        keep = [old for old in self.retired if id(old) in busy]
-        for old in self.retired:
-            if id(old) not in busy:
-                old.close()
-        self.retired = keep
+        done = [old for old in self.retired if id(old) not in busy]
+        self.retired = [old for old in self.retired if id(old) in busy]
+        await close_detectors(done)
+
+    async def close(self) -> None:
+        """Closes every engine, the retired ones too (at the service's stop)."""
+        retired, self.retired = self.retired, []
+        await close_detectors([*self.engines, *retired])  # kept in the list: health and logs still name them
 
     def _take(self, refs: list[FrameRef]) -> list[int]:
         """A ticket per frame, queued behind the camera's frames already in flight."""
@@ -215,8 +218,7 @@ class ModelWorker:
             for _ in self.engines:
                 fresh.append(await asyncio.to_thread(self.links.load, self.name))
         except Exception as exc:  # whatever a half-written file makes a loader raise: keep serving
-            for engine in fresh:
-                engine.close()
+            await close_detectors(fresh)
             metrics.RELOADS.labels(self.name, "failed").inc()
             error = str(exc) if isinstance(exc, EdgeSightError) else repr(exc)
             log.error("model reload failed; the loaded version stays", extra={"model": self.name, "error": error})
@@ -260,3 +262,13 @@ class ModelWorker:
             extra={"model": self.name, "version": version, "error": error},
         )
         await self.links.audit("model.untrusted", self.name, version=version, error=error, kept=version)
+
+
+async def close_detectors(detectors: list[Detector]) -> None:
+    """Closes each on a thread: a backend's close waits for its GPU stream, never on the event loop;
+    one that fails to close does not keep the others open."""
+    for detector in detectors:
+        try:
+            await asyncio.to_thread(detector.close)
+        except Exception:
+            log.exception("closing a model failed", extra={"model": detector.name})

@@ -10,9 +10,10 @@ import pytest
 
 from common.config import ModelConfig
 from common.errors import ModelError
+from common.models.engine_cache import engine_cache_key
 from common.models.loading import load_model_spec
 from common.models.manifest import suggest_manifest
-from common.models.tensorrt import engine_cache_key, profile_shapes
+from common.models.tensorrt_build import profile_shapes
 from services.inference.detector import Detector, FrameDetections
 from tests.media import frame_at
 from tests.support import frame_ref
@@ -145,17 +146,19 @@ def test_a_good_manifest_loads_with_its_version(tmp_path: Path, shared_dir: Path
 
 
 def test_tensorrt_engine_cache_key_changes_with_what_invalidates_an_engine() -> None:
-    base = engine_cache_key("abc", "10.3.0", "Orin", 1, True)
-    assert base.endswith(".engine")
-    assert base == engine_cache_key("abc", "10.3.0", "Orin", 1, True)
+    orin_nano, agx_orin = "Orin sm8.7 8SM 7GiB", "Orin sm8.7 16SM 61GiB"  # both call themselves "Orin"
+    base = engine_cache_key("abc", (416, 416), "10.3.0", orin_nano, 1, True)
+    assert base.endswith(".cached-engine")
+    assert base == engine_cache_key("abc", (416, 416), "10.3.0", orin_nano, 1, True)
     others = {
-        engine_cache_key("abd", "10.3.0", "Orin", 1, True),
-        engine_cache_key("abc", "10.4.0", "Orin", 1, True),
-        engine_cache_key("abc", "10.3.0", "RTX 4090", 1, True),
-        engine_cache_key("abc", "10.3.0", "Orin", 8, True),
-        engine_cache_key("abc", "10.3.0", "Orin", 1, False),
+        engine_cache_key("abd", (416, 416), "10.3.0", orin_nano, 1, True),
+        engine_cache_key("abc", (640, 416), "10.3.0", orin_nano, 1, True),  # one model file run at another size
+        engine_cache_key("abc", (416, 416), "10.4.0", orin_nano, 1, True),
+        engine_cache_key("abc", (416, 416), "10.3.0", agx_orin, 1, True),
+        engine_cache_key("abc", (416, 416), "10.3.0", orin_nano, 8, True),
+        engine_cache_key("abc", (416, 416), "10.3.0", orin_nano, 1, False),
     }
-    assert base not in others and len(others) == 5
+    assert base not in others and len(others) == 6
 
 
 def test_tensorrt_profile_shapes() -> None:
@@ -169,7 +172,9 @@ def test_tensorrt_profile_shapes() -> None:
 
 
 def test_tensorrt_backend_without_tensorrt_says_how_to_get_it() -> None:
-    with pytest.raises(ModelError, match=r"pip install 'edgesight\[tensorrt\]'"):
+    with pytest.raises(
+        ModelError, match=r"venv --system-site-packages \.venv && \.venv/bin/pip install -e '\.\[jetson\]'"
+    ):
         Detector.from_config(ModelConfig(path="yolox_nano.onnx", backend="tensorrt"))
 
 
