@@ -9,6 +9,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+# one copy of it: the benchmarks make the same model (re-exported for the tests)
+from benchmarks._backend_bench import dynamic_batch_copy as dynamic_batch_copy
+
 
 def repeat_clip(source: Path, target: Path, times: int) -> None:
     """``source`` played ``times`` times in a row, remuxed: the same compressed frames, no re-encode."""
@@ -103,14 +106,3 @@ def frame_at(path: Path, index: int, pixel_format: str = "bgr24") -> np.ndarray:
             if position == index:
                 return frame.to_ndarray(format=pixel_format)
     raise IndexError(f"{path} has no frame {index}")
-
-
-def dynamic_batch_copy(model: Path, target: Path) -> Path:
-    """``model`` with its batch dimension made dynamic (works for YOLOX, whose reshapes infer it)."""
-    import onnx
-
-    graph = onnx.load(str(model))
-    for tensor in [*graph.graph.input, *graph.graph.output]:
-        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-    onnx.save(graph, str(target))
-    return target

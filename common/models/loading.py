@@ -38,10 +38,9 @@ class ModelSpec:
         labels: list[str],
         source: str,
         package: Package | None = None,
-        seal: bytes | None = None,
     ) -> None:
         self.manifest = manifest
-        self.seal = seal  # what a backend seals derived files with (the site's device key's)
+        self.seal: bytes | None = None  # what a backend seals derived files with (the site's device key's)
         self.model_path = model_path  # for a package: the package file
         self.labels = labels
         self.source = source  # the manifest file, the .onnx it was suggested from, or the package

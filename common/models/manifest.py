@@ -35,7 +35,7 @@ YOLOX_STRIDES = (8, 16, 32)
 
 
 # A model's input side in pixels: bounded, so a manifest cannot ask a backend for buffers of any size.
-Side = Annotated[int, Field(ge=16, le=4096)]
+Side = Annotated[int, Field(ge=1, le=8192)]
 
 
 class ModelManifest(BaseModel):

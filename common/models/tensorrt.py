@@ -4,16 +4,15 @@ NOT RUN ON A GPU YET: no GPU was lent while this was written. CI runs the whole 
 stand-in of ``tensorrt`` and ``cuda`` (``tests/standin``) that enforces the rules this code depends on
 and runs the engine with ONNX Runtime; ``scripts/gpu-check.sh`` is the first run on real hardware.
 
-- An FP16 engine is built from the ONNX file once and cached in ``$EDGESIGHT_ENGINE_CACHE``
-  (default ``~/.cache/edgesight/engines``) under a key made of everything that makes an engine
-  unusable elsewhere: the model's digest, its input size, the batch, the TensorRT version and the GPU
-  (name, compute capability, SMs, memory: every Orin module calls itself "Orin"). Replicas take a lock
-  per key, so one builds and the others wait and load its engine; the file is written whole (temporary
-  file, fsync, rename) and carries its own digest, so an engine torn by a power cut is rebuilt, not
-  loaded. A timing cache beside it makes the next build (another batch size, a new model) faster.
+- An FP16 engine is built from the ONNX file once (:mod:`common.models.tensorrt_build`: a profile for any
+  open input dimension, a timing cache, progress in the log) and cached in ``$EDGESIGHT_ENGINE_CACHE``
+  (:mod:`common.models.engine_cache`: one file per model, input size, batch, TensorRT version and GPU;
+  built by one replica while the others wait; written whole; checked, and sealed with the site's device
+  key where it has one, when read: a torn, planted or foreign engine is rebuilt, not run).
 - A manifest may name a serialized ``.engine`` directly; it is loaded as is.
-- Buffers are allocated once, at the largest batch, and reused for every smaller one. On an integrated
-  GPU (a Jetson's unified memory) they are mapped pinned memory, which the GPU reads in place: no copy.
+- Buffers are allocated once, at the largest batch (at most a quarter of the GPU's memory), and reused
+  for every smaller one. On an integrated GPU (a Jetson's unified memory) they are mapped pinned memory,
+  which the GPU reads in place: no copy. ``close`` waits for a run in flight and frees everything.
 - Whatever cannot run here (no GPU visible, the parser or the builder refusing the model, an output
   whose size depends on the data) raises :class:`ModelError`, and ``open_backend`` runs the model on
   ONNX Runtime instead, saying so. What an operator must fix (TensorRT missing or older than 8.6, a

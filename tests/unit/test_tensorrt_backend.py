@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def standin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleNamespace:
     cache = tmp_path / "engines"
     monkeypatch.setenv("EDGESIGHT_ENGINE_CACHE", str(cache))
+    monkeypatch.setattr(tensorrt_build, "STOPPING", threading.Event())  # a service stopped in this process before
     trt, cudart = use_standin(monkeypatch)
     return SimpleNamespace(trt=trt, cudart=cudart, cache=cache)
 
@@ -67,6 +68,13 @@ def onnx_runtime(path: Path) -> OnnxRuntimeBackend:
 def fp16_close(got: np.ndarray, want: np.ndarray) -> bool:  # type: ignore[type-arg]
     """Within what an FP16 engine differs from FP32 (the stand-in rounds outputs through float16)."""
     return got.shape == want.shape and bool(np.allclose(got, want, rtol=2e-3, atol=2e-2))
+
+
+def build_once(standin: SimpleNamespace, spec: ModelFile) -> Path:
+    """The cache file of ``spec``'s engine, built (and closed) once."""
+    TensorRTBackend(spec).close()
+    [engine] = standin.cache.glob("*.cached-engine")
+    return engine
 
 
 def leaks(standin: SimpleNamespace) -> tuple[list[Any], list[Any]]:
@@ -192,8 +200,7 @@ def test_a_torn_cached_engine_is_rebuilt(
     standin: SimpleNamespace, yolox: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = ModelFile.at(yolox, "people")
-    TensorRTBackend(spec).close()
-    [engine] = standin.cache.glob("*.cached-engine")
+    engine = build_once(standin, spec)
     data = bytearray(engine.read_bytes())
     if damage == "truncated":  # a power cut while it was written
         data = data[: len(data) // 2]
@@ -441,8 +448,7 @@ def test_what_is_not_an_engine_file_under_its_name_is_rebuilt(
     standin: SimpleNamespace, yolox: Path, planted: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = ModelFile.at(yolox, "people")
-    TensorRTBackend(spec).close()
-    [engine] = standin.cache.glob("*.cached-engine")
+    engine = build_once(standin, spec)
     other = engine.with_name("other.cached-engine")
     engine.rename(other)
     if planted == "fifo":  # reading it would block the service for ever
@@ -485,8 +491,7 @@ def test_a_lock_held_for_ever_is_given_up_on(
 
     monkeypatch.setattr(engine_cache, "LOCK_WAIT_S", 0.3)
     spec = ModelFile.at(yolox, "people")
-    TensorRTBackend(spec).close()
-    [engine] = standin.cache.glob("*.cached-engine")
+    engine = build_once(standin, spec)
     engine.unlink()
     with open(engine.with_suffix(".lock"), "a+b") as held:  # a stuck process
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -564,7 +569,6 @@ def test_a_build_is_cancelled_when_the_process_stops(
     """A stop's grace period (k3s: 15 s) is shorter than a build: the build is abandoned, said, not waited for."""
     import time
 
-    monkeypatch.setattr(tensorrt_build, "STOPPING", threading.Event())
     monkeypatch.setenv("EDGESIGHT_STANDIN_BUILD_SECONDS", "30")
     errors: list[Exception] = []
 
@@ -584,3 +588,12 @@ def test_a_build_is_cancelled_when_the_process_stops(
     assert len(errors) == 1 and "cancelled at a stop" in str(errors[0])
     assert "it starts over at the next start" in caplog.text
     assert not list(standin.cache.glob("*.cached-engine")) and leaks(standin) == ([], [])
+
+
+@pytest.mark.parametrize("size", ["[-8, -8]", "[0, 416]", "[100000, 416]"])
+def test_a_manifest_cannot_ask_for_any_input_size(tmp_path: Path, yolox: Path, size: str) -> None:
+    """A backend sizes its buffers and profile by it: a negative side raised from TensorRT's bindings."""
+    manifest = tmp_path / "people.yaml"
+    manifest.write_text(f"name: people\nfile: {yolox}\ndecoder: yolox\ninput_size: {size}\nlabels: coco80\n")
+    with pytest.raises(ModelError, match=r"input_size\.\d: Input should be (greater|less) than or equal to"):
+        Detector.from_config(ModelConfig(path=str(manifest)))
