@@ -37,7 +37,8 @@ class ModelFile:
 
     def read(self) -> bytes:
         if self.content is not None:
-            refuse_external_data(self.content, self.name)
+            if self.path.suffix != ".engine":  # a serialized TensorRT engine has no ONNX tensors to check
+                refuse_external_data(self.content, self.name)
             return self.content
         return self.path.read_bytes()
 

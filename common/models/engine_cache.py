@@ -21,8 +21,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,10 +37,14 @@ from common.errors import ModelError
 __all__ = [
     "CACHED_SUFFIX",
     "CACHE_VARIABLE",
+    "STOPPING",
+    "TIMING_CACHE_BYTES",
     "EngineCache",
     "TensorRTSetupError",
+    "cancel_builds",
     "engine_cache_dir",
     "engine_cache_key",
+    "engine_limit",
     "pack",
     "read_regular",
     "unpack",
@@ -56,7 +62,14 @@ SEALED_MAGIC = b"EDGESIGHT-TRT-SEALED 1\n"
 DIGEST_BYTES = 32
 NONCE_BYTES = 12
 CACHED_SUFFIX = ".cached-engine"
-MAX_CACHED_BYTES = 4 << 30  # larger than any engine a Jetson can hold
+# An engine holds the model's weights (FP16: half the ONNX file's) and its kernels: a file far larger than
+# that is not one, and is not read (a sparse file of gigabytes would cost its size in memory at every start).
+ENGINE_BASE_BYTES = 64 << 20
+ENGINE_PER_MODEL_BYTE = 4
+TIMING_CACHE_BYTES = 64 << 20
+KEEP_ENGINES = 16
+# Set when the process stops: a build in progress (minutes) is cancelled, a wait for another's build given up.
+STOPPING = threading.Event()
 LOCK_WAIT_S = 3600.0  # an Orin Nano's longest builds take tens of minutes
 LOCK_SAY_S = 60.0
 LOCK_POLL_S = 0.2
@@ -101,30 +114,33 @@ class EngineCache:
         self.lock_path = self.path.with_suffix(".lock")
         self.seal = seal
 
-    def load(self) -> bytes | None:
-        """The cached plan, or None if there is none or it cannot be trusted (then it is removed: rebuilt)."""
+    def load(self, limit: int) -> bytes | None:
+        """The cached plan, or None if there is none or it cannot be trusted (then it is removed: rebuilt).
+        ``limit``: the most bytes an engine of this model can take; a larger file is not read."""
+        if self.folder.exists() and not os.access(self.folder, os.R_OK | os.X_OK):
+            raise TensorRTSetupError(
+                f"the TensorRT engine cache {self.folder} cannot be read by {who()}; make the folder this user's "
+                f"or set {CACHE_VARIABLE} to a folder it may use"
+            )
         try:
-            data = read_regular(self.path)
+            data = read_regular(self.path, limit)
         except FileNotFoundError:
             return None
-        except PermissionError as exc:
-            raise TensorRTSetupError(
-                f"the TensorRT engine cache {self.folder} cannot be read by {who()}: {exc.strerror or exc}; make "
-                f"the folder this user's or set {CACHE_VARIABLE} to a folder it may use"
-            ) from None
-        except OSError as exc:  # a link, a FIFO, a device, a file too large to be an engine
-            data, why = None, exc.strerror or str(exc)
+        except OSError as exc:  # a link, a FIFO, a folder, a file this user cannot read or too large: not its own
+            data, why = None, f"not an engine this service wrote ({exc.strerror or exc})"
         else:
             why = "torn or corrupt" if self.seal is None else "torn, tampered with, or sealed by another device key"
         plan = unpack(data, self.seal, self.path.name) if data is not None else None
         if plan is None:
             log.warning(f"cached TensorRT engine is {why}; rebuilding it", extra={"engine": str(self.path)})
             self.drop()
+        else:
+            with contextlib.suppress(OSError):
+                os.utime(self.path)  # used: the last to be pruned
         return plan
 
     def drop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        remove(self.path)
 
     def check_writable(self) -> None:
         """Before a build of minutes, not after it: a folder this user cannot write is refused now."""
@@ -159,6 +175,8 @@ class EngineCache:
         """Held while one process looks for the engine and builds it: replicas wait for it, then load it.
         A lock held for longer than a build can take (a stuck process) is given up on: ModelError."""
         self.check_writable()
+        if self.lock_path.is_symlink() or (self.lock_path.exists() and not self.lock_path.is_file()):
+            remove(self.lock_path)  # not a lock this service made
         try:
             lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -183,6 +201,8 @@ class EngineCache:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
             now = time.monotonic()
+            if STOPPING.is_set():
+                raise ModelError(f"{self.lock_path}: stopped while waiting for another process's build")
             if now - started > LOCK_WAIT_S:
                 raise ModelError(
                     f"{self.lock_path}: another process has been building this engine for {LOCK_WAIT_S / 60:.0f} "
@@ -195,10 +215,34 @@ class EngineCache:
             time.sleep(LOCK_POLL_S)
 
     def store(self, plan: bytes) -> None:
+        """Writes the plan whole, then prunes the folder to the ``KEEP_ENGINES`` last used (models and
+        versions come and go: their engines would fill a Jetson's eMMC)."""
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            remove(self.path)  # a folder or a link planted under its name: os.replace cannot replace a folder
         write_whole(self.path, pack(plan, self.seal, self.path.name))
+        engines = sorted(self.folder.glob(f"*{CACHED_SUFFIX}"), key=_last_used, reverse=True)
+        for stale in engines[KEEP_ENGINES:]:
+            remove(stale)
+            remove(stale.with_suffix(".lock"))
 
 
-def read_regular(path: Path, limit: int = MAX_CACHED_BYTES) -> bytes:
+def _last_used(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def remove(path: Path) -> None:
+    """Whatever is at ``path`` gone (a folder too), never what a link points to."""
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def read_regular(path: Path, limit: int) -> bytes:
     """A regular file's bytes, not a link's, a FIFO's (which would block) or a device's (endless)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(descriptor, "rb") as file:
@@ -221,10 +265,11 @@ def pack(data: bytes, seal: bytes | None, label: str) -> bytes:
 
 def unpack(stored: bytes, seal: bytes | None, label: str) -> bytes | None:
     """What :func:`pack` stored, or None: torn, tampered, unsealed where a seal is expected, or the reverse."""
+    view = memoryview(stored)  # slices of a view copy nothing: an engine is tens of megabytes
     if seal is not None:
         if not stored.startswith(SEALED_MAGIC):
             return None
-        body = stored[len(SEALED_MAGIC) :]
+        body = view[len(SEALED_MAGIC) :]
         try:
             return AESGCM(seal).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], label.encode())
         except (InvalidTag, ValueError):
@@ -232,8 +277,8 @@ def unpack(stored: bytes, seal: bytes | None, label: str) -> bytes | None:
     head = len(CACHE_MAGIC)
     if not stored.startswith(CACHE_MAGIC) or len(stored) <= head + DIGEST_BYTES:
         return None
-    digest, data = stored[head : head + DIGEST_BYTES], stored[head + DIGEST_BYTES :]
-    return data if hashlib.sha256(data).digest() == digest else None
+    digest, data = view[head : head + DIGEST_BYTES], view[head + DIGEST_BYTES :]
+    return bytes(data) if hashlib.sha256(data).digest() == digest else None
 
 
 def write_whole(path: Path, data: bytes) -> None:
@@ -254,3 +299,13 @@ def write_whole(path: Path, data: bytes) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def engine_limit(model_bytes: int) -> int:
+    """The most bytes a cached engine of a model of ``model_bytes`` may take."""
+    return ENGINE_BASE_BYTES + ENGINE_PER_MODEL_BYTE * model_bytes
+
+
+def cancel_builds() -> None:
+    """At a stop: builds in progress are cancelled and waits for another's build given up, not waited for."""
+    STOPPING.set()

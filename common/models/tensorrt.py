@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from common.models.engine_cache import (
     TensorRTSetupError,
     engine_cache_dir,
     engine_cache_key,
+    engine_limit,
     who,
 )
 from common.models.tensorrt_build import build_plan, is_dynamic, version_of
@@ -207,20 +209,24 @@ class TensorRTBackend(Backend):
 
     def _cached_engine(self, spec: ModelFile, runtime: Any, gpu: str, max_batch: int, fp16: bool) -> Any:
         trt = self._trt
-        batch, input_size = self._onnx_input(spec)
+        model = spec.read()  # once: the key and the build are of the same bytes, whatever the file does meanwhile
+        batch, input_size = self._onnx_input(model, spec.input_size)
         if batch > 0:  # a static batch: max_batch changes nothing, and must not make another engine
             max_batch = batch
         folder = engine_cache_dir()
-        key = engine_cache_key(spec.digest, input_size, trt.__version__, gpu, max_batch, fp16)
-        cache = EngineCache(folder, key, spec.seal)
-        plan = cache.load()  # a ready engine in a read-only folder (shipped with the image) is fine
+        digest = hashlib.sha256(model).hexdigest()
+        cache = EngineCache(
+            folder, engine_cache_key(digest, input_size, trt.__version__, gpu, max_batch, fp16), spec.seal
+        )
+        limit = engine_limit(len(model))
+        plan = cache.load(limit)  # a ready engine in a read-only folder (shipped with the image) is fine
         if plan is not None:
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is not None:
                 log.info("TensorRT engine loaded from the cache", extra={"model": spec.name, "engine": str(cache.path)})
                 return engine
         with cache.locked():
-            plan = cache.load()  # another replica may have built it while this one waited
+            plan = cache.load(limit)  # another replica may have built it while this one waited
             engine = runtime.deserialize_cuda_engine(plan) if plan is not None else None
             if plan is not None and engine is None:
                 log.warning("cached TensorRT engine does not load; rebuilding it", extra={"engine": str(cache.path)})
@@ -231,10 +237,15 @@ class TensorRTBackend(Backend):
                     "building a TensorRT engine: minutes on a Jetson, once per model, batch size and TensorRT version",
                     extra={"model": spec.name, "engine": str(cache.path), "max_batch": max_batch, "fp16": fp16},
                 )
-                plan = build_plan(
-                    trt, self._logger, spec, max_batch, fp16, folder / f"timing-{_short(trt.__version__ + gpu)}.cache"
-                )
-                cache.store(plan)
+                timing = folder / f"timing-{_short(trt.__version__ + gpu)}.cache"  # shared by this GPU's builds
+                plan = build_plan(trt, self._logger, spec, model, max_batch, fp16, timing)
+                try:
+                    cache.store(plan)
+                except OSError as exc:  # the engine built still runs; only the next start builds again
+                    log.warning(
+                        "could not cache the TensorRT engine; it is built again at the next start",
+                        extra={"model": spec.name, "engine": str(cache.path), "error": exc.strerror or str(exc)},
+                    )
                 seconds = round(time.monotonic() - started, 1)
                 built = {"model": spec.name, "seconds": seconds, "engine": str(cache.path)}
                 log.info("TensorRT engine built and cached", extra=built)
@@ -244,14 +255,14 @@ class TensorRTBackend(Backend):
             return engine
 
     @staticmethod
-    def _onnx_input(spec: ModelFile) -> tuple[int, tuple[int, int]]:
+    def _onnx_input(model: bytes, input_size: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
         """The model's static batch (0: dynamic) and the (width, height) it runs at."""
         import onnx
 
-        dims = onnx.ModelProto.FromString(spec.read()).graph.input[0].type.tensor_type.shape.dim
+        dims = onnx.ModelProto.FromString(model).graph.input[0].type.tensor_type.shape.dim
         if len(dims) != 4:
-            return 0, spec.input_size or (0, 0)
-        return dims[0].dim_value, spec.input_size or (dims[3].dim_value, dims[2].dim_value)
+            return 0, input_size or (0, 0)
+        return dims[0].dim_value, input_size or (dims[3].dim_value, dims[2].dim_value)
 
     def _allocate(self, largest: tuple[int, ...], spec: ModelFile) -> None:
         """Every tensor's memory once, at the largest batch; smaller batches use the start of it."""
@@ -267,7 +278,7 @@ class TensorRTBackend(Backend):
                     "TensorRT backend does not run"
                 )
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            sizes[name] = (shape, dtype, max(1, int(np.prod(shape)) * dtype.itemsize))
+            sizes[name] = (shape, dtype, max(1, math.prod(shape) * dtype.itemsize))  # Python ints: no overflow
         total = sum(nbytes for _, _, nbytes in sizes.values())
         if total > self._memory_limit:  # pinned memory cannot be swapped: on a Jetson it is the CPU's memory too
             raise ModelError(
@@ -285,7 +296,7 @@ class TensorRTBackend(Backend):
                 device = int(_check(cudart.cudaMalloc(nbytes), "cudaMalloc"))
                 self._device_memory.append(device)
             host = np.ctypeslib.as_array((ctypes.c_byte * nbytes).from_address(int(host_pointer)))
-            self._buffers[name] = _Buffer(host[: int(np.prod(shape)) * dtype.itemsize].view(dtype), device, nbytes)
+            self._buffers[name] = _Buffer(host[: math.prod(shape) * dtype.itemsize].view(dtype), device, nbytes)
             if not self.context.set_tensor_address(name, device):
                 raise ModelError(f"{spec.path}: TensorRT refused the address of {name!r}")
 
@@ -320,7 +331,7 @@ class TensorRTBackend(Backend):
         for name in self.output_names:
             output = self._buffers[name]
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
-            values = output.host[: int(np.prod(shape))].reshape(shape)
+            values = output.host[: math.prod(shape)].reshape(shape)
             if not self.mapped:
                 _check(cudart.cudaMemcpyAsync(values.ctypes.data, output.device, values.nbytes, to_host, self.stream))
             results.append(values)

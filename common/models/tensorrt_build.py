@@ -11,21 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ModelError
+from common.models import engine_cache
 from common.models.backend import ModelFile
-from common.models.engine_cache import pack, read_regular, unpack, write_whole
+from common.models.engine_cache import TIMING_CACHE_BYTES, pack, read_regular, unpack, write_whole
 
-__all__ = ["BUILD_HEARTBEAT_S", "build_plan", "cancel_builds", "is_dynamic", "profile_shapes", "version_of"]
+__all__ = ["BUILD_HEARTBEAT_S", "build_plan", "is_dynamic", "profile_shapes", "version_of"]
 
 log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 1 << 30
-# Set when the process stops: a build in progress (minutes) is cancelled rather than waited for, which a
-# stop's grace period (k3s: 15 s) would cut short anyway (TensorRT >= 10: through the progress monitor).
-STOPPING = threading.Event()
-
-
-def cancel_builds() -> None:
-    STOPPING.set()
 
 
 BUILD_HEARTBEAT_S = 30.0  # a build takes minutes on a Jetson: say it is still going this often
@@ -103,7 +97,7 @@ class _BuildProgress:
                     )
 
             def step_complete(self, phase_name: str, step: int) -> bool:
-                return not STOPPING.is_set()  # False cancels the build: the process is stopping
+                return not engine_cache.STOPPING.is_set()  # False cancels the build: the process is stopping
 
             def phase_finish(self, phase_name: str) -> None:
                 pass
@@ -126,16 +120,19 @@ class _BuildProgress:
             )
 
 
-def build_plan(trt: Any, logger: Any, spec: ModelFile, max_batch: int, fp16: bool, timing_path: Path) -> bytes:
-    """The serialized engine of ``spec``'s ONNX model (blocking: minutes on a Jetson), starting from and
-    adding to the timing cache at ``timing_path``. Raises ModelError when TensorRT refuses the model."""
+def build_plan(
+    trt: Any, logger: Any, spec: ModelFile, model: bytes, max_batch: int, fp16: bool, timing_path: Path
+) -> bytes:
+    """The serialized engine of ``model``, ``spec``'s ONNX bytes as read once for the cache key too
+    (blocking: minutes on a Jetson), starting from and adding to the timing cache at ``timing_path``.
+    Raises ModelError when TensorRT refuses the model."""
     builder = trt.Builder(logger)
     if version_of(trt.__version__) < (10, 0):  # TensorRT 8.6: an ONNX network must be made explicit-batch
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     else:
         network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(spec.read()):
+    if not parser.parse(model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelError(f"{spec.path}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
@@ -161,7 +158,7 @@ def build_plan(trt: Any, logger: Any, spec: ModelFile, max_batch: int, fp16: boo
         config.progress_monitor = progress.monitor
     with progress:
         serialized = builder.build_serialized_network(network, config)
-    if serialized is None and STOPPING.is_set():
+    if serialized is None and engine_cache.STOPPING.is_set():  # a stop's grace period is shorter than a build
         log.warning("TensorRT build cancelled: the process is stopping; it starts over at the next start")
         raise ModelError(f"{spec.path}: the TensorRT build was cancelled at a stop")
     if serialized is None:
@@ -174,6 +171,6 @@ def build_plan(trt: Any, logger: Any, spec: ModelFile, max_batch: int, fp16: boo
 def _known_timing(path: Path, seal: bytes | None) -> bytes | None:
     """What earlier builds on this GPU measured, if it is there and checks out (else a build measures anew)."""
     try:
-        return unpack(read_regular(path), seal, path.name)
+        return unpack(read_regular(path, TIMING_CACHE_BYTES), seal, path.name)
     except OSError:
         return None

@@ -24,8 +24,8 @@ from common.bus import Subscriber
 from common.config import AppConfig, SiteConfig
 from common.errors import ConfigError, EdgeSightError
 from common.models import open_backend
+from common.models.engine_cache import cancel_builds
 from common.models.loading import model_file
-from common.models.tensorrt_build import cancel_builds
 from common.service import Service, ServiceState
 from common.shm import FrameReaders
 from common.trust import TrustPolicy, site_trust

@@ -18,9 +18,9 @@ from common._compat import TaskGroup
 from common.bus import Subscriber
 from common.config import SiteConfig
 from common.errors import ConfigError, ModelError
+from common.models.engine_cache import cancel_builds
 from common.models.loading import load_model_spec
 from common.models.sizing import Sizing, size_model, usable_cores
-from common.models.tensorrt_build import cancel_builds
 from common.service import Service, ServiceState, control_reply
 from common.trust import TrustPolicy, TrustWatch, load_installed, model_search_path, site_trust
 from contracts import Control, Detections, FrameRef, topic

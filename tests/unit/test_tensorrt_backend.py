@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def standin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleNamespace:
     cache = tmp_path / "engines"
     monkeypatch.setenv("EDGESIGHT_ENGINE_CACHE", str(cache))
-    monkeypatch.setattr(tensorrt_build, "STOPPING", threading.Event())  # a service stopped in this process before
+    monkeypatch.setattr(engine_cache, "STOPPING", threading.Event())  # a service stopped in this process before
     trt, cudart = use_standin(monkeypatch)
     return SimpleNamespace(trt=trt, cudart=cudart, cache=cache)
 
@@ -443,25 +443,6 @@ def test_with_a_device_key_a_planted_engine_does_not_run(standin: SimpleNamespac
     assert standin.trt.standin.builds == 4  # yolox, zeros, then yolox again after each forgery
 
 
-@pytest.mark.parametrize("planted", ["fifo", "link to /dev/zero", "link to another engine"])
-def test_what_is_not_an_engine_file_under_its_name_is_rebuilt(
-    standin: SimpleNamespace, yolox: Path, planted: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    spec = ModelFile.at(yolox, "people")
-    engine = build_once(standin, spec)
-    other = engine.with_name("other.cached-engine")
-    engine.rename(other)
-    if planted == "fifo":  # reading it would block the service for ever
-        os.mkfifo(engine)
-    else:
-        engine.symlink_to("/dev/zero" if planted == "link to /dev/zero" else other)
-    backend = TensorRTBackend(spec)
-    assert standin.trt.standin.builds == 2
-    assert "rebuilding it" in caplog.text
-    assert engine.is_file() and not engine.is_symlink()
-    backend.close()
-
-
 def test_an_error_of_the_bindings_is_a_fallback_not_a_crash(
     standin: SimpleNamespace, yolox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -582,7 +563,7 @@ def test_a_build_is_cancelled_when_the_process_stops(
     builder.start()
     time.sleep(0.5)
     started = time.monotonic()
-    tensorrt_build.cancel_builds()
+    engine_cache.cancel_builds()
     builder.join(10)
     assert not builder.is_alive() and time.monotonic() - started < 5
     assert len(errors) == 1 and "cancelled at a stop" in str(errors[0])
@@ -597,3 +578,85 @@ def test_a_manifest_cannot_ask_for_any_input_size(tmp_path: Path, yolox: Path, s
     manifest.write_text(f"name: people\nfile: {yolox}\ndecoder: yolox\ninput_size: {size}\nlabels: coco80\n")
     with pytest.raises(ModelError, match=r"input_size\.\d: Input should be (greater|less) than or equal to"):
         Detector.from_config(ModelConfig(path=str(manifest)))
+
+
+# As a second writer of the cache folder (which the deployments give inference alone): what it plants is
+# rebuilt over, never a crash-loop, an out-of-memory at every start, or an hour's wait.
+
+
+PLANTS = ["fifo", "link to /dev/zero", "link to another engine", "folder", "unreadable file", "sparse gigabyte"]
+
+
+@pytest.mark.parametrize("planted", PLANTS)
+def test_what_sits_under_an_engines_name_is_rebuilt_over(
+    standin: SimpleNamespace, yolox: Path, planted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not read (a FIFO would block for ever, /dev/zero or a sparse file cost gigabytes at every start), not a
+    crash-loop (another user's unreadable file), not a failed store (a folder): rebuilt over."""
+    spec = ModelFile.at(yolox, "people")
+    engine = build_once(standin, spec)
+    engine.rename(engine.with_name("other.cached-engine"))
+    if planted == "fifo":
+        os.mkfifo(engine)
+    elif planted.startswith("link"):
+        engine.symlink_to("/dev/zero" if planted.endswith("/dev/zero") else engine.with_name("other.cached-engine"))
+    elif planted == "folder":  # os.replace cannot put the new engine over a folder
+        (engine / "inside").mkdir(parents=True)
+    elif planted == "unreadable file":  # another user's 0600 file (this test runs as root: made to fail)
+        engine.write_bytes(b"")
+        real = engine_cache.read_regular
+
+        def denied(path: Path, limit: int) -> bytes:
+            if path == engine:
+                raise PermissionError(13, "Permission denied")
+            return real(path, limit)
+
+        monkeypatch.setattr(engine_cache, "read_regular", denied)
+    else:
+        with engine.open("wb") as sparse:
+            sparse.truncate(1 << 30)
+    backend = TensorRTBackend(spec)
+    assert standin.trt.standin.builds == 2 and backend.name == "tensorrt"
+    assert engine.is_file() and not engine.is_symlink()
+    assert engine.stat().st_size < engine_cache.engine_limit(yolox.stat().st_size)
+    backend.close()
+
+
+def test_a_planted_lock_is_replaced_and_a_wait_ends_at_a_stop(
+    standin: SimpleNamespace, yolox: Path, tmp_path: Path
+) -> None:
+    import fcntl
+    import time
+
+    spec = ModelFile.at(yolox, "people")
+    engine = build_once(standin, spec)
+    engine.unlink()
+    lock = engine.with_suffix(".lock")
+    lock.unlink()
+    lock.symlink_to(tmp_path / "elsewhere")  # O_NOFOLLOW refused it: every start fell back to the CPU
+    TensorRTBackend(spec).close()
+    assert standin.trt.standin.builds == 2 and not lock.is_symlink() and not (tmp_path / "elsewhere").exists()
+    engine.unlink()
+    with open(lock, "a+b") as held:  # a stuck (or hostile) builder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        threading.Timer(0.5, engine_cache.cancel_builds).start()  # the service is told to stop
+        started = time.monotonic()
+        with pytest.raises(ModelError, match="stopped while waiting"):
+            TensorRTBackend(spec)
+        assert time.monotonic() - started < 5
+
+
+def test_the_cache_keeps_the_engines_last_used(
+    standin: SimpleNamespace, dynamic_yolox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_cache, "KEEP_ENGINES", 2)
+    spec = ModelFile.at(dynamic_yolox, "people")
+    for batch in (1, 2, 3):  # three engines of one model: one too many
+        TensorRTBackend(spec, max_batch=batch).close()
+    assert len(list(standin.cache.glob("*.cached-engine"))) == 2
+    assert len(list(standin.cache.glob("*.lock"))) == 2
+
+
+def test_an_engine_in_a_package_is_not_read_as_onnx() -> None:
+    plan = ModelFile(Path("people.espkg/people.engine"), "people", "digest", content=b"a serialized plan")
+    assert plan.read() == b"a serialized plan"  # was refused: "not an ONNX model"
