@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common._compat import TaskGroup, timeout, wait_at_most
+from common._compat import TaskGroup, raise_if_cancelled, timeout, wait_at_most
 from common.errors import EdgeSightError
 from common.fleet.ledger import Ledger, LedgerError
 from common.fleet.shapes import Desired, encode, parse_desired, shadow_get
@@ -174,6 +174,7 @@ class DesiredModels:
         async with TaskGroup() as group:
             group.create_task(self.refusals.run(), name="desired refusals")
             while True:
+                raise_if_cancelled()  # a stop that a publish's wait swallowed ends the loop, not waits again
                 await wait_at_most(self._changed.wait(), RETRY_S)
                 self._changed.clear()
                 if self.models is not None and self._document is not None:

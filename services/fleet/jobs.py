@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from common._compat import TaskGroup, timeout
+from common._compat import TaskGroup, raise_if_cancelled, timeout
 from common.fleet.ledger import Ledger, LedgerError
 from common.fleet.shapes import TERMINAL_STATUSES, Execution, MalformedMessage, decode_object, encode, parse_execution
 from common.fleet.shapes import start_next as start_next_request
@@ -211,6 +211,7 @@ class JobRunner:
         async with TaskGroup() as group:
             group.create_task(self.refusals.run(), name="refusals")
             while True:
+                raise_if_cancelled()  # a stop that a publish's wait swallowed: not a wait for ever on _next
                 execution = await self._next()
                 async with self.lock:
                     await self._handle(execution)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common._compat import wait_at_most
+from common._compat import raise_if_cancelled, wait_at_most
 from common.config import SiteConfig
 from common.errors import EdgeSightError
 from common.fleet.shapes import REPORTED_SCHEMA, encode, reported_update
@@ -107,6 +107,7 @@ class Reporter:
     async def run(self) -> None:
         """Forever: a report when the state changed (at most every min interval) or the heartbeat is due."""
         while True:
+            raise_if_cancelled()  # a stop that a publish's wait swallowed ends the loop, not waits again
             await wait_at_most(self._nudged.wait(), self._until_due())
             self._nudged.clear()
             if self._last_try is not None:  # the rate limit; and while the broker is away, the retry pace

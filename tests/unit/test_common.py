@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -87,3 +88,23 @@ async def _wait_at_most_times_out() -> bool:
     from common._compat import wait_at_most
 
     return await wait_at_most(asyncio.Event().wait(), 0.05)
+
+
+def test_a_loop_sees_a_stop_something_it_awaited_swallowed() -> None:
+    """aiomqtt's publish waits with asyncio.wait_for, which can swallow a cancellation arriving as it
+    completes (gh-86296): the fleet's job loop then waited for ever at a stop (a hung test, 1 run in 7)."""
+    from common._compat import raise_if_cancelled
+
+    async def loop_body() -> str:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]  # the stop, delivered at the next await
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # what the swallowing wait does
+        try:
+            raise_if_cancelled()
+        except asyncio.CancelledError:
+            return "stopped"
+        return "would wait for ever"
+
+    assert asyncio.run(loop_body()) == "stopped"
