@@ -148,8 +148,9 @@ class EngineCache:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise self._unwritable(exc.strerror or str(exc)) from None
-        if not os.access(self.folder, os.W_OK | os.X_OK):
-            raise self._unwritable("permission denied")
+        problem = self.unwritable()
+        if problem is not None:
+            raise problem
 
     def unwritable(self) -> TensorRTSetupError | None:
         """What :meth:`check_writable` would raise, found without creating anything: the folder, or the
