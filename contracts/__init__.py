@@ -10,6 +10,7 @@ from contracts.codec import MESSAGE_TYPES, decode, encode
 from contracts.errors import ContractError, EdgeSightError, RejectReason
 from contracts.messages import (
     PROTOCOL_VERSION,
+    REFUSAL_REASONS,
     SUPPORTED_VERSIONS,
     Ack,
     AppStatus,
@@ -26,6 +27,7 @@ from contracts.messages import (
     LineCounts,
     Message,
     PixelFormat,
+    Refusal,
     Scene,
     ServiceState,
     Snapshot,
@@ -36,6 +38,7 @@ from contracts.topics import Stream, parse_topic, topic
 __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
+    "REFUSAL_REASONS",
     "SUPPORTED_VERSIONS",
     "Ack",
     "AppStatus",
@@ -55,6 +58,7 @@ __all__ = [
     "Message",
     "NDArray",
     "PixelFormat",
+    "Refusal",
     "RejectReason",
     "Scene",
     "ServiceState",

@@ -17,6 +17,7 @@ from contracts.arrays import NDArray
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "REFUSAL_REASONS",
     "SUPPORTED_VERSIONS",
     "Ack",
     "AppStatus",
@@ -33,6 +34,7 @@ __all__ = [
     "LineCounts",
     "Message",
     "PixelFormat",
+    "Refusal",
     "Scene",
     "ServiceState",
     "Snapshot",
@@ -69,6 +71,18 @@ MAX_ACK_IDS = 10_000
 MAX_SNAPSHOT_BYTES = 16 << 20
 MAX_APP_PICTURE_BYTES = 8 << 20  # one JPEG of an app's video_out
 MAX_DIMENSION = 16384  # frame width or height in pixels
+# Why the uplink refuses an event on the acknowledged path (Ack.refused): the body breaks the contract
+# (as contracts.errors.RejectReason), or it disagrees with its topic or with the site file.
+REFUSAL_REASONS = (
+    "malformed",
+    "unknown_type",
+    "unknown_version",
+    "invalid",
+    "wrong_topic",
+    "wrong_site",
+    "unknown_camera",
+    "unknown_rule",
+)
 # Normalised xyxy: 0..1 of the source frame's width and height.
 Box = tuple[Unit, Unit, Unit, Unit]
 Dimension = Annotated[int, msgspec.Meta(gt=0, le=MAX_DIMENSION)]
@@ -286,11 +300,25 @@ class Control(Message, tag="control", kw_only=True, frozen=True):
     args: Annotated[dict[Name, Text], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
 
 
+class Refusal(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """An event the receiver will never take, and why: the sender drops it (resending cannot help).
+
+    ``reason`` is a short name fit for a metric label (``REFUSAL_REASONS`` lists today's; a sender treats
+    one it does not know like any other refusal); ``detail`` says what was wrong, for a log.
+    """
+
+    id: Id
+    reason: Name
+    detail: Text = ""
+
+
 class Ack(Message, tag="ack", kw_only=True, frozen=True):
-    """The uplink's receipt for events it has made durable."""
+    """The uplink's answer on the acknowledged path: ``ids`` it has made durable (a duplicate it already
+    holds or delivered is acknowledged again), ``refused`` the events it will never take."""
 
     ids: Annotated[list[Id], msgspec.Meta(max_length=MAX_ACK_IDS)]
     receiver: Text = ""
+    refused: Annotated[list[Refusal], msgspec.Meta(max_length=MAX_ACK_IDS)] = []
 
 
 AppState = Literal["starting", "running", "restarting", "hung", "failed", "stopped"]
