@@ -20,6 +20,7 @@ __all__ = [
     "BUS_MESSAGES",
     "BUS_REJECTED",
     "BUS_SKIPPED",
+    "EVENTS_REFUSED",
     "EVENTS_RESENT",
     "EVENTS_UNACKED",
     "MODEL_BACKEND_FALLBACKS",
@@ -52,6 +53,12 @@ BUS_SKIPPED = Counter(
 )
 EVENTS_UNACKED = Gauge("edgesight_events_unacked", "Events sent and not yet acknowledged.", ["service"])
 EVENTS_RESENT = Counter("edgesight_events_resent_total", "Events sent again after no acknowledgement.", ["service"])
+EVENTS_REFUSED = Counter(
+    "edgesight_events_refused_total",
+    "Events their receiver refused for good (Ack.refused), dropped without resending; the sender's log says "
+    "why. reason: one of contracts.REFUSAL_REASONS, or 'other'.",
+    ["service", "reason"],
+)
 SHM_STALE_READS = Counter(
     "edgesight_shm_stale_reads_total", "Frame reads dropped because the writer overwrote the slot.", ["camera"]
 )

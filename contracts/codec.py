@@ -8,6 +8,7 @@ import msgspec
 
 from contracts.errors import ContractError
 from contracts.messages import (
+    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Ack,
     AppStatus,
@@ -36,7 +37,7 @@ class _Header(msgspec.Struct):
     """Just enough of a body to say why the full decode failed."""
 
     type: str = ""
-    v: int = -1
+    v: int = PROTOCOL_VERSION  # absent means 1 (as in a full decode): another defect is then "invalid"
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -65,10 +66,12 @@ def decode(body: bytes | memoryview, expect: type[Message] | None = None) -> Mes
         raise _classify(body, exc) from None
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
         raise ContractError("malformed", str(exc)) from None
-    if message.v not in SUPPORTED_VERSIONS:
-        raise ContractError(
-            "unknown_version", f"protocol version {message.v} (supported: {sorted(SUPPORTED_VERSIONS)})"
-        )
+    nested = getattr(message, "frame", None)  # a frame_ref inside: its own v, checked alike
+    for version in (message.v, nested.v if nested is not None else PROTOCOL_VERSION):
+        if version not in SUPPORTED_VERSIONS:
+            raise ContractError(
+                "unknown_version", f"protocol version {version} (supported: {sorted(SUPPORTED_VERSIONS)})"
+            )
     if expect is not None and not isinstance(message, expect):
         tag = type(message).__struct_config__.tag
         raise ContractError("invalid", f"expected a {expect.__name__} message, got {tag!r}")

@@ -4,7 +4,9 @@
 #     /dev/net/tun usable by every uid, as Debian has it (a Panorama app's own network)
 #   - .venv with this project installed editable, with the test extra
 #   - `edgesight` on the PATH (scripts/put_on_path.sh)
-# Re-installs Python packages only when pyproject.toml, setup.py or the C helper changed.
+#   - the Node.js client's npm packages (tests/clients/node, from its package-lock.json: a test runs it)
+# Re-installs Python packages only when pyproject.toml, setup.py or the C helper changed, npm packages only
+# when package-lock.json changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,9 @@ while read -r package; do
 done < scripts/apt-packages.txt
 # kubectl (its built-in kustomize renders k3s/) often comes from elsewhere; Debian's is the fallback
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+# Node.js runs the second-language client test (tests/clients/node); Debian's is the fallback
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   sudo_cmd=""
@@ -47,5 +52,22 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]] || ! .venv/bin/python -c "i
   fi
   .venv/bin/python -c "import common.shm._fence"  # the C helper must have been built
   echo "$digest" > "$stamp"
+fi
+
+# the lock pins every npm package; zeromq comes with prebuilt binaries (nothing compiles, nothing downloads at test time)
+client=tests/clients/node
+npm_stamp=$client/node_modules/.edgesight-installed
+npm_digest=$(sha256sum "$client/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f $npm_stamp || $(cat "$npm_stamp") != "$npm_digest" ]] ||
+   ! (cd "$client" && node -e "require('zeromq'); require('@msgpack/msgpack')" 2>/dev/null); then
+  echo "bootstrap: installing npm packages into $client/node_modules"
+  npm_log=.venv/npm-ci.log
+  if ! (cd "$client" && npm ci --no-audit --no-fund --loglevel=error) > "$npm_log" 2>&1; then
+    tail -n 30 "$npm_log"
+    echo "bootstrap: npm ci failed in $client; the whole log is in $npm_log" >&2
+    exit 1
+  fi
+  (cd "$client" && node -e "require('zeromq')")  # its prebuilt binary must load on this machine
+  echo "$npm_digest" > "$npm_stamp"
 fi
 scripts/put_on_path.sh

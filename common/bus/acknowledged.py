@@ -2,7 +2,10 @@
 
 The receiver acknowledges an event once it is durable; the sender keeps it until then and resends
 it (same id) after ``ack_timeout_s``; at ``window`` unacknowledged events ``send`` waits: backpressure
-instead of loss. A body that fails to decode is dropped and counted (:mod:`common.bus.rejected`).
+instead of loss. The receiver may instead *refuse* an event (``Ack.refused``: its id, a reason and a
+detail): resending cannot help, so the sender drops it for good, logs and counts it and tells
+``on_refused``. A body that fails to decode is refused when its id can be read from it; without one it
+is dropped and counted (:mod:`common.bus.rejected`), as there is nobody to name in an answer.
 
 >>> import asyncio
 >>> from contracts import Event
@@ -26,28 +29,50 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 
 from common.bus.endpoint import Endpoint, parse_endpoints
 from common.bus.opening import bus_context, open_socket
 from common.bus.rejected import SOCKETS_LOGGER, reject
-from common.metrics import BUS_MESSAGES, EVENTS_RESENT, EVENTS_UNACKED
-from contracts import Ack, ContractError, Event, decode, encode, topic
+from common.metrics import BUS_MESSAGES, EVENTS_REFUSED, EVENTS_RESENT, EVENTS_UNACKED
+from contracts import REFUSAL_REASONS, Ack, ContractError, Event, Refusal, decode, encode, topic
+from contracts.messages import MAX_ACK_IDS, Id
 
 __all__ = ["Delivery", "EventReceiver", "EventSender"]
 
 log = logging.getLogger(SOCKETS_LOGGER)
 
+DETAIL_CHARS = 1024  # Refusal.detail is Text: a longer one would make the whole Ack invalid
+
+
+class _IdOnly(msgspec.Struct):
+    """What a refusal needs of a body that does not decode: its id (every other key is ignored)."""
+
+    id: Id
+
+
+_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+
+
+def recover_id(body: bytes) -> str | None:
+    """The valid ``id`` of a msgpack map, however wrong the rest of it is; None without one."""
+    try:
+        return _id_decoder.decode(body).id
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+
 
 class EventSender:
     """Sends events and keeps each until the receiver acknowledges it; resends after ``ack_timeout_s``.
 
-    ``send`` waits while ``window`` events are unacknowledged: backpressure instead of loss.
+    ``send`` waits while ``window`` events are unacknowledged: backpressure instead of loss. An event the
+    receiver refuses is settled too: dropped, logged, counted and handed to ``on_refused``.
     """
 
     def __init__(
@@ -58,10 +83,12 @@ class EventSender:
         window: int = 1000,
         ack_timeout_s: float = 5.0,
         on_ack: Callable[[list[str]], None] | None = None,
+        on_refused: Callable[[list[Refusal]], None] | None = None,
     ) -> None:
         self.endpoint = parse_endpoints(endpoint)[0]
         self.service = service
         self.on_ack = on_ack  # told which ids were acknowledged, e.g. to delete them from an outbox
+        self.on_refused = on_refused  # told which events were refused for good: delete them from an outbox too
         self.window = window
         self.ack_timeout_s = ack_timeout_s
         self._socket: zmq.asyncio.Socket | None = None
@@ -150,11 +177,27 @@ class EventSender:
             confirmed = [event_id for event_id in ack.ids if self._pending.pop(event_id, None) is not None]
             if self.on_ack is not None and confirmed:
                 self.on_ack(confirmed)
+            # only events still pending: a refusal of an id already settled (or never sent) changes nothing
+            refused = [r for r in ack.refused if self._pending.pop(r.id, None) is not None]
+            if refused:
+                self._refused(refused)
             self._update_gauge()
             if len(self._pending) < self.window:
                 self._space.set()
             if not self._pending:
                 self._drained.set()
+
+    def _refused(self, refused: list[Refusal]) -> None:
+        for refusal in refused:
+            # the label stays bounded whatever a receiver sends; the log line keeps its own word
+            reason = refusal.reason if refusal.reason in REFUSAL_REASONS else "other"
+            EVENTS_REFUSED.labels(service=self.service, reason=reason).inc()
+            log.warning(
+                "event refused by its receiver: dropped, it will not be resent",
+                extra={"id": refusal.id, "reason": refusal.reason, "detail": refusal.detail[:200]},
+            )
+        if self.on_refused is not None:
+            self.on_refused(refused)
 
     def _update_gauge(self) -> None:
         EVENTS_UNACKED.labels(service=self.service).set(len(self._pending))
@@ -164,15 +207,25 @@ class EventSender:
 class Delivery:
     event: Event
     peer: bytes
+    topic: bytes  # as it came: the receiver checks it against the body (``events/<camera>/``)
 
 
 class EventReceiver:
-    """Receives events from any number of senders; ``ack`` them once they are durable (the module's example)."""
+    """Receives events from any number of senders; ``ack`` them once they are durable (the module's example),
+    or ``refuse`` them. ``on_refused`` is told of every refusal, those of bodies that did not decode too."""
 
-    def __init__(self, endpoint: str | Endpoint, service: str, *, hwm: int = 10_000) -> None:
+    def __init__(
+        self,
+        endpoint: str | Endpoint,
+        service: str,
+        *,
+        hwm: int = 10_000,
+        on_refused: Callable[[list[Refusal]], None] | None = None,
+    ) -> None:
         self.endpoint = parse_endpoints(endpoint)[0]
         self.service = service
         self.hwm = hwm
+        self.on_refused = on_refused
         self._socket: zmq.asyncio.Socket | None = None
 
     async def __aenter__(self) -> EventReceiver:
@@ -194,9 +247,16 @@ class EventReceiver:
                 event = decode(frames[2], Event)
             except ContractError as exc:
                 reject(self.service, exc.reason, str(exc))
+                await self._refuse_undecodable(frames, exc)
                 continue
             BUS_MESSAGES.labels(service=self.service, stream="events", direction="in").inc()
-            return Delivery(event, frames[0])
+            return Delivery(event, frames[0], frames[1])
+
+    async def _refuse_undecodable(self, frames: list[bytes], exc: ContractError) -> None:
+        """Answers a body that did not decode when its id can be read, so that its sender stops resending."""
+        event_id = recover_id(frames[-1]) if len(frames) >= 2 else None
+        if event_id is not None:
+            await self.refuse(frames[0], [Refusal(id=event_id, reason=exc.reason, detail=exc.detail)])
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
@@ -215,13 +275,29 @@ class EventReceiver:
 
     async def ack(self, deliveries: Iterable[Delivery]) -> None:
         """Acknowledge events to their senders (one Ack per sender)."""
-        assert self._socket is not None
         by_peer: dict[bytes, list[str]] = {}
         for delivery in deliveries:
             by_peer.setdefault(delivery.peer, []).append(delivery.event.id)
         for peer, ids in by_peer.items():
-            body = encode(Ack(ids=ids, receiver=self.service))
-            try:
-                await self._socket.send_multipart([peer, topic("acks", self.service), body], flags=zmq.NOBLOCK)
-            except zmq.Again:
-                log.warning("ack not sent: sender's queue is full; it will resend", extra={"count": len(ids)})
+            await self._answer(peer, Ack(ids=ids, receiver=self.service), len(ids))
+
+    async def refuse(self, peer: bytes, refused: Sequence[Refusal]) -> None:
+        """Tells ``peer`` it will never take ``refused`` (``Ack(ids=[], refused=...)``): it drops them."""
+        bounded = [msgspec.structs.replace(r, detail=r.detail[:DETAIL_CHARS]) for r in refused]
+        for start in range(0, len(bounded), MAX_ACK_IDS):
+            chunk = bounded[start : start + MAX_ACK_IDS]
+            await self._answer(peer, Ack(ids=[], refused=chunk, receiver=self.service), len(chunk))
+            for refusal in chunk:
+                log.warning(
+                    "event refused",
+                    extra={"id": refusal.id, "reason": refusal.reason, "detail": refusal.detail[:200]},
+                )
+        if self.on_refused is not None and bounded:
+            self.on_refused(bounded)
+
+    async def _answer(self, peer: bytes, ack: Ack, count: int) -> None:
+        assert self._socket is not None
+        try:
+            await self._socket.send_multipart([peer, topic("acks", self.service), encode(ack)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("ack not sent: sender's queue is full; it will resend", extra={"count": count})

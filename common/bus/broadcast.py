@@ -32,6 +32,17 @@ class Received:
     message: Message
 
 
+# streams keyed by camera: the topic's key is the body's camera (contracts/README.md, section 1)
+CAMERA_STREAMS = frozenset({"frames", "detections", "cameras", "scene", "events"})
+
+
+def _camera_of(message: Message) -> str | None:
+    """The camera a message is about (a Detections' is its frame's); None for one about no camera."""
+    frame = getattr(message, "frame", None)
+    camera = getattr(message, "camera", None) or (frame.camera if isinstance(frame, FrameRef) else None)
+    return camera if isinstance(camera, str) else None
+
+
 class Publisher:
     """Broadcasts messages; never blocks: past ``hwm`` queued messages per peer ZeroMQ drops them.
 
@@ -195,6 +206,11 @@ class Subscriber:
             return None
         except ValueError as exc:
             reject(self.service, "malformed", str(exc))
+            return None
+        camera = _camera_of(message)
+        if camera is not None and stream in CAMERA_STREAMS and key != camera:
+            # a subscriber picks cameras by topic: a body of another camera would reach the wrong reader
+            reject(self.service, "invalid", f"topic {stream}/{key}/ carries a message of camera {camera!r}")
             return None
         counter = self._received.get(stream)
         if counter is None:

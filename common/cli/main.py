@@ -62,10 +62,31 @@ def _running(config: SiteConfig, available: list[str]) -> list[str]:
     return [name for name in available if _section(config, name)]
 
 
+def model_overlaps(config: SiteConfig) -> list[str]:
+    """Warnings (not errors) for the rules that would count each object once per model: a camera runs two
+    or more of the site's models and one of its rules has no ``model:`` (an external rule sees no tracks)."""
+    warnings = []
+    for name, camera in config.cameras.items():
+        models = camera.models or list(config.models)
+        if len(models) < 2:
+            continue
+        for rule_name, rule in camera.rules.items():
+            if rule.model is None and rule.type != "external":
+                where = config.where("cameras", name, "rules", rule_name)
+                warnings.append(
+                    f"{where}: the camera runs models {', '.join(models)} and the rule "
+                    "has no model: it sees every model's objects, so an object two models detect is counted once "
+                    "per model; set `model:` on the rule"
+                )
+    return warnings
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return EXIT_CONFIG
+    for warning in model_overlaps(config):
+        print(f"warning: {warning}", file=sys.stderr)
     peers = [peer.name for peer in PEERS if peer.curve_client]
     # the bus keys of the services that will run: a site without fleet: needs no fleet key
     problems: list[str] = security.check_curve(config, [*_running(config, installed_services()), *peers])

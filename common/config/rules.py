@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.config._types import Line, Name, Polygon, Section, Unit
 
@@ -14,6 +14,7 @@ __all__ = [
     "CrowdRule",
     "DwellRule",
     "EventsConfig",
+    "ExternalRule",
     "GpioAction",
     "LineRule",
     "PpeRule",
@@ -68,6 +69,11 @@ class _RuleBase(Section):
     cooldown_s: float = Field(0.0, ge=0, le=86400, description="Quiet time per object after an event.")
     snapshot: bool = Field(False, description="Attach a (privacy-masked) JPEG of the best frame to events.")
     actions: list[Action] = Field(default_factory=list)
+    model: Name | None = Field(
+        None,
+        description="The model whose tracks this rule sees; unset: every model of the camera (two models "
+        "detecting the same class then count each object once per model).",
+    )
 
 
 class ZoneRule(_RuleBase):
@@ -130,7 +136,26 @@ class PresenceRule(_RuleBase):
     zone: Name | None = None
 
 
-Rule = Annotated[ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | PresenceRule, Field(discriminator="type")]
+class ExternalRule(_RuleBase):
+    """Events decided by a service of your own, sent on the acknowledged path (``bus.events.send``): the
+    uplink takes events naming this rule; the rules service keeps no state for it and decides nothing."""
+
+    type: Literal["external"]
+
+    @field_validator("actions")
+    @classmethod
+    def _no_actions(cls, actions: list[Action]) -> list[Action]:
+        if actions:  # the rules service runs a rule's actions on the events it decides, and it decides none here
+            raise ValueError(
+                "an external rule cannot have actions: the rules service runs actions only for the events it "
+                "decides itself, and another service decides this rule's events"
+            )
+        return actions
+
+
+Rule = Annotated[
+    ZoneRule | LineRule | DwellRule | CrowdRule | PpeRule | PresenceRule | ExternalRule, Field(discriminator="type")
+]
 
 
 class TrackerConfig(Section):

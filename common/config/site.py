@@ -19,6 +19,7 @@ from common.config.models import ModelConfig
 from common.config.rules import EventsConfig, TrackerConfig
 from common.config.uplink import UplinkConfig
 from common.registry import ServiceName
+from common.shm.layout import segment_name
 
 __all__ = ["RunConfig", "ServiceName", "SiteConfig", "SiteSection"]
 
@@ -162,4 +163,19 @@ class SiteConfig(Section):
                     f"camera {name!r} uses models {unknown} not defined under models: "
                     f"(defined: {sorted(self.models) or 'none'})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _camera_rings_apart(self) -> SiteConfig:
+        """Each camera its own frame ring: the ring's file name keeps only ``[A-Za-z0-9_-]`` of a name, so
+        ``dock.1`` and ``dock_1`` would write one ring."""
+        rings: dict[str, str] = {}
+        for name in self.cameras:
+            ring = segment_name(self.site.name, name)
+            if ring in rings:
+                raise ValueError(
+                    f"cameras {rings[ring]!r} and {name!r} would share the frame ring {ring!r} (a ring's name keeps "
+                    "letters, digits, '_' and '-' only); rename one"
+                )
+            rings[ring] = name
         return self

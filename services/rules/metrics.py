@@ -38,3 +38,9 @@ DETECTIONS_DROPPED = Counter(
     "Detections messages rules did not handle: models (the camera already tracks MAX_MODELS_PER_CAMERA models).",
     ["camera", "reason"],
 )
+MODELS_OVERLAP = Counter(
+    "edgesight_rules_models_overlap_total",
+    "Rules without model: that saw one label from two models (each object then counts once per model): "
+    "counted once per camera and rule, with a warning in the log.",
+    ["camera", "rule"],
+)

@@ -25,6 +25,7 @@ class Observed:
     score: float
     box: Box
     origin: Box | None = None  # the box the tracker first saw it with
+    model: str | None = None  # the model whose detections it is tracked from (rules with ``model:`` ask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class Moment:
     wall: dt.datetime  # the frame's wall-clock time in the site's time zone
     tracks: Sequence[Observed]
     gone: Sequence[Observed] = ()  # tracks that ended with this frame (their last state)
-    items: Sequence[tuple[str, Box]] = ()  # every detection: for PPE
+    items: Sequence[tuple[str, Box]] = ()  # every detection, of every model: for PPE
+    model: str | None = None  # the model whose Detections this frame's tracks come from
 
 
 @dataclasses.dataclass

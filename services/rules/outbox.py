@@ -1,11 +1,12 @@
 """The rules service's outbox: every event it decided, kept on disk until the uplink acknowledges it.
 
 SQLite in WAL mode under ``state_dir``. An event is written here before it is sent, deleted when
-its Ack arrives, and after a restart whatever is left is sent again, in order, with the same ids
-(the uplink drops duplicates by id). ``synchronous=NORMAL``: a commit survives the process being
-killed (the WAL is in the page cache), not a power cut; it costs a write, not an fsync, so it stays
-on the event loop. Room is made before each insert: past ``max_bytes`` on disk (its ``-wal`` file
-included) the oldest events are dropped, counted, and logged once a minute with the count.
+its Ack arrives (or a refusal: the uplink will never take it), and after a restart whatever is left
+is sent again, in order, with the same ids (the uplink drops duplicates by id). ``synchronous=NORMAL``:
+a commit survives the process being killed (the WAL is in the page cache), not a power cut; it costs
+a write, not an fsync, so it stays on the event loop. Room is made before each insert: past
+``max_bytes`` on disk (its ``-wal`` file included) the oldest events are dropped, counted, and logged
+once a minute with the count.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class Outbox:
         return events
 
     def acked(self, ids: Iterable[str]) -> None:
+        self._delete("id = ?", [(event_id,) for event_id in ids])
+
+    def refused(self, ids: Iterable[str]) -> None:
+        """Events the uplink refused for good (a negative acknowledgement): deleted, never sent again."""
         self._delete("id = ?", [(event_id,) for event_id in ids])
 
     def _delete(self, where: str, keys: list[tuple[object]]) -> None:

@@ -35,6 +35,7 @@ from contracts import (
     Detections,
     Event,
     FrameRef,
+    Refusal,
     TrackedObject,
     decode,
     encode,
@@ -48,6 +49,7 @@ from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
 from services.rules.reports import IntervalReporter
 from services.rules.scene import SceneRate, scene_of, unit_box
+from services.rules.silence import SilentModels
 from services.rules.tracker import ByteTracker, Track
 
 __all__ = ["RulesService"]
@@ -142,6 +144,7 @@ class RulesService(Service):
         self.reporter = IntervalReporter(self.store, self.store.db, state_dir / "rules.sqlite", site, analytics)
         self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=_outbox_max_bytes(self.config))
         self.outbox_changed = asyncio.Event()
+        self.silent = SilentModels(self.config.tracker.max_age_s)  # tracks gauges of silent models go to 0
         self.events_sent = 0
         self.frames_handled = 0  # Detections messages handled: frames through rules (benchmarks' rate)
         self._readers = FrameReaders(self.config.site.shm_dir)  # snapshots, on a worker thread
@@ -166,6 +169,7 @@ class RulesService(Service):
                     window=bus.events_window,
                     ack_timeout_s=bus.ack_timeout_s,
                     on_ack=self._acked,
+                    on_refused=self._refused,
                 ) as sender,
             ):
                 self._detections = detections
@@ -174,6 +178,7 @@ class RulesService(Service):
                     self._group = group  # actions run here: cancelled with the service, never orphaned
                     group.create_task(self._send(sender), name="send")
                     group.create_task(self.series.run(), name="series")
+                    group.create_task(self.silent.run(), name="silent-models")
                     if self.config.analytics.enabled:  # reports are made of the series
                         reports = self.reporter.run(self.cameras, self.series.flush, self._report)
                         group.create_task(reports, name="reports")  # (a reload changes cameras in place)
@@ -207,10 +212,12 @@ class RulesService(Service):
         seen, gone = tracker.update(boxes, class_ids, scores, t, aspect=frame.width / frame.height)
         self.frames_handled += 1
         metrics.ACTIVE_TRACKS.labels(camera.name, detections.model).set(len(seen))
+        self.silent.heard(camera.name, detections.model)
 
         def observed(track: Track) -> Observed:
             label = detections.labels.get(track.class_id, str(track.class_id))
-            return Observed(track.track_id, label, round(track.score, 4), _box(track.box), _box(track.origin))
+            box, origin = _box(track.box), _box(track.origin)
+            return Observed(track.track_id, label, round(track.score, 4), box, origin, detections.model)
 
         items = [
             item
@@ -219,7 +226,7 @@ class RulesService(Service):
             for item in model_items
         ]
         wall = dt.datetime.fromtimestamp(frame.capture_ns / 1e9, self.timezone)
-        moment = Moment(t, wall, [observed(s) for s in seen], [observed(g) for g in gone], items)
+        moment = Moment(t, wall, [observed(s) for s in seen], [observed(g) for g in gone], items, detections.model)
         for draft in camera.rules.step(moment):
             await self._emit(camera, detections, draft, t)
         for track in gone:  # its ids never come back: nothing about it is needed any more
@@ -370,6 +377,7 @@ class RulesService(Service):
         wanted = {name: camera for name, camera in config.cameras.items() if camera.enabled and camera.rules}
         for name in set(self.cameras) - set(wanted):
             del self.cameras[name]
+            self.silent.forget(name)
         changed = []
         for name, camera_config in wanted.items():
             rules = CameraRules(name, camera_config, self.store)
@@ -391,6 +399,12 @@ class RulesService(Service):
 
     def _acked(self, ids: list[str]) -> None:
         self.outbox.acked(ids)
+        metrics.EVENTS_QUEUED.set(len(self.outbox))
+
+    def _refused(self, refusals: list[Refusal]) -> None:
+        """The uplink will never take these (the sender logged and counted them): out of the outbox, or
+        they would be sent again after every restart."""
+        self.outbox.refused(refusal.id for refusal in refusals)
         metrics.EVENTS_QUEUED.set(len(self.outbox))
 
     def health_counters(self) -> dict[str, float]:

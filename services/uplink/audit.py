@@ -22,11 +22,12 @@ from contracts import Event
 from services.uplink import metrics
 from services.uplink.spool import Spool
 
-__all__ = ["AUDIT_CAMERA", "POLL_S", "audit_event", "spool_new_records"]
+__all__ = ["AUDIT_CAMERA", "AUDIT_EVENT_TYPE", "POLL_S", "audit_event", "spool_new_records"]
 
 log = logging.getLogger(__name__)
 
 AUDIT_CAMERA = "_site"
+AUDIT_EVENT_TYPE = "audit"
 CURSOR = "audit"
 POLL_S = 1.0
 MAX_READ = 1 << 20  # bytes read per round: a long backlog is spooled in several transactions
@@ -40,7 +41,7 @@ def audit_event(record: Mapping[str, Any]) -> Event:
     document = {
         "type": "event",
         "id": record.get("id"),
-        "event_type": "audit",
+        "event_type": AUDIT_EVENT_TYPE,
         "site": record.get("site"),
         "camera": AUDIT_CAMERA,
         "rule": record.get("action"),

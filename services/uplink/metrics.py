@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from contracts import REFUSAL_REASONS
+
 SPOOL_DEPTH = Gauge("edgesight_spool_events", "Events in the spool.")
 SPOOL_OLDEST = Gauge("edgesight_spool_oldest_age_seconds", "Age of the oldest event in the spool.")
 SPOOL_BYTES = Gauge("edgesight_spool_bytes", "Bytes the spool's rows take.")
@@ -24,3 +26,16 @@ DEAD_LETTERS = Counter(
 )
 AUDIT_SPOOLED = Counter("edgesight_audit_records_total", "Audit trail records spooled as audit events.")
 AUDIT_MALFORMED = Counter("edgesight_audit_malformed_total", "Audit trail lines that were not records, skipped.")
+REFUSED = Counter(
+    "edgesight_uplink_events_refused_total",
+    "Events refused on the acknowledged path (their sender is told, and drops them): a body that breaks the "
+    "contract, or one that disagrees with its topic or the site file; the uplink's log says which and why.",
+    ["reason"],
+)
+for _reason in REFUSAL_REASONS:  # at 0 from the start: the first refusal is an increase an alert sees
+    REFUSED.labels(_reason)
+DUPLICATES = Counter(
+    "edgesight_uplink_events_duplicate_total",
+    "Events received again with an id the spool holds or remembers (24 h): acknowledged again, not stored "
+    "or delivered again.",
+)

@@ -2,6 +2,10 @@
 
 Privacy guard: an event carries image bytes onward only if its camera's rule asked for a snapshot;
 anything else is stripped before it is stored, and counted.
+
+Each event is checked first (:mod:`services.uplink.agreement`): one that disagrees with its topic or
+the site file is refused at once, with the reason (its sender drops it). An id the spool holds or
+remembers is acknowledged again, once the batch has committed, and neither stored nor delivered again.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import msgspec
 
 from common._compat import TaskGroup
 from common.audit import audit_path
-from common.bus import EventReceiver, Subscriber
+from common.bus import Delivery, EventReceiver, Subscriber
 from common.service import Service, ServiceState
-from contracts import CameraStatus, Event, Health, topic
+from contracts import CameraStatus, Event, Health, Refusal, topic
 from services.uplink import metrics
+from services.uplink.agreement import SiteNames
 from services.uplink.audit import POLL_S as AUDIT_POLL_S
 from services.uplink.audit import spool_new_records
 from services.uplink.sinks import (
@@ -48,6 +53,7 @@ class UplinkService(Service):
         state = Path(self.config.site.state_dir)
         self.spool = Spool(state / "uplink-spool.sqlite", max_bytes=uplink.spool.max_mb << 20, fsync=uplink.spool.fsync)
         site = self.config.site.name
+        self.names = SiteNames(self.config)
         self.depth: tuple[int, float] = (0, 0.0)
         self.health: dict[tuple[str, str], Health] = {}  # (service, instance) -> its latest Health
         self.cameras: dict[str, CameraStatus] = {}
@@ -72,7 +78,7 @@ class UplinkService(Service):
         """Strips a snapshot that no rule asked for: no image data leaves by accident."""
         if event.snapshot is None:
             return event
-        camera = self.config.cameras.get(event.camera)
+        camera = self.names.latest.cameras.get(event.camera)  # a rule added since start: as the file says now
         rule = camera.rules.get(event.rule) if camera is not None else None
         if rule is not None and rule.snapshot:
             return event
@@ -84,7 +90,8 @@ class UplinkService(Service):
 
     async def main(self) -> None:
         try:
-            async with EventReceiver(self.config.bus.events.receive, self.name) as inbox:
+            receiver = EventReceiver(self.config.bus.events.receive, self.name, on_refused=_count_refused)
+            async with receiver as inbox:
                 self.set_state(ServiceState.READY)
                 async with TaskGroup() as group:
                     group.create_task(self._receive(inbox), name="receive")
@@ -107,11 +114,30 @@ class UplinkService(Service):
     async def _receive(self, inbox: EventReceiver) -> None:
         while True:
             batch = await inbox.receive_batch(RECEIVE_BATCH)  # what is already here: one transaction
+            batch = await self._agreeing(inbox, batch)
+            if not batch:
+                continue
             events = [self.guard(d.event) for d in batch]
             # committed (and fsynced, off the event loop) before anyone hears "ack"
-            await asyncio.to_thread(self.spool.add, events, self.targets(events))
+            added = await asyncio.to_thread(self.spool.add, events, self.targets(events))
+            metrics.DUPLICATES.inc(len(events) - added)  # safe already: acknowledged again all the same
             await inbox.ack(batch)
             self.wake_sinks()
+
+    async def _agreeing(self, inbox: EventReceiver, batch: list[Delivery]) -> list[Delivery]:
+        """The deliveries that agree with their topic and the site file; the others are refused now
+        (nothing to wait for: they will never be stored)."""
+        kept: list[Delivery] = []
+        refused: dict[bytes, list[Refusal]] = {}
+        for delivery in batch:
+            refusal = await self.names.check(delivery)
+            if refusal is None:
+                kept.append(delivery)
+            else:
+                refused.setdefault(delivery.peer, []).append(refusal)
+        for peer, refusals in refused.items():
+            await inbox.refuse(peer, refusals)
+        return kept
 
     def targets(self, events: list[Event]) -> dict[str, list[str]]:
         return {e.id: [s.name for s in self.sinks if s.wants(e)] for e in events}
@@ -178,3 +204,8 @@ class UplinkService(Service):
         for sink in self.sinks:
             counters[f"{sink.name}_up"] = 1.0 if sink.connected else 0.0
         return counters
+
+
+def _count_refused(refused: list[Refusal]) -> None:
+    for refusal in refused:
+        metrics.REFUSED.labels(refusal.reason).inc()  # the receiver's own reasons: a bounded set

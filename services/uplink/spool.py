@@ -10,6 +10,10 @@ snapshots, then the oldest events. Room is made before a batch is stored, so the
 ``-wal`` file included, see ``common.files.bound_wal``) stay within ``max_bytes``. Whatever is
 dropped is counted, and logged once a minute with the counts.
 
+Idempotent by id: every id stored is remembered (table ``seen``) for ``REMEMBER_S``, at most
+``remembered`` ids (oldest forgotten first), across restarts: an event whose id the spool holds or
+remembers is not stored, so not delivered, again. Its sender is acknowledged all the same (it is safe).
+
 Every method may run on a worker thread (a ``synchronous=FULL`` commit waits for the disk, which the
 event loop must not): one lock serialises them on the one connection.
 """
@@ -36,6 +40,7 @@ from services.uplink import metrics
 __all__ = ["Spool", "Spooled"]
 
 log = logging.getLogger(__name__)
+REMEMBER_S = 24 * 3600.0  # how long a stored id is still known as a duplicate, delivered or not
 Result = TypeVar("Result")
 
 _SCHEMA = """
@@ -58,6 +63,12 @@ CREATE TABLE IF NOT EXISTS cursors (
     inode INTEGER NOT NULL,
     offset INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: the oldest is forgotten first
+    id TEXT UNIQUE NOT NULL,              -- an event id stored once: the same id again is a duplicate
+    stored REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_stored ON seen (stored);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT NOT NULL,
     sink TEXT NOT NULL,          -- the sink that refused it; "*" when the stored event no longer decodes
@@ -98,6 +109,8 @@ class Spool:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.budget = max(max_bytes - bound_wal(self.db, max_bytes), max_bytes // 2)  # for the events themselves
         self.db.executescript(_SCHEMA)
+        # one id per 2 kB of quota (a row and its indexes take a few hundred bytes), 1000 to 100 000
+        self.remembered = max(1000, min(100_000, max_bytes // 2000))
         self.drops = DropTally(log, "spool full: dropped to make room", ("events", "snapshots"), max_bytes=max_bytes)
 
     @_locked
@@ -110,16 +123,19 @@ class Spool:
         """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``;
         ``position`` (name, inode, offset) moves a followed file's position in the same transaction.
 
-        An event already spooled (a resend from rules) is not stored twice. Returns how many were new.
+        An event the spool holds or remembers (a resend, a duplicate) is not stored twice. Returns how many
+        were new.
         """
         added = 0
         now = time.time()
         with self._transaction():
             if position is not None:
                 self.db.execute("INSERT OR REPLACE INTO cursors (name, inode, offset) VALUES (?, ?, ?)", position)
+            self.db.execute("DELETE FROM seen WHERE stored < ?", (now - REMEMBER_S,))
             for event in events:
-                if self.db.execute("SELECT 1 FROM events WHERE id = ?", (event.id,)).fetchone():
-                    continue  # a resend from rules: stored already
+                if self._known(event.id):
+                    continue  # a resend or a duplicate: stored already (and maybe delivered)
+                self.db.execute("INSERT INTO seen (id, stored) VALUES (?, ?)", (event.id, now))
                 snapshot = event.snapshot.data if event.snapshot is not None else None
                 body = encode(event if snapshot is None else _with_image(event, b""))
                 # room first, event by event: pages freed in this transaction are reused by the next insert,
@@ -134,10 +150,23 @@ class Spool:
                 self.db.executemany(
                     "INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(sink, seq) for sink in sinks_for[event.id]]
                 )
+            self.db.execute(
+                "DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ?", (self.remembered,)
+            )  # the oldest first, past the bound
             self._make_room(0)  # the estimate was short (page overhead)
         truncate_wal(self.db, self.path, self.max_bytes)
         self.drops.flush()
         return added
+
+    def _known(self, event_id: str) -> bool:
+        """Remembered, or held from before ``seen`` existed (a spool written by an older version)."""
+        query = "SELECT 1 FROM seen WHERE id = ? UNION ALL SELECT 1 FROM events WHERE id = ? LIMIT 1"
+        return self.db.execute(query, (event_id, event_id)).fetchone() is not None
+
+    @_locked
+    def remembers(self) -> int:
+        """How many ids are remembered as stored (bounded by ``remembered``)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
 
     @_locked
     def cursor(self, name: str) -> tuple[int, int]:

@@ -537,7 +537,9 @@ def test_a_refused_event_is_dead_lettered_and_a_retry_resends_only_the_unconfirm
 ) -> None:
     events = [make_event(i) for i in range(60)]
     receiver = WebhookReceiver(refuse=events[10].id, fail_at=30)
-    site = services({"uplink": {"webhook": {"url": receiver.url, "timeout_s": 5}}})
+    # the events' camera and rule are in the site file: the uplink refuses an event naming others (#31)
+    cameras = {"dock": {"url": "rtsp://unused/1", "rules": {"door": {"type": "line", "line": [[0, 0.5], [1, 0.5]]}}}}
+    site = services({"cameras": cameras, "uplink": {"webhook": {"url": receiver.url, "timeout_s": 5}}})
     try:
         site.start("broker")
         site.start("uplink")

@@ -139,6 +139,7 @@ def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Pat
                 await rogue.send_multipart([b"not a topic", good])
                 await rogue.send_multipart([topic("frames", "cam1"), b"x", b"three frames"])
                 await rogue.send_multipart([topic("frames", "cam1"), msgpack.packb({"type": "frame_ref", "v": 1})])
+                await rogue.send_multipart([topic("frames", "cam1"), encode(frame("cam2", 100 + seq))])  # wrong key
                 await rogue.send_multipart([topic("frames", "cam1"), encode(frame("cam1", seq))])
             seqs = []
             async with timeout(scaled(30)):
@@ -150,7 +151,7 @@ def test_garbage_is_rejected_and_counted_while_valid_traffic_flows(tmp_path: Pat
     assert asyncio.run(scenario()) == list(range(20))
     assert counter(BUS_REJECTED, service="victim", reason="malformed") - before["malformed"] == 60
     assert counter(BUS_REJECTED, service="victim", reason="unknown_version") - before["unknown_version"] == 20
-    assert counter(BUS_REJECTED, service="victim", reason="invalid") - before["invalid"] == 20
+    assert counter(BUS_REJECTED, service="victim", reason="invalid") - before["invalid"] == 40
 
 
 def test_newest_wins_and_skips_are_counted(tmp_path: Path) -> None:

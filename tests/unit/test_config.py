@@ -113,6 +113,13 @@ def test_camera_using_an_undefined_model() -> None:
     assert any("uses models ['ppe'] not defined" in p for p in problems)
 
 
+def test_two_cameras_whose_names_make_one_frame_ring_are_refused() -> None:
+    # "." is not kept in a ring's file name: both would write edgesight.s.dock_1 and read each other's frames
+    problems = _problems("site: {name: s}\ncameras:\n  dock.1: {url: a}\n  dock_1: {url: b}\n")
+    assert any("'dock.1' and 'dock_1' would share the frame ring 'edgesight.s.dock_1'" in p for p in problems)
+    parse_config("site: {name: s}\ncameras:\n  dock.1: {url: a}\n  dock-1: {url: b}\n", environ={})  # apart
+
+
 def test_schema_validates_the_example_and_catches_a_bad_one() -> None:
     schema = SiteConfig.model_json_schema()
     document = yaml.safe_load(EXAMPLE.read_text())
@@ -219,7 +226,7 @@ def test_config_check_wants_bus_keys_only_of_the_services_that_will_run(
     assert main(["config", "check", str(site)]) == 0
 
 
-RULE_TYPES = "zone, line, dwell, crowd, ppe, presence"
+RULE_TYPES = "zone, line, dwell, crowd, ppe, presence, external"
 
 
 def test_config_check_says_a_misspelt_rule_type_in_plain_words(tmp_path: Path) -> None:

@@ -184,6 +184,25 @@ def test_detections_with_mismatched_arrays_are_rejected() -> None:
         decode(msgpack.packb(plain))
 
 
+def test_a_body_without_v_and_with_a_defect_is_invalid_not_an_unknown_version() -> None:
+    plain = msgpack.unpackb(encode(FRAME))
+    del plain["v"]  # absent means 1: a decode of it alone succeeds
+    assert decode(msgpack.packb(plain)) == FRAME
+    plain["width"] = "4"
+    with pytest.raises(ContractError) as caught:
+        decode(msgpack.packb(plain))
+    assert caught.value.reason == "invalid"
+
+
+@pytest.mark.parametrize("message", [DETECTIONS, EVENT], ids=["detections", "event"])
+def test_a_nested_frame_of_another_version_is_refused(message: Message) -> None:
+    plain = msgpack.unpackb(encode(message), strict_map_key=False)
+    plain["frame"]["v"] = 2
+    with pytest.raises(ContractError) as caught:
+        decode(msgpack.packb(plain))
+    assert caught.value.reason == "unknown_version"
+
+
 def test_wrong_message_type_for_the_stream() -> None:
     with pytest.raises(ContractError, match="expected a Event"):
         decode(encode(FRAME), Event)

@@ -1,0 +1,123 @@
+"""The rules service as a process (issue #31): the tracks gauge of a model that stopped sending drops to 0
+while another model's stays; an event the uplink refuses leaves rules' outbox for good."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from common._compat import timeout
+from common.bus import EventReceiver, Publisher
+from contracts import Detections, Refusal
+from tests.integration.conftest import Services
+from tests.support import bus_handshake, frame_ref, http_get, scaled
+
+pytestmark = pytest.mark.slow
+
+MAX_AGE_S = 0.5
+LINE = {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]]}
+
+
+def _sample(base: str, name: str, labels: dict[str, str]) -> float | None:
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    for found in re.finditer(rf"^{name}(?:\{{(.*)\}})? (\S+)$", http_get(f"{base}/metrics")[1], re.M):
+        if set(filter(None, (found.group(1) or "").split(","))) == wanted:
+            return float(found.group(2))
+    return None
+
+
+def _detections(model: str, seq: int, y: float = 0.3) -> Detections:
+    at_ns = seq * 100_000_000
+    ref = frame_ref("dock", seq, capture_ns=at_ns, monotonic_ns=at_ns, width=320, height=240)
+    boxes = np.array([[0.45, y - 0.2, 0.55, y]], "<f4")
+    return Detections.from_arrays(ref, model, boxes, [0], [0.9], labels={0: "person"})
+
+
+def test_a_silent_models_tracks_gauge_drops_to_zero(
+    tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    site = services(
+        {"cameras": {"dock": {"url": "rtsp://unused/1", "rules": {"door": LINE}}}, "tracker": {"max_age_s": MAX_AGE_S}}
+    )
+    site.start("broker")
+    base = site.start("rules")
+
+    def tracks(model: str) -> float | None:
+        return _sample(base, "edgesight_tracks_active", {"camera": "dock", "model": model})
+
+    async def scenario() -> tuple[float, float | None]:
+        async with Publisher(site.config.bus.publish, "test") as publisher:
+            await bus_handshake(publisher=publisher, bus=site.config.bus)
+            seq = 0
+            async with timeout(scaled(30)):  # both models' person confirmed (rules' subscription may be late)
+                while tracks("stops") != 1 or tracks("goes-on") != 1:
+                    seq += 1
+                    for model in ("stops", "goes-on"):
+                        await publisher.publish("detections", "dock", _detections(model, seq))
+                    await asyncio.sleep(0.1)
+            silent_since = time.monotonic()
+            async with timeout(scaled(30)):
+                while tracks("stops") != 0:
+                    seq += 1
+                    await publisher.publish("detections", "dock", _detections("goes-on", seq))
+                    await asyncio.sleep(0.1)
+            return time.monotonic() - silent_since, tracks("goes-on")
+
+    waited, still_heard = asyncio.run(scenario())
+    assert waited >= MAX_AGE_S  # not before the tracker would have given its tracks up
+    assert still_heard == 1
+
+
+def test_a_refused_event_leaves_the_outbox_and_is_not_sent_again(
+    tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    site = services({"cameras": {"dock": {"url": "rtsp://unused/1", "rules": {"door": LINE}}}})
+    site.start("broker")
+    base = site.start("rules")
+    outbox = Path(site.config.site.state_dir) / "rules-outbox.sqlite"
+
+    async def cross(events: EventReceiver, start: int) -> str:
+        async with Publisher(site.config.bus.publish, "test") as publisher:
+            await bus_handshake(publisher=publisher, bus=site.config.bus)
+            for step in range(12):
+                await publisher.publish("detections", "dock", _detections("people", start + step, 0.3 + step * 0.05))
+                await asyncio.sleep(0.05)
+            async with timeout(scaled(30)):
+                delivery = await events.receive()
+            await events.refuse(delivery.peer, [Refusal(id=delivery.event.id, reason="unknown_rule", detail="test")])
+            return delivery.event.id
+
+    async def scenario() -> tuple[str, list[str]]:
+        async with EventReceiver(site.config.bus.events.receive, "uplink-standin") as events:
+            refused = await cross(events, 1)
+            async with timeout(scaled(30)):
+                while _sample(base, "edgesight_events_queued", {}) != 0:  # noqa: ASYNC110 - a metric, not an event
+                    await asyncio.sleep(0.1)
+            labels = {"service": "rules", "reason": "unknown_rule"}
+            assert _sample(base, "edgesight_events_refused_total", labels) == 1
+            process = site.processes["rules"]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+            site.start("rules")  # whatever is left in the outbox is sent again now
+            again: list[str] = []
+            try:
+                async with timeout(scaled(3)):
+                    while True:
+                        again.append((await events.receive()).event.id)
+            except TimeoutError:
+                pass
+            return refused, again
+
+    refused, again = asyncio.run(scenario())
+    assert refused not in again  # before #31: resent until acknowledged, for ever
+    with sqlite3.connect(outbox) as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox WHERE id = ?", (refused,)).fetchone()[0] == 0

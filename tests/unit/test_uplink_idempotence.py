@@ -1,0 +1,250 @@
+"""The uplink's own checks (#31), without a process: the spool is idempotent by event id (remembered,
+bounded, across restarts), and events must agree with their topic and the site file (``SiteNames``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.bus import Delivery
+from common.config import SiteConfig, load_config, parse_config
+from common.errors import ConfigError
+from contracts import Event, Refusal
+from services.uplink import spool as spool_module
+from services.uplink.agreement import REREAD_S, SiteNames
+from services.uplink.spool import REMEMBER_S, Spool
+
+
+def event(i: int | str, **fields: Any) -> Event:
+    values: dict[str, Any] = {"event_type": "zone_enter", "site": "yard", "camera": "dock", "rule": "bay", "ts_ns": 1}
+    return Event(id=i if isinstance(i, str) else f"evt-{i}", **{**values, **fields})
+
+
+def add(spool: Spool, *events: Event) -> int:
+    return spool.add(list(events), {e.id: ["jsonl"] for e in events})
+
+
+def deliver_all(spool: Spool) -> list[str]:
+    items = spool.pending("jsonl", 1000)
+    spool.done("jsonl", [item.seq for item in items])
+    return [item.event.id for item in items]
+
+
+# --- the spool: idempotent by id ---------------------------------------------------------------------
+
+
+def test_the_same_id_is_stored_and_delivered_once_before_and_after_delivery(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    assert add(spool, event(1), event(1)) == 1  # twice in one batch
+    assert add(spool, event(1)) == 0  # again while spooled
+    assert deliver_all(spool) == ["evt-1"]
+    assert add(spool, event(1, counts={"in": 9})) == 0  # again once delivered (a different body: the id decides)
+    assert deliver_all(spool) == []
+    spool.close()
+    again = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)  # a restart remembers
+    assert add(again, event(1)) == 0
+    assert deliver_all(again) == []
+    assert add(again, event(2)) == 1
+
+
+def test_an_id_is_forgotten_after_24_hours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    add(spool, event(1))
+    deliver_all(spool)
+    later = time.time() + REMEMBER_S + 60
+    monkeypatch.setattr(spool_module.time, "time", lambda: later)
+    assert add(spool, event(2)) == 1  # any add forgets what is past 24 h
+    assert add(spool, event(1)) == 1  # so the old id is new again
+    assert spool.remembers() == 2
+
+
+def test_a_flood_of_new_ids_forgets_the_oldest_and_stays_bounded(tmp_path: Path) -> None:
+    """An attacker (or a runaway sender) sending fresh ids cannot grow the table past its bound."""
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    assert spool.remembered == 1000  # max(1000, min(100 000, max_bytes // 2000))
+    for start in range(0, 2500, 250):
+        add(spool, *(event(i) for i in range(start, start + 250)))
+        deliver_all(spool)
+        assert spool.remembers() <= spool.remembered
+    assert spool.remembers() == 1000
+    assert add(spool, event(2499)) == 0  # the newest are remembered
+    assert add(spool, event(0)) == 1  # the oldest were forgotten first
+
+
+@pytest.mark.parametrize(("max_bytes", "bound"), [(1 << 20, 1000), (100 << 20, 52428), (10 << 30, 100_000)])
+def test_how_many_ids_a_spool_remembers(tmp_path: Path, max_bytes: int, bound: int) -> None:
+    assert Spool(tmp_path / "spool.sqlite", max_bytes=max_bytes).remembered == bound
+
+
+def test_an_event_held_by_an_older_spool_is_a_duplicate_too(tmp_path: Path) -> None:
+    """A spool written before ``seen`` existed holds events whose ids were never remembered."""
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    add(spool, event(1))
+    spool.close()
+    with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+        db.execute("DROP TABLE seen")
+    again = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    assert add(again, event(1)) == 0
+    assert deliver_all(again) == ["evt-1"]
+
+
+# --- agreement with the topic and the site file ---------------------------------------------------------
+
+SITE = """\
+site: {name: yard}
+cameras:
+  dock:
+    url: rtsp://admin:hunter2@10.0.0.5/stream
+    rules: {bay: {type: presence}, door: {type: line, line: [[0, 0.5], [1, 0.5]]}}
+  gate:
+    url: rtsp://10.0.0.6/stream
+    rules: {entry: {type: presence}}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def names_from(tmp_path: Path, text: str = SITE) -> tuple[SiteNames, Path, Clock, list[str]]:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    loads: list[str] = []
+
+    def load(source: str) -> SiteConfig:
+        loads.append(source)
+        return load_config(source)  # type: ignore[no-any-return]
+
+    clock = Clock()
+    return SiteNames(load_config(path), load=load, clock=clock), path, clock, loads
+
+
+def check(names: SiteNames, item: Event, topic: bytes | None = None) -> Refusal | None:
+    delivery = Delivery(item, b"peer", f"events/{item.camera}/".encode() if topic is None else topic)
+    return asyncio.run(names.check(delivery))
+
+
+@pytest.mark.parametrize(
+    ("fields", "topic", "reason"),
+    [
+        ({}, None, None),
+        ({"camera": "gate", "rule": "entry"}, None, None),
+        ({}, b"events/gate/", "wrong_topic"),
+        ({}, b"events/dock", "wrong_topic"),
+        ({}, b"detections/dock/", "wrong_topic"),
+        ({"site": "elsewhere"}, None, "wrong_site"),
+        ({"camera": "attic"}, None, "unknown_camera"),
+        ({"camera": "_site", "event_type": "audit"}, None, "unknown_camera"),  # audit events are not forged
+        ({"rule": "entry"}, None, "unknown_rule"),  # a rule of another camera
+        ({"rule": "gate"}, None, "unknown_rule"),
+    ],
+)
+def test_each_disagreement_has_its_reason(
+    tmp_path: Path, fields: dict[str, Any], topic: bytes | None, reason: str | None
+) -> None:
+    names, *_ = names_from(tmp_path)
+    refusal = check(names, event(1, **fields), topic)
+    assert (refusal.reason if refusal else None) == reason
+    if refusal is not None:
+        assert refusal.id == "evt-1" and refusal.detail
+
+
+def test_a_refusal_echoes_only_what_the_sender_sent(tmp_path: Path) -> None:
+    """Nothing of the site file (its site name, other cameras and rules, a password in a URL) leaks."""
+    names, *_ = names_from(tmp_path)
+    cases = [
+        (event(1, site="elsewhere"), None),
+        (event(1, camera="attic"), None),
+        (event(1, rule="nope"), None),
+        (event(1), b"events/" + b"x" * 5000 + b"/"),
+    ]
+    details = [refusal.detail for item, topic in cases if (refusal := check(names, item, topic)) is not None]
+    assert len(details) == 4
+    for detail in details:
+        assert len(detail) <= 300
+        for secret in ("yard", "hunter2", "admin", "gate", "entry", "door", "10.0.0"):
+            assert secret not in detail, detail
+
+
+def test_a_camera_named_like_the_audit_camera_in_the_site_file_still_cannot_forge_audit_events(
+    tmp_path: Path,
+) -> None:
+    text = SITE + "  _site:\n    url: rtsp://10.0.0.7/s\n    rules: {bay: {type: presence}}\n"
+    names, _, _, loads = names_from(tmp_path, text)
+    refusal = check(names, event(1, camera="_site", event_type="audit"))
+    assert refusal is not None and refusal.reason == "unknown_camera"
+    assert loads == []  # nothing to read again for: it is never taken
+
+
+def test_a_rule_added_later_is_taken_after_one_read_and_reads_are_rate_limited(tmp_path: Path) -> None:
+    names, path, clock, loads = names_from(tmp_path)
+    assert check(names, event(1, rule="fence")) is not None
+    assert len(loads) == 1  # the first miss reads at once
+    path.write_text(SITE.replace("entry: {type: presence}", "entry: {type: presence}, fence: {type: presence}"))
+    clock.now += REREAD_S / 2
+    assert check(names, event(2, camera="gate", rule="fence")) is not None  # too soon to read again
+    assert len(loads) == 1
+    clock.now += REREAD_S
+    assert check(names, event(3, camera="gate", rule="fence")) is None
+    assert len(loads) == 2
+
+
+def test_a_flood_of_unknown_names_costs_one_read_per_interval_and_no_memory(tmp_path: Path) -> None:
+    names, _, clock, loads = names_from(tmp_path)
+    for i in range(2000):
+        refusal = check(names, event(i, camera=f"cam-{i}"))
+        assert refusal is not None and refusal.reason == "unknown_camera"
+        clock.now += 0.01  # 20 s in all
+    assert len(loads) <= 20 / REREAD_S + 1
+    assert set(names.rules) == {"dock", "gate"} and names.sites == {"yard"}
+
+
+def test_names_removed_from_the_site_file_are_still_taken(tmp_path: Path) -> None:
+    """An event decided just before a reload removed its rule (or camera) is still taken: a union."""
+    names, path, clock, _ = names_from(tmp_path)
+    path.write_text("site: {name: yard}\ncameras: {dock: {url: 'rtsp://h/1', rules: {hall: {type: presence}}}}\n")
+    clock.now += REREAD_S
+    assert check(names, event(1, rule="hall")) is None  # read again: hall is known now
+    assert check(names, event(2, rule="bay")) is None  # and bay still
+    assert check(names, event(3, camera="gate", rule="entry")) is None
+
+
+def test_a_site_file_broken_mid_edit_keeps_the_names_known(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    names, path, _, loads = names_from(tmp_path)
+    path.write_text("site: {name: yard\n")
+    with caplog.at_level(logging.WARNING):
+        refusal = check(names, event(1, rule="fence"))
+    assert refusal is not None and refusal.reason == "unknown_rule" and len(loads) == 1
+    assert "site file not read again" in caplog.text
+    assert check(names, event(2)) is None
+
+
+def test_an_external_rule_is_a_rule_of_its_camera() -> None:
+    config = parse_config(
+        "site: {name: yard}\ncameras: {dock: {url: 'rtsp://h/1', rules: {plates: {type: external}}}}\n"
+    )
+    names = SiteNames(config)
+    assert check(names, event(1, rule="plates")) is None
+    assert check(names, event(2, rule="other")) is not None
+
+
+def test_a_config_not_read_from_a_file_is_never_read_again() -> None:
+    names = SiteNames(parse_config("site: {name: yard}\n"))
+    calls: list[str] = []
+
+    def load(source: str) -> Any:
+        calls.append(source)
+        raise ConfigError(["never"])
+
+    names.load = load
+    assert check(names, event(1)) is not None and calls == []
