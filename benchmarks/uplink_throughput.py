@@ -22,6 +22,7 @@ from common.bus import EventSender
 from common.events import event_dict
 from contracts import Event, TrackedObject
 
+BAY = [[0, 0], [1, 0], [1, 1]]
 TITLE = "events through the spool (fsync on) to Mosquitto QoS 1 vs a bare aiomqtt publish loop"
 
 
@@ -105,7 +106,12 @@ def run(quick: bool) -> dict[str, float]:
             "bench",
             {
                 # the uplink takes events only for the site file's cameras and rules
-                "cameras": {"dock": {"url": "rtsp://unused/1", "rules": {"bay": {"type": "presence"}}}},
+                "cameras": {
+                    "dock": {
+                        "url": "rtsp://unused/1",
+                        "rules": {"bay": {"type": "zone", "polygon": [[0, 0], [1, 0], [1, 1]]}},
+                    }
+                },
                 "uplink": {"mqtt": {"host": "127.0.0.1", "port": port}, "spool": {"fsync": "batch"}},
             },
         )

@@ -63,7 +63,7 @@ def decode(body: bytes | memoryview, expect: type[Message] | None = None) -> Mes
     try:
         message: Message = _decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise _classify(body, exc) from None
+        raise _classify(body, exc, expect) from None
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
         raise ContractError("malformed", str(exc)) from None
     nested = getattr(message, "frame", None)  # a frame_ref inside: its own v, checked alike
@@ -78,7 +78,7 @@ def decode(body: bytes | memoryview, expect: type[Message] | None = None) -> Mes
     return message
 
 
-def _classify(body: bytes | memoryview, exc: msgspec.ValidationError) -> ContractError:
+def _classify(body: bytes | memoryview, exc: msgspec.ValidationError, expect: type[Message] | None) -> ContractError:
     try:
         header = _header_decoder.decode(body)
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
@@ -89,4 +89,7 @@ def _classify(body: bytes | memoryview, exc: msgspec.ValidationError) -> Contrac
         return ContractError(
             "unknown_version", f"protocol version {header.v} (supported: {sorted(SUPPORTED_VERSIONS)})"
         )
+    wanted = None if expect is None else expect.__struct_config__.tag
+    if wanted is not None and header.type != wanted:  # what is wrong is the type, not the fields of another one
+        return ContractError("invalid", f"expected a {wanted!r} message here, got {header.type!r}")
     return ContractError("invalid", f"{header.type}: {exc}")

@@ -82,6 +82,9 @@ REFUSAL_REASONS = (
     "wrong_site",
     "unknown_camera",
     "unknown_rule",
+    "wrong_event_type",
+    "wrong_sender",
+    "conflict",
 )
 # Normalised xyxy: 0..1 of the source frame's width and height.
 Box = tuple[Unit, Unit, Unit, Unit]

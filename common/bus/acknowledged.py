@@ -243,7 +243,8 @@ class EventReceiver:
             frames = await self._socket.recv_multipart()
             try:
                 if len(frames) != 3:
-                    raise ContractError("malformed", f"expected [peer, topic, body], got {len(frames)} frames")
+                    # the sender's own count: the first frame is the routing id ROUTER puts in front
+                    raise ContractError("malformed", f"expected two frames [topic, body], got {len(frames) - 1}")
                 event = decode(frames[2], Event)
             except ContractError as exc:
                 reject(self.service, exc.reason, str(exc))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -63,6 +63,10 @@ Action = Annotated[WebhookAction | GpioAction | CommandAction, Field(discriminat
 
 
 class _RuleBase(Section):
+    # the event types the rules service makes for a rule of this kind (the uplink refuses others naming
+    # it: an integrator's events name an external rule); None: any (an external rule's)
+    EVENT_TYPES: ClassVar[frozenset[str] | None] = None
+
     classes: list[str] = Field(default_factory=list, description="Labels this rule looks at; empty means all.")
     min_score: Unit = Field(0.0, description="Ignore detections scored below this.")
     schedule: list[ScheduleWindow] = Field(default_factory=list, description="Active windows; empty means always.")
@@ -78,6 +82,7 @@ class _RuleBase(Section):
 
 class ZoneRule(_RuleBase):
     type: Literal["zone"]
+    EVENT_TYPES = frozenset({"zone_enter", "zone_exit", "count_report"})
     polygon: Polygon
     anchor: Literal["bottom_center", "center", "top_center"] = Field(
         "bottom_center", description="Point of the box tested against the zone (feet, as Frigate and nvdsanalytics do)."
@@ -89,6 +94,7 @@ class ZoneRule(_RuleBase):
 
 class LineRule(_RuleBase):
     type: Literal["line"]
+    EVENT_TYPES = frozenset({"line_cross", "count_report"})
     line: Line
     in_side: Literal["left", "right"] = Field(
         "right", description="Crossing onto this side (seen walking from the first point to the second) counts as 'in'."
@@ -111,12 +117,14 @@ class LineRule(_RuleBase):
 
 class DwellRule(_RuleBase):
     type: Literal["dwell"]
+    EVENT_TYPES = frozenset({"dwell", "count_report"})
     zone: Name
     seconds: float = Field(..., gt=0, le=86400)
 
 
 class CrowdRule(_RuleBase):
     type: Literal["crowd"]
+    EVENT_TYPES = frozenset({"overcrowded", "cleared", "count_report"})
     zone: Name
     min_count: int = Field(..., ge=1, le=10_000)
     seconds: float = Field(0.0, ge=0, le=86400)
@@ -124,6 +132,7 @@ class CrowdRule(_RuleBase):
 
 class PpeRule(_RuleBase):
     type: Literal["ppe"]
+    EVENT_TYPES = frozenset({"ppe_violation"})
     zone: Name | None = None
     person_class: str = "person"
     required: list[str] = Field(..., min_length=1, description="Items every person needs, e.g. [vest, helmet].")
@@ -133,6 +142,7 @@ class PpeRule(_RuleBase):
 
 class PresenceRule(_RuleBase):
     type: Literal["presence"]
+    EVENT_TYPES = frozenset({"presence"})
     zone: Name | None = None
 
 

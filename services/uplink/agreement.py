@@ -3,7 +3,8 @@
 An event on the acknowledged path is refused (``contracts.Refusal``) when its topic frame is not
 ``events/<camera>/``, its ``site`` is not this site, its camera is not in the site file (``_site``
 never is: audit events come from the audit trail, so none can be forged over the bus) or its rule is
-not a rule of that camera (an ``external`` rule is a rule like any other).
+not a rule of that camera, or a rule the rules service decides whose kind never makes that event type
+(an integrator's events name an ``external`` rule, which takes any).
 
 The names are those of the site file as read at start *or at any time since*: an event decided just
 before a reload removed its rule is still taken. On a name not known, the file is read again (on a
@@ -62,6 +63,8 @@ class SiteNames:
         self.latest = config  # the site file as last read: what the privacy guard asks about snapshots
         self.sites: set[str] = set()
         self.rules: dict[str, set[str]] = {}  # camera -> the names of its rules, ever
+        # (camera, rule) -> the event types rules makes for it, ever (a rule's kind may change); None: any
+        self.event_types: dict[tuple[str, str], set[str] | None] = {}
         self.read_at = float("-inf")  # the first miss reads at once: the file may have changed since start
         self.learn(config)
 
@@ -71,6 +74,10 @@ class SiteNames:
         self.sites.add(config.site.name)
         for name, camera in config.cameras.items():
             self.rules.setdefault(name, set()).update(camera.rules)
+            for rule_name, rule in camera.rules.items():
+                known = self.event_types.get((name, rule_name), set())
+                kinds = rule.EVENT_TYPES
+                self.event_types[name, rule_name] = None if known is None or kinds is None else known | kinds
 
     async def check(self, delivery: Delivery) -> Refusal | None:
         """Why ``delivery`` is refused, or None when it agrees (the site file read again on a miss)."""
@@ -104,6 +111,13 @@ class SiteNames:
         if event.rule not in rules:
             detail = f"rule {event.rule!r} is not a rule of camera {event.camera!r} in the site file"
             return Refusal(id=event.id, reason="unknown_rule", detail=detail)
+        made = self.event_types.get((event.camera, event.rule))
+        if made is not None and event.event_type not in made:
+            detail = (
+                f"rule {event.rule!r} of camera {event.camera!r} does not make {event.event_type!r} events "
+                "(events of a service of your own name a rule of type external)"
+            )
+            return Refusal(id=event.id, reason="wrong_event_type", detail=detail)
         return None
 
     async def reread(self) -> bool:

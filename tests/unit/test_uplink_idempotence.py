@@ -22,7 +22,7 @@ from services.uplink.spool import REMEMBER_S, Spool
 
 
 def event(i: int | str, **fields: Any) -> Event:
-    values: dict[str, Any] = {"event_type": "zone_enter", "site": "yard", "camera": "dock", "rule": "bay", "ts_ns": 1}
+    values: dict[str, Any] = {"event_type": "presence", "site": "yard", "camera": "dock", "rule": "bay", "ts_ns": 1}
     return Event(id=i if isinstance(i, str) else f"evt-{i}", **{**values, **fields})
 
 
@@ -147,6 +147,11 @@ def check(names: SiteNames, item: Event, topic: bytes | None = None) -> Refusal 
         ({"camera": "_site", "event_type": "audit"}, None, "unknown_camera"),  # audit events are not forged
         ({"rule": "entry"}, None, "unknown_rule"),  # a rule of another camera
         ({"rule": "gate"}, None, "unknown_rule"),
+        ({"rule": "door", "event_type": "line_cross"}, None, None),
+        ({"rule": "door", "event_type": "count_report"}, None, None),
+        ({"rule": "door", "event_type": "forklift_near_person"}, None, "wrong_event_type"),  # rules' own rule
+        ({"event_type": "line_cross"}, None, "wrong_event_type"),  # a presence rule never crosses
+        ({"event_type": "audit"}, None, "invalid"),  # on a real camera and rule: still the uplink's own
     ],
 )
 def test_each_disagreement_has_its_reason(
@@ -235,6 +240,7 @@ def test_an_external_rule_is_a_rule_of_its_camera() -> None:
     )
     names = SiteNames(config)
     assert check(names, event(1, rule="plates")) is None
+    assert check(names, event(3, rule="plates", event_type="forklift_near_person")) is None  # any type of its own
     assert check(names, event(2, rule="other")) is not None
 
 
