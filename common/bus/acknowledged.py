@@ -40,6 +40,7 @@ import zmq.asyncio
 from common.bus.endpoint import Endpoint, parse_endpoints
 from common.bus.opening import bus_context, open_socket
 from common.bus.rejected import SOCKETS_LOGGER, reject
+from common.bus.security import key_name
 from common.metrics import BUS_MESSAGES, EVENTS_REFUSED, EVENTS_RESENT, EVENTS_UNACKED
 from contracts import REFUSAL_REASONS, Ack, ContractError, Event, Refusal, decode, encode, topic
 from contracts.messages import MAX_ACK_IDS, Id
@@ -208,6 +209,8 @@ class Delivery:
     event: Event
     peer: bytes
     topic: bytes  # as it came: the receiver checks it against the body (``events/<camera>/``)
+    # the name of the Curve key it came with (``security.key_name``); None without Curve (ipc, plain tcp)
+    sender: str | None = None
 
 
 class EventReceiver:
@@ -227,9 +230,12 @@ class EventReceiver:
         self.hwm = hwm
         self.on_refused = on_refused
         self._socket: zmq.asyncio.Socket | None = None
+        self._curve = False
 
     async def __aenter__(self) -> EventReceiver:
         self._socket = open_socket(self.endpoint, bus_context(), rcvhwm=self.hwm, sndhwm=self.hwm)
+        # only a Curve socket's messages carry a sender (User-Id): the others keep the cheaper copying receive
+        self._curve = self._socket.getsockopt(zmq.MECHANISM) == zmq.CURVE
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -240,7 +246,7 @@ class EventReceiver:
     async def receive(self) -> Delivery:
         assert self._socket is not None, "use `async with EventReceiver(...)`"
         while True:
-            frames = await self._socket.recv_multipart()
+            sender, frames = await self._receive_frames()
             try:
                 if len(frames) != 3:
                     # the sender's own count: the first frame is the routing id ROUTER puts in front
@@ -251,7 +257,16 @@ class EventReceiver:
                 await self._refuse_undecodable(frames, exc)
                 continue
             BUS_MESSAGES.labels(service=self.service, stream="events", direction="in").inc()
-            return Delivery(event, frames[0], frames[1])
+            return Delivery(event, frames[0], frames[1], sender)
+
+    async def _receive_frames(self) -> tuple[str | None, list[bytes]]:
+        """(the sender's key name, or None without Curve; the frames as bytes)."""
+        assert self._socket is not None
+        if not self._curve:
+            return None, await self._socket.recv_multipart()
+        received: list[zmq.Frame] = await self._socket.recv_multipart(copy=False)
+        # the last frame is one the sender sent (ROUTER makes the first), so it carries the connection's User-Id
+        return key_name(received[-1]), [frame.bytes for frame in received]
 
     async def _refuse_undecodable(self, frames: list[bytes], exc: ContractError) -> None:
         """Answers a body that did not decode when its id can be read, so that its sender stops resending."""

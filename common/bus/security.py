@@ -50,6 +50,7 @@ __all__ = [
     "configure_curve",
     "control_guard",
     "generate_bus_keys",
+    "key_name",
     "prepare",
     "secure_ipc_folder",
     "secure_ipc_socket",
@@ -286,11 +287,9 @@ class ControlGuard:
         stream = next((prefix for prefix in STREAM_SENDERS if head.startswith(prefix)), None)
         if stream is None and not head.startswith(b"control/"):
             return True
-        try:
-            user = frames[0].get("User-Id")
-        except zmq.ZMQError:  # no User-Id: not a Curve connection
+        sender = _named(self.keys, frames[0])
+        if sender is None:  # no User-Id: not a Curve connection
             return True
-        sender = self.keys.names.get(str(user).encode(), str(user))
         if stream is not None:
             if sender in STREAM_SENDERS[stream]:
                 return True
@@ -319,6 +318,21 @@ class ControlGuard:
                 extra={"sender": sender, "command": command, "target": target},
             )
         return False
+
+
+def _named(keys: _Keys | None, frame: zmq.Frame) -> str | None:
+    try:
+        user = str(frame.get("User-Id"))
+    except zmq.ZMQError:  # no User-Id: not a Curve connection
+        return None
+    return keys.names.get(user.encode(), user) if keys is not None else user
+
+
+def key_name(frame: zmq.Frame) -> str | None:
+    """The name of the Curve key ``frame`` came with (its file's, ``clients/NAME.key``), as the ZAP handler
+    authenticated its connection; None without Curve (ipc, plain tcp: nobody is told apart). A key not
+    named at start (none is let in) would be its z85 text. ``frame`` must be received with ``copy=False``."""
+    return _named(_keys, frame)
 
 
 def control_guard() -> ControlGuard | None:

@@ -35,7 +35,8 @@ SERIES_FLUSH_FAILED = Counter(
 )
 DETECTIONS_DROPPED = Counter(
     "edgesight_rules_detections_dropped_total",
-    "Detections messages rules did not handle: models (the camera already tracks MAX_MODELS_PER_CAMERA models).",
+    "Detections messages rules did not handle: models (every shared tracker slot of the camera is taken by "
+    "models the site does not name).",
     ["camera", "reason"],
 )
 MODELS_OVERLAP = Counter(

@@ -49,6 +49,10 @@ class SceneRate:
             gate = self._gates[model] = FrameRateGate(fps)
         return gate.admit(t)
 
+    def forget(self, model: str) -> None:
+        """A model no longer tracked here: its next Scene, if it comes back, is due at once."""
+        self._gates.pop(model, None)
+
 
 def scene_of(
     camera: str,

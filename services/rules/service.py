@@ -1,29 +1,29 @@
 """The rules service: Detections in, tracked objects, counts and events out.
 
 Per camera and model a tracker turns detections into tracks; the camera's rules turn tracks into
-event drafts; each becomes an Event with a stable id, the frame it was decided on and, where the
-rule asks, a privacy-masked snapshot; it goes to the uplink (acknowledged, resent until then),
-to ``events.jsonl`` when configured, and to the rule's local actions.
+event drafts; each becomes an Event with a stable id (``services.rules.identity``: unguessable
+without the site's secret), the frame it was decided on and, where the rule asks, a privacy-masked
+snapshot; it goes to the uplink (acknowledged, resent until then), to ``events.jsonl`` when
+configured, and to the rule's local actions. A camera's trackers have slots (``services.rules.slots``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import logging
-import uuid
 import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import numpy.typing as npt
 
 from common._compat import TaskGroup
 from common.bus import EventSender, Subscriber
-from common.config import CameraConfig, SiteConfig, load_config
+from common.config import SiteConfig, load_config
 from common.config.rules import Action
 from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.files import private_dir, private_open
@@ -36,7 +36,6 @@ from contracts import (
     Event,
     FrameRef,
     Refusal,
-    TrackedObject,
     decode,
     encode,
     topic,
@@ -44,22 +43,22 @@ from contracts import (
 from services.rules import metrics
 from services.rules.analytics import SeriesRecorder, continue_counters
 from services.rules.engine import CameraRules
+from services.rules.identity import EventIds
 from services.rules.moment import Draft, Moment, Observed
 from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
 from services.rules.reports import IntervalReporter
-from services.rules.scene import SceneRate, scene_of, unit_box
+from services.rules.scene import scene_of
 from services.rules.silence import SilentModels
-from services.rules.tracker import ByteTracker, Track
+from services.rules.slots import MAX_MODELS_PER_CAMERA, CameraState, reserved_models
+from services.rules.tracker import Track
 
-__all__ = ["RulesService"]
+__all__ = ["MAX_MODELS_PER_CAMERA", "RulesService"]
 
 log = logging.getLogger(__name__)
 
 ITEM_MAX_AGE_S = 1.0  # detections of another model count for PPE this long
-MAX_MODELS_PER_CAMERA = 16  # trackers (models) one camera keeps; Detections of more models are dropped
 MAX_RUNNING_ACTIONS = 64  # local actions (webhook, command, GPIO) running at once; past it they are dropped
-EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")
 
 
 def _box(values: npt.NDArray[Any]) -> tuple[float, float, float, float]:
@@ -73,36 +72,14 @@ def _outbox_max_bytes(config: SiteConfig) -> int:
     return (config.events.outbox_max_mb or config.uplink.spool.max_mb) << 20
 
 
-class _Camera:
-    def __init__(self, name: str, config: CameraConfig, rules: CameraRules) -> None:
-        self.name = name
-        self.config = config
-        self.rules = rules
-        self.ids = itertools.count(1)  # shared by this camera's trackers: ids never collide across models
-        self.trackers: dict[str, ByteTracker] = {}
-        self.items: dict[str, tuple[float, list[tuple[str, tuple[float, float, float, float]]]]] = {}
-        self.zone_labels: dict[str, set[str]] = {}  # zone -> every label seen in it: gauges go back to 0
-        # track -> rule -> the object at that rule's last event about it: the "before" of the next one
-        self.last_seen: dict[int, dict[str, TrackedObject]] = {}
-        self.scene_rate = SceneRate()
-
-
-def _now_and_before(camera: _Camera, draft: Draft) -> tuple[TrackedObject | None, TrackedObject | None]:
-    """The draft's object now, and as it was at this rule's last event about it (none for a new one);
-    remembers it for the next, and forgets it at the end."""
-    track = draft.track
-    if track is None:
-        return None, None
-    after = TrackedObject(
-        track_id=track.track_id, label=track.label, score=min(1.0, track.score), box=unit_box(track.box)
-    )
-    seen = camera.last_seen.setdefault(track.track_id, {})
-    before = seen.get(draft.rule) if draft.lifecycle != "new" else None
-    if draft.lifecycle == "end":
-        seen.pop(draft.rule, None)
-    else:
-        seen[draft.rule] = after
-    return after, before
+def _observed(detections: Detections, tracks: list[Track]) -> list[Observed]:
+    """The rules' view of ``tracks``, tracked from ``detections``' model."""
+    observed = []
+    for track in tracks:
+        label = detections.labels.get(track.class_id, str(track.class_id))
+        box, origin = _box(track.box), _box(track.origin)
+        observed.append(Observed(track.track_id, label, round(track.score, 4), box, origin, detections.model))
+    return observed
 
 
 def _count_and_log(camera: str, draft: Draft) -> None:
@@ -135,16 +112,18 @@ class RulesService(Service):
         self.series = SeriesRecorder(self.store.series)  # counts over time, beside the totals
         continue_counters(self.store)
         self.cameras = {
-            name: _Camera(name, camera, CameraRules(name, camera, self.store))
+            name: CameraState(name, camera, CameraRules(name, camera, self.store), reserved_models(self.config, camera))
             for name, camera in self.config.cameras.items()
             if camera.enabled and camera.rules
         }
         state_dir = Path(self.config.site.state_dir)
+        self.event_ids = EventIds(state_dir)
         site, analytics = self.config.site.name, self.config.analytics
         self.reporter = IntervalReporter(self.store, self.store.db, state_dir / "rules.sqlite", site, analytics)
         self.outbox = Outbox(state_dir / "rules-outbox.sqlite", max_bytes=_outbox_max_bytes(self.config))
         self.outbox_changed = asyncio.Event()
-        self.silent = SilentModels(self.config.tracker.max_age_s)  # tracks gauges of silent models go to 0
+        # tracks gauges of silent models go to 0; made-up models' trackers give their slots up
+        self.silent = SilentModels(self.config.tracker.max_age_s, on_silent=self._model_silent)
         self.events_sent = 0
         self.frames_handled = 0  # Detections messages handled: frames through rules (benchmarks' rate)
         self._readers = FrameReaders(self.config.site.shm_dir)  # snapshots, on a worker thread
@@ -194,12 +173,10 @@ class RulesService(Service):
         camera = self.cameras.get(detections.frame.camera)
         if camera is None:
             return
-        tracker = camera.trackers.get(detections.model)
-        if tracker is None:
-            if len(camera.trackers) >= MAX_MODELS_PER_CAMERA:  # a sender inventing model names: bounded
-                metrics.DETECTIONS_DROPPED.labels(camera.name, "models").inc()
-                return
-            tracker = camera.trackers[detections.model] = ByteTracker(self.config.tracker, camera.ids)
+        tracker = camera.tracker(detections, self.config.tracker)
+        if tracker is None:  # a sender inventing model names: bounded, and the site's models keep theirs
+            metrics.DETECTIONS_DROPPED.labels(camera.name, "models").inc()
+            return
         frame = detections.frame
         t = frame.monotonic_ns / 1e9
         boxes = detections.boxes.to_numpy()
@@ -214,11 +191,6 @@ class RulesService(Service):
         metrics.ACTIVE_TRACKS.labels(camera.name, detections.model).set(len(seen))
         self.silent.heard(camera.name, detections.model)
 
-        def observed(track: Track) -> Observed:
-            label = detections.labels.get(track.class_id, str(track.class_id))
-            box, origin = _box(track.box), _box(track.origin)
-            return Observed(track.track_id, label, round(track.score, 4), box, origin, detections.model)
-
         items = [
             item
             for model_t, model_items in camera.items.values()
@@ -226,7 +198,7 @@ class RulesService(Service):
             for item in model_items
         ]
         wall = dt.datetime.fromtimestamp(frame.capture_ns / 1e9, self.timezone)
-        moment = Moment(t, wall, [observed(s) for s in seen], [observed(g) for g in gone], items, detections.model)
+        moment = Moment(t, wall, _observed(detections, seen), _observed(detections, gone), items, detections.model)
         for draft in camera.rules.step(moment):
             await self._emit(camera, detections, draft, t)
         for track in gone:  # its ids never come back: nothing about it is needed any more
@@ -240,8 +212,28 @@ class RulesService(Service):
         self.series.frame(camera.name, camera.rules, moment, zones, frame.capture_ns)
         await self._publish_scene(camera, detections, seen, zones)
 
+    async def _model_silent(self, camera_name: str, model: str) -> None:
+        """``model`` fell silent on the camera (the sweep): a model the site does not name gives its slot up,
+        and its tracks end as its tracker would have ended them, with their events (a zone exit, a crossing
+        settled) dated by its last frame; the rules forget them (their state would otherwise stay for ever)."""
+        camera = self.cameras.get(camera_name)
+        evicted = None if camera is None else camera.evict(model)
+        if camera is None or evicted is None:
+            return
+        tracker, last = evicted
+        t = last.frame.monotonic_ns / 1e9
+        _, gone = tracker.update(np.zeros((0, 4), "<f4"), [], [], t + self.config.tracker.max_age_s + 1e-3)
+        log.debug("silent model's tracker evicted", extra={"camera": camera_name, "model": model, "ended": len(gone)})
+        if gone:
+            wall = dt.datetime.fromtimestamp(last.frame.capture_ns / 1e9, self.timezone)
+            for draft in camera.rules.step(Moment(t, wall, [], _observed(last, gone), [], model)):
+                await self._emit(camera, last, draft, t)
+        for track in gone:
+            camera.last_seen.pop(track.track_id, None)
+        camera.rules.models.discard(model)  # the overlap check counts models tracked, not every name ever sent
+
     async def _publish_scene(
-        self, camera: _Camera, detections: Detections, seen: list[Track], zones: dict[str, dict[str, int]]
+        self, camera: CameraState, detections: Detections, seen: list[Track], zones: dict[str, dict[str, int]]
     ) -> None:
         """The camera as rules sees it now, for local consumers (the console; newest wins), at most at the
         camera's fps (``SceneRate``): nothing of it is built for a frame that gets none."""
@@ -251,7 +243,7 @@ class RulesService(Service):
             scene = scene_of(camera.name, detections, seen, camera.rules.line_counts(), zones)
             await self.publisher.publish("scene", camera.name, scene)
 
-    async def _emit(self, camera: _Camera, detections: Detections, draft: Draft, t: float) -> None:
+    async def _emit(self, camera: CameraState, detections: Detections, draft: Draft, t: float) -> None:
         """Makes ``draft`` an Event and hands it on: outbox (for the uplink), the console's copy,
         ``events.jsonl``, the rule's actions."""
         event = self._event(camera, detections.frame, draft, t)
@@ -269,17 +261,17 @@ class RulesService(Service):
         for action in rule.actions:
             self._start_action(draft.rule, action, event)
 
-    def _event(self, camera: _Camera, frame: FrameRef, draft: Draft, t: float) -> Event:
+    def _event(self, camera: CameraState, frame: FrameRef, draft: Draft, t: float) -> Event:
         """The Event of a draft decided on ``frame`` (captured at monotonic ``t``), with its stable id."""
         track = draft.track
         start_ns = None
         if draft.start_t is not None:
             start_ns = max(0, frame.capture_ns - int((t - draft.start_t) * 1e9))
-        after, before = _now_and_before(camera, draft)
+        after, before = camera.now_and_before(draft)
         identity = f"{self.config.site.name}/{camera.name}/{draft.rule}/{draft.event_type}/{draft.lifecycle}/"
         identity += f"{track.track_id if track else '-'}/{start_ns}/{frame.seq}"
         return Event(
-            id=str(uuid.uuid5(EVENT_NAMESPACE, identity)),  # the same decision always has the same id
+            id=self.event_ids.of(identity),  # the same decision, the same id; unguessable without the secret
             event_type=draft.event_type,
             lifecycle=draft.lifecycle,  # type: ignore[arg-type]
             site=self.config.site.name,
@@ -326,7 +318,7 @@ class RulesService(Service):
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
 
-    def _with_snapshot(self, camera: _Camera, event: Event) -> Event:
+    def _with_snapshot(self, camera: CameraState, event: Event) -> Event:
         """Copies the frame out of shared memory now (generation checked) and attaches a masked JPEG."""
         assert event.frame is not None
         ref = event.frame
@@ -382,8 +374,9 @@ class RulesService(Service):
         for name, camera_config in wanted.items():
             rules = CameraRules(name, camera_config, self.store)
             camera = self.cameras.get(name)
+            reserved = reserved_models(config, camera_config)
             if camera is None:
-                self.cameras[name] = _Camera(name, camera_config, rules)
+                self.cameras[name] = CameraState(name, camera_config, rules, reserved)
                 if self._detections is not None:
                     self._detections.subscribe(topic("detections", name))
                 changed.append(name)
@@ -391,7 +384,7 @@ class RulesService(Service):
             kept = rules.carry_over(camera.rules)
             if len(kept) != len(rules.rules) or len(kept) != len(camera.rules.rules):
                 changed.append(name)
-            camera.config, camera.rules = camera_config, rules
+            camera.config, camera.rules, camera.reserved = camera_config, rules, reserved
         metrics.RELOADS.labels("applied").inc()
         log.info("rules reloaded", extra={"changed": ",".join(sorted(changed)) or "none"})
         await self.audit("rules.reload", self.config.source, result="applied", cameras=",".join(sorted(changed)))

@@ -6,13 +6,15 @@ died, an external detector went away) would leave it at its last value for ever.
 remembers when each (camera, model) was last heard, on the receiver's monotonic clock (a frame's own
 time stands still when its sender has stopped, so it cannot tell), and a sweep each ``SWEEP_S`` sets the
 gauge of any not heard for longer than the tracker's ``max_age_s`` to 0: by then every track it had
-is gone anyway.
+is gone anyway. The service is then told (``on_silent``): a model the site does not name gives its
+tracker's slot up there (``services.rules.slots``), so made-up model names cannot keep the slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from services.rules import metrics
 
@@ -24,9 +26,10 @@ SWEEP_S = 1.0  # how often the sweep looks: the gauge is at most max_age_s + thi
 class SilentModels:
     """When each (camera, model) was last heard; ``sweep`` zeroes the tracks gauge of the silent ones."""
 
-    def __init__(self, max_age_s: float) -> None:
+    def __init__(self, max_age_s: float, on_silent: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.max_age_s = max_age_s
-        self.heard_at: dict[tuple[str, str], float] = {}  # bounded: the service keeps MAX_MODELS_PER_CAMERA
+        self.on_silent = on_silent  # (camera, model), after its gauge went to 0
+        self.heard_at: dict[tuple[str, str], float] = {}  # bounded: one per tracker the service keeps
 
     def heard(self, camera: str, model: str, now: float | None = None) -> None:
         """A Detections of ``model`` for ``camera`` was handled (``now``: monotonic seconds)."""
@@ -51,4 +54,6 @@ class SilentModels:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_S)
-            self.sweep()
+            for camera, model in self.sweep():
+                if self.on_silent is not None:
+                    await self.on_silent(camera, model)

@@ -12,6 +12,12 @@ worker thread, at most once every ``REREAD_S``) before the event is refused, so 
 console or the fleet is taken without a restart. Only names the file holds are kept: what senders
 name is never remembered, so a flood of made-up names costs a read every ``REREAD_S`` and no memory.
 
+On a Curve bus the uplink knows which key sent an event (``Delivery.sender``): an event naming a rule
+the rules service decides (any rule but ``type: external``, its count reports included) is refused
+(``wrong_sender``) unless it came with the ``rules`` key; any key may send events of an external rule.
+A rule's kind is the one the site file gave it when last read (the file is read again before a refusal,
+so a rule just made external is taken). Without Curve (ipc, plain tcp) nobody is told apart.
+
 A refusal's detail repeats only what the sender sent (never the site file's names, nor anything else
 in it): it is written for the sender's log.
 """
@@ -34,6 +40,7 @@ __all__ = ["REREAD_S", "SiteNames"]
 log = logging.getLogger(__name__)
 
 REREAD_S = 2.0  # a miss reads the site file again at most this often: a flood of misses costs little
+DECIDER = "rules"  # the key name (clients/rules.key) of the service that decides every rule but external ones
 
 
 class SiteNames:
@@ -65,6 +72,7 @@ class SiteNames:
         self.rules: dict[str, set[str]] = {}  # camera -> the names of its rules, ever
         # (camera, rule) -> the event types rules makes for it, ever (a rule's kind may change); None: any
         self.event_types: dict[tuple[str, str], set[str] | None] = {}
+        self.external: dict[tuple[str, str], bool] = {}  # (camera, rule) -> type: external, as last read
         self.read_at = float("-inf")  # the first miss reads at once: the file may have changed since start
         self.learn(config)
 
@@ -78,6 +86,7 @@ class SiteNames:
                 known = self.event_types.get((name, rule_name), set())
                 kinds = rule.EVENT_TYPES
                 self.event_types[name, rule_name] = None if known is None or kinds is None else known | kinds
+                self.external[name, rule_name] = rule.type == "external"
 
     async def check(self, delivery: Delivery) -> Refusal | None:
         """Why ``delivery`` is refused, or None when it agrees (the site file read again on a miss)."""
@@ -118,6 +127,12 @@ class SiteNames:
                 "(events of a service of your own name a rule of type external)"
             )
             return Refusal(id=event.id, reason="wrong_event_type", detail=detail)
+        if delivery.sender not in (None, DECIDER) and not self.external[event.camera, event.rule]:
+            detail = (
+                f"rule {event.rule!r} of camera {event.camera!r} is decided by the rules service: only its bus key "
+                "may send its events (events of a service of your own name a rule of type external)"
+            )
+            return Refusal(id=event.id, reason="wrong_sender", detail=detail)
         return None
 
     async def reread(self) -> bool:

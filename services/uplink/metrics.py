@@ -29,13 +29,15 @@ AUDIT_MALFORMED = Counter("edgesight_audit_malformed_total", "Audit trail lines 
 REFUSED = Counter(
     "edgesight_uplink_events_refused_total",
     "Events refused on the acknowledged path (their sender is told, and drops them): a body that breaks the "
-    "contract, or one that disagrees with its topic or the site file; the uplink's log says which and why.",
+    "contract, one that disagrees with its topic or the site file, an id already taken by another event "
+    "(conflict), a rule's event from a bus key other than the rules service's (wrong_sender); the uplink's log "
+    "says which and why.",
     ["reason"],
 )
 for _reason in REFUSAL_REASONS:  # at 0 from the start: the first refusal is an increase an alert sees
     REFUSED.labels(_reason)
 DUPLICATES = Counter(
     "edgesight_uplink_events_duplicate_total",
-    "Events received again with an id the spool holds or remembers (24 h): acknowledged again, not stored "
-    "or delivered again.",
+    "Events received again, the same event with an id the spool holds or remembers (24 h): acknowledged again, "
+    "not stored or delivered again.",
 )

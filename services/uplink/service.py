@@ -5,7 +5,9 @@ anything else is stripped before it is stored, and counted.
 
 Each event is checked first (:mod:`services.uplink.agreement`): one that disagrees with its topic or
 the site file is refused at once, with the reason (its sender drops it). An id the spool holds or
-remembers is acknowledged again, once the batch has committed, and neither stored nor delivered again.
+remembers is acknowledged again, once the batch has committed, and neither stored nor delivered again;
+unless the body differs from the one stored with it: that is refused (``conflict``), never stored (the
+id is the first event's; an event sent with an id it does not own is never delivered in its place).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from services.uplink.sinks import (
     SiteFigure,
     WebhookPoster,
 )
-from services.uplink.spool import Spool
+from services.uplink.spool import Outcome, Spool, digest
 
 __all__ = ["UplinkService"]
 
 log = logging.getLogger(__name__)
 
 RECEIVE_BATCH = 200
+# nothing of the event that holds the id: it may be another sender's
+CONFLICT = "this id was already taken by a different event: not stored (a new event needs an id of its own)"
 
 
 class UplinkService(Service):
@@ -117,12 +121,25 @@ class UplinkService(Service):
             batch = await self._agreeing(inbox, batch)
             if not batch:
                 continue
+            digests = [digest(d.event) for d in batch]  # as it came: the guard may change with the site file
             events = [self.guard(d.event) for d in batch]
             # committed (and fsynced, off the event loop) before anyone hears "ack"
-            added = await asyncio.to_thread(self.spool.add, events, self.targets(events))
-            metrics.DUPLICATES.inc(len(events) - added)  # safe already: acknowledged again all the same
-            await inbox.ack(batch)
+            outcomes = await asyncio.to_thread(self.spool.store, events, self.targets(events), None, digests)
+            metrics.DUPLICATES.inc(outcomes.count("duplicate"))  # safe already: acknowledged again all the same
+            await inbox.ack(d for d, outcome in zip(batch, outcomes, strict=True) if outcome != "conflict")
+            await self._refuse_conflicts(inbox, batch, outcomes)
             self.wake_sinks()
+
+    @staticmethod
+    async def _refuse_conflicts(inbox: EventReceiver, batch: list[Delivery], outcomes: list[Outcome]) -> None:
+        refused: dict[bytes, list[Refusal]] = {}
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            if outcome == "conflict":
+                refused.setdefault(delivery.peer, []).append(
+                    Refusal(id=delivery.event.id, reason="conflict", detail=CONFLICT)
+                )
+        for peer, refusals in refused.items():
+            await inbox.refuse(peer, refusals)
 
     async def _agreeing(self, inbox: EventReceiver, batch: list[Delivery]) -> list[Delivery]:
         """The deliveries that agree with their topic and the site file; the others are refused now

@@ -11,8 +11,12 @@ snapshots, then the oldest events. Room is made before a batch is stored, so the
 dropped is counted, and logged once a minute with the counts.
 
 Idempotent by id: every id stored is remembered (table ``seen``) for ``REMEMBER_S``, at most
-``remembered`` ids (oldest forgotten first), across restarts: an event whose id the spool holds or
-remembers is not stored, so not delivered, again. Its sender is acknowledged all the same (it is safe).
+``remembered`` ids (oldest forgotten first; an id still held is never forgotten), across restarts,
+with the digest of the event it was stored for (:func:`digest`). The same id again with the same
+digest is a *duplicate*: not stored, so not delivered, again; its sender is acknowledged all the same
+(it is safe). The same id with another digest is a *conflict*: never stored (the first event keeps the
+id; its sender is refused). An id remembered without a digest (a spool written before digests were
+kept) is a duplicate.
 
 Every method may run on a worker thread (a ``synchronous=FULL`` commit waits for the disk, which the
 event loop must not): one lock serialises them on the one connection.
@@ -22,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -37,11 +42,12 @@ from common.logging import DropTally
 from contracts import ContractError, Event, decode, encode
 from services.uplink import metrics
 
-__all__ = ["Spool", "Spooled"]
+__all__ = ["Outcome", "Spool", "Spooled", "digest"]
 
 log = logging.getLogger(__name__)
 REMEMBER_S = 24 * 3600.0  # how long a stored id is still known as a duplicate, delivered or not
 Result = TypeVar("Result")
+Outcome = Literal["new", "duplicate", "conflict"]  # what ``store`` made of an event
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -66,7 +72,8 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS seen (
     n INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: the oldest is forgotten first
     id TEXT UNIQUE NOT NULL,              -- an event id stored once: the same id again is a duplicate
-    stored REAL NOT NULL
+    stored REAL NOT NULL,
+    digest BLOB                           -- digest() of the event stored; NULL: remembered by an older spool
 );
 CREATE INDEX IF NOT EXISTS seen_stored ON seen (stored);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -78,6 +85,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (id, sink)
 );
 """
+
+_NOT_HELD = "NOT EXISTS (SELECT 1 FROM events WHERE events.id = seen.id)"
+
+
+def digest(event: Event) -> bytes:
+    """What an id is remembered with: sha256 of the event as decoded, re-encoded (so key order and
+    the like do not matter), before the privacy guard (a guard that changes with the site file would
+    make a resend a conflict)."""
+    return hashlib.sha256(encode(event)).digest()
 
 
 def _locked(method: Callable[..., Result]) -> Callable[..., Result]:
@@ -109,6 +125,8 @@ class Spool:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.budget = max(max_bytes - bound_wal(self.db, max_bytes), max_bytes // 2)  # for the events themselves
         self.db.executescript(_SCHEMA)
+        if "digest" not in {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}:
+            self.db.execute("ALTER TABLE seen ADD COLUMN digest BLOB")  # a spool made before digests were kept
         # one id per 2 kB of quota (a row and its indexes take a few hundred bytes), 1000 to 100 000
         self.remembered = max(1000, min(100_000, max_bytes // 2000))
         self.drops = DropTally(log, "spool full: dropped to make room", ("events", "snapshots"), max_bytes=max_bytes)
@@ -120,48 +138,70 @@ class Spool:
         sinks_for: Mapping[str, Iterable[str]],
         position: tuple[str, int, int] | None = None,
     ) -> int:
+        """:meth:`store`, with each event's own digest; returns how many were new."""
+        return sum(outcome == "new" for outcome in self.store(events, sinks_for, position))
+
+    @_locked
+    def store(
+        self,
+        events: Sequence[Event],
+        sinks_for: Mapping[str, Iterable[str]],
+        position: tuple[str, int, int] | None = None,
+        digests: Sequence[bytes] | None = None,
+    ) -> list[Outcome]:
         """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``;
         ``position`` (name, inode, offset) moves a followed file's position in the same transaction.
+        ``digests[i]`` is ``events[i]``'s :func:`digest` as it came (the uplink stores it guarded);
+        without them, each event's own.
 
-        An event the spool holds or remembers (a resend, a duplicate) is not stored twice. Returns how many
-        were new.
+        Returns, per event, ``new`` (stored), ``duplicate`` (its id is held or remembered with the same
+        digest, or with none) or ``conflict`` (held or remembered with another digest): neither is stored.
         """
-        added = 0
+        if digests is None:
+            digests = [digest(event) for event in events]
+        assert len(digests) == len(events)
+        outcomes: list[Outcome] = []
         now = time.time()
         with self._transaction():
             if position is not None:
                 self.db.execute("INSERT OR REPLACE INTO cursors (name, inode, offset) VALUES (?, ?, ?)", position)
-            self.db.execute("DELETE FROM seen WHERE stored < ?", (now - REMEMBER_S,))
-            for event in events:
-                if self._known(event.id):
-                    continue  # a resend or a duplicate: stored already (and maybe delivered)
-                self.db.execute("INSERT INTO seen (id, stored) VALUES (?, ?)", (event.id, now))
-                snapshot = event.snapshot.data if event.snapshot is not None else None
-                body = encode(event if snapshot is None else _with_image(event, b""))
-                # room first, event by event: pages freed in this transaction are reused by the next insert,
-                # so the file never grows past the quota, even for a batch bigger than it
-                self._make_room(len(body) + len(snapshot or b""))
-                cursor = self.db.execute(
-                    "INSERT INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
-                    (event.id, body, snapshot, now),
-                )
-                added += 1
-                seq = cursor.lastrowid
-                self.db.executemany(
-                    "INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(sink, seq) for sink in sinks_for[event.id]]
-                )
+            # an id still held is never forgotten: else the next event with that id would take it anew
+            # (a flood of fresh ids while a sink is down must not turn a conflict into a duplicate)
+            self.db.execute("DELETE FROM seen WHERE stored < ? AND " + _NOT_HELD, (now - REMEMBER_S,))
+            for event, event_digest in zip(events, digests, strict=True):
+                outcome = self._outcome(event.id, event_digest)
+                outcomes.append(outcome)
+                if outcome == "new":
+                    self._insert(event, event_digest, sinks_for[event.id], now)
             self.db.execute(
-                "DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ?", (self.remembered,)
+                "DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ? AND " + _NOT_HELD, (self.remembered,)
             )  # the oldest first, past the bound
             self._make_room(0)  # the estimate was short (page overhead)
         truncate_wal(self.db, self.path, self.max_bytes)
         self.drops.flush()
-        return added
+        return outcomes
 
-    def _known(self, event_id: str) -> bool:
-        """Remembered, or held from before ``seen`` existed (a spool written by an older version)."""
-        query = "SELECT 1 FROM seen WHERE id = ? UNION ALL SELECT 1 FROM events WHERE id = ? LIMIT 1"
-        return self.db.execute(query, (event_id, event_id)).fetchone() is not None
+    def _insert(self, event: Event, event_digest: bytes, sinks: Iterable[str], now: float) -> None:
+        self.db.execute("INSERT INTO seen (id, stored, digest) VALUES (?, ?, ?)", (event.id, now, event_digest))
+        snapshot = event.snapshot.data if event.snapshot is not None else None
+        body = encode(event if snapshot is None else _with_image(event, b""))
+        # room first, event by event: pages freed in this transaction are reused by the next insert,
+        # so the file never grows past the quota, even for a batch bigger than it
+        self._make_room(len(body) + len(snapshot or b""))
+        cursor = self.db.execute(
+            "INSERT INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
+            (event.id, body, snapshot, now),
+        )
+        self.db.executemany("INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(s, cursor.lastrowid) for s in sinks])
+
+    def _outcome(self, event_id: str, event_digest: bytes) -> Outcome:
+        """Remembered (with its digest, or without: an older spool's), or held from before ``seen``
+        existed (a spool written by an older version: a duplicate too)."""
+        row = self.db.execute("SELECT digest FROM seen WHERE id = ?", (event_id,)).fetchone()
+        if row is None:
+            held = self.db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone()
+            return "new" if held is None else "duplicate"
+        return "duplicate" if row[0] is None or row[0] == event_digest else "conflict"
 
     @_locked
     def remembers(self) -> int:

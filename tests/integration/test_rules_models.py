@@ -121,3 +121,60 @@ def test_a_refused_event_leaves_the_outbox_and_is_not_sent_again(
     assert refused not in again  # before #31: resent until acknowledged, for ever
     with sqlite3.connect(outbox) as db:
         assert db.execute("SELECT COUNT(*) FROM outbox WHERE id = ?", (refused,)).fetchone()[0] == 0
+
+
+def test_made_up_model_names_do_not_shut_out_the_sites_model(
+    tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """The attacker's round-2 scenario against the process: sixteen made-up model names on detections/dock/
+    (kept sending all along), then the site's model sees a person cross the line: it is counted."""
+    site = services(
+        {
+            "models": {"people": {"path": "people.onnx"}},
+            "cameras": {"dock": {"url": "rtsp://unused/1", "rules": {"door": LINE}}},
+        }
+    )
+    site.start("broker")
+    base = site.start("rules")
+    junk = [f"junk-{n}" for n in range(16)]
+
+    def crossed() -> float | None:
+        labels = {"camera": "dock", "line": "door", "direction": "in", "label": "person"}
+        return _sample(base, "edgesight_line_crossings_total", labels)
+
+    async def scenario() -> tuple[float | None, float | None]:
+        # bursts of 17: a queue deeper than the default 8, or ZeroMQ drops the overflow (the person's frames)
+        async with Publisher(site.config.bus.publish, "test", hwm=1000) as publisher:
+            await bus_handshake(publisher=publisher, bus=site.config.bus)
+            seq = 0
+            async with timeout(scaled(30)):  # every made-up name holds a slot (rules' subscription may be late)
+                while any(
+                    _sample(base, "edgesight_tracks_active", {"camera": "dock", "model": m}) is None for m in junk
+                ):
+                    seq += 1
+                    for model in junk:
+                        await publisher.publish("detections", "dock", _still(model, seq))
+                    await asyncio.sleep(0.05)
+            for step in range(12):
+                seq += 1
+                await publisher.publish("detections", "dock", _detections("people", seq, 0.3 + step * 0.05))
+                for model in junk:  # never silent: their slots are not given up
+                    await publisher.publish("detections", "dock", _still(model, seq))
+                await asyncio.sleep(0.05)
+            async with timeout(scaled(30)):
+                while crossed() is None:  # noqa: ASYNC110 - a metric, not an event
+                    await asyncio.sleep(0.1)
+            dropped = _sample(base, "edgesight_rules_detections_dropped_total", {"camera": "dock", "reason": "models"})
+            return crossed(), dropped
+
+    counted, dropped = asyncio.run(scenario())
+    assert counted == 1  # before round 2: never (every Detections of people dropped for want of a slot)
+    assert dropped is None or dropped == 0  # the made-up names fit in the shared slots; people has its own
+
+
+def _still(model: str, seq: int) -> Detections:
+    """A made-up model's person standing still, away from the line."""
+    at_ns = seq * 100_000_000
+    ref = frame_ref("dock", seq, capture_ns=at_ns, monotonic_ns=at_ns, width=320, height=240)
+    boxes = np.array([[0.8, 0.05, 0.9, 0.2]], "<f4")
+    return Detections.from_arrays(ref, model, boxes, [0], [0.9], labels={0: "person"})

@@ -23,10 +23,12 @@ from tests.support import deadline, http_get, publish_until_counted, scaled
 pytestmark = pytest.mark.slow
 
 
-def make_event(index: int, *, rule: str = "door", snapshot: bytes | None = None) -> Event:
+def make_event(
+    index: int, *, rule: str = "door", snapshot: bytes | None = None, event_type: str = "line_cross"
+) -> Event:
     return Event(
         id=f"evt-{index:05d}",
-        event_type="line_cross",
+        event_type=event_type,
         site="test",
         camera="dock",
         rule=rule,
@@ -406,7 +408,8 @@ def test_snapshots_to_s3_events_to_cloudwatch_and_no_image_elsewhere(
     asyncio.run(camera_status())
     jpeg = b"\xff\xd8\xff\xe0" + b"JFIF-test-image" * 100 + b"\xff\xd9"
     asked = make_event(1, rule="door", snapshot=jpeg)  # the door rule asks for snapshots
-    unasked = make_event(2, rule="bay", snapshot=jpeg)  # the bay rule does not: its image must not leave
+    # the bay rule (presence) does not: its image must not leave
+    unasked = make_event(2, rule="bay", event_type="presence", snapshot=jpeg)
     try:
         asyncio.run(send(site, [asked, unasked]))
         ids = wait_for_ids(subscriber, {asked.id, unasked.id}, 30)

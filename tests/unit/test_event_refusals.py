@@ -6,20 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 import zmq
 import zmq.asyncio
+import zmq.auth
 
 from common._compat import timeout
-from common.bus import Delivery, EventReceiver, EventSender
+from common.bus import Delivery, EventReceiver, EventSender, security
+from common.config.bus import CurveConfig
 from common.metrics import BUS_REJECTED, EVENTS_REFUSED
 from contracts import Ack, Event, Refusal, decode, encode, topic
-from tests.support import scaled
+from tests.conftest import free_port
+from tests.support import curve_bus, scaled
 
 
 def event(i: int, camera: str = "c") -> Event:
@@ -35,9 +39,13 @@ def body(**fields: Any) -> bytes:
 
 
 @asynccontextmanager
-async def raw_sender(address: str) -> AsyncIterator[zmq.asyncio.Socket]:
-    """A DEALER as an integrator's client would be: frames by hand, no EventSender."""
+async def raw_sender(address: str, key: Path | None = None) -> AsyncIterator[zmq.asyncio.Socket]:
+    """A DEALER as an integrator's client would be: frames by hand, no EventSender; with ``key`` (a
+    ``NAME.key_secret`` beside ``server.key``), a Curve client with that key pair."""
     socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    if key is not None:
+        socket.curve_serverkey, _ = zmq.auth.load_certificate(key.parent / "server.key")
+        socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(key)
     socket.connect(address)
     try:
         yield socket
@@ -89,6 +97,7 @@ def test_an_undecodable_body_with_an_id_is_refused_with_the_reason(
 
     answers, delivery = asyncio.run(scenario())
     assert delivery.topic == b"events/c/"  # the topic frame as it came, for the uplink to check
+    assert delivery.sender is None  # ipc: no Curve, nobody is told apart
     refusal_frames = answers[0]
     assert len(answers) == 2 and len(refusal_frames) == 2  # [topic, body], like an Ack
     assert refusal_frames[0] == b"acks/uplink-refusing/"
@@ -248,4 +257,41 @@ def test_many_undecodable_bodies_are_each_answered_and_nothing_is_kept(tmp_path:
     answers, state = asyncio.run(scenario())
     refused = [r.id for frames in answers[:-1] for r in decode(frames[-1], Ack).refused]
     assert refused == [f"bad-{i}" for i in range(500)]
-    assert set(state) == {"endpoint", "service", "hwm", "on_refused", "_socket"}
+    assert set(state) == {"endpoint", "service", "hwm", "on_refused", "_socket", "_curve"}
+
+
+def test_on_curve_each_delivery_names_the_key_it_came_with(tmp_path: Path) -> None:
+    """The sender is the key its connection authenticated with (the ZAP handler's User-Id), never anything the
+    message says; a body that does not decode is still refused by its id over Curve."""
+    keys = tmp_path / "keys"
+    security.generate_bus_keys(keys, ["uplink", "rules", "integrator"])
+    port = free_port()
+    curve = CurveConfig(**curve_bus(keys, (0, 0, port))["curve"])
+    address = f"tcp://127.0.0.1:{port}"
+    claims_rules = Event(**{**msgspec.structs.asdict(event(1)), "attributes": {"sender": "rules"}})
+
+    async def scenario() -> tuple[dict[str, str | None], list[list[bytes]]]:
+        async with AsyncExitStack() as stack:
+            security.configure_curve(curve, "uplink")  # a socket takes the keys in force when it opens
+            receiver = await stack.enter_async_context(EventReceiver(f"router+bind:{address}", "uplink"))
+            security.configure_curve(curve, "rules")
+            rules = await stack.enter_async_context(EventSender(f"dealer+connect:{address}", "rules"))
+            integrator = await stack.enter_async_context(raw_sender(address, keys / "integrator.key_secret"))
+            await stack.enter_async_context(timeout(scaled(60)))
+            await rules.send(event(0))
+            await integrator.send_multipart([topic("events", "c"), body(id="bad-1", camera=7)])
+            await integrator.send_multipart([topic("events", "c"), encode(claims_rules)])
+            names: dict[str, str | None] = {}
+            while len(names) < 2:
+                delivery = await receiver.receive()
+                names[delivery.event.id] = delivery.sender
+                await receiver.ack([delivery])
+            await rules.flush()
+            return names, await answers_until(integrator, "evt-1")
+
+    try:
+        names, answers = asyncio.run(scenario())
+    finally:
+        security.configure_curve(None, "test")
+    assert names == {"evt-0": "rules", "evt-1": "integrator"}
+    assert [(r.id, r.reason) for r in decode(answers[0][-1], Ack).refused] == [("bad-1", "invalid")]

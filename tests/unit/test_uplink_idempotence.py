@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import msgspec
 import pytest
 
 from common.bus import Delivery
 from common.config import SiteConfig, load_config, parse_config
 from common.errors import ConfigError
-from contracts import Event, Refusal
+from contracts import Event, Refusal, Snapshot, decode
 from services.uplink import spool as spool_module
 from services.uplink.agreement import REREAD_S, SiteNames
-from services.uplink.spool import REMEMBER_S, Spool
+from services.uplink.spool import REMEMBER_S, Spool, digest
 
 
 def event(i: int | str, **fields: Any) -> Event:
@@ -44,7 +46,7 @@ def test_the_same_id_is_stored_and_delivered_once_before_and_after_delivery(tmp_
     assert add(spool, event(1), event(1)) == 1  # twice in one batch
     assert add(spool, event(1)) == 0  # again while spooled
     assert deliver_all(spool) == ["evt-1"]
-    assert add(spool, event(1, counts={"in": 9})) == 0  # again once delivered (a different body: the id decides)
+    assert add(spool, event(1, counts={"in": 9})) == 0  # again once delivered, another body: a conflict, not stored
     assert deliver_all(spool) == []
     spool.close()
     again = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)  # a restart remembers
@@ -94,6 +96,75 @@ def test_an_event_held_by_an_older_spool_is_a_duplicate_too(tmp_path: Path) -> N
     assert deliver_all(again) == ["evt-1"]
 
 
+# --- the same id, another body: a conflict ----------------------------------------------------------
+
+
+def store(spool: Spool, *events: Event) -> list[str]:
+    return list(spool.store(list(events), {e.id: ["jsonl"] for e in events}))
+
+
+def test_the_same_id_with_another_body_is_a_conflict_never_stored_before_and_after_a_restart(tmp_path: Path) -> None:
+    """An attacker who sent an id first keeps it, but cannot make the real event vanish silently: the real one
+    is a conflict (refused, so counted and alerted on), never a duplicate (acknowledged and lost)."""
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    first, other = event(1, counts={"in": 1}), event(1, counts={"in": 99})
+    assert store(spool, first, other, first) == ["new", "conflict", "duplicate"]  # within one batch too
+    assert store(spool, other) == ["conflict"]  # while spooled
+    assert [item.event for item in spool.pending("jsonl")] == [first]
+    deliver_all(spool)
+    assert store(spool, other, first) == ["conflict", "duplicate"]  # once delivered
+    spool.close()
+    again = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    assert store(again, other, first, event(2)) == ["conflict", "duplicate", "new"]
+    assert deliver_all(again) == ["evt-2"]
+
+
+def test_the_digest_is_of_the_event_as_decoded_so_key_order_does_not_matter() -> None:
+    """A client may put its keys in any order: the same event is the same digest. The snapshot counts (the
+    uplink takes the digest before the privacy guard, whose outcome may change with the site file)."""
+    fields = {"id": "e", "event_type": "presence", "site": "s", "camera": "c", "rule": "r", "ts_ns": 1}
+    forward = decode(msgpack.packb({"type": "event", "v": 1, **fields}), Event)
+    backward = decode(msgpack.packb({**dict(reversed(fields.items())), "v": 1, "type": "event"}), Event)
+    assert digest(forward) == digest(backward) == digest(Event(**fields))  # type: ignore[arg-type]
+    assert digest(forward) != digest(msgspec.structs.replace(forward, ts_ns=2))
+    with_image = msgspec.structs.replace(forward, snapshot=Snapshot(width=2, height=2, data=b"\xff\xd8jpeg"))
+    assert digest(with_image) != digest(forward)
+
+
+def test_a_spool_made_before_digests_were_kept_is_migrated_and_its_ids_are_duplicates(tmp_path: Path) -> None:
+    """A round-1 spool (``seen`` without ``digest``): opened as is, its ids are duplicates whatever the body
+    (nothing to compare with), and ids stored from now on are compared."""
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, max_bytes=1 << 20)
+    add(spool, event(1))
+    deliver_all(spool)
+    spool.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE seen DROP COLUMN digest")
+    again = Spool(path, max_bytes=1 << 20)
+    assert store(again, event(1, counts={"in": 5}), event(2)) == ["duplicate", "new"]
+    assert store(again, event(2, counts={"in": 5})) == ["conflict"]
+    again.close()
+    with sqlite3.connect(path) as db:
+        assert [row[1] for row in db.execute("PRAGMA table_info(seen)")] == ["n", "id", "stored", "digest"]
+
+
+def test_an_id_still_held_is_never_forgotten_so_a_flood_cannot_turn_a_conflict_into_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    """While a sink is down, a flood of fresh ids past the bound forgets nothing still spooled: the id taken
+    first is still compared (an event only held, not in ``seen``, would be acknowledged and lost)."""
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=8 << 20)
+    assert store(spool, event("claimed", counts={"in": 1})) == ["new"]
+    for start in range(0, 2 * spool.remembered, 500):
+        add(spool, *(event(i) for i in range(start, start + 500)))
+    assert store(spool, event("claimed", counts={"in": 2})) == ["conflict"]
+    while deliver_all(spool):
+        pass
+    add(spool, event("after"))
+    assert spool.remembers() <= spool.remembered  # delivered: forgotten again past the bound
+
+
 # --- agreement with the topic and the site file ---------------------------------------------------------
 
 SITE = """\
@@ -129,8 +200,8 @@ def names_from(tmp_path: Path, text: str = SITE) -> tuple[SiteNames, Path, Clock
     return SiteNames(load_config(path), load=load, clock=clock), path, clock, loads
 
 
-def check(names: SiteNames, item: Event, topic: bytes | None = None) -> Refusal | None:
-    delivery = Delivery(item, b"peer", f"events/{item.camera}/".encode() if topic is None else topic)
+def check(names: SiteNames, item: Event, topic: bytes | None = None, sender: str | None = None) -> Refusal | None:
+    delivery = Delivery(item, b"peer", f"events/{item.camera}/".encode() if topic is None else topic, sender)
     return asyncio.run(names.check(delivery))
 
 
@@ -254,3 +325,46 @@ def test_a_config_not_read_from_a_file_is_never_read_again() -> None:
 
     names.load = load
     assert check(names, event(1)) is not None and calls == []
+
+
+# --- who may speak for a rule (Curve: the sender's key name) ---------------------------------------------
+
+SENDERS_SITE = SITE.replace("entry: {type: presence}", "entry: {type: presence}, plates: {type: external}")
+
+
+@pytest.mark.parametrize(
+    ("sender", "fields", "reason"),
+    [
+        (None, {"rule": "door", "event_type": "count_report"}, None),  # no Curve: nobody is told apart
+        ("rules", {"rule": "door", "event_type": "count_report"}, None),
+        ("rules", {"camera": "gate", "rule": "plates", "event_type": "plate_read"}, None),
+        ("integrator", {"camera": "gate", "rule": "plates", "event_type": "plate_read"}, None),
+        ("integrator", {"rule": "door", "event_type": "count_report"}, "wrong_sender"),  # a forged count report
+        ("integrator", {"rule": "door", "event_type": "line_cross"}, "wrong_sender"),
+        ("integrator", {}, "wrong_sender"),  # a presence rule
+        ("uplink", {}, "wrong_sender"),  # another service's key is no more the rules service than any other
+        ("integrator", {"rule": "gate"}, "unknown_rule"),  # the names first: what it says of the file is the same
+    ],
+)
+def test_only_the_rules_key_speaks_for_the_rules_it_decides(
+    tmp_path: Path, sender: str | None, fields: dict[str, Any], reason: str | None
+) -> None:
+    names, *_ = names_from(tmp_path, SENDERS_SITE)
+    refusal = check(names, event(1, **fields), sender=sender)
+    assert (refusal.reason if refusal else None) == reason
+    if refusal is not None and reason == "wrong_sender":
+        assert "integrator" not in refusal.detail and "yard" not in refusal.detail
+
+
+def test_a_rule_made_external_is_taken_from_any_key_and_one_made_decided_is_not(tmp_path: Path) -> None:
+    """A rule's kind is the one it had when the file was last read; a wrong_sender reads the file again first."""
+    names, path, clock, _ = names_from(tmp_path, SENDERS_SITE)
+    path.write_text(
+        SENDERS_SITE.replace("bay: {type: presence}", "bay: {type: external}").replace(
+            "plates: {type: external}", "plates: {type: presence}"
+        )
+    )
+    assert check(names, event(1), sender="integrator") is None  # read again: bay is external now
+    clock.now += REREAD_S
+    refusal = check(names, event(2, camera="gate", rule="plates"), sender="integrator")
+    assert refusal is not None and refusal.reason == "wrong_sender"
