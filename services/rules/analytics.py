@@ -18,6 +18,7 @@ from services.rules import metrics
 from services.rules.counts import CountStore
 from services.rules.engine import CameraRules
 from services.rules.kinds import CrowdState, DwellState
+from services.rules.labels import KnownLabels
 from services.rules.moment import Moment
 
 __all__ = ["FLUSH_INTERVAL_S", "SeriesRecorder", "continue_counters"]
@@ -32,18 +33,19 @@ class SeriesRecorder:
 
     def __init__(self, writer: SeriesWriter | None) -> None:
         self.writer = writer
-        self.zone_labels: dict[tuple[str, str], set[str]] = {}  # (camera, zone) -> labels seen: then 0 counts too
+        # (camera, zone) -> labels seen (bounded: services.rules.labels): then 0 counts too
+        self.zone_labels: dict[tuple[str, str], KnownLabels] = {}
 
     def frame(
         self, camera: str, rules: CameraRules, moment: Moment, zones: dict[str, dict[str, int]], wall_ns: int
     ) -> None:
         """One frame of ``camera`` captured at ``wall_ns``, after its rules stepped; ``zones`` is their
-        occupancy (zone -> label -> objects inside)."""
+        occupancy (zone -> label -> objects inside, in at most MAX_MAP_ENTRIES labels)."""
         writer = self.writer
         if writer is None:
             return
         for zone, occupancy in zones.items():
-            labels = self.zone_labels.setdefault((camera, zone), set())
+            labels = self.zone_labels.setdefault((camera, zone), KnownLabels())
             labels.update(occupancy)
             for label in labels:
                 writer.occupancy(camera, zone, label, occupancy.get(label, 0), wall_ns)

@@ -35,8 +35,8 @@ SERIES_FLUSH_FAILED = Counter(
 )
 DETECTIONS_DROPPED = Counter(
     "edgesight_rules_detections_dropped_total",
-    "Detections messages rules did not handle: models (every shared tracker slot of the camera is taken by "
-    "models the site does not name).",
+    "Detections rules did not track: models (Detections messages: every shared tracker slot of the camera is "
+    "taken by models the site does not name), labels (detections of a label past the model's MAX_LABELS_PER_MODEL).",
     ["camera", "reason"],
 )
 MODELS_OVERLAP = Counter(

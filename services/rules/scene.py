@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from common.pacing import FrameRateGate
 from contracts import Detections, LineCounts, Scene, TrackedObject
+from services.rules.labels import bounded, bounded_lines
 from services.rules.tracker import Track
 
 __all__ = ["SCENE_MAX_FPS", "SceneRate", "scene_of", "unit_box"]
@@ -62,7 +63,8 @@ def scene_of(
     zones: dict[str, dict[str, int]],
 ) -> Scene:
     """The Scene of ``camera`` after ``detections``: the confirmed tracks ``seen`` in them, the line counts
-    (line -> label -> "in"/"out") and the zones' occupancy (zone -> label -> objects)."""
+    (line -> label -> "in"/"out") and the zones' occupancy (zone -> label -> objects), each rule's in at most
+    MAX_MAP_ENTRIES labels (``services.rules.labels``)."""
     labels = detections.labels
     return Scene(
         camera=camera,
@@ -78,10 +80,10 @@ def scene_of(
             for track in seen
         ],
         lines={
-            line: {label: LineCounts(in_=c.get("in", 0), out=c.get("out", 0)) for label, c in by_label.items()}
-            for line, by_label in lines.items()
+            line: {label: LineCounts(in_=c.get("in", 0), out=c.get("out", 0)) for label, c in bounded_lines(by).items()}
+            for line, by in lines.items()
         },
-        zones=zones,
+        zones={zone: bounded(occupancy) for zone, occupancy in zones.items()},
     )
 
 

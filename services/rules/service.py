@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from common._compat import TaskGroup
 from common.bus import EventSender, Subscriber
-from common.config import SiteConfig, load_config
+from common.config import CameraConfig, SiteConfig, load_config
 from common.config.rules import Action
 from common.errors import EdgeSightError, ShmError, StaleFrameError
 from common.files import private_dir, private_open
@@ -44,6 +44,7 @@ from services.rules import metrics
 from services.rules.analytics import SeriesRecorder, continue_counters
 from services.rules.engine import CameraRules
 from services.rules.identity import EventIds
+from services.rules.labels import bounded, first_entries, occupancy_text, set_zone_gauges
 from services.rules.moment import Draft, Moment, Observed
 from services.rules.outbox import Outbox
 from services.rules.outputs import SqliteCountStore, event_json, make_snapshot, run_action
@@ -82,13 +83,14 @@ def _observed(detections: Detections, tracks: list[Track]) -> list[Observed]:
     return observed
 
 
-def _count_and_log(camera: str, draft: Draft) -> None:
+def _count_and_log(camera: str, draft: Draft, store: SqliteCountStore) -> None:
     """The draft in the metrics and the debug log."""
     track = draft.track
     metrics.EVENTS.labels(draft.rule, draft.event_type).inc()
     if draft.event_type == "line_cross" and track is not None:
         direction = str(draft.attributes["direction"])
-        metrics.LINE_CROSSINGS.labels(camera, draft.rule, direction, track.label).inc()
+        label = store.label_for(camera, draft.rule, track.label)  # as counted: ``other`` past a line's labels
+        metrics.LINE_CROSSINGS.labels(camera, draft.rule, direction, label).inc()
     log.debug(
         "event",
         extra={
@@ -112,7 +114,7 @@ class RulesService(Service):
         self.series = SeriesRecorder(self.store.series)  # counts over time, beside the totals
         continue_counters(self.store)
         self.cameras = {
-            name: CameraState(name, camera, CameraRules(name, camera, self.store), reserved_models(self.config, camera))
+            name: self._camera(name, camera, CameraRules(name, camera, self.store), self.config)
             for name, camera in self.config.cameras.items()
             if camera.enabled and camera.rules
         }
@@ -182,6 +184,9 @@ class RulesService(Service):
         boxes = detections.boxes.to_numpy()
         class_ids = detections.class_ids.to_numpy()
         scores = detections.scores.to_numpy()
+        keep = camera.labels.admit(detections, class_ids)  # labels past the model's bound: left out
+        if keep is not None:
+            boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
         camera.items[detections.model] = (
             t,
             [(detections.labels.get(int(c), str(int(c))), _box(b)) for c, b in zip(class_ids, boxes, strict=True)],
@@ -203,12 +208,8 @@ class RulesService(Service):
             await self._emit(camera, detections, draft, t)
         for track in gone:  # its ids never come back: nothing about it is needed any more
             camera.last_seen.pop(track.track_id, None)
-        zones = camera.rules.occupancy()
-        for zone, occupancy in zones.items():
-            labels = camera.zone_labels.setdefault(zone, {"person"})
-            labels.update(occupancy)
-            for label in labels:  # a label whose last object left reads 0, not its last value
-                metrics.ZONE_OCCUPANCY.labels(camera.name, zone, label).set(occupancy.get(label, 0))
+        zones = {zone: bounded(occupancy) for zone, occupancy in camera.rules.occupancy().items()}
+        set_zone_gauges(camera.name, camera.zone_labels, zones)  # a label whose last object left reads 0
         self.series.frame(camera.name, camera.rules, moment, zones, frame.capture_ns)
         await self._publish_scene(camera, detections, seen, zones)
 
@@ -250,7 +251,7 @@ class RulesService(Service):
         rule = camera.config.rules[draft.rule]
         if rule.snapshot:
             event = await asyncio.to_thread(self._with_snapshot, camera, event)
-        _count_and_log(camera.name, draft)
+        _count_and_log(camera.name, draft, self.store)
         try:
             decode(encode(event), Event)  # the uplink would refuse it, and it would be resent for ever
         except ContractError as exc:
@@ -282,10 +283,10 @@ class RulesService(Service):
             end_ns=frame.capture_ns if draft.lifecycle == "end" else None,
             object=after,
             before=before,
-            counts=draft.counts,
-            attributes={
-                k: v for k, v in draft.attributes.items() if v is None or isinstance(v, str | int | float | bool)
-            },
+            counts=bounded(draft.counts, keep=track.label if track else None),  # 300 labels in a zone: still valid
+            attributes=first_entries(
+                {k: v for k, v in draft.attributes.items() if v is None or isinstance(v, str | int | float | bool)}
+            ),
             frame=frame,
         )
 
@@ -374,9 +375,8 @@ class RulesService(Service):
         for name, camera_config in wanted.items():
             rules = CameraRules(name, camera_config, self.store)
             camera = self.cameras.get(name)
-            reserved = reserved_models(config, camera_config)
             if camera is None:
-                self.cameras[name] = CameraState(name, camera_config, rules, reserved)
+                self.cameras[name] = self._camera(name, camera_config, rules, config)
                 if self._detections is not None:
                     self._detections.subscribe(topic("detections", name))
                 changed.append(name)
@@ -384,11 +384,15 @@ class RulesService(Service):
             kept = rules.carry_over(camera.rules)
             if len(kept) != len(rules.rules) or len(kept) != len(camera.rules.rules):
                 changed.append(name)
-            camera.config, camera.rules, camera.reserved = camera_config, rules, reserved
+            camera.reconfigure(camera_config, rules, reserved_models(config, camera_config))
         metrics.RELOADS.labels("applied").inc()
         log.info("rules reloaded", extra={"changed": ",".join(sorted(changed)) or "none"})
         await self.audit("rules.reload", self.config.source, result="applied", cameras=",".join(sorted(changed)))
         return None
+
+    def _camera(self, name: str, config: CameraConfig, rules: CameraRules, site: SiteConfig) -> CameraState:
+        """A camera's state; its labels are held for the tracker's ``max_age_s`` (``services.rules.labels``)."""
+        return CameraState(name, config, rules, reserved_models(site, config), self.config.tracker.max_age_s)
 
     def _acked(self, ids: list[str]) -> None:
         self.outbox.acked(ids)
@@ -412,5 +416,5 @@ class RulesService(Service):
         detail = {} if self._last_reload is None else {"reload": self._last_reload}
         for camera in self.cameras.values():
             for zone, occupancy in camera.rules.occupancy().items():
-                detail[f"{camera.name}.{zone}"] = ",".join(f"{k}={v}" for k, v in sorted(occupancy.items())) or "empty"
+                detail[f"{camera.name}.{zone}"] = occupancy_text(bounded(occupancy))
         return detail

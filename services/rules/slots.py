@@ -18,6 +18,7 @@ from common.config import CameraConfig, SiteConfig, TrackerConfig
 from contracts import Detections, TrackedObject
 from services.rules import metrics
 from services.rules.engine import CameraRules
+from services.rules.labels import KnownLabels, LabelGate, named_labels
 from services.rules.moment import Draft
 from services.rules.scene import SceneRate, unit_box
 from services.rules.tracker import ByteTracker
@@ -42,16 +43,19 @@ def reserved_models(config: SiteConfig, camera: CameraConfig) -> frozenset[str]:
 class CameraState:
     """One camera's trackers (one per model), rules and what the service remembers between frames."""
 
-    def __init__(self, name: str, config: CameraConfig, rules: CameraRules, reserved: frozenset[str]) -> None:
+    def __init__(
+        self, name: str, config: CameraConfig, rules: CameraRules, reserved: frozenset[str], hold_s: float = 1.0
+    ) -> None:
         self.name = name
         self.config = config
         self.rules = rules
         self.reserved = reserved  # a reload replaces it
+        self.labels = LabelGate(name, hold_s, named_labels(config))  # hold_s: the tracker's max_age_s
         self.ids = itertools.count(1)  # shared by this camera's trackers: ids never collide across models
         self.trackers: dict[str, ByteTracker] = {}
         self.last: dict[str, Detections] = {}  # model -> its last Detections: an evicted tracker's end is dated by it
         self.items: dict[str, tuple[float, list[tuple[str, tuple[float, float, float, float]]]]] = {}
-        self.zone_labels: dict[str, set[str]] = {}  # zone -> every label seen in it: gauges go back to 0
+        self.zone_labels: dict[str, KnownLabels] = {}  # zone -> labels seen in it (bounded): gauges go back to 0
         # track -> rule -> the object at that rule's last event about it: the "before" of the next one
         self.last_seen: dict[int, dict[str, TrackedObject]] = {}
         self.scene_rate = SceneRate()
@@ -72,6 +76,11 @@ class CameraState:
         else:
             seen[draft.rule] = after
         return after, before
+
+    def reconfigure(self, config: CameraConfig, rules: CameraRules, reserved: frozenset[str]) -> None:
+        """A reload's settings for this camera (its trackers and what they track stay)."""
+        self.config, self.rules, self.reserved = config, rules, reserved
+        self.labels.reserved = named_labels(config)
 
     def tracker(self, detections: Detections, config: TrackerConfig) -> ByteTracker | None:
         """The tracker of ``detections``' model, made if it has a slot (and the Detections kept as its
@@ -97,6 +106,7 @@ class CameraState:
         tracker = self.trackers.pop(model)
         last = self.last.pop(model)
         self.items.pop(model, None)
+        self.labels.forget(model)
         self.scene_rate.forget(model)
         self.zeroed.append(model)
         while len(self.zeroed) > MAX_ZEROED_MODELS:  # names made up one after another: bounded series

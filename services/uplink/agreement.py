@@ -18,6 +18,11 @@ the rules service decides (any rule but ``type: external``, its count reports in
 A rule's kind is the one the site file gave it when last read (the file is read again before a refusal,
 so a rule just made external is taken). Without Curve (ipc, plain tcp) nobody is told apart.
 
+An event of an external rule must have an id that starts with ``<rule>:`` (else ``invalid``): the
+rules service's ids never hold a colon (keyed UUIDs, ``report.…``), so an id it will use (a count
+report's is predictable, and its events are on ``events/`` before the uplink stores them) cannot be
+taken first by any key sending external events, and the real event refused as a ``conflict``.
+
 A refusal's detail repeats only what the sender sent (never the site file's names, nor anything else
 in it): it is written for the sender's log.
 """
@@ -32,7 +37,7 @@ from typing import Any
 
 from common.bus import Delivery
 from common.config import SiteConfig, load_config
-from contracts import EdgeSightError, Refusal, topic
+from contracts import EdgeSightError, Event, Refusal, topic
 from services.uplink.audit import AUDIT_CAMERA, AUDIT_EVENT_TYPE
 
 __all__ = ["REREAD_S", "SiteNames"]
@@ -133,7 +138,18 @@ class SiteNames:
                 "may send its events (events of a service of your own name a rule of type external)"
             )
             return Refusal(id=event.id, reason="wrong_sender", detail=detail)
+        if self.external[event.camera, event.rule] and not event.id.startswith(f"{event.rule}:"):
+            detail = (
+                f"rule {event.rule!r} of camera {event.camera!r} is of type external: its events' ids must start "
+                f"with {event.rule + ':'!r} (the rule's name, then a colon)"
+            )
+            return Refusal(id=event.id, reason="invalid", detail=detail)
         return None
+
+    def is_external(self, event: Event) -> bool:
+        """Whether ``event`` names a rule of type external (as the site file was last read): the spool
+        drops those first when full, so no sender of external events can push out the rules service's."""
+        return self.external.get((event.camera, event.rule), False)
 
     async def reread(self) -> bool:
         """Reads the site file again unless it was read less than ``REREAD_S`` ago; True when it was."""

@@ -15,9 +15,12 @@ FAILED = Counter(
 )
 DROPPED = Counter(
     "edgesight_sink_dropped_total",
-    "What was dropped: spool/snapshot and spool/event on overflow, privacy/snapshot when a rule did not ask for one.",
+    "What was dropped: spool/external_event (an event of an external rule: the first to go), spool/snapshot and "
+    "spool/event on overflow, privacy/snapshot when a rule did not ask for one.",
     ["sink", "what"],
 )
+for _what in ("external_event", "snapshot", "event"):  # at 0 from the start: the first drop is an increase
+    DROPPED.labels("spool", _what)
 CONNECTED = Gauge("edgesight_sink_connected", "1 while the sink's last attempt succeeded.", ["sink"])
 DEAD_LETTERS = Counter(
     "edgesight_sink_dead_letters_total",

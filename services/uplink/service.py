@@ -8,6 +8,8 @@ the site file is refused at once, with the reason (its sender drops it). An id t
 remembers is acknowledged again, once the batch has committed, and neither stored nor delivered again;
 unless the body differs from the one stored with it: that is refused (``conflict``), never stored (the
 id is the first event's; an event sent with an id it does not own is never delivered in its place).
+An event of an external rule is stored as such: when the spool is full those go first, and never
+push out the rules service's (:mod:`services.uplink.spool`).
 """
 
 from __future__ import annotations
@@ -123,8 +125,9 @@ class UplinkService(Service):
                 continue
             digests = [digest(d.event) for d in batch]  # as it came: the guard may change with the site file
             events = [self.guard(d.event) for d in batch]
+            external = [self.names.is_external(event) for event in events]  # dropped first when the spool is full
             # committed (and fsynced, off the event loop) before anyone hears "ack"
-            outcomes = await asyncio.to_thread(self.spool.store, events, self.targets(events), None, digests)
+            outcomes = await asyncio.to_thread(self.spool.store, events, self.targets(events), None, digests, external)
             metrics.DUPLICATES.inc(outcomes.count("duplicate"))  # safe already: acknowledged again all the same
             await inbox.ack(d for d, outcome in zip(batch, outcomes, strict=True) if outcome != "conflict")
             await self._refuse_conflicts(inbox, batch, outcomes)

@@ -5,8 +5,11 @@ committed (with ``fsync: always``/``batch``: ``synchronous=FULL``, so it survive
 leaves only when every sink it was meant for has confirmed it. Each sink has its own queue of
 deliveries, so a sink that is down holds back nobody else. An event a sink can never take (its far
 side refuses it, or it no longer decodes) moves to ``dead_letters``, so that it blocks nothing.
-Snapshots are stored apart from the event body, so that on overflow dead letters go first, then
-snapshots, then the oldest events. Room is made before a batch is stored, so the files on disk (the
+Snapshots are stored apart from the event body, so that on overflow the events of ``external`` rules
+go first (oldest first: an integrator's, flagged at store time), then dead letters, then snapshots, then
+the oldest events; an external event never costs anything else (one that does not fit once the older
+ones are gone is not stored), so no sender of external events can push out the rules service's
+acknowledged events while a sink is down. Room is made before a batch is stored, so the files on disk (the
 ``-wal`` file included, see ``common.files.bound_wal``) stay within ``max_bytes``. Whatever is
 dropped is counted, and logged once a minute with the counts.
 
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL,          -- the event without its snapshot (msgpack)
     snapshot BLOB,               -- JPEG bytes, dropped first when the spool is full
     created REAL NOT NULL,
-    s3_key TEXT                  -- set once the snapshot is uploaded
+    s3_key TEXT,                 -- set once the snapshot is uploaded
+    external INTEGER NOT NULL DEFAULT 0  -- 1: an event of an external rule, dropped first on overflow
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     sink TEXT NOT NULL,
@@ -127,9 +131,15 @@ class Spool:
         self.db.executescript(_SCHEMA)
         if "digest" not in {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}:
             self.db.execute("ALTER TABLE seen ADD COLUMN digest BLOB")  # a spool made before digests were kept
+        if "external" not in {row[1] for row in self.db.execute("PRAGMA table_info(events)")}:
+            # a spool made before events were told apart: what it holds is the rules service's (and audit)
+            self.db.execute("ALTER TABLE events ADD COLUMN external INTEGER NOT NULL DEFAULT 0")
+        self.db.execute("CREATE INDEX IF NOT EXISTS events_external ON events (seq) WHERE external = 1")
         # one id per 2 kB of quota (a row and its indexes take a few hundred bytes), 1000 to 100 000
         self.remembered = max(1000, min(100_000, max_bytes // 2000))
-        self.drops = DropTally(log, "spool full: dropped to make room", ("events", "snapshots"), max_bytes=max_bytes)
+        self.drops = DropTally(
+            log, "spool full: dropped to make room", ("events", "snapshots", "external_events"), max_bytes=max_bytes
+        )
 
     @_locked
     def add(
@@ -148,18 +158,22 @@ class Spool:
         sinks_for: Mapping[str, Iterable[str]],
         position: tuple[str, int, int] | None = None,
         digests: Sequence[bytes] | None = None,
+        external: Sequence[bool] | None = None,
     ) -> list[Outcome]:
         """Stores ``events`` in one transaction, each with a delivery per sink in ``sinks_for[id]``;
         ``position`` (name, inode, offset) moves a followed file's position in the same transaction.
         ``digests[i]`` is ``events[i]``'s :func:`digest` as it came (the uplink stores it guarded);
-        without them, each event's own.
+        without them, each event's own. ``external[i]``: ``events[i]`` names a rule of type external
+        (dropped first on overflow); without it, none does.
 
         Returns, per event, ``new`` (stored), ``duplicate`` (its id is held or remembered with the same
         digest, or with none) or ``conflict`` (held or remembered with another digest): neither is stored.
         """
         if digests is None:
             digests = [digest(event) for event in events]
-        assert len(digests) == len(events)
+        if external is None:
+            external = [False] * len(events)
+        assert len(digests) == len(events) == len(external)
         outcomes: list[Outcome] = []
         now = time.time()
         with self._transaction():
@@ -168,11 +182,11 @@ class Spool:
             # an id still held is never forgotten: else the next event with that id would take it anew
             # (a flood of fresh ids while a sink is down must not turn a conflict into a duplicate)
             self.db.execute("DELETE FROM seen WHERE stored < ? AND " + _NOT_HELD, (now - REMEMBER_S,))
-            for event, event_digest in zip(events, digests, strict=True):
+            for event, event_digest, is_external in zip(events, digests, external, strict=True):
                 outcome = self._outcome(event.id, event_digest)
                 outcomes.append(outcome)
                 if outcome == "new":
-                    self._insert(event, event_digest, sinks_for[event.id], now)
+                    self._insert(event, event_digest, sinks_for[event.id], now, external=is_external)
             self.db.execute(
                 "DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ? AND " + _NOT_HELD, (self.remembered,)
             )  # the oldest first, past the bound
@@ -181,16 +195,19 @@ class Spool:
         self.drops.flush()
         return outcomes
 
-    def _insert(self, event: Event, event_digest: bytes, sinks: Iterable[str], now: float) -> None:
-        self.db.execute("INSERT INTO seen (id, stored, digest) VALUES (?, ?, ?)", (event.id, now, event_digest))
+    def _insert(self, event: Event, event_digest: bytes, sinks: Iterable[str], now: float, *, external: bool) -> None:
         snapshot = event.snapshot.data if event.snapshot is not None else None
         body = encode(event if snapshot is None else _with_image(event, b""))
         # room first, event by event: pages freed in this transaction are reused by the next insert,
         # so the file never grows past the quota, even for a batch bigger than it
-        self._make_room(len(body) + len(snapshot or b""))
+        if not self._make_room(len(body) + len(snapshot or b""), external=external):
+            metrics.DROPPED.labels("spool", "external_event").inc()
+            self.drops.add("external_events")
+            return  # not remembered either: its row in seen would be room taken from the rules service
+        self.db.execute("INSERT INTO seen (id, stored, digest) VALUES (?, ?, ?)", (event.id, now, event_digest))
         cursor = self.db.execute(
-            "INSERT INTO events (id, body, snapshot, created) VALUES (?, ?, ?, ?)",
-            (event.id, body, snapshot, now),
+            "INSERT INTO events (id, body, snapshot, created, external) VALUES (?, ?, ?, ?, ?)",
+            (event.id, body, snapshot, now, int(external)),
         )
         self.db.executemany("INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(s, cursor.lastrowid) for s in sinks])
 
@@ -297,10 +314,20 @@ class Spool:
         freelist = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - freelist) * page_size)
 
-    def _make_room(self, incoming: int) -> None:
-        """Inside the caller's transaction: drops dead letters, then snapshots, then the oldest events
-        until ``incoming`` more bytes fit the budget (freed pages are reused by the next insert)."""
+    def _make_room(self, incoming: int, *, external: bool = False) -> bool:
+        """Inside the caller's transaction: drops the oldest events of external rules, then dead letters,
+        then snapshots, then the oldest events until ``incoming`` more bytes fit the budget (freed pages
+        are reused by the next insert). For an ``external`` event only other external events go: False
+        when that is not room enough and other events are held (it is not stored)."""
         while self.size() + incoming > self.budget:
+            row = self.db.execute("SELECT seq FROM events WHERE external = 1 ORDER BY seq LIMIT 1").fetchone()
+            if row is not None:
+                self.db.execute("DELETE FROM events WHERE seq = ?", row)
+                metrics.DROPPED.labels("spool", "external_event").inc()
+                self.drops.add("external_events")
+                continue
+            if external and self.db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+                return False  # nothing of the rules service's goes for it (into an empty spool it goes, as any)
             buried = self.db.execute("SELECT rowid FROM dead_letters ORDER BY created LIMIT 1").fetchone()
             if buried is not None:
                 self.db.execute("DELETE FROM dead_letters WHERE rowid = ?", buried)
@@ -313,10 +340,11 @@ class Spool:
                 continue
             oldest = self.db.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
             if oldest is None:
-                return
+                return True  # nothing left to drop: a single event bigger than the quota is stored all the same
             self.db.execute("DELETE FROM events WHERE seq = ?", oldest)
             metrics.DROPPED.labels("spool", "event").inc()
             self.drops.add("events")
+        return True
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)

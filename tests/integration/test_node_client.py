@@ -195,6 +195,10 @@ def test_a_node_client_speaks_the_wire_format_from_its_documentation(
     assert steps["invalid"]["refusal"]["reason"] in ("invalid", "malformed"), steps["invalid"]
     attack = steps["malformed"]
     assert attack["id"] in attack["ids"], attack  # still up, and answering, after bodies without an id
+    assert acked["id"].startswith("manual:"), acked  # an external rule's ids are its own
+    foreign = steps["foreign_id"]
+    assert foreign["refusal"]["reason"] == "invalid" and "'manual:'" in foreign["refusal"]["detail"], foreign
+    assert foreign["id"] not in foreign["ids"], foreign
 
     # the site's own record: the uplink's jsonl has each accepted event once, the refused one never
     jsonl = Path(config.site.state_dir) / "uplink.jsonl"
@@ -208,7 +212,7 @@ def test_a_node_client_speaks_the_wire_format_from_its_documentation(
         time.sleep(0.2)
     ids = [event["id"] for event in stored()]
     assert ids.count(acked["id"]) == 1, ids
-    assert refused["id"] not in ids and steps["invalid"]["id"] not in ids
+    assert refused["id"] not in ids and steps["invalid"]["id"] not in ids and foreign["id"] not in ids
     crossing = crossings(stored())[0]
     assert crossing["counts"] == {"in": 1, "out": 0}, crossing
     assert site.processes["uplink"].poll() is None

@@ -1,5 +1,6 @@
 """The rules service as a process (issue #31): the tracks gauge of a model that stopped sending drops to 0
-while another model's stays; an event the uplink refuses leaves rules' outbox for good."""
+while another model's stays; an event the uplink refuses leaves rules' outbox for good; made-up model names
+and made-up labels do not shut out the site's own objects."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from common._compat import timeout
 from common.bus import EventReceiver, Publisher
-from contracts import Detections, Refusal
+from contracts import Detections, Event, Refusal
 from tests.integration.conftest import Services
 from tests.support import bus_handshake, frame_ref, http_get, scaled
 
@@ -178,3 +179,68 @@ def _still(model: str, seq: int) -> Detections:
     ref = frame_ref("dock", seq, capture_ns=at_ns, monotonic_ns=at_ns, width=320, height=240)
     boxes = np.array([[0.8, 0.05, 0.9, 0.2]], "<f4")
     return Detections.from_arrays(ref, model, boxes, [0], [0.9], labels={0: "person"})
+
+
+ZONE = {"type": "zone", "polygon": [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]], "inertia_frames": 1}
+JUNK_LABELS = 300
+
+
+def _junk(seq: int) -> Detections:
+    """A made-up model's 300 boxes of 300 made-up labels, standing still inside ZONE (left of the person)."""
+    at_ns = seq * 100_000_000
+    ref = frame_ref("dock", seq, capture_ns=at_ns, monotonic_ns=at_ns, width=320, height=240)
+    cells = [(n % 19, n // 19) for n in range(JUNK_LABELS)]
+    boxes = np.array([[0.045 * x, 0.55 + 0.02 * y, 0.045 * x + 0.03, 0.565 + 0.02 * y] for x, y in cells], "<f4")
+    ids = list(range(JUNK_LABELS))
+    return Detections.from_arrays(ref, "junk", boxes, ids, [0.9] * len(ids), labels={n: f"junk{n}" for n in ids})
+
+
+def test_a_person_entering_a_zone_full_of_made_up_labels_is_delivered(
+    tmp_path: Path, services: Callable[[dict[str, Any]], Services]
+) -> None:
+    """The attacker's round-3 scenario against the process: 300 boxes of 300 labels sit in the zone (from a
+    made-up model), then a person walks in: the person's zone_enter reaches the uplink, valid."""
+    site = services({"cameras": {"dock": {"url": "rtsp://unused/1", "rules": {"bay": ZONE}}}})
+    site.start("broker")
+    base = site.start("rules")
+
+    async def scenario() -> Event:
+        async with (
+            EventReceiver(site.config.bus.events.receive, "uplink-standin") as events,
+            Publisher(site.config.bus.publish, "test", hwm=1000) as publisher,
+        ):
+            await bus_handshake(publisher=publisher, bus=site.config.bus)
+            seq = 0
+            async with timeout(scaled(30)):  # the junk tracks confirmed (rules' subscription may be late)
+                while (_sample(base, "edgesight_tracks_active", {"camera": "dock", "model": "junk"}) or 0) < 256:
+                    seq += 1
+                    await publisher.publish("detections", "dock", _junk(seq))
+                    await asyncio.sleep(0.05)
+            for step in range(12):
+                seq += 1
+                await publisher.publish("detections", "dock", _junk(seq))
+                y = 0.3 + step * 0.05
+                await publisher.publish("detections", "dock", _person(seq, y))
+                await asyncio.sleep(0.05)
+            async with timeout(scaled(30)):
+                while True:  # acked as the uplink would: the junk's own events come first
+                    delivery = await events.receive()
+                    await events.ack([delivery])
+                    event = delivery.event
+                    if event.event_type == "zone_enter" and event.object and event.object.label == "person":
+                        return event
+
+    entered = asyncio.run(scenario())
+    assert entered.counts["person"] == 1  # before round 3: dropped as invalid, never sent (counts of 301 labels)
+    assert len(entered.counts) <= 256
+    assert sum(entered.counts.values()) == 257  # the junk model's 256 labels tracked, and the person
+    assert _sample(base, "edgesight_outbox_dropped_total", {"reason": "invalid"}) in (None, 0.0)
+    assert (_sample(base, "edgesight_rules_detections_dropped_total", {"camera": "dock", "reason": "labels"}) or 0) > 0
+
+
+def _person(seq: int, y: float) -> Detections:
+    """A person walking down into ZONE, right of the junk."""
+    at_ns = seq * 100_000_000
+    ref = frame_ref("dock", seq, capture_ns=at_ns, monotonic_ns=at_ns, width=320, height=240)
+    boxes = np.array([[0.9, y - 0.2, 0.98, y]], "<f4")
+    return Detections.from_arrays(ref, "people", boxes, [0], [0.9], labels={0: "person"})

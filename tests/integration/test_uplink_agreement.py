@@ -21,7 +21,7 @@ import zmq.auth
 
 from common.bus import Endpoint, security
 from common.config import load_config
-from contracts import Ack, Event, decode, encode, topic
+from contracts import Ack, Event, Snapshot, decode, encode, topic
 from tests.conftest import free_port
 from tests.integration.conftest import Services
 from tests.support import curve_bus, deadline, http_get, scaled
@@ -131,7 +131,9 @@ def test_every_disagreement_is_refused_with_its_reason_and_duplicates_are_stored
         conflict = uplink.send(make_event("evt-1", counts={"in": 5}))  # the same id, another event
         answers = {reason: uplink.send(item, topic_frame) for reason, (item, topic_frame) in refusals.items()}
         forged_answer = uplink.send(forged)
-        assert uplink.send(make_event("evt-ext", rule="plates", event_type="plate_read")).ids == ["evt-ext"]
+        assert uplink.send(make_event("plates:evt-ext", rule="plates", event_type="plate_read")).ids == [
+            "plates:evt-ext"
+        ]
         assert uplink.send(make_event("evt-2")).ids == ["evt-2"]
     for reason, answer in [*answers.items(), ("unknown_camera", forged_answer), ("conflict", conflict)]:
         assert answer.ids == [], reason
@@ -140,7 +142,7 @@ def test_every_disagreement_is_refused_with_its_reason_and_duplicates_are_stored
     assert answers["invalid"].refused[0].id == "bad-body"
     ids = wait_delivered(site, "evt-2")
     time.sleep(1.5)  # anything delivered twice would be there by now
-    assert sorted(delivered(site)) == ["evt-1", "evt-2", "evt-ext"], ids
+    assert sorted(delivered(site)) == ["evt-1", "evt-2", "plates:evt-ext"], ids
     assert metric(base, "edgesight_uplink_events_duplicate_total") == 2
     counts = {"wrong_topic": 1, "wrong_site": 1, "unknown_camera": 2, "unknown_rule": 1, "conflict": 1}
     for reason, count in counts.items():
@@ -280,12 +282,92 @@ def test_on_curve_only_the_rules_key_speaks_for_the_rules_it_decides(
     with client(site, "integrator") as integrator, client(site, "rules") as rules:
         assert refused_reasons(integrator.send(count_report({"in": 1000, "out": 0}))) == ["wrong_sender"]
         assert refused_reasons(integrator.send(make_event("int-line"))) == ["wrong_sender"]
-        assert integrator.send(make_event("int-ext", rule="plates", event_type="plate_read")).ids == ["int-ext"]
+        assert integrator.send(make_event("plates:int", rule="plates", event_type="plate_read")).ids == ["plates:int"]
         assert rules.send(real).ids == [real.id]
-        assert rules.send(make_event("rules-ext", rule="plates", event_type="plate_read")).ids == ["rules-ext"]
+        assert rules.send(make_event("plates:rules", rule="plates", event_type="plate_read")).ids == ["plates:rules"]
         assert rules.send(make_event("rules-line")).ids == ["rules-line"]
     wait_delivered(site, "rules-line")
     time.sleep(1.0)
-    assert sorted(delivered(site)) == sorted(["int-ext", real.id, "rules-ext", "rules-line"])
+    assert sorted(delivered(site)) == sorted(["plates:int", real.id, "plates:rules", "rules-line"])
     assert next(e["counts"] for e in delivered_events(site) if e["id"] == real.id) == {"in": 3, "out": 1}
     assert metric(base, 'edgesight_uplink_events_refused_total{reason="wrong_sender"}') == 2
+
+
+# --- a second attacker: ids of rules' taken through an external rule; the spool flooded --------------------
+
+RULES_EVENT_ID = "0b4f3a9e-2c1d-5e6f-8a7b-9c0d1e2f3a4b"  # the form of rules' keyed ids, as seen on events/
+
+
+def on_curve(site: Services, keys: Path) -> None:
+    security.generate_bus_keys(keys, ["uplink", "rules", "integrator"])
+    document = yaml.safe_load(site.site.read_text())
+    document["bus"] = curve_bus(keys, (free_port(), free_port(), free_port()))
+    site.site.write_text(yaml.safe_dump(document, sort_keys=False))
+    site.config = load_config(site.site)
+
+
+@pytest.mark.parametrize("bus", ["curve", "ipc"])
+def test_no_key_can_take_an_id_of_rules_through_an_external_rule(
+    services: Callable[[dict[str, Any]], Services], tmp_path: Path, bus: str
+) -> None:
+    """The attacker's way round wrong_sender: an event of an external rule (any key may send those) under an
+    id rules will use: a count report's (predictable) or a keyed one seen on ``events/`` before the uplink
+    stored it. Refused ``invalid``, so rules' real events are acked and delivered, not refused as conflicts."""
+    site = services(SITE)
+    if bus == "curve":
+        on_curve(site, tmp_path / "keys")
+    base = site.start("uplink")
+    real_report, real_event = count_report({"in": 3, "out": 1}), make_event(RULES_EVENT_ID)
+    key = "integrator" if bus == "curve" else None
+    with client(site, key) as integrator, client(site, "rules" if bus == "curve" else None) as rules:
+        for taken in (real_report.id, RULES_EVENT_ID):
+            forged = make_event(taken, rule="plates", event_type="count_report", counts={"in": 1000, "out": 0})
+            answer = integrator.send(forged)
+            assert refused_reasons(answer) == ["invalid"]
+            assert "'plates:'" in answer.refused[0].detail
+        own = make_event("plates:cam1-0001", rule="plates", event_type="plate_read")
+        assert integrator.send(own).ids == [own.id]  # an id of its own is taken
+        assert rules.send(real_report).ids == [real_report.id]
+        assert rules.send(real_event).ids == [RULES_EVENT_ID]
+    wait_delivered(site, RULES_EVENT_ID)
+    time.sleep(1.0)
+    assert sorted(delivered(site)) == sorted([own.id, real_report.id, RULES_EVENT_ID])
+    assert next(e["counts"] for e in delivered_events(site) if e["id"] == real_report.id) == {"in": 3, "out": 1}
+    assert metric(base, 'edgesight_uplink_events_refused_total{reason="invalid"}') == 2
+    assert metric(base, 'edgesight_uplink_events_refused_total{reason="conflict"}') == 0
+
+
+def test_a_flood_of_large_external_events_drops_them_first_and_never_rules_events(
+    services: Callable[[dict[str, Any]], Services],
+) -> None:
+    """A sink is down and ``spool.max_mb: 1``: rules' events acked first survive a flood of large external
+    events (the external ones go first, counted as ``what="external_event"``); once the sink is back, every
+    one of rules' events is delivered."""
+    rules = {**RULES, "plates": {"type": "external", "snapshot": True}}
+    site = services(
+        {
+            **SITE,
+            "cameras": {"dock": {**SITE["cameras"]["dock"], "rules": rules}},
+            "uplink": {"jsonl": {"path": "events.jsonl"}, "spool": {"max_mb": 1}},
+        }
+    )
+    sink = Path(site.config.site.state_dir) / "events.jsonl"
+    sink.mkdir(parents=True)  # the sink fails until removed
+    base = site.start("uplink")
+    ours = [make_event(f"evt-{i}", attributes={"pad": "x" * 500}) for i in range(30)]
+    image = Snapshot(width=64, height=64, data=b"\xff\xd8" + bytes(150_000))
+    with client(site) as rules_client, client(site) as flooder:
+        for item in ours:
+            assert rules_client.send(item).ids == [item.id]
+        for i in range(40):  # 6 MB into a 1 MB spool
+            flood = make_event(f"plates:flood-{i}", rule="plates", event_type="plate_read", snapshot=image)
+            assert flooder.send(flood).ids == [flood.id]
+    assert metric(base, 'edgesight_sink_dropped_total{sink="spool",what="external_event"}') >= 30
+    assert metric(base, 'edgesight_sink_dropped_total{sink="spool",what="event"}') == 0
+    assert metric(base, 'edgesight_sink_dropped_total{sink="spool",what="snapshot"}') == 0
+    shutil.rmtree(sink)
+    wait_delivered(site, "evt-29")
+    time.sleep(1.5)
+    ids = delivered(site)
+    assert ids[:30] == [item.id for item in ours], ids
+    assert 0 < len(ids) - 30 <= 10 and all(i.startswith("plates:flood-") for i in ids[30:])

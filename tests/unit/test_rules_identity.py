@@ -1,7 +1,8 @@
 """Rules' event ids (issue #31, round 2): made under a per-site secret kept in ``state_dir``, so a listener
 on the bus, who sees every frame_ref, cannot compute them in advance and claim them at the uplink first;
 stable for the same decision across a restart with the same state; the key file private; a key file of
-the wrong size replaced with a warning, a symbolic link in its place refused."""
+the wrong size replaced with a warning; anything but a regular file in its place (a link, a folder, a FIFO,
+a socket) refused with an error that names it (round 3), and a leftover ``.new`` of any kind removed."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import stat
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from common.config import load_config
+from common.errors import StartupError
+from common.service import run_service
 from contracts import Detections, Event
 from contracts.messages import ID_PATTERN
 from services.rules.identity import KEY_FILE, SECRET_BYTES, EventIds
@@ -141,7 +147,86 @@ def test_a_symbolic_link_in_place_of_the_key_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / KEY_FILE).symlink_to(chosen)
-    with pytest.raises(OSError, match="symbolic link"):
+    with pytest.raises(StartupError, match=f"{state / KEY_FILE} is a symbolic link: remove it"):
         EventIds(state)
     assert chosen.read_bytes() == b"k" * SECRET_BYTES
     assert os.path.islink(state / KEY_FILE)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+    (path / "inside").write_bytes(b"x")
+
+
+def _socket(path: Path) -> None:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.close()  # the socket file stays
+
+
+def _in_time(state: Path) -> BaseException | None:
+    """What EventIds(state) raises, run aside: a FIFO opened for reading waits for a writer for ever."""
+    raised: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            EventIds(state)
+            raised.append(None)
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert raised, "EventIds did not return: it waits on what is at the key's path"
+    return raised[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"), [(_folder, "a folder"), (_fifo, "a FIFO"), (_socket, "a socket|cannot be read")]
+)
+def test_a_key_path_that_is_not_a_file_stops_rules_with_a_clear_error(
+    tmp_path: Path, make: Callable[[Path], None], kind: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    make(state / KEY_FILE)
+    raised = _in_time(state)
+    assert isinstance(raised, StartupError)  # before round 3: IsADirectoryError, or no return at all
+    assert str(state / KEY_FILE) in str(raised) and "remove it" in str(raised)
+    assert re.search(kind, str(raised))
+    assert (state / KEY_FILE).exists() or (state / KEY_FILE).is_socket()  # left for the operator to look at
+
+
+def test_rules_started_on_a_folder_key_says_so_in_one_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """As the operator sees it: ``cannot start`` with the path and what to do, not ``crashed``."""
+    site = _site(tmp_path)
+    state = Path(load_config(site).site.state_dir)
+    (state / KEY_FILE).mkdir(parents=True)
+    assert run_service(RulesService, ["--config", str(site)]) == 1
+    logged = [line for line in capfd.readouterr().err.splitlines() if "level=error" in line]
+    assert len(logged) == 1
+    assert 'msg="cannot start"' in logged[0] or "msg=cannot start" in logged[0]  # before round 3: crashed
+    assert f"{state / KEY_FILE} is a folder, not a file: remove it" in logged[0]
+
+
+@pytest.mark.parametrize("make", [_fifo, _socket, lambda path: path.mkdir(), lambda path: path.symlink_to("/")])
+def test_a_leftover_new_of_any_kind_is_removed(tmp_path: Path, make: Callable[[Path], None]) -> None:
+    make(tmp_path / (KEY_FILE + ".new"))
+    ids = _in_time(tmp_path)
+    assert ids is None  # before round 3: IsADirectoryError for a folder
+    assert len((tmp_path / KEY_FILE).read_bytes()) == SECRET_BYTES
+    assert not os.path.lexists(tmp_path / (KEY_FILE + ".new"))
+    assert os.path.isdir("/")  # a link's target untouched
+
+
+def test_a_leftover_new_folder_with_something_in_it_is_refused_clearly(tmp_path: Path) -> None:
+    _folder(tmp_path / (KEY_FILE + ".new"))
+    raised = _in_time(tmp_path)
+    assert isinstance(raised, StartupError)
+    assert f"{tmp_path / KEY_FILE}.new cannot be removed" in str(raised) and "remove it" in str(raised)
+    assert (tmp_path / (KEY_FILE + ".new") / "inside").read_bytes() == b"x"  # nothing of it deleted

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from common.bus import Delivery
 from common.config import SiteConfig, load_config, parse_config
@@ -310,9 +311,9 @@ def test_an_external_rule_is_a_rule_of_its_camera() -> None:
         "site: {name: yard}\ncameras: {dock: {url: 'rtsp://h/1', rules: {plates: {type: external}}}}\n"
     )
     names = SiteNames(config)
-    assert check(names, event(1, rule="plates")) is None
-    assert check(names, event(3, rule="plates", event_type="forklift_near_person")) is None  # any type of its own
-    assert check(names, event(2, rule="other")) is not None
+    assert check(names, event("plates:1", rule="plates")) is None
+    assert check(names, event("plates:3", rule="plates", event_type="forklift_near_person")) is None  # any type
+    assert check(names, event("plates:2", rule="other")) is not None
 
 
 def test_a_config_not_read_from_a_file_is_never_read_again() -> None:
@@ -337,8 +338,8 @@ SENDERS_SITE = SITE.replace("entry: {type: presence}", "entry: {type: presence},
     [
         (None, {"rule": "door", "event_type": "count_report"}, None),  # no Curve: nobody is told apart
         ("rules", {"rule": "door", "event_type": "count_report"}, None),
-        ("rules", {"camera": "gate", "rule": "plates", "event_type": "plate_read"}, None),
-        ("integrator", {"camera": "gate", "rule": "plates", "event_type": "plate_read"}, None),
+        ("rules", {"id": "plates:1", "camera": "gate", "rule": "plates", "event_type": "plate_read"}, None),
+        ("integrator", {"id": "plates:1", "camera": "gate", "rule": "plates", "event_type": "plate_read"}, None),
         ("integrator", {"rule": "door", "event_type": "count_report"}, "wrong_sender"),  # a forged count report
         ("integrator", {"rule": "door", "event_type": "line_cross"}, "wrong_sender"),
         ("integrator", {}, "wrong_sender"),  # a presence rule
@@ -350,7 +351,7 @@ def test_only_the_rules_key_speaks_for_the_rules_it_decides(
     tmp_path: Path, sender: str | None, fields: dict[str, Any], reason: str | None
 ) -> None:
     names, *_ = names_from(tmp_path, SENDERS_SITE)
-    refusal = check(names, event(1, **fields), sender=sender)
+    refusal = check(names, event(fields.pop("id", 1), **fields), sender=sender)
     assert (refusal.reason if refusal else None) == reason
     if refusal is not None and reason == "wrong_sender":
         assert "integrator" not in refusal.detail and "yard" not in refusal.detail
@@ -364,7 +365,149 @@ def test_a_rule_made_external_is_taken_from_any_key_and_one_made_decided_is_not(
             "plates: {type: external}", "plates: {type: presence}"
         )
     )
-    assert check(names, event(1), sender="integrator") is None  # read again: bay is external now
+    assert check(names, event("bay:1"), sender="integrator") is None  # read again: bay is external now
     clock.now += REREAD_S
     refusal = check(names, event(2, camera="gate", rule="plates"), sender="integrator")
     assert refusal is not None and refusal.reason == "wrong_sender"
+
+
+# --- an external rule's ids are its own (#31, a second attacker) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event_id", "sender", "reason"),
+    [
+        ("plates:cam1-0001", "integrator", None),
+        ("plates:1", None, None),  # ipc: nobody is told apart, the ids are all the same
+        ("plates:1", "rules", None),
+        ("plates:a:b", "integrator", None),  # the part after the colon is the sender's own
+        ("0b4f3a9e-2c1d-5e6f-8a7b-9c0d1e2f3a4b", "integrator", "invalid"),  # an id of rules' (seen on events/)
+        ("report.gate.plates.1700000000", "integrator", "invalid"),  # a count report's form
+        ("report.dock.door.1700000000", None, "invalid"),
+        ("0b4f3a9e-2c1d-5e6f-8a7b-9c0d1e2f3a4b", "rules", "invalid"),  # rules never decides an external rule
+        ("plates", "integrator", "invalid"),
+        ("plate:1", "integrator", "invalid"),  # another rule's prefix
+        ("platesx:1", "integrator", "invalid"),
+        ("entry:1", "integrator", "invalid"),  # a rule of the rules service: no id of its can be made
+        ("Plates:1", "integrator", "invalid"),
+    ],
+)
+def test_an_external_rule_takes_only_ids_that_start_with_its_name_and_a_colon(
+    tmp_path: Path, event_id: str, sender: str | None, reason: str | None
+) -> None:
+    """Any key may send events of an external rule: with its own ids only, so none can take an id the rules
+    service will use (a count report's is predictable; its keyed ids are on ``events/`` before the uplink
+    stores them) and have rules' real event refused as a ``conflict``."""
+    names, *_ = names_from(tmp_path, SENDERS_SITE)
+    refusal = check(names, event(event_id, camera="gate", rule="plates", event_type="plate_read"), sender=sender)
+    assert (refusal.reason if refusal else None) == reason
+    if refusal is not None:
+        assert refusal.id == event_id and "'plates:'" in refusal.detail and "colon" in refusal.detail
+        assert "yard" not in refusal.detail and "entry" not in refusal.detail
+
+
+def test_a_rule_made_external_takes_only_its_own_ids_once_the_file_is_read_again(tmp_path: Path) -> None:
+    names, path, _, _ = names_from(tmp_path, SENDERS_SITE)
+    assert check(names, event("evt-1")) is None  # bay decided by rules: its ids are rules' own
+    path.write_text(SENDERS_SITE.replace("bay: {type: presence}", "bay: {type: external}"))
+    assert check(names, event("evt-2")) is None  # its kind as last read: nothing missed, nothing read
+    assert check(names, event("evt-3", rule="fence")) is not None  # a miss reads the file again
+    refusal = check(names, event("evt-4"))
+    assert refusal is not None and refusal.reason == "invalid"
+    assert check(names, event("bay:2")) is None
+
+
+# --- on overflow, the events of external rules go first (#31, a second attacker) ---------------------------
+
+EXTERNAL_IMAGE = Snapshot(width=64, height=64, data=b"\xff\xd8" + bytes(120_000))  # a large external event
+
+
+def dropped(what: str) -> float:
+    value = REGISTRY.get_sample_value("edgesight_sink_dropped_total", {"sink": "spool", "what": what})
+    return value or 0.0
+
+
+def store_classes(spool: Spool, *items: tuple[Event, bool]) -> list[str]:
+    events = [item for item, _ in items]
+    return list(spool.store(events, {e.id: ["jsonl"] for e in events}, external=[flag for _, flag in items]))
+
+
+def external_event(i: int) -> Event:
+    return event(f"plates:{i}", rule="plates", event_type="plate_read", snapshot=EXTERNAL_IMAGE)
+
+
+def test_a_flood_of_external_events_never_pushes_out_the_rules_services_acknowledged_events(tmp_path: Path) -> None:
+    """A sink is down: rules' events acked first, then a sender of external events floods the spool with
+    large ones. The external ones go (oldest first, counted), rules' all stay; an external event that would
+    cost one of rules' is not stored at all."""
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    rules = [event(i, snapshot=Snapshot(width=2, height=2, data=b"\xff\xd8" + bytes(1000))) for i in range(50)]
+    assert store_classes(spool, *((e, False) for e in rules)) == ["new"] * 50
+    before = dropped("external_event"), dropped("event"), dropped("snapshot")
+    for i in range(40):  # ~5 MB into a 1 MB spool
+        assert store_classes(spool, (external_event(i), True)) == ["new"]
+        assert spool.size() <= spool.budget
+    held = spool.pending("jsonl", 1000)
+    assert [item.event.id for item in held[:50]] == [e.id for e in rules]
+    assert all(item.event.snapshot is not None for item in held[:50])  # not even their snapshots
+    kept = [item.event.id for item in held[50:]]
+    assert kept and kept == [f"plates:{i}" for i in range(40 - len(kept), 40)]  # the newest external ones
+    assert dropped("external_event") - before[0] == 40 - len(kept)
+    assert (dropped("event"), dropped("snapshot")) == before[1:]
+    assert store_classes(spool, (external_event(0), True)) == ["duplicate"]  # dropped, still remembered
+
+
+def test_an_external_event_that_fits_only_at_rules_expense_is_not_stored(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    rules = [event(i, attributes={"pad": "x" * 1000}) for i in range(1000)]  # fill it with rules' events
+    store_classes(spool, *((e, False) for e in rules))
+    ids = [item.event.id for item in spool.pending("jsonl", 2000)]
+    before = dropped("external_event")
+    assert store_classes(spool, (external_event(1), True)) == ["new"]  # acknowledged: dropped on overflow
+    assert [item.event.id for item in spool.pending("jsonl", 2000)] == ids
+    assert dropped("external_event") == before + 1
+    assert spool.size() <= spool.budget
+
+
+def test_when_only_the_rules_services_events_are_held_the_old_order_holds(tmp_path: Path) -> None:
+    """Dead letters, then snapshots, then the oldest events; and a rules' event makes room by dropping
+    external events first."""
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 20)
+    image = Snapshot(width=2, height=2, data=b"\xff\xd8" + bytes(100_000))
+    store_classes(spool, *((event(i, snapshot=image), False) for i in range(3)))
+    before = dropped("external_event"), dropped("event"), dropped("snapshot")
+    for start in range(3, 800, 100):
+        store_classes(spool, *((event(i, attributes={"pad": "x" * 1000}), False) for i in range(start, start + 100)))
+    held = spool.pending("jsonl", 2000)
+    assert dropped("snapshot") - before[2] == 3  # snapshots first
+    lost = int(dropped("event") - before[1])
+    assert lost > 0 and dropped("external_event") == before[0]
+    assert [item.event.id for item in held] == [f"evt-{i}" for i in range(lost, 803)]  # then the oldest
+    assert store_classes(spool, (external_event(1), False), (event("last"), False)) == ["new", "new"]
+    store_classes(spool, (external_event(2), True))  # not stored: it would cost one of rules'
+    assert dropped("external_event") == before[0] + 1
+
+
+def test_a_spool_made_before_events_were_told_apart_is_migrated_and_its_events_are_the_rules_services(
+    tmp_path: Path,
+) -> None:
+    """A round-2 spool (``events`` without ``external``): opened as is, what it holds is kept before any
+    external event, and the column is there from now on."""
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, max_bytes=1 << 20)
+    add(spool, *(event(i) for i in range(5)))
+    spool.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX events_external")
+        db.execute("ALTER TABLE events DROP COLUMN external")
+        assert "external" not in [row[1] for row in db.execute("PRAGMA table_info(events)")]
+    again = Spool(path, max_bytes=1 << 20)
+    for i in range(20):
+        store_classes(again, (external_event(i), True))
+    assert [item.event.id for item in again.pending("jsonl", 100)][:5] == [f"evt-{i}" for i in range(5)]
+    assert store_classes(again, (event(1), False)) == ["duplicate"]
+    again.close()
+    with sqlite3.connect(path) as db:
+        assert [row[1] for row in db.execute("PRAGMA table_info(events)")][-1] == "external"
+        flags = db.execute("SELECT id, external FROM events ORDER BY seq").fetchall()
+    assert flags[:5] == [(f"evt-{i}", 0) for i in range(5)] and {flag for _, flag in flags[5:]} == {1}

@@ -91,14 +91,15 @@ class LineState(RuleState):
             return []  # passed beyond the segment's ends, or this object has been counted on this line
         state.counted = True
         direction = "in" if side == self.in_sign else "out"
-        self.store.add(self.camera, self.name, track.label, direction, int(moment.wall.timestamp() * 1e9))
+        label = self.store.label_for(self.camera, self.name, track.label)  # ``other`` past the line's labels
+        self.store.add(self.camera, self.name, label, direction, int(moment.wall.timestamp() * 1e9))
         return [
             Draft(
                 "line_cross",
                 "new",
                 self.name,
                 track,
-                counts=self.counts(track.label),
+                counts=self.counts(label),
                 attributes={"line": self.name, "direction": direction},
                 start_t=moment.t,
             )

@@ -123,7 +123,8 @@ function event(id, fields = {}) {
 
 async function acknowledged() {
   const path = new EventsPath(args.events);
-  const prefix = `node-${randomBytes(4).toString("hex")}`;
+  // an external rule's event ids start with the rule's name and a colon; the rest is ours
+  const prefix = `${args["external-rule"]}:node-${randomBytes(4).toString("hex")}`;
   const steps = [];
   const run = async (step, work) => {
     try {
@@ -148,6 +149,9 @@ async function acknowledged() {
     const next = await path.request(`${prefix}-4`, event(`${prefix}-4`), WAIT_MS);
     return { id: `${prefix}-4`, sent: 3, ...answer(next) };
   });
+  // an id that is not the rule's own (no "<rule>:" in front): refused, never stored
+  const foreign = `node-${randomBytes(4).toString("hex")}-5`;
+  await run("foreign_id", async () => ({ id: foreign, ...answer(await path.request(foreign, event(foreign), WAIT_MS)) }));
   path.close();
   return steps;
 }
