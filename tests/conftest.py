@@ -23,6 +23,16 @@ from tests.support import SLOWDOWN
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """A service run in-process sets the process's umask (``common.files.restrict_umask``): every test
+    starts with the umask the session had, whatever an earlier one ran."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """EDGESIGHT_TEST_SLOWDOWN scales pytest-timeout's limits as it scales the tests' own deadlines."""
     if SLOWDOWN == 1:

@@ -114,7 +114,7 @@ class InferenceService(Service):
     @classmethod
     def check(cls, config: SiteConfig) -> list[str]:
         """Every model file exists and loads, its classes are among its labels, and every class a rule
-        names is a label of one of its camera's models."""
+        names is a label of one of its camera's models (of its ``model:``, where it names one the site runs)."""
         problems: list[str] = []
         labels: dict[str, set[str]] = {}
         try:
@@ -132,8 +132,11 @@ class InferenceService(Service):
                 continue  # a model that did not load is reported above
             known = set().union(*(labels[m] for m in models))
             for rule_name, rule in camera.rules.items():
+                if rule.model is not None and rule.model not in labels:
+                    continue  # an external detector's (its labels are not known here) or one reported above
+                wanted = labels[rule.model] if rule.model is not None else known
                 for index, label in enumerate(getattr(rule, "classes", None) or ()):
-                    if label not in known:
+                    if label not in wanted:
                         where = config.where("cameras", camera_name, "rules", rule_name, "classes", index)
                         problems.append(f"{where}: no model of this camera has the class {label!r}")
         return problems

@@ -13,8 +13,9 @@ acknowledged events while a sink is down. Room is made before a batch is stored,
 ``-wal`` file included, see ``common.files.bound_wal``) stay within ``max_bytes``. Whatever is
 dropped is counted, and logged once a minute with the counts.
 
-Idempotent by id: every id stored is remembered (table ``seen``) for ``REMEMBER_S``, at most
-``remembered`` ids (oldest forgotten first; an id still held is never forgotten), across restarts,
+Idempotent by id: every id stored is remembered (table ``seen``) for ``REMEMBER_S``, about
+``remembered`` ids of the rules service (and audit) and as many of external rules, each class bounded on its
+own (oldest forgotten first once a tenth over; an id still held is never forgotten), across restarts,
 with the digest of the event it was stored for (:func:`digest`). The same id again with the same
 digest is a *duplicate*: not stored, so not delivered, again; its sender is acknowledged all the same
 (it is safe). The same id with another digest is a *conflict*: never stored (the first event keeps the
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS seen (
     n INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: the oldest is forgotten first
     id TEXT UNIQUE NOT NULL,              -- an event id stored once: the same id again is a duplicate
     stored REAL NOT NULL,
-    digest BLOB                           -- digest() of the event stored; NULL: remembered by an older spool
+    digest BLOB,                          -- digest() of the event stored; NULL: remembered by an older spool
+    external INTEGER NOT NULL DEFAULT 0   -- 1: an external rule's (remembered within a bound of its own)
 );
 CREATE INDEX IF NOT EXISTS seen_stored ON seen (stored);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -131,12 +133,20 @@ class Spool:
         self.db.executescript(_SCHEMA)
         if "digest" not in {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}:
             self.db.execute("ALTER TABLE seen ADD COLUMN digest BLOB")  # a spool made before digests were kept
+        if "external" not in {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}:
+            self.db.execute("ALTER TABLE seen ADD COLUMN external INTEGER NOT NULL DEFAULT 0")
+        self.db.execute("CREATE INDEX IF NOT EXISTS seen_class ON seen (external, n)")
         if "external" not in {row[1] for row in self.db.execute("PRAGMA table_info(events)")}:
             # a spool made before events were told apart: what it holds is the rules service's (and audit)
             self.db.execute("ALTER TABLE events ADD COLUMN external INTEGER NOT NULL DEFAULT 0")
         self.db.execute("CREATE INDEX IF NOT EXISTS events_external ON events (seq) WHERE external = 1")
         # one id per 2 kB of quota (a row and its indexes take a few hundred bytes), 1000 to 100 000
         self.remembered = max(1000, min(100_000, max_bytes // 2000))
+        # ids remembered per class (0: the rules service's and audit, 1: external rules'): each class keeps
+        # ``remembered`` of its own, so a flood of external events cannot make the uplink forget rules' ids
+        self.seen_count = dict.fromkeys((0, 1), 0)
+        for external, count in self.db.execute("SELECT external, COUNT(*) FROM seen GROUP BY external"):
+            self.seen_count[int(external)] = int(count)
         self.drops = DropTally(
             log, "spool full: dropped to make room", ("events", "snapshots", "external_events"), max_bytes=max_bytes
         )
@@ -181,15 +191,17 @@ class Spool:
                 self.db.execute("INSERT OR REPLACE INTO cursors (name, inode, offset) VALUES (?, ?, ?)", position)
             # an id still held is never forgotten: else the next event with that id would take it anew
             # (a flood of fresh ids while a sink is down must not turn a conflict into a duplicate)
-            self.db.execute("DELETE FROM seen WHERE stored < ? AND " + _NOT_HELD, (now - REMEMBER_S,))
+            for kind in self.seen_count:
+                old = self.db.execute(
+                    "DELETE FROM seen WHERE external = ? AND stored < ? AND " + _NOT_HELD, (kind, now - REMEMBER_S)
+                )
+                self.seen_count[kind] -= old.rowcount
             for event, event_digest, is_external in zip(events, digests, external, strict=True):
                 outcome = self._outcome(event.id, event_digest)
                 outcomes.append(outcome)
                 if outcome == "new":
                     self._insert(event, event_digest, sinks_for[event.id], now, external=is_external)
-            self.db.execute(
-                "DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ? AND " + _NOT_HELD, (self.remembered,)
-            )  # the oldest first, past the bound
+            self._forget_past_bound()
             self._make_room(0)  # the estimate was short (page overhead)
         truncate_wal(self.db, self.path, self.max_bytes)
         self.drops.flush()
@@ -204,12 +216,30 @@ class Spool:
             metrics.DROPPED.labels("spool", "external_event").inc()
             self.drops.add("external_events")
             return  # not remembered either: its row in seen would be room taken from the rules service
-        self.db.execute("INSERT INTO seen (id, stored, digest) VALUES (?, ?, ?)", (event.id, now, event_digest))
+        self.db.execute(
+            "INSERT INTO seen (id, stored, digest, external) VALUES (?, ?, ?, ?)",
+            (event.id, now, event_digest, int(external)),
+        )
+        self.seen_count[int(external)] += 1
         cursor = self.db.execute(
             "INSERT INTO events (id, body, snapshot, created, external) VALUES (?, ?, ?, ?, ?)",
             (event.id, body, snapshot, now, int(external)),
         )
         self.db.executemany("INSERT INTO deliveries (sink, seq) VALUES (?, ?)", [(s, cursor.lastrowid) for s in sinks])
+
+    def _forget_past_bound(self) -> None:
+        """Each class's oldest ids past ``remembered`` (an id still held stays); only once a class is a tenth
+        over, so that the index is walked once per many batches, not at each."""
+        for kind, count in self.seen_count.items():
+            if count > self.remembered * 1.1:
+                cut = self.db.execute(
+                    "SELECT n FROM seen WHERE external = ? ORDER BY n DESC LIMIT 1 OFFSET ?", (kind, self.remembered)
+                ).fetchone()
+                if cut is not None:
+                    gone = self.db.execute(
+                        "DELETE FROM seen WHERE external = ? AND n <= ? AND " + _NOT_HELD, (kind, cut[0])
+                    )
+                    self.seen_count[kind] -= gone.rowcount
 
     def _outcome(self, event_id: str, event_digest: bytes) -> Outcome:
         """Remembered (with its digest, or without: an older spool's), or held from before ``seen``
