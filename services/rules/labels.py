@@ -1,6 +1,6 @@
 """Labels are bounded in rules: anyone on the bus can send Detections of any number of made-up labels.
 
-Two bounds (issue #31, round 3):
+Two bounds:
 
 - **Per model, before tracking** (``LabelGate``): each (camera, model) tracks at most
   ``MAX_LABELS_PER_MODEL`` distinct labels at a time. Detections of a label beyond them are left out before

@@ -127,7 +127,7 @@ def test_a_refused_event_leaves_the_outbox_and_is_not_sent_again(
 def test_made_up_model_names_do_not_shut_out_the_sites_model(
     tmp_path: Path, services: Callable[[dict[str, Any]], Services]
 ) -> None:
-    """The attacker's round-2 scenario against the process: sixteen made-up model names on detections/dock/
+    """An attacker's scenario against the process: sixteen made-up model names on detections/dock/
     (kept sending all along), then the site's model sees a person cross the line: it is counted."""
     site = services(
         {
@@ -169,7 +169,7 @@ def test_made_up_model_names_do_not_shut_out_the_sites_model(
             return crossed(), dropped
 
     counted, dropped = asyncio.run(scenario())
-    assert counted == 1  # before round 2: never (every Detections of people dropped for want of a slot)
+    assert counted == 1  # before #31: never (every Detections of people dropped for want of a slot)
     assert dropped is None or dropped == 0  # the made-up names fit in the shared slots; people has its own
 
 
@@ -198,7 +198,7 @@ def _junk(seq: int) -> Detections:
 def test_a_person_entering_a_zone_full_of_made_up_labels_is_delivered(
     tmp_path: Path, services: Callable[[dict[str, Any]], Services]
 ) -> None:
-    """The attacker's round-3 scenario against the process: 300 boxes of 300 labels sit in the zone (from a
+    """An attacker's scenario against the process: 300 boxes of 300 labels sit in the zone (from a
     made-up model), then a person walks in: the person's zone_enter reaches the uplink, valid."""
     site = services({"cameras": {"dock": {"url": "rtsp://unused/1", "rules": {"bay": ZONE}}}})
     site.start("broker")
@@ -231,7 +231,7 @@ def test_a_person_entering_a_zone_full_of_made_up_labels_is_delivered(
                         return event
 
     entered = asyncio.run(scenario())
-    assert entered.counts["person"] == 1  # before round 3: dropped as invalid, never sent (counts of 301 labels)
+    assert entered.counts["person"] == 1  # before #31: dropped as invalid, never sent (counts of 301 labels)
     assert len(entered.counts) <= 256
     assert sum(entered.counts.values()) == 257  # the junk model's 256 labels tracked, and the person
     assert _sample(base, "edgesight_outbox_dropped_total", {"reason": "invalid"}) in (None, 0.0)

@@ -1,8 +1,8 @@
-"""Rules' event ids (issue #31, round 2): made under a per-site secret kept in ``state_dir``, so a listener
+"""Rules' event ids: made under a per-site secret kept in ``state_dir``, so a listener
 on the bus, who sees every frame_ref, cannot compute them in advance and claim them at the uplink first;
 stable for the same decision across a restart with the same state; the key file private; a key file of
 the wrong size replaced with a warning; anything but a regular file in its place (a link, a folder, a FIFO,
-a socket) refused with an error that names it (round 3), and a leftover ``.new`` of any kind removed."""
+a socket) refused with an error that names it, and a leftover ``.new`` of any kind removed."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tests.support import frame_ref
 
 LINE = {"type": "line", "line": [[0.0, 0.5], [1.0, 0.5]]}
 ZONE = {"type": "zone", "polygon": [[0.0, 0.6], [1.0, 0.6], [1.0, 1.0], [0.0, 1.0]], "inertia_frames": 1}
-OLD_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")  # public: in the source before round 2
+OLD_NAMESPACE = uuid.UUID("6f1c7a52-3d4e-4b8a-9a55-1f0e4d9b2c10")  # public: in the source before #31
 
 
 def _site(tmp_path: Path) -> Path:
@@ -70,7 +70,7 @@ def _decided(site: Path) -> list[Event]:
 
 
 def _old_id(event: Event) -> str:
-    """The id before round 2: computable by anyone from what the bus carries."""
+    """The id before #31: computable by anyone from what the bus carries."""
     assert event.frame is not None
     track = event.object.track_id if event.object else "-"
     identity = f"{event.site}/{event.camera}/{event.rule}/{event.event_type}/{event.lifecycle}/"
@@ -81,7 +81,7 @@ def _old_id(event: Event) -> str:
 def test_ids_cannot_be_computed_from_what_the_bus_carries(tmp_path: Path) -> None:
     events = _decided(_site(tmp_path))
     predicted = {_old_id(event) for event in events}
-    assert not predicted & {event.id for event in events}  # before round 2: every one of them
+    assert not predicted & {event.id for event in events}  # before #31: every one of them
     for event in events:
         assert re.match(ID_PATTERN, event.id)
         assert uuid.UUID(event.id).version == 8  # still a UUID, as contracts describe ids
@@ -196,7 +196,7 @@ def test_a_key_path_that_is_not_a_file_stops_rules_with_a_clear_error(
     state.mkdir(mode=0o700)
     make(state / KEY_FILE)
     raised = _in_time(state)
-    assert isinstance(raised, StartupError)  # before round 3: IsADirectoryError, or no return at all
+    assert isinstance(raised, StartupError)  # before #31: IsADirectoryError, or no return at all
     assert str(state / KEY_FILE) in str(raised) and "remove it" in str(raised)
     assert re.search(kind, str(raised))
     assert (state / KEY_FILE).exists() or (state / KEY_FILE).is_socket()  # left for the operator to look at
@@ -210,7 +210,7 @@ def test_rules_started_on_a_folder_key_says_so_in_one_line(tmp_path: Path, capfd
     assert run_service(RulesService, ["--config", str(site)]) == 1
     logged = [line for line in capfd.readouterr().err.splitlines() if "level=error" in line]
     assert len(logged) == 1
-    assert 'msg="cannot start"' in logged[0] or "msg=cannot start" in logged[0]  # before round 3: crashed
+    assert 'msg="cannot start"' in logged[0] or "msg=cannot start" in logged[0]  # before #31: crashed
     assert f"{state / KEY_FILE} is a folder, not a file: remove it" in logged[0]
 
 
@@ -218,7 +218,7 @@ def test_rules_started_on_a_folder_key_says_so_in_one_line(tmp_path: Path, capfd
 def test_a_leftover_new_of_any_kind_is_removed(tmp_path: Path, make: Callable[[Path], None]) -> None:
     make(tmp_path / (KEY_FILE + ".new"))
     ids = _in_time(tmp_path)
-    assert ids is None  # before round 3: IsADirectoryError for a folder
+    assert ids is None  # before #31: IsADirectoryError for a folder
     assert len((tmp_path / KEY_FILE).read_bytes()) == SECRET_BYTES
     assert not os.path.lexists(tmp_path / (KEY_FILE + ".new"))
     assert os.path.isdir("/")  # a link's target untouched

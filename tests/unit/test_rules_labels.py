@@ -1,4 +1,4 @@
-"""Labels are bounded in rules (issue #31, round 3), as an attacker on the bus would try it: Detections of
+"""Labels are bounded in rules, as an attacker on the bus would try it: Detections of
 300 made-up labels in a zone must not make a person's zone_enter invalid (its ``counts`` past contracts'
 256 entries), and labels made up one after another must not grow what rules keeps (gauges, series, line
 counts) for ever."""
@@ -90,7 +90,7 @@ def test_a_person_entering_a_zone_full_of_junk_labels_is_still_an_event(tmp_path
     before = _dropped("lab1")
     _run(service, frames)
     entered = [e for e in delivered if e.event_type == "zone_enter" and e.object and e.object.label == "person"]
-    assert len(entered) == 1  # before round 3: dropped as invalid (edgesight_outbox_dropped_total{reason="invalid"})
+    assert len(entered) == 1  # before #31: dropped as invalid (edgesight_outbox_dropped_total{reason="invalid"})
     counts = entered[0].counts
     assert len(counts) <= MAX_MAP_ENTRIES
     assert counts["person"] == 1  # the object's own label always kept
@@ -117,7 +117,7 @@ def test_labels_made_up_one_after_another_keep_gauges_and_series_bounded(tmp_pat
         for sample in metric.samples
         if sample.labels["camera"] == "lab2"
     }
-    assert 200 < len(series) <= MAX_MAP_ENTRIES  # before round 3: 601 (every label ever seen, and person)
+    assert 200 < len(series) <= MAX_MAP_ENTRIES  # before #31: 601 (every label ever seen, and person)
     assert 200 < len(service.series.zone_labels[("lab2", "bay")]) <= MAX_MAP_ENTRIES
 
 
@@ -131,7 +131,7 @@ def test_a_line_counts_at_most_256_labels_and_the_rest_as_other(tmp_path: Path) 
         drafts += line.step(Moment(step * 0.1, wall, tracks), {})
     assert len(drafts) == JUNK  # every object still counted once
     stored = store.db.execute("SELECT label, SUM(value) FROM counts GROUP BY label").fetchall()
-    assert len(stored) == MAX_MAP_ENTRIES  # before round 3: 300, and more with every new label
+    assert len(stored) == MAX_MAP_ENTRIES  # before #31: 300, and more with every new label
     assert dict(stored)[OTHER] == JUNK - (MAX_MAP_ENTRIES - 1)
     assert drafts[-1].counts == {"in": JUNK - (MAX_MAP_ENTRIES - 1), "out": 0}  # the count it was added to
     store.close()
@@ -140,7 +140,7 @@ def test_a_line_counts_at_most_256_labels_and_the_rest_as_other(tmp_path: Path) 
 
 
 def test_a_scene_of_a_store_written_before_the_bound_is_valid() -> None:
-    """rules.sqlite from before round 3 may hold a line with 300 labels; a zone may hold 300 labels."""
+    """rules.sqlite from before #31 may hold a line with 300 labels; a zone may hold 300 labels."""
     lines = {"door": {f"junk{n}": {"in": n, "out": 1} for n in range(JUNK)}}
     zones = {"bay": {f"junk{n}": 1 for n in range(JUNK)}}
     ref = frame_ref("cam", 1, width=640, height=480)

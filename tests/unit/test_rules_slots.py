@@ -1,4 +1,4 @@
-"""Model slots (issue #31, round 2): sixteen made-up model names on one camera once filled its tracker slots
+"""Model slots: sixteen made-up model names on one camera once filled its tracker slots
 for good, and the site's own model was dropped from then on. The models the site names (``models:``, the
 camera's ``models:``, any rule's ``model:``) always get a tracker; other names share the slots, and one
 silent past ``tracker.max_age_s`` is evicted by the sweep (its tracks ended, the rules' state of them
@@ -91,7 +91,7 @@ def test_made_up_names_cannot_shut_out_a_model_the_site_names(
     try:
         asyncio.run(scenario())
         crossings = [event for event in _events(service) if event.event_type == "line_cross"]
-        assert _dropped() == before + 1  # only the seventeenth made-up name; before round 2, every frame of the model
+        assert _dropped() == before + 1  # only the seventeenth made-up name; before #31, every frame of the model
         assert model in service.cameras["cam"].trackers
         assert [(event.rule, event.counts) for event in crossings] == [("door", {"in": 1, "out": 0})]
         assert crossings[0].object is not None and crossings[0].object.track_id == MAX_MODELS_PER_CAMERA + 1

@@ -147,8 +147,8 @@ def test_the_digest_is_of_the_event_as_decoded_so_key_order_does_not_matter() ->
 
 
 def test_a_spool_made_before_digests_were_kept_is_migrated_and_its_ids_are_duplicates(tmp_path: Path) -> None:
-    """A round-1 spool (``seen`` without ``digest``): opened as is, its ids are duplicates whatever the body
-    (nothing to compare with), and ids stored from now on are compared."""
+    """A spool made before digests were kept (``seen`` without ``digest``): opened as is, its ids are
+    duplicates whatever the body (nothing to compare with), and ids stored from now on are compared."""
     path = tmp_path / "spool.sqlite"
     spool = Spool(path, max_bytes=1 << 20)
     add(spool, event(1))
@@ -156,7 +156,7 @@ def test_a_spool_made_before_digests_were_kept_is_migrated_and_its_ids_are_dupli
     spool.close()
     with sqlite3.connect(path) as db:
         db.execute("DROP INDEX seen_class")
-        db.execute("ALTER TABLE seen DROP COLUMN external")  # as a round-1 spool had it
+        db.execute("ALTER TABLE seen DROP COLUMN external")  # as such a spool had it
         db.execute("ALTER TABLE seen DROP COLUMN digest")
     again = Spool(path, max_bytes=1 << 20)
     assert store(again, event(1, counts={"in": 5}), event(2)) == ["duplicate", "new"]
@@ -507,8 +507,8 @@ def test_when_only_the_rules_services_events_are_held_the_old_order_holds(tmp_pa
 def test_a_spool_made_before_events_were_told_apart_is_migrated_and_its_events_are_the_rules_services(
     tmp_path: Path,
 ) -> None:
-    """A round-2 spool (``events`` without ``external``): opened as is, what it holds is kept before any
-    external event, and the column is there from now on."""
+    """A spool made before events were told apart (``events`` without ``external``): opened as is, what it
+    holds is kept before any external event, and the column is there from now on."""
     path = tmp_path / "spool.sqlite"
     spool = Spool(path, max_bytes=1 << 20)
     add(spool, *(event(i) for i in range(5)))
