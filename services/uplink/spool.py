@@ -92,6 +92,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+# columns added since the schema's first version: (table, column, declaration), added where missing
+_ADDED_COLUMNS = (
+    ("seen", "digest", "BLOB"),
+    ("seen", "external", "INTEGER NOT NULL DEFAULT 0"),
+    ("events", "external", "INTEGER NOT NULL DEFAULT 0"),
+)
 _NOT_HELD = "NOT EXISTS (SELECT 1 FROM events WHERE events.id = seen.id)"
 
 
@@ -131,14 +137,12 @@ class Spool:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.budget = max(max_bytes - bound_wal(self.db, max_bytes), max_bytes // 2)  # for the events themselves
         self.db.executescript(_SCHEMA)
-        if "digest" not in {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}:
-            self.db.execute("ALTER TABLE seen ADD COLUMN digest BLOB")  # a spool made before digests were kept
-        if "external" not in {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}:
-            self.db.execute("ALTER TABLE seen ADD COLUMN external INTEGER NOT NULL DEFAULT 0")
+        # a spool made by an older version: its ids without digests (duplicates whatever comes), what it holds
+        # the rules service's (and audit)
+        for table, column, declaration in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self.db.execute("CREATE INDEX IF NOT EXISTS seen_class ON seen (external, n)")
-        if "external" not in {row[1] for row in self.db.execute("PRAGMA table_info(events)")}:
-            # a spool made before events were told apart: what it holds is the rules service's (and audit)
-            self.db.execute("ALTER TABLE events ADD COLUMN external INTEGER NOT NULL DEFAULT 0")
         self.db.execute("CREATE INDEX IF NOT EXISTS events_external ON events (seq) WHERE external = 1")
         # one id per 2 kB of quota (a row and its indexes take a few hundred bytes), 1000 to 100 000
         self.remembered = max(1000, min(100_000, max_bytes // 2000))
